@@ -109,5 +109,6 @@ def build_maskgit_vqgan(cfg: Mapping[str, Any]) -> MaskGITVQGAN:
 
 def build_rar_generator(cfg: Mapping[str, Any], tokenizer_cfg: Mapping[str, Any]) -> RARGenerator:
     merged = dict(cfg)
-    merged.setdefault("codebook_size", tokenizer_cfg["codebook_size"])
+    if "codebook_size" not in merged:
+        merged["codebook_size"] = tokenizer_cfg["codebook_size"]
     return RARGenerator(**merged)

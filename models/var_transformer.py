@@ -163,7 +163,7 @@ class VARTransformer(nn.Module):
         self.pos_1LC = nn.Parameter(torch.zeros(1, self.L, embed_dim))
         self.lvl_embed = nn.Embedding(len(self.patch_nums), embed_dim)
         self.shared_ada_lin = nn.Sequential(nn.SiLU(), _SharedAdaLin(embed_dim, 6 * embed_dim)) if shared_aln else nn.Identity()
-        drop_rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        drop_rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList([
             AdaLNSelfAttn(embed_dim, num_heads, mlp_ratio, norm_eps, shared_aln, attn_l2_norm, drop_rates[i])
             for i in range(depth)

@@ -1,0 +1,118 @@
+"""One interface per IAR family, so that provenance signals never know which model they run on.
+
+An adapter wraps a family's tokenizer (shared by all its variants) and its variants' generators,
+and speaks images in ``[0, 1]`` (``B×3×H×W``) whatever the model's native range. Tokens are one
+flat ``B×L`` tensor: VAR's scales are concatenated coarse to fine (``L = Σ pn²``), RAR's
+``h·w`` tokens are in raster order.
+
+The core primitive, after the data-provenance paper's code::
+
+    rec_img, tokens, f, f_hat = adapter.img_to_reconstructed_img(img)
+
+with ``f = D⁻¹(img)`` (the encoder, or a fine-tuned *inverse decoder*), ``f_hat`` its quantization
+(greedy; VAR's optimised token search lives in ``quantizer.py``) and ``rec_img = D(f_hat)``.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+__all__ = ["FamilyAdapter"]
+
+
+class FamilyAdapter(ABC):
+    """Tokenizer + lazily loaded variant generators of one family."""
+
+    family: str = ""
+    value_range: str = "01"  # native pixel range of the tokenizer: "01" or "pm1"
+
+    def __init__(self, tokenizer: nn.Module, generator_loaders: Dict[str, Callable[[], nn.Module]],
+                 sampling: Dict[str, dict], image_size: int, num_classes: int, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.tokenizer = tokenizer.to(self.device).eval().requires_grad_(False)
+        self._loaders = dict(generator_loaders)
+        self._generators: Dict[str, nn.Module] = {}
+        self.sampling = {k: dict(v) for k, v in sampling.items()}
+        self.image_size = image_size
+        self.num_classes = num_classes
+
+    # ------------------------------------------------------------------ variants
+    @property
+    def variant_names(self) -> Tuple[str, ...]:
+        return tuple(self._loaders)
+
+    def generator(self, variant: str) -> nn.Module:
+        """The generator of ``variant``, loaded on first use and cached."""
+        if variant not in self._loaders:
+            raise KeyError(f"{self.family} has no variant {variant!r}; it has {', '.join(self._loaders)}")
+        if variant not in self._generators:
+            self._generators[variant] = self._loaders[variant]().to(self.device).eval().requires_grad_(False)
+        return self._generators[variant]
+
+    def release(self, variants: Optional[Iterable[str]] = None) -> None:
+        """Drop cached generators (all, or the named ones) to free memory."""
+        for name in list(variants or self._generators):
+            self._generators.pop(name, None)
+
+    # ------------------------------------------------------------------ value range
+    def to_model_range(self, img01: torch.Tensor) -> torch.Tensor:
+        return img01 * 2 - 1 if self.value_range == "pm1" else img01
+
+    def to_unit_range(self, img: torch.Tensor) -> torch.Tensor:
+        return (img + 1) / 2 if self.value_range == "pm1" else img
+
+    # ------------------------------------------------------------------ tokenizer
+    @abstractmethod
+    def encoder_modules(self) -> List[nn.Module]:
+        """Modules forming ``D⁻¹`` (what an inverse decoder fine-tunes)."""
+
+    def encode(self, img01_B3HW: torch.Tensor) -> torch.Tensor:
+        """``f = D⁻¹(img)``: the continuous feature map (differentiable w.r.t. the encoder)."""
+        return self._encode_native(self.to_model_range(img01_B3HW.to(self.device)))
+
+    @abstractmethod
+    def _encode_native(self, img_B3HW: torch.Tensor) -> torch.Tensor: ...
+
+    @abstractmethod
+    def quantize(self, f_BChw: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Greedy quantization ``f → (tokens B×L, f̂)``."""
+
+    @abstractmethod
+    def tokens_to_fhat(self, tokens_BL: torch.Tensor) -> torch.Tensor:
+        """Tokens ``B×L`` → quantized feature map ``f̂``."""
+
+    @abstractmethod
+    def decode_raw(self, f_hat_BChw: torch.Tensor) -> torch.Tensor:
+        """``D(f̂)`` in ``[0, 1]`` units, unclamped and differentiable (for latent optimisation)."""
+
+    def decode(self, f_hat_BChw: torch.Tensor) -> torch.Tensor:
+        """``D(f̂)`` as an image in ``[0, 1]``."""
+        return self.decode_raw(f_hat_BChw).clamp(0, 1)
+
+    @torch.no_grad()
+    def img_to_reconstructed_img(self, img01_B3HW: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(rec_img in [0,1], tokens B×L, f, f̂)`` — the primitive every signal is built on."""
+        f = self.encode(img01_B3HW)
+        tokens, f_hat = self.quantize(f)
+        return self.decode(f_hat), tokens, f, f_hat
+
+    # ------------------------------------------------------------------ generators
+    @abstractmethod
+    def token_logits(self, variant: str, tokens_BL: torch.Tensor, labels_B: Optional[torch.Tensor]) -> torch.Tensor:
+        """Teacher-forced logits ``B×L×V`` for the given tokens; ``labels_B=None`` is unconditional."""
+
+    def token_log_probs(self, variant: str, tokens_BL: torch.Tensor, labels_B: Optional[torch.Tensor]) -> torch.Tensor:
+        """``log p(tokenᵢ | tokens<ᵢ, label)`` for every position, ``B×L`` (one teacher-forced pass)."""
+        logits = self.token_logits(variant, tokens_BL.to(self.device), labels_B)
+        return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens_BL.to(self.device).unsqueeze(-1)).squeeze(-1)
+
+    @abstractmethod
+    def generate(self, variant: str, labels_B: torch.Tensor, seed: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sample with the variant's sampling settings: ``(images in [0,1], tokens B×L, f̂)``."""
+
+    def random_labels(self, n: int, seed: int) -> torch.Tensor:
+        """``n`` class labels drawn uniformly with a seeded generator."""
+        return torch.randint(0, self.num_classes, (n,), generator=torch.Generator().manual_seed(seed)).to(self.device)

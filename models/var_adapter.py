@@ -1,0 +1,66 @@
+"""The VAR family behind the :class:`~models.adapter.FamilyAdapter` interface.
+
+Native range ``[-1, 1]``; ``f = quant_conv(encoder(x))``; tokens are all scales concatenated
+(``L = Σ pn²``); likelihoods come from one teacher-forced pass of the transformer over the
+tokens' teacher-forcing input. The unconditional label is ``num_classes``.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from .adapter import FamilyAdapter
+from .var_sampler import sample_var_images
+from .var_vqvae import VARVQVAE
+
+__all__ = ["VARAdapter"]
+
+
+class VARAdapter(FamilyAdapter):
+    family = "VAR"
+    value_range = "pm1"
+    tokenizer: VARVQVAE
+
+    @property
+    def patch_nums(self) -> Tuple[int, ...]:
+        return self.tokenizer.patch_nums
+
+    def split_scales(self, tokens_BL: torch.Tensor) -> List[torch.Tensor]:
+        """Flat ``B×L`` tokens → one ``B×pn²`` tensor per scale."""
+        return list(torch.split(tokens_BL, [pn * pn for pn in self.patch_nums], dim=1))
+
+    def encoder_modules(self) -> List[nn.Module]:
+        return [self.tokenizer.encoder, self.tokenizer.quant_conv]
+
+    def _encode_native(self, img_B3HW: torch.Tensor) -> torch.Tensor:
+        return self.tokenizer.encode_f(img_B3HW)
+
+    def quantize(self, f_BChw: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        idx_per_scale, f_hats = self.tokenizer.quantize.quantize_greedy(f_BChw)
+        return torch.cat(idx_per_scale, dim=1), f_hats[-1]
+
+    def tokens_to_fhat(self, tokens_BL: torch.Tensor) -> torch.Tensor:
+        return self.tokenizer.quantize.tokens_to_fhat(self.split_scales(tokens_BL.to(self.device)))
+
+    def decode_raw(self, f_hat_BChw: torch.Tensor) -> torch.Tensor:
+        return self.to_unit_range(self.tokenizer.decode_fhat_raw(f_hat_BChw))
+
+    def token_logits(self, variant: str, tokens_BL: torch.Tensor, labels_B: Optional[torch.Tensor]) -> torch.Tensor:
+        var = self.generator(variant)
+        B = tokens_BL.shape[0]
+        if labels_B is None:
+            labels_B = torch.full((B,), var.num_classes, dtype=torch.long, device=self.device)
+        x_BLCv = self.tokenizer.quantize.teacher_forcing_input(self.split_scales(tokens_BL))
+        return var(labels_B.to(self.device), x_BLCv)
+
+    @torch.no_grad()
+    def generate(self, variant: str, labels_B: torch.Tensor, seed: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        settings = self.sampling[variant]
+        gen = torch.Generator(self.device).manual_seed(seed)
+        images, tokens, f_hat = sample_var_images(
+            self.generator(variant), self.tokenizer, labels_B.to(self.device), cfg=settings["cfg"],
+            top_k=settings["top_k"], top_p=settings["top_p"], generator=gen,
+        )
+        return images, torch.cat(tokens, dim=1), f_hat

@@ -1,0 +1,92 @@
+"""Where weights come from: the embedded demo zoo by default, or ``--weights-dir``.
+
+* No ``weights_dir``: the demo zoo shipped in ``demo_zoo/`` (``zoo.json`` + safetensors), small
+  stand-ins for the 8 official models trained here on natural photos (see
+  ``scripts/build_demo_zoo.py``).
+* ``weights_dir`` holding ``zoo.json``: another zoo of that format.
+* Otherwise ``weights_dir`` must hold the official file names (``vae_ch160v4096z32.pth``,
+  ``var_d16.pth`` … ``var_d30.pth``, ``maskgit-vqgan-imagenet-f16-256.bin``, ``rar_b.bin`` …
+  ``rar_xxl.bin``); the official configs come from :mod:`models.registry`. A missing variant file
+  is reported when that variant is first used, with the expected path.
+
+Families: ``"VAR"`` and ``"RAR"``; the demo zoo also has ``"OUTLIER"`` (a third IAR used only to
+make outlier images).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+import torch.nn as nn
+
+from .adapter import FamilyAdapter
+from .checkpoints import CheckpointError, load_strict, read_state_dict
+from .rar_adapter import RARAdapter
+from .registry import (OFFICIAL_VARIANTS, build_maskgit_vqgan, build_rar_generator, build_var_transformer,
+                       build_var_vae)
+from .var_adapter import VARAdapter
+from .var_vqvae import VARVQVAE
+
+__all__ = ["DEMO_ZOO_DIR", "load_family", "read_zoo_manifest", "is_zoo_dir"]
+
+DEMO_ZOO_DIR = Path(__file__).resolve().parent.parent / "demo_zoo"
+_VAE_STATS_KEY = "quantize.ema_vocab_hit_SV"
+
+
+def is_zoo_dir(path: Path | str) -> bool:
+    return (Path(path) / "zoo.json").is_file()
+
+
+def read_zoo_manifest(zoo_dir: Path | str = DEMO_ZOO_DIR) -> Dict[str, Any]:
+    path = Path(zoo_dir) / "zoo.json"
+    if not path.is_file():
+        hint = "run `python scripts/build_demo_zoo.py`" if Path(zoo_dir) == DEMO_ZOO_DIR else "is this a zoo folder?"
+        raise CheckpointError(f"no zoo manifest at {path} ({hint})")
+    return json.loads(path.read_text())
+
+
+def _loaded(module: nn.Module, path: Path) -> nn.Module:
+    ignore = {_VAE_STATS_KEY} if isinstance(module, VARVQVAE) else None
+    return load_strict(module, read_state_dict(path), str(path), ignore=ignore).eval()
+
+
+def _builders(family: str):
+    if family == "VAR":
+        return VARAdapter, build_var_vae, build_var_transformer
+    return RARAdapter, build_maskgit_vqgan, build_rar_generator
+
+
+def _make_adapter(family: str, tok_cfg: dict, tok_path: Path, variants: Dict[str, tuple], image_size: int,
+                  num_classes: int, device: str) -> FamilyAdapter:
+    adapter_cls, build_tok, build_gen = _builders(family)
+    tokenizer = _loaded(build_tok(tok_cfg), tok_path)
+
+    def loader(gen_cfg: dict, path: Path) -> Callable[[], nn.Module]:
+        return lambda: _loaded(build_gen(gen_cfg, tok_cfg), path)
+
+    loaders = {name: loader(cfg, path) for name, (cfg, path, _) in variants.items()}
+    sampling = {name: sampling for name, (_, _, sampling) in variants.items()}
+    return adapter_cls(tokenizer, loaders, sampling, image_size, num_classes, device)
+
+
+def load_family(family: str, weights_dir: Optional[Path | str] = None, device: str = "cpu") -> FamilyAdapter:
+    """Adapter for ``family`` from the demo zoo, a zoo folder, or a folder of official files."""
+    family = family.upper()
+    zoo_dir = Path(weights_dir) if weights_dir is not None else DEMO_ZOO_DIR
+    if weights_dir is None or is_zoo_dir(zoo_dir):
+        manifest = read_zoo_manifest(zoo_dir)
+        if family not in manifest["families"]:
+            raise KeyError(f"{zoo_dir}/zoo.json has no family {family!r}; it has {', '.join(manifest['families'])}")
+        fam = manifest["families"][family]
+        variants = {name: (v["config"], zoo_dir / v["file"], v.get("sampling", {})) for name, v in fam["variants"].items()}
+        return _make_adapter("VAR" if family == "VAR" else "RAR", fam["tokenizer"]["config"], zoo_dir / fam["tokenizer"]["file"],
+                             variants, manifest["image_size"], manifest["num_classes"], device)
+    if family not in ("VAR", "RAR"):
+        raise KeyError(f"official weights exist only for VAR and RAR, not {family!r}")
+    official = {name: cfg for name, cfg in OFFICIAL_VARIANTS.items() if cfg["family"] == family}
+    first = next(iter(official.values()))
+    variants = {name: (cfg["generator"], zoo_dir / cfg["files"]["generator"], cfg["sampling"]) for name, cfg in official.items()}
+    tok_cfg = first["tokenizer"]
+    image_size = tok_cfg.get("image_size", tok_cfg.get("resolution", 256))
+    return _make_adapter(family, tok_cfg, zoo_dir / first["files"]["tokenizer"], variants, image_size, 1000, device)

@@ -1,0 +1,70 @@
+"""Shared fixtures: the reference fixtures copied from the official code's runs, loaded as adapters."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = Path(__file__).resolve().parent / "reference"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+torch.set_num_threads(2)
+
+
+def read_fixture(name: str):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = REFERENCE / name
+    with safe_open(str(path), "pt") as handle:
+        meta = handle.metadata()
+    return {k: json.loads(v) for k, v in meta.items()}, load_file(str(path))
+
+
+@pytest.fixture(scope="session")
+def var_fixture():
+    return read_fixture("var_small.safetensors")
+
+
+@pytest.fixture(scope="session")
+def rar_fixture():
+    return read_fixture("rar_small.safetensors")
+
+
+def _save(tensors: dict, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+
+
+@pytest.fixture(scope="session")
+def small_zoo_dir(tmp_path_factory, var_fixture, rar_fixture) -> Path:
+    """A zoo folder (``zoo.json`` + safetensors) built from the two reference fixtures."""
+    from models.checkpoints import strip_prefix
+
+    out = tmp_path_factory.mktemp("small_zoo")
+    var_meta, var_t = var_fixture
+    rar_meta, rar_t = rar_fixture
+    _save(strip_prefix(var_t, "vae."), out / "var_tok.safetensors")
+    _save(strip_prefix(var_t, "var."), out / "var_gen.safetensors")
+    _save(strip_prefix(rar_t, "tokenizer."), out / "rar_tok.safetensors")
+    _save(strip_prefix(rar_t, "generator."), out / "rar_gen.safetensors")
+    vcfg, rcfg = var_meta["config"], rar_meta["config"]
+    manifest = {
+        "image_size": 64, "num_classes": 10, "class_names": [f"c{i}" for i in range(10)],
+        "families": {
+            "VAR": {"tokenizer": {"file": "var_tok.safetensors", "config": vcfg},
+                    "variants": {"var16": {"file": "var_gen.safetensors", "config": vcfg,
+                                           "sampling": {"cfg": 1.5, "top_k": 10, "top_p": 0.9}}}},
+            "RAR": {"tokenizer": {"file": "rar_tok.safetensors", "config": rcfg["tokenizer"]},
+                    "variants": {"rarb": {"file": "rar_gen.safetensors", "config": rcfg["generator"],
+                                          "sampling": {"guidance_scale": 4.0, "guidance_scale_pow": 2.5, "temperature": 1.02}}}},
+        },
+    }
+    (out / "zoo.json").write_text(json.dumps(manifest))
+    return out
