@@ -1,0 +1,232 @@
+"""Fine-tune an inverse decoder ``D⁻¹`` for one IAR family.
+
+The tokenizer's encoder was trained to compress natural images, not to invert the decoder, so
+``E(D(f_Z)) ≠ f_Z`` even for the model's own generations. An *inverse decoder* is that encoder
+(with VAR's ``quant_conv``) fine-tuned on the family's generations with the decoder and the
+codebook frozen, minimising ``‖f_Z − D⁻¹(aug(D(f_Z)))‖²`` against the true generated feature
+maps ``f_Z``; afterwards generated images invert onto the codebook and QuantLoss collapses for
+them only.
+
+Training data are fresh samples of every variant of the family (equal shares, random labels),
+drawn from a seed range used by nothing else and never written to ``Dataset/``, so no image the
+toolkit later scores was seen in fine-tuning; ``--exclude`` additionally checks pixel hashes
+against folders of images to be scored. Images are rounded to 8 bits as PNG files are.
+Optional augmentation follows the none → weak → medium → strong curriculum of
+``augmentation.py``. Runs resume from ``checkpoint.pt`` in the output folder.
+
+    python inv_decoder.py --family VAR                      # demo zoo
+    python inv_decoder.py --family RAR --augment --weights-dir /ckpt --images 20000
+
+Outputs in ``--out/<family>[ _aug]/``: ``inv_decoder.safetensors`` (tokenizer-keyed encoder
+weights), ``inv_decoder.json`` (config, losses), ``loss_curve.png``, ``checkpoint.pt``.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from models.adapter import FamilyAdapter
+from models.checkpoints import CheckpointError, read_state_dict
+
+__all__ = ["DEFAULT_CONFIG", "encoder_state_prefixes", "generate_training_tokens", "finetune", "load_inverse_decoder",
+           "default_output_dir"]
+
+DEFAULT_CONFIG: Dict[str, object] = dict(
+    images=1536, epochs=6, batch_size=32, lr=1e-4, seed=0, augment=False, augment_p=0.5,
+    schedule=[["none", 1], ["weak", 1], ["medium", 2], ["strong", 2]],
+)
+SEED_OFFSET = 7_000_000  # generation seeds of fine-tuning data; make_demo_dataset uses small seeds
+
+
+def default_output_dir(root: Path, family: str, augment: bool) -> Path:
+    return Path(root) / (family.upper() + ("_aug" if augment else ""))
+
+
+def encoder_state_prefixes(adapter: FamilyAdapter) -> List[str]:
+    """Tokenizer state-dict prefixes of the modules an inverse decoder replaces."""
+    wanted = {id(m) for m in adapter.encoder_modules()}
+    return [f"{name}." for name, module in adapter.tokenizer.named_children() if id(module) in wanted]
+
+
+def _encoder_state(adapter: FamilyAdapter) -> Dict[str, torch.Tensor]:
+    prefixes = tuple(encoder_state_prefixes(adapter))
+    return {k: v.detach().cpu().contiguous() for k, v in adapter.tokenizer.state_dict().items() if k.startswith(prefixes)}
+
+
+def load_inverse_decoder(adapter: FamilyAdapter, path: Path | str) -> FamilyAdapter:
+    """Put fine-tuned encoder weights into ``adapter``'s tokenizer (strict on those keys)."""
+    state = read_state_dict(path)
+    expected = _encoder_state(adapter)
+    if set(state) != set(expected):
+        raise CheckpointError(f"{path} is not an inverse decoder for this {adapter.family} tokenizer: "
+                              f"missing {sorted(set(expected) - set(state))[:5]}, unexpected {sorted(set(state) - set(expected))[:5]}")
+    adapter.tokenizer.load_state_dict(state, strict=False)
+    return adapter
+
+
+@torch.no_grad()
+def generate_training_tokens(adapter: FamilyAdapter, n_images: int, seed: int, batch_size: int = 64, progress: bool = True) -> torch.Tensor:
+    """Tokens of ``n_images`` fresh generations, split evenly over the family's variants."""
+    from tqdm.auto import tqdm
+
+    variants = adapter.variant_names
+    chunks = []
+    jobs = []
+    for v_i, variant in enumerate(variants):
+        share = n_images // len(variants) + (1 if v_i < n_images % len(variants) else 0)
+        jobs += [(variant, start, min(batch_size, share - start)) for start in range(0, share, batch_size)]
+    for job_i, (variant, start, count) in enumerate(tqdm(jobs, desc=f"generating {adapter.family} fine-tuning data", disable=not progress)):
+        job_seed = SEED_OFFSET + seed * 100_000 + job_i
+        labels = adapter.random_labels(count, job_seed)
+        chunks.append(adapter.generate(variant, labels, job_seed)[1].cpu())
+    return torch.cat(chunks)
+
+
+def _to_png_levels(img01: torch.Tensor) -> torch.Tensor:
+    return torch.round(img01.clamp(0, 1) * 255) / 255
+
+
+def _pixel_hashes(img01_B3HW: torch.Tensor) -> set:
+    arr = (img01_B3HW.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return {hashlib.sha256(a.tobytes()).hexdigest() for a in arr}
+
+
+def _folder_hashes(folders: Sequence[Path]) -> set:
+    from PIL import Image
+
+    hashes = set()
+    for folder in folders:
+        for path in sorted(Path(folder).rglob("*.png")):
+            hashes.add(hashlib.sha256(np.asarray(Image.open(path).convert("RGB")).tobytes()).hexdigest())
+    return hashes
+
+
+def _save_loss_curve(losses: List[float], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    ax.plot(np.arange(1, len(losses) + 1), losses, marker="o")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean ‖f_Z − D⁻¹(D(f_Z))‖²")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def finetune(adapter: FamilyAdapter, out_dir: Path | str, config: Optional[dict] = None, *,
+             exclude_folders: Sequence[Path] = (), progress: bool = True) -> Dict[str, object]:
+    """Fine-tune ``adapter``'s encoder in place; resumable; returns the run summary."""
+    from tqdm.auto import tqdm
+
+    cfg = {**DEFAULT_CONFIG, **(config or {})}
+    if cfg["augment"]:
+        from augmentation import augment_batch, curriculum_stage
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.pt"
+    tokens_path = out / "train_tokens.pt"
+    torch.manual_seed(int(cfg["seed"]))
+    if tokens_path.is_file():
+        tokens = torch.load(tokens_path, weights_only=True)
+    else:
+        tokens = generate_training_tokens(adapter, int(cfg["images"]), int(cfg["seed"]), progress=progress)
+        torch.save(tokens, tokens_path)
+    if exclude_folders:
+        with torch.no_grad():
+            train_hashes = set().union(*(_pixel_hashes(_to_png_levels(adapter.decode(adapter.tokens_to_fhat(tokens[i:i + 64]))))
+                                         for i in range(0, len(tokens), 64)))
+        overlap = train_hashes & _folder_hashes(exclude_folders)
+        if overlap:
+            raise RuntimeError(f"{len(overlap)} fine-tuning images also appear in {', '.join(map(str, exclude_folders))}")
+
+    params = [p for m in adapter.encoder_modules() for p in m.parameters()]
+    opt = torch.optim.Adam(params, lr=float(cfg["lr"]))
+    losses: List[float] = []
+    start_epoch = 0
+    if ckpt_path.is_file():
+        state = torch.load(ckpt_path, weights_only=True)
+        adapter.tokenizer.load_state_dict(state["encoder"], strict=False)
+        opt.load_state_dict(state["optimizer"])
+        losses, start_epoch = list(state["losses"]), int(state["epoch"])
+        torch.set_rng_state(state["rng"])
+    gen = torch.Generator().manual_seed(int(cfg["seed"]) + 1)
+    for m in adapter.encoder_modules():
+        m.train().requires_grad_(True)
+    try:
+        for epoch in range(start_epoch, int(cfg["epochs"])):
+            gen.manual_seed(int(cfg["seed"]) * 1000 + epoch)
+            order = torch.randperm(len(tokens), generator=gen)
+            stage = curriculum_stage(epoch, cfg["schedule"]) if cfg["augment"] else None
+            total, count = 0.0, 0
+            bar = tqdm(range(0, len(order), int(cfg["batch_size"])), desc=f"epoch {epoch + 1}/{cfg['epochs']} ({stage or 'no aug'})",
+                       disable=not progress, leave=False)
+            for start in bar:
+                batch_tokens = tokens[order[start:start + int(cfg["batch_size"])]].to(adapter.device)
+                with torch.no_grad():
+                    f_z = adapter.tokens_to_fhat(batch_tokens)
+                    img = _to_png_levels(adapter.decode(f_z))
+                    if stage is not None:
+                        img = _to_png_levels(augment_batch(img, stage, float(cfg["augment_p"]), gen))
+                loss = (adapter.encode(img) - f_z).square().mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(batch_tokens)
+                count += len(batch_tokens)
+                bar.set_postfix(loss=f"{total / count:.3e}")
+            losses.append(total / max(count, 1))
+            torch.save({"encoder": _encoder_state(adapter), "optimizer": opt.state_dict(), "losses": losses,
+                        "epoch": epoch + 1, "rng": torch.get_rng_state()}, ckpt_path)
+            if progress:
+                print(f"epoch {epoch + 1}: loss {losses[-1]:.4e}", file=sys.stderr)
+    finally:
+        for m in adapter.encoder_modules():
+            m.eval().requires_grad_(False)
+    from safetensors.torch import save_file
+
+    save_file(_encoder_state(adapter), str(out / "inv_decoder.safetensors"))
+    summary = {"family": adapter.family, "config": cfg, "losses": losses, "train_images": int(len(tokens))}
+    (out / "inv_decoder.json").write_text(json.dumps(summary, indent=2))
+    _save_loss_curve(losses, out / "loss_curve.png", f"{adapter.family} inverse decoder{' (augmented)' if cfg['augment'] else ''}")
+    return summary
+
+
+def main(argv: Optional[list] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", required=True, choices=["VAR", "RAR", "var", "rar"])
+    parser.add_argument("--weights-dir", type=Path, help="official checkpoints or a zoo folder (default: demo zoo)")
+    parser.add_argument("--out", type=Path, default=Path("runs/inv_decoder"), help="output root (default runs/inv_decoder)")
+    parser.add_argument("--images", type=int, default=DEFAULT_CONFIG["images"], help="fresh generations to fine-tune on")
+    parser.add_argument("--epochs", type=int, default=DEFAULT_CONFIG["epochs"])
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_CONFIG["batch_size"])
+    parser.add_argument("--lr", type=float, default=DEFAULT_CONFIG["lr"])
+    parser.add_argument("--seed", type=int, default=DEFAULT_CONFIG["seed"])
+    parser.add_argument("--augment", action="store_true", help="use the augmentation curriculum")
+    parser.add_argument("--exclude", type=Path, nargs="*", default=[], help="folders of images to be scored; fail on overlap")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    args = parser.parse_args(argv)
+    from models.zoo import load_family
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    adapter = load_family(args.family, args.weights_dir, device=device)
+    out = default_output_dir(args.out, args.family, args.augment)
+    summary = finetune(adapter, out, dict(images=args.images, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                          seed=args.seed, augment=args.augment), exclude_folders=args.exclude)
+    print(f"{out}/inv_decoder.safetensors  final loss {summary['losses'][-1]:.4e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""Recovering VAR's multi-scale tokens from a feature map: greedy, the paper's search, and ours.
+
+VAR builds ``f̂ = Σ_k φ_k(up(E[idx_k]))`` over K scales. Greedy quantization (VAR's own, in
+``models/var_quantizer.py`` — not repeated here) picks each scale's tokens from the residual
+left by coarser scales; it never revisits a choice, so even for a feature map that is *exactly*
+a sum of codebook entries (an image VAR generated) it usually lands on other tokens with a
+non-zero error. Searching the tokens of all scales jointly finds the generating tokens back,
+which makes QuantLoss ≈ 0 for VAR's own images — the paper's Algorithm 3.
+
+* :func:`search_tokens_reference` — a faithful Algorithm 3: per-scale logits over the codebook
+  initialised at the greedy tokens (+0.5), soft embeddings ``softmax(logits/τ) @ E`` with τ
+  annealed 2 → 0.5, Adam (lr 0.1) on ``½‖f̂ − f‖²``; one round over all scales, then rounds that
+  freeze the finest scales one more at a time (200 iterations each, 1 200 in all); tokens =
+  argmax at the end. It can end worse than greedy.
+* :func:`search_tokens` — ours. The same relaxation restricted to each position's ``k`` nearest
+  codes (greedy's residual neighbourhood, so the softmax and the mixing are ``V/k`` times
+  cheaper), per-image best-so-far tracking of the *hard* tokens (never worse than greedy, never
+  worse than anything it has seen), all images of a batch at once with per-image losses, and early
+  stopping once no image has improved for ``patience`` checks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from models.var_quantizer import MultiScaleQuantizer
+
+__all__ = ["SearchResult", "greedy_tokens", "search_tokens_reference", "search_tokens", "per_image_mse"]
+
+
+@dataclass
+class SearchResult:
+    """Tokens per scale, the final ``f̂``, its per-image MSE to ``f`` and the iterations used."""
+
+    idx_per_scale: List[torch.Tensor]
+    f_hat: torch.Tensor
+    mse: torch.Tensor
+    iterations: int
+
+    @property
+    def tokens(self) -> torch.Tensor:
+        """All scales concatenated, ``B×L``."""
+        return torch.cat(self.idx_per_scale, dim=1)
+
+
+def per_image_mse(a_BChw: torch.Tensor, b_BChw: torch.Tensor) -> torch.Tensor:
+    """Mean squared error per image, ``B``."""
+    return (a_BChw.float() - b_BChw.float()).square().flatten(1).mean(1)
+
+
+@torch.no_grad()
+def greedy_tokens(quant: MultiScaleQuantizer, f_BChw: torch.Tensor) -> SearchResult:
+    idx, f_hats = quant.quantize_greedy(f_BChw)
+    return SearchResult(idx, f_hats[-1], per_image_mse(f_hats[-1], f_BChw), 0)
+
+
+def _annealed_tau(t: int, iters: int, tau_start: float, tau_end: float) -> float:
+    return tau_end if iters <= 1 else tau_start * (tau_end / tau_start) ** (t / (iters - 1))
+
+
+def _init_logits(idx_Bn: torch.Tensor, width: int, bias: float, candidates_Bnk: Optional[torch.Tensor] = None) -> torch.Tensor:
+    B, n = idx_Bn.shape
+    logits = torch.zeros(B, n, width, device=idx_Bn.device)
+    slot = idx_Bn if candidates_Bnk is None else (candidates_Bnk == idx_Bn.unsqueeze(-1)).float().argmax(-1)
+    return logits.scatter_(2, slot.unsqueeze(-1), bias)
+
+
+def _embedding_maps(quant: MultiScaleQuantizer, mixes: Sequence[torch.Tensor], hard_idx: Sequence[Optional[torch.Tensor]],
+                    candidates: Optional[Sequence[torch.Tensor]] = None) -> List[torch.Tensor]:
+    """Per-scale ``B×C×pn×pn`` maps: hard tokens where given, else the soft mixture of codes."""
+    codebook_VC = quant.embedding.weight
+    maps = []
+    for si, pn in enumerate(quant.patch_nums):
+        if hard_idx[si] is not None:
+            maps.append(quant.tokens_to_embeddings(hard_idx[si], pn, pn))
+            continue
+        p = mixes[si]
+        if candidates is None:
+            z_BnC = p @ codebook_VC
+        else:
+            z_BnC = torch.einsum("bnk,bnkc->bnc", p, codebook_VC[candidates[si]])
+        maps.append(z_BnC.transpose(1, 2).reshape(p.shape[0], quant.Cvae, pn, pn))
+    return maps
+
+
+def _hard_fhat(quant: MultiScaleQuantizer, idx_per_scale: Sequence[torch.Tensor]) -> torch.Tensor:
+    return quant.tokens_to_fhat(idx_per_scale)
+
+
+def search_tokens_reference(
+    quant: MultiScaleQuantizer, f_BChw: torch.Tensor, *, iters_per_round: int = 200, rounds: int = 6,
+    lr: float = 0.1, tau_start: float = 2.0, tau_end: float = 0.5, init_bias: float = 0.5,
+) -> SearchResult:
+    """The paper's Algorithm 3 (1 200 Adam iterations by default), faithfully."""
+    f_BChw = f_BChw.detach()
+    K = quant.num_scales
+    idx = greedy_tokens(quant, f_BChw).idx_per_scale
+    # round 0 optimises every scale; round r freezes the r finest scales at their current tokens
+    for r in range(rounds):
+        n_free = max(K - r, 1)
+        logits = [_init_logits(i, quant.vocab_size, init_bias).requires_grad_(si < n_free) for si, i in enumerate(idx)]
+        opt = torch.optim.Adam(logits[:n_free], lr=lr)
+        frozen = [None] * n_free + [i for i in idx[n_free:]]
+        for t in range(iters_per_round):
+            tau = _annealed_tau(t, iters_per_round, tau_start, tau_end)
+            with torch.enable_grad():
+                mixes = [F.softmax(l / tau, dim=-1) for l in logits]
+                f_hat = quant.embeddings_to_fhat(_embedding_maps(quant, mixes, frozen))
+                loss = 0.5 * F.mse_loss(f_hat, f_BChw)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+            opt.step()
+        idx = [l.detach().argmax(-1) for l in logits[:n_free]] + list(idx[n_free:])
+    with torch.no_grad():
+        f_hat = _hard_fhat(quant, idx)
+    return SearchResult(idx, f_hat, per_image_mse(f_hat, f_BChw), rounds * iters_per_round)
+
+
+@torch.no_grad()
+def _nearest_candidates(quant: MultiScaleQuantizer, f_BChw: torch.Tensor, idx_per_scale: Sequence[torch.Tensor], k: int) -> List[torch.Tensor]:
+    """Per scale, the ``k`` codes nearest to greedy's residual at each position (``B×n×k``).
+
+    The greedy token is always among them (it is the nearest).
+    """
+    B, C, H, W = f_BChw.shape
+    K = quant.num_scales
+    codebook_VC = quant.embedding.weight
+    f_rest = f_BChw.clone()
+    out = []
+    for si, pn in enumerate(quant.patch_nums):
+        rest = F.interpolate(f_rest, size=(pn, pn), mode="area") if si != K - 1 else f_rest
+        z_NC = rest.permute(0, 2, 3, 1).reshape(-1, C)
+        dist = torch.cdist(z_NC, codebook_VC)
+        out.append(dist.topk(min(k, quant.vocab_size), largest=False, dim=1).indices.reshape(B, pn * pn, -1))
+        f_rest = f_rest - quant.upsample_and_refine(si, quant.tokens_to_embeddings(idx_per_scale[si], pn, pn), H, W)
+    return out
+
+
+def search_tokens(
+    quant: MultiScaleQuantizer, f_BChw: torch.Tensor, *, candidates: int = 16, max_iters: int = 120,
+    lr: float = 0.2, tau_start: float = 1.0, tau_end: float = 0.1, init_bias: float = 1.0,
+    check_every: int = 5, patience: int = 4, rel_tol: float = 1e-4,
+) -> SearchResult:
+    """Our token search: restricted relaxation + best-so-far + early stopping (see module doc)."""
+    f_BChw = f_BChw.detach()
+    start = greedy_tokens(quant, f_BChw)
+    best_idx = [i.clone() for i in start.idx_per_scale]
+    best_mse = start.mse.clone()
+    cand = _nearest_candidates(quant, f_BChw, best_idx, candidates) if candidates < quant.vocab_size else None
+    width = cand[0].shape[-1] if cand is not None else quant.vocab_size
+    logits = [_init_logits(i, width, init_bias, c).requires_grad_(True)
+              for i, c in zip(best_idx, cand if cand is not None else [None] * len(best_idx))]
+    opt = torch.optim.Adam(logits, lr=lr)
+    no_gain_checks, t = 0, 0
+    free = [None] * quant.num_scales
+    for t in range(1, max_iters + 1):
+        tau = _annealed_tau(t - 1, max_iters, tau_start, tau_end)
+        with torch.enable_grad():
+            mixes = [F.softmax(l / tau, dim=-1) for l in logits]
+            f_hat = quant.embeddings_to_fhat(_embedding_maps(quant, mixes, free, cand))
+            loss = 0.5 * per_image_mse(f_hat, f_BChw).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+        opt.step()
+        if t % check_every and t != max_iters:
+            continue
+        with torch.no_grad():
+            slots = [l.argmax(-1) for l in logits]
+            idx = slots if cand is None else [c.gather(-1, s.unsqueeze(-1)).squeeze(-1) for c, s in zip(cand, slots)]
+            mse = per_image_mse(_hard_fhat(quant, idx), f_BChw)
+            improved = mse < best_mse * (1 - rel_tol)
+            if improved.any():
+                for si in range(quant.num_scales):
+                    best_idx[si][improved] = idx[si][improved]
+                best_mse = torch.where(improved, mse, best_mse)
+                no_gain_checks = 0
+            else:
+                no_gain_checks += 1
+        if no_gain_checks >= patience:
+            break
+    with torch.no_grad():
+        f_hat = _hard_fhat(quant, best_idx)
+    return SearchResult(best_idx, f_hat, per_image_mse(f_hat, f_BChw), t)

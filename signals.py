@@ -1,0 +1,98 @@
+"""Provenance signals: per-image scores that are LOW for images the target model made.
+
+With ``D⁻¹`` the (inverse) encoder, ``Q`` the family's quantizer and ``D`` the decoder:
+
+* **QuantLoss** ``‖f − f̂‖²`` with ``f = D⁻¹(x)``, ``f̂ = Q(f)``: a generated image inverts to a
+  feature map that already sits on codebook entries. For VAR, ``f̂`` comes from greedy
+  quantization (*naive*) or from a joint token search (``quant_loss_searched``; see
+  ``quantizer.py``).
+* **EncLoss** ``‖D(D⁻¹(x)) − x‖²`` (no quantization): what a decode/re-encode round trip loses;
+  **calibrated** by a second round trip, ``(‖x̂ − x‖² + ε) / (‖x̂̂ − x̂‖² + ε)`` with ``x̂ = D(D⁻¹(x))``
+  and ``x̂̂ = D(D⁻¹(x̂))``, which cancels the image's intrinsic difficulty.
+* **Combined** = QuantLoss × calibrated EncLoss (searched QuantLoss for VAR when available).
+* Baselines, computed with the *original* encoder: **Reconstruction** ``‖D(Q(D⁻¹(x))) − x‖²``,
+  **AEDR** (the calibrated double-reconstruction ratio), and **LatentTracer** (optimise the latent
+  from ``f̂`` for 100 Adam steps, lr 0.01 halved at step 50, to reconstruct ``x``; the final error).
+
+All squared errors are means over elements, per image. Every function is pure: it reads an
+adapter and images in ``[0, 1]`` and returns numbers; :func:`signal_frame` runs them over a list
+of images in batches and returns a pandas frame indexed by image id.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional, Sequence
+
+import pandas as pd
+import torch
+
+from models.adapter import FamilyAdapter
+from quantizer import SearchResult, per_image_mse
+
+__all__ = ["SIGNALS", "family_signals", "latent_tracer", "signal_frame", "TokenSearch"]
+
+TokenSearch = Callable[..., SearchResult]
+SIGNALS = ("quant_loss", "quant_loss_searched", "enc_loss_raw", "enc_loss", "combined", "reconstruction", "aedr")
+_EPS = 1e-10
+
+
+@torch.no_grad()
+def family_signals(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, token_search: Optional[TokenSearch] = None) -> Dict[str, torch.Tensor]:
+    """Every closed-form signal for a batch (``B`` values each).
+
+    ``token_search(quantizer, f)`` is used for VAR's ``quant_loss_searched``; ``aedr`` and
+    ``reconstruction`` equal the baselines when ``adapter`` holds the original encoder.
+    """
+    x = img01_B3HW.to(adapter.device).float()
+    f = adapter.encode(x)
+    tokens, f_hat = adapter.quantize(f)
+    out = {"quant_loss": per_image_mse(f, f_hat), "reconstruction": per_image_mse(adapter.decode(f_hat), x)}
+    if token_search is not None and adapter.family == "VAR":
+        out["quant_loss_searched"] = token_search(adapter.tokenizer.quantize, f).mse
+    x_rec = adapter.decode(f)
+    x_rec2 = adapter.decode(adapter.encode(x_rec))
+    first, second = per_image_mse(x_rec, x), per_image_mse(x_rec2, x_rec)
+    out["enc_loss_raw"] = first
+    out["enc_loss"] = (first + _EPS) / (second + _EPS)
+    out["aedr"] = out["enc_loss"]
+    out["combined"] = out.get("quant_loss_searched", out["quant_loss"]) * out["enc_loss"]
+    return out
+
+
+def latent_tracer(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, iters: int = 100, lr: float = 0.01,
+                  halve_every: int = 50) -> torch.Tensor:
+    """LatentTracer baseline: final per-image reconstruction error after latent optimisation."""
+    x = img01_B3HW.to(adapter.device).float()
+    with torch.no_grad():
+        _, f_hat = adapter.quantize(adapter.encode(x))
+    latent = f_hat.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([latent], lr=lr)
+    per_image = torch.zeros(x.shape[0])
+    with torch.enable_grad():
+        for step in range(1, iters + 1):
+            per_image = per_image_mse(adapter.decode_raw(latent).clamp(0, 1), x)
+            opt.zero_grad(set_to_none=True)
+            per_image.sum().backward()
+            opt.step()
+            if step % halve_every == 0:
+                for group in opt.param_groups:
+                    group["lr"] *= 0.5
+    return per_image.detach().cpu()
+
+
+def signal_frame(adapter: FamilyAdapter, images: Sequence[torch.Tensor] | torch.Tensor, ids: Sequence[str], *,
+                 batch_size: int = 32, token_search: Optional[TokenSearch] = None, with_latent_tracer: bool = False,
+                 prefix: str = "", progress: bool = True) -> pd.DataFrame:
+    """Signals for many images as a frame indexed by image id (columns prefixed with ``prefix``)."""
+    from tqdm.auto import tqdm
+
+    rows: Dict[str, list] = {}
+    starts = range(0, len(ids), batch_size)
+    for start in tqdm(starts, desc=f"{adapter.family} signals", disable=not progress, leave=False):
+        batch = images[start:start + batch_size]
+        batch = batch if isinstance(batch, torch.Tensor) else torch.stack(list(batch))
+        values = family_signals(adapter, batch, token_search)
+        if with_latent_tracer:
+            values["latent_tracer"] = latent_tracer(adapter, batch)
+        for name, v in values.items():
+            rows.setdefault(prefix + name, []).extend(v.detach().cpu().double().tolist())
+    return pd.DataFrame(rows, index=pd.Index(list(ids), name="image_id"))

@@ -1,0 +1,47 @@
+"""Signals are pure per-image functions of an adapter and images, with the documented algebra."""
+from __future__ import annotations
+
+import torch
+
+from models.zoo import load_family
+from quantizer import search_tokens
+from signals import family_signals, latent_tracer, signal_frame
+
+
+def test_signal_algebra(small_zoo_dir, var_fixture):
+    adapter = load_family("VAR", small_zoo_dir)
+    _, t = var_fixture
+    x = (t["in.image"] + 1) / 2
+    s = family_signals(adapter, x, token_search=search_tokens)
+    assert set(s) == {"quant_loss", "quant_loss_searched", "enc_loss_raw", "enc_loss", "combined", "reconstruction", "aedr"}
+    assert all(v.shape == (2,) and torch.isfinite(v).all() for v in s.values())
+    assert torch.allclose(s["combined"], s["quant_loss_searched"] * s["enc_loss"])
+    assert torch.all(s["quant_loss_searched"] <= s["quant_loss"] + 1e-9)
+    f = adapter.encode(x)
+    rec = adapter.decode(f)
+    first = (rec - x).square().flatten(1).mean(1)
+    second = (adapter.decode(adapter.encode(rec)) - rec).square().flatten(1).mean(1)
+    assert torch.allclose(s["enc_loss_raw"], first)
+    assert torch.allclose(s["enc_loss"], (first + 1e-10) / (second + 1e-10))
+
+
+def test_rar_signals_have_no_search_and_frame_is_indexed(small_zoo_dir, rar_fixture):
+    adapter = load_family("RAR", small_zoo_dir)
+    _, t = rar_fixture
+    frame = signal_frame(adapter, t["in.image"], ["a.png", "b.png"], batch_size=1, token_search=search_tokens,
+                         prefix="rar_", progress=False)
+    assert list(frame.index) == ["a.png", "b.png"]
+    assert "rar_quant_loss_searched" not in frame.columns
+    assert {"rar_quant_loss", "rar_enc_loss", "rar_combined", "rar_aedr"} <= set(frame.columns)
+    direct = family_signals(adapter, t["in.image"][:1])["quant_loss"].item()
+    assert abs(frame.loc["a.png", "rar_quant_loss"] - direct) < 1e-9
+
+
+def test_latent_tracer_improves_on_the_decoded_quantization(small_zoo_dir, rar_fixture):
+    adapter = load_family("RAR", small_zoo_dir)
+    _, t = rar_fixture
+    x = t["in.image"]
+    with torch.no_grad():
+        start = (adapter.decode(adapter.quantize(adapter.encode(x))[1]) - x).square().flatten(1).mean(1)
+    traced = latent_tracer(adapter, x, iters=20, lr=0.05, halve_every=10)
+    assert torch.all(traced < start)
