@@ -36,7 +36,7 @@ from models.adapter import FamilyAdapter
 from models.checkpoints import CheckpointError, read_state_dict
 
 __all__ = ["DEFAULT_CONFIG", "encoder_state_prefixes", "generate_training_tokens", "finetune", "load_inverse_decoder",
-           "default_output_dir"]
+           "default_output_dir", "ensure_inverse_decoder"]
 
 DEFAULT_CONFIG: Dict[str, object] = dict(
     images=1536, epochs=6, batch_size=32, lr=1e-4, seed=0, augment=False, augment_p=0.5,
@@ -201,6 +201,19 @@ def finetune(adapter: FamilyAdapter, out_dir: Path | str, config: Optional[dict]
     (out / "inv_decoder.json").write_text(json.dumps(summary, indent=2))
     _save_loss_curve(losses, out / "loss_curve.png", f"{adapter.family} inverse decoder{' (augmented)' if cfg['augment'] else ''}")
     return summary
+
+
+def ensure_inverse_decoder(family: str, weights_dir: Optional[Path], inv_root: Path | str, augment: bool = False,
+                           device: str = "cpu", config: Optional[dict] = None) -> Path:
+    """Path of the family's inverse decoder under ``inv_root``, fine-tuning it first if missing."""
+    from models.zoo import load_family
+
+    out = default_output_dir(Path(inv_root), family, augment)
+    path = out / "inv_decoder.safetensors"
+    if not path.is_file():
+        print(f"[{family}] no inverse decoder at {path}: fine-tuning one now", file=sys.stderr)
+        finetune(load_family(family, weights_dir, device=device), out, dict(config or {}, augment=augment))
+    return path
 
 
 def main(argv: Optional[list] = None) -> int:

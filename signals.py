@@ -20,7 +20,7 @@ of images in batches and returns a pandas frame indexed by image id.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import pandas as pd
 import torch
@@ -28,7 +28,7 @@ import torch
 from models.adapter import FamilyAdapter
 from quantizer import SearchResult, per_image_mse
 
-__all__ = ["SIGNALS", "family_signals", "latent_tracer", "signal_frame", "TokenSearch"]
+__all__ = ["SIGNALS", "family_signals", "family_signals_and_tokens", "latent_tracer", "signal_frame", "TokenSearch"]
 
 TokenSearch = Callable[..., SearchResult]
 SIGNALS = ("quant_loss", "quant_loss_searched", "enc_loss_raw", "enc_loss", "combined", "reconstruction", "aedr")
@@ -36,18 +36,17 @@ _EPS = 1e-10
 
 
 @torch.no_grad()
-def family_signals(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, token_search: Optional[TokenSearch] = None) -> Dict[str, torch.Tensor]:
-    """Every closed-form signal for a batch (``B`` values each).
-
-    ``token_search(quantizer, f)`` is used for VAR's ``quant_loss_searched``; ``aedr`` and
-    ``reconstruction`` equal the baselines when ``adapter`` holds the original encoder.
-    """
+def family_signals_and_tokens(adapter: FamilyAdapter, img01_B3HW: torch.Tensor,
+                              token_search: Optional[TokenSearch] = None) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+    """:func:`family_signals` plus the recovered tokens ``B×L`` (searched for VAR when a search is given)."""
     x = img01_B3HW.to(adapter.device).float()
     f = adapter.encode(x)
     tokens, f_hat = adapter.quantize(f)
     out = {"quant_loss": per_image_mse(f, f_hat), "reconstruction": per_image_mse(adapter.decode(f_hat), x)}
     if token_search is not None and adapter.family == "VAR":
-        out["quant_loss_searched"] = token_search(adapter.tokenizer.quantize, f).mse
+        found = token_search(adapter.tokenizer.quantize, f)
+        out["quant_loss_searched"] = found.mse
+        tokens = found.tokens
     x_rec = adapter.decode(f)
     x_rec2 = adapter.decode(adapter.encode(x_rec))
     first, second = per_image_mse(x_rec, x), per_image_mse(x_rec2, x_rec)
@@ -55,7 +54,16 @@ def family_signals(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, token_searc
     out["enc_loss"] = (first + _EPS) / (second + _EPS)
     out["aedr"] = out["enc_loss"]
     out["combined"] = out.get("quant_loss_searched", out["quant_loss"]) * out["enc_loss"]
-    return out
+    return out, tokens
+
+
+def family_signals(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, token_search: Optional[TokenSearch] = None) -> Dict[str, torch.Tensor]:
+    """Every closed-form signal for a batch (``B`` values each).
+
+    ``token_search(quantizer, f)`` is used for VAR's ``quant_loss_searched``; ``aedr`` and
+    ``reconstruction`` equal the baselines when ``adapter`` holds the original encoder.
+    """
+    return family_signals_and_tokens(adapter, img01_B3HW, token_search)[0]
 
 
 def latent_tracer(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, iters: int = 100, lr: float = 0.01,

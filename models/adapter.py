@@ -101,13 +101,19 @@ class FamilyAdapter(ABC):
 
     # ------------------------------------------------------------------ generators
     @abstractmethod
-    def token_logits(self, variant: str, tokens_BL: torch.Tensor, labels_B: Optional[torch.Tensor]) -> torch.Tensor:
-        """Teacher-forced logits ``B×L×V`` for the given tokens; ``labels_B=None`` is unconditional."""
+    def token_logits(self, variant: str, tokens_BL: torch.Tensor, labels_B: Optional[torch.Tensor],
+                     positions: Optional[int] = None) -> torch.Tensor:
+        """Teacher-forced logits ``B×ℓ×V`` for the given tokens; ``labels_B=None`` is unconditional.
 
-    def token_log_probs(self, variant: str, tokens_BL: torch.Tensor, labels_B: Optional[torch.Tensor]) -> torch.Tensor:
-        """``log p(tokenᵢ | tokens<ᵢ, label)`` for every position, ``B×L`` (one teacher-forced pass)."""
-        logits = self.token_logits(variant, tokens_BL.to(self.device), labels_B)
-        return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens_BL.to(self.device).unsqueeze(-1)).squeeze(-1)
+        ``positions=ℓ`` computes only the first ℓ positions (a cheaper pass; same values).
+        """
+
+    def token_log_probs(self, variant: str, tokens_BL: torch.Tensor, labels_B: Optional[torch.Tensor],
+                        positions: Optional[int] = None) -> torch.Tensor:
+        """``log p(tokenᵢ | tokens<ᵢ, label)`` for every position, ``B×ℓ`` (one teacher-forced pass)."""
+        tokens_BL = tokens_BL.to(self.device)
+        logits = self.token_logits(variant, tokens_BL, labels_B, positions)
+        return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens_BL[:, : logits.shape[1]].unsqueeze(-1)).squeeze(-1)
 
     @abstractmethod
     def generate(self, variant: str, labels_B: torch.Tensor, seed: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -39,13 +39,16 @@ class RARAdapter(FamilyAdapter):
     def decode_raw(self, f_hat_BChw: torch.Tensor) -> torch.Tensor:
         return self.tokenizer.decode_fhat_raw(f_hat_BChw)
 
-    def token_logits(self, variant: str, tokens_BL: torch.Tensor, labels_B: Optional[torch.Tensor]) -> torch.Tensor:
+    def token_logits(self, variant: str, tokens_BL: torch.Tensor, labels_B: Optional[torch.Tensor],
+                     positions: Optional[int] = None) -> torch.Tensor:
         rar = self.generator(variant)
         if labels_B is None:
             cond = torch.full((tokens_BL.shape[0],), rar.none_condition_id, dtype=torch.long, device=self.device)
         else:
             cond = rar.condition_ids(labels_B.to(self.device))
-        return rar(tokens_BL, cond)[:, : tokens_BL.shape[1]]
+        n = tokens_BL.shape[1] if positions is None else positions
+        # position i predicts token i from the tokens before it, so the last input token is not needed
+        return rar(tokens_BL[:, : max(n - 1, 0)], cond)[:, :n]
 
     @torch.no_grad()
     def generate(self, variant: str, labels_B: torch.Tensor, seed: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -47,12 +47,15 @@ class VARAdapter(FamilyAdapter):
     def decode_raw(self, f_hat_BChw: torch.Tensor) -> torch.Tensor:
         return self.to_unit_range(self.tokenizer.decode_fhat_raw(f_hat_BChw))
 
-    def token_logits(self, variant: str, tokens_BL: torch.Tensor, labels_B: Optional[torch.Tensor]) -> torch.Tensor:
+    def token_logits(self, variant: str, tokens_BL: torch.Tensor, labels_B: Optional[torch.Tensor],
+                     positions: Optional[int] = None) -> torch.Tensor:
         var = self.generator(variant)
         B = tokens_BL.shape[0]
         if labels_B is None:
             labels_B = torch.full((B,), var.num_classes, dtype=torch.long, device=self.device)
         x_BLCv = self.tokenizer.quantize.teacher_forcing_input(self.split_scales(tokens_BL))
+        if positions is not None:
+            x_BLCv = x_BLCv[:, : max(positions - var.first_l, 0)]
         return var(labels_B.to(self.device), x_BLCv)
 
     @torch.no_grad()

@@ -200,16 +200,21 @@ class VARTransformer(nn.Module):
 
     # ------------------------------------------------------------------ teacher forcing
     def forward(self, label_B: torch.Tensor, x_BLCv_wo_first_l: torch.Tensor) -> torch.Tensor:
-        """Logits ``B×L×V`` for all scales given the labels and the teacher-forcing input."""
+        """Logits ``B×L×V`` for all scales given the labels and the teacher-forcing input.
+
+        A shorter input (the first ``ℓ − pn₀²`` rows) gives the logits of the first ``ℓ`` positions,
+        identical to the full pass's because the mask is block-causal.
+        """
         B = x_BLCv_wo_first_l.shape[0]
+        ed = self.first_l + x_BLCv_wo_first_l.shape[1]
         if self.training and self.cond_drop_rate > 0:
             drop = torch.rand(B, device=label_B.device) < self.cond_drop_rate
             label_B = torch.where(drop, torch.full_like(label_B, self.num_classes), label_B)
         cond_BD = self.class_condition(label_B)
         sos = cond_BD.unsqueeze(1).expand(B, self.first_l, -1) + self.pos_start.expand(B, self.first_l, -1)
         x_BLC = torch.cat((sos, self.word_embed(x_BLCv_wo_first_l.float())), dim=1)
-        x_BLC = x_BLC + (self.lvl_embed(self.lvl_1L.expand(B, -1)) + self.pos_1LC)
-        h_BLC = self.run_blocks(x_BLC, cond_BD, self.attn_bias_for_masking)
+        x_BLC = x_BLC + (self.lvl_embed(self.lvl_1L[:, :ed].expand(B, -1)) + self.pos_1LC[:, :ed])
+        h_BLC = self.run_blocks(x_BLC, cond_BD, self.attn_bias_for_masking[:, :, :ed, :ed])
         return self.logits(h_BLC, cond_BD)
 
     # ------------------------------------------------------------------ initialisation (training from scratch)

@@ -1,0 +1,91 @@
+"""Reading the Dataset layout: ``train/<class>/``, ``val/<class>/``, ``test/*.png`` (+ hidden labels).
+
+Every split is listed as a pandas frame indexed by ``image_id`` (the path relative to the
+Dataset root, e.g. ``train/var16/img_00012.png``, so ids are unique across splits) with columns
+``path``, ``label`` (one of :data:`models.registry.CLASS_NAMES`, or ``None`` for unlabeled test
+images) and ``source`` (what made the image — the variant, ``natural`` or ``outlier_iar`` — where
+a sidecar ``<split>_meta.csv`` or the hidden ``test_labels.csv`` says so, else the label).
+Images load as float tensors in ``[0, 1]``, ``B×3×H×W``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+import pandas as pd
+import torch
+
+from models.registry import CLASS_NAMES
+
+__all__ = ["IMAGE_SUFFIXES", "list_split", "load_images", "read_label_csv"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def read_label_csv(path: Path | str) -> pd.DataFrame:
+    """A CSV with ``image_name,label`` (+ optional columns), validated."""
+    frame = pd.read_csv(path)
+    missing = {"image_name", "label"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; expected image_name,label")
+    unknown = sorted(set(frame["label"]) - set(CLASS_NAMES))
+    if unknown:
+        raise ValueError(f"{path}: unknown label(s) {unknown}; expected one of {', '.join(CLASS_NAMES)}")
+    return frame
+
+
+def _images_in(folder: Path) -> list:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def list_split(root: Path | str, split: str, labels_csv: Optional[Path | str] = None) -> pd.DataFrame:
+    """All images of ``split`` under ``root`` with their labels and sources."""
+    root = Path(root)
+    folder = root / split
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no folder {folder}: expected the Dataset layout <root>/{split}/")
+    rows = []
+    class_dirs = [d for d in sorted(folder.iterdir()) if d.is_dir()]
+    if class_dirs:
+        for d in class_dirs:
+            if d.name not in CLASS_NAMES:
+                raise ValueError(f"{d}: unknown class folder; expected one of {', '.join(CLASS_NAMES)}")
+            rows += [(f"{split}/{d.name}/{p.name}", str(p), d.name) for p in _images_in(d)]
+    else:
+        rows += [(f"{split}/{p.name}", str(p), None) for p in _images_in(folder)]
+    frame = pd.DataFrame(rows, columns=["image_id", "path", "label"]).set_index("image_id")
+    frame["source"] = frame["label"]
+    meta_path = Path(labels_csv) if labels_csv else root / (f"{split}_labels.csv" if not class_dirs else f"{split}_meta.csv")
+    if meta_path.is_file():
+        meta = read_label_csv(meta_path) if not class_dirs else pd.read_csv(meta_path)
+        names = meta["image_name"].astype(str)
+        meta.index = [n if n.startswith(f"{split}/") else (f"{split}/{n}" if not class_dirs else f"{split}/{lab}/{n}")
+                      for n, lab in zip(names, meta["label"])]
+        meta = meta[~meta.index.duplicated()]
+        known = frame.index.intersection(meta.index)
+        if not class_dirs:
+            frame.loc[known, "label"] = meta.loc[known, "label"]
+            frame["source"] = frame["label"]
+        if "source" in meta.columns:
+            frame.loc[known, "source"] = meta.loc[known, "source"]
+    return frame
+
+
+def load_images(paths: Iterable[str | Path], size: Optional[int] = None) -> torch.Tensor:
+    """Images as ``B×3×H×W`` in ``[0, 1]``; ``size`` resizes (bicubic) when given."""
+    from PIL import Image
+
+    arrays = []
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+                if size is not None and img.size != (size, size):
+                    img = img.resize((size, size), Image.BICUBIC)
+                arrays.append(np.asarray(img, dtype=np.uint8))
+        except OSError as exc:
+            raise OSError(f"cannot read image {path}: {exc}") from exc
+    if not arrays:
+        return torch.zeros(0, 3, size or 0, size or 0)
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255)

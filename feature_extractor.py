@@ -1,0 +1,134 @@
+"""Per-image feature rows for attribution: family signals of both families + variant likelihoods.
+
+For every image, with each family's inverse decoder:
+
+* ``{VAR,RAR}_{signal}`` — the stage-one signals of :mod:`signals` (QuantLoss, searched
+  QuantLoss for VAR, EncLoss raw and calibrated, Combined, Reconstruction, AEDR);
+* ``{variant}_{feature}`` — for all 8 variants, the likelihood features of
+  :mod:`variant_features` on the tokens recovered by that variant's family (searched for VAR).
+
+Rows are cached in a :class:`feature_store.FeatureStore` keyed by the sha256 of the image file,
+in a store named after this extractor's version and a digest of every weight file used (zoo or
+official files and inverse decoders), so a rerun computes only new images and a change of
+weights or code version never reuses stale rows. Each batch is written as its own shard as soon
+as it is computed: an interrupted run resumes where it stopped.
+
+    python feature_extractor.py Dataset/val --out val_features.parquet
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import pandas as pd
+import torch
+
+import inv_decoder
+from dataset import load_images
+from feature_store import FeatureStore, file_sha256
+from models.adapter import FamilyAdapter
+from models.zoo import DEMO_ZOO_DIR, is_zoo_dir, load_family
+from quantizer import search_tokens
+from signals import family_signals_and_tokens
+from variant_features import variant_features
+
+__all__ = ["EXTRACTOR_NAME", "EXTRACTOR_VERSION", "FeatureExtractor", "features_for_batch"]
+
+EXTRACTOR_NAME = "iar_features"
+EXTRACTOR_VERSION = "1"
+
+
+@torch.no_grad()
+def features_for_batch(adapters: Dict[str, FamilyAdapter], img01_B3HW: torch.Tensor) -> pd.DataFrame:
+    """Feature columns for one batch of images (rows in input order)."""
+    columns: Dict[str, object] = {}
+    for family, adapter in adapters.items():
+        signals, tokens = family_signals_and_tokens(adapter, img01_B3HW, search_tokens if family == "VAR" else None)
+        for name, values in signals.items():
+            columns[f"{family}_{name}"] = values.detach().cpu().double().numpy()
+        scale_sizes = [pn * pn for pn in adapter.patch_nums] if family == "VAR" else None
+        for variant in adapter.variant_names:
+            for name, values in variant_features(adapter, variant, tokens, scale_sizes=scale_sizes).items():
+                columns[f"{variant}_{name}"] = values
+    return pd.DataFrame(columns)
+
+
+def _weight_files(weights_dir: Optional[Path]) -> List[Path]:
+    folder = Path(weights_dir) if weights_dir is not None else DEMO_ZOO_DIR
+    if is_zoo_dir(folder):
+        return sorted(folder.glob("*.safetensors")) + [folder / "zoo.json"]
+    return sorted(p for p in folder.iterdir() if p.suffix in (".pth", ".bin", ".safetensors"))
+
+
+class FeatureExtractor:
+    """Loads both families with their inverse decoders and serves cached feature rows."""
+
+    def __init__(self, *, weights_dir: Optional[Path] = None, inv_root: Path = Path("runs/inv_decoder"),
+                 cache_dir: Path = Path("cache/features"), use_cache: bool = True, rebuild: bool = False,
+                 batch_size: int = 32, device: str = "cpu", progress: bool = True) -> None:
+        self.batch_size, self.progress = batch_size, progress
+        self.adapters: Dict[str, FamilyAdapter] = {}
+        files = _weight_files(weights_dir)
+        for family in ("VAR", "RAR"):
+            path = inv_decoder.ensure_inverse_decoder(family, weights_dir, inv_root, False, device)
+            self.adapters[family] = inv_decoder.load_inverse_decoder(load_family(family, weights_dir, device=device), path)
+            files.append(path)
+        digest = hashlib.sha256("".join(file_sha256(p) for p in files).encode()).hexdigest()
+        self.weights_digest = digest
+        self.store = FeatureStore(cache_dir, EXTRACTOR_NAME, EXTRACTOR_VERSION, digest, enabled=use_cache, rebuild=rebuild)
+
+    def features(self, paths: Sequence[Path | str], ids: Optional[Sequence[str]] = None) -> pd.DataFrame:
+        """Feature frame indexed by ``ids`` (default: the paths), computing only uncached images."""
+        from tqdm.auto import tqdm
+
+        paths = [Path(p) for p in paths]
+        ids = list(ids) if ids is not None else [str(p) for p in paths]
+        keys = [file_sha256(p) for p in paths]
+        todo = self.store.missing(keys)
+        first_path = {k: p for k, p in zip(keys, paths)}
+        computed = []
+        starts = range(0, len(todo), self.batch_size)
+        for start in tqdm(starts, desc="features", disable=not self.progress or not todo, unit="batch"):
+            batch_keys = todo[start:start + self.batch_size]
+            rows = features_for_batch(self.adapters, load_images([first_path[k] for k in batch_keys]))
+            rows.index = pd.Index(batch_keys, name="key")
+            self.store.write(rows)
+            computed.append(rows)
+        stored = self.store.read(keys) if self.store.enabled else pd.DataFrame()
+        table = pd.concat([stored] + computed) if computed else stored
+        table = table[~table.index.duplicated(keep="first")]
+        out = table.reindex(keys)
+        out.index = pd.Index(ids, name="image_id")
+        return out
+
+
+def main(argv: Optional[list] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", type=Path, help="a folder of images (searched recursively)")
+    parser.add_argument("--out", type=Path, required=True, help="output .parquet or .csv")
+    parser.add_argument("--weights-dir", type=Path)
+    parser.add_argument("--inv-root", type=Path, default=Path("runs/inv_decoder"))
+    parser.add_argument("--cache-dir", type=Path, default=Path("cache/features"))
+    parser.add_argument("--no-cache", action="store_true")
+    parser.add_argument("--rebuild", action="store_true", help="discard this extractor's cached rows first")
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args(argv)
+    from dataset import IMAGE_SUFFIXES
+
+    paths = sorted(p for p in args.folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        print(f"no images under {args.folder}", file=sys.stderr)
+        return 2
+    extractor = FeatureExtractor(weights_dir=args.weights_dir, inv_root=args.inv_root, cache_dir=args.cache_dir,
+                                 use_cache=not args.no_cache, rebuild=args.rebuild, batch_size=args.batch_size)
+    frame = extractor.features(paths, [str(p.relative_to(args.folder)) for p in paths])
+    frame.to_parquet(args.out) if args.out.suffix == ".parquet" else frame.to_csv(args.out)
+    print(f"{len(frame)} rows × {frame.shape[1]} features → {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""The feature store is content-addressed, atomic, resumable and never mixes versions or weights."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pandas as pd
+
+from feature_store import FeatureStore, file_sha256
+
+
+def _rows(keys, value):
+    return pd.DataFrame({"a": [value] * len(keys), "b": list(range(len(keys)))}, index=pd.Index(keys, name="key"))
+
+
+def test_write_read_merge_and_missing(tmp_path):
+    store = FeatureStore(tmp_path, "x", "1", "d" * 64)
+    store.write(_rows(["k1", "k2"], 1.0))
+    store.write(_rows(["k2", "k3"], 2.0))
+    merged = store.read()
+    assert sorted(merged.index) == ["k1", "k2", "k3"]
+    assert merged.loc["k2", "a"] == 1.0  # first row per key wins
+    assert store.missing(["k3", "k4", "k4", "k0"]) == ["k4", "k0"]
+    assert len(store.shards()) == 2
+
+
+def test_versions_and_weights_are_separate_stores(tmp_path):
+    FeatureStore(tmp_path, "x", "1", "a" * 64).write(_rows(["k"], 1.0))
+    assert FeatureStore(tmp_path, "x", "2", "a" * 64).read().empty
+    assert FeatureStore(tmp_path, "x", "1", "b" * 64).read().empty
+    assert not FeatureStore(tmp_path, "x", "1", "a" * 64).read().empty
+
+
+def test_rebuild_and_disabled(tmp_path):
+    FeatureStore(tmp_path, "x", "1", "a" * 64).write(_rows(["k"], 1.0))
+    assert FeatureStore(tmp_path, "x", "1", "a" * 64, rebuild=True).read().empty
+    off = FeatureStore(tmp_path / "off", "x", "1", "a" * 64, enabled=False)
+    assert off.write(_rows(["k"], 1.0)) is None and off.read().empty and not (tmp_path / "off").exists()
+
+
+def test_leftover_temp_files_and_damaged_shards_are_ignored(tmp_path):
+    store = FeatureStore(tmp_path, "x", "1", "a" * 64)
+    store.write(_rows(["k1"], 1.0))
+    (store.folder / "shard-1-2-3.parquet.tmp").write_bytes(b"half a file")
+    (store.folder / "shard-9-9-9.parquet").write_bytes(b"not parquet")
+    assert list(store.read().index) == ["k1"]
+
+
+def test_kill_9_mid_run_keeps_every_finished_shard(tmp_path):
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(os.getcwd())!r})
+        import pandas as pd
+        from feature_store import FeatureStore
+        store = FeatureStore({str(tmp_path)!r}, "x", "1", "a" * 64)
+        for i in range(10_000):
+            store.write(pd.DataFrame({{"a": [float(i)]}}, index=pd.Index([f"k{{i}}"], name="key")))
+            print(i, flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    for _ in range(30):
+        proc.stdout.readline()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    rows = FeatureStore(tmp_path, "x", "1", "a" * 64).read()
+    assert len(rows) >= 30
+    assert all(rows.loc[f"k{i}", "a"] == float(i) for i in range(30))
+
+
+def test_file_sha256(tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"abc")
+    assert file_sha256(path) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"

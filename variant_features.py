@@ -1,0 +1,112 @@
+"""Variant features: how likely each variant's transformer finds an image's recovered tokens.
+
+Variants of a family share the tokenizer, so only their transformers tell them apart. With
+the tokens ``t`` recovered from an image, one teacher-forced pass per (image batch, label
+batch) gives ``log p_v(tᵢ | t<ᵢ, c)`` for every position and candidate label ``c``, and one more
+pass the unconditional ``log p_v(tᵢ | t<ᵢ, ∅)``. The true label is never known, so labels are
+marginalised: over every class (uniform prior) when there are few, else over the ``top_k``
+classes that best explain the first ``scan_positions`` tokens (a cheap prefix pass).
+
+Per variant ``v`` (all NLLs in nats per token, lower = more likely):
+``nll_marginal`` (log-sum-exp over candidate labels), ``nll_topk`` (over the ``top_k`` best),
+``nll_best`` (best label), ``nll_uncond``, ``cfg_gap = nll_uncond − nll_best`` (CFG / conditional
+probability difference), ``nll_scale{k}`` (VAR, per scale, best label), and membership-inference
+statistics at the best label: ``mink`` (mean of the lowest 20 % token log-likelihoods, negated),
+``minkpp`` (Min-K%++: the same on log-likelihoods standardised by the model's own mean and
+spread over the vocabulary), ``hinge`` (true-token logit minus the best other logit, mean) and
+``zlib`` (total NLL divided by the zlib-compressed size of the tokens, in bytes).
+"""
+from __future__ import annotations
+
+import math
+import zlib
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from models.adapter import FamilyAdapter
+
+__all__ = ["token_statistics", "candidate_labels", "variant_features", "MINK_FRACTION"]
+
+MINK_FRACTION = 0.2
+
+
+def token_statistics(logits_NLV: torch.Tensor, tokens_NL: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Per-position log-likelihood, Min-K%++ z-score and hinge margin, each ``N×L``."""
+    log_probs = torch.log_softmax(logits_NLV.float(), dim=-1)
+    ll = log_probs.gather(-1, tokens_NL.unsqueeze(-1)).squeeze(-1)
+    probs = log_probs.exp()
+    mu = (probs * log_probs).sum(-1)
+    sigma = ((probs * log_probs.square()).sum(-1) - mu.square()).clamp_min(1e-12).sqrt()
+    true_logit = logits_NLV.gather(-1, tokens_NL.unsqueeze(-1)).squeeze(-1)
+    others = logits_NLV.scatter(-1, tokens_NL.unsqueeze(-1), float("-inf"))
+    return {"ll": ll, "zpp": (ll - mu) / sigma, "hinge": true_logit - others.amax(-1)}
+
+
+def _lowest_fraction_mean(values_NL: torch.Tensor, fraction: float = MINK_FRACTION) -> torch.Tensor:
+    k = max(1, int(math.ceil(values_NL.shape[1] * fraction)))
+    return values_NL.topk(k, dim=1, largest=False).values.mean(1)
+
+
+@torch.no_grad()
+def candidate_labels(adapter: FamilyAdapter, variant: str, tokens_BL: torch.Tensor, *, max_full: int = 32,
+                     top_k: int = 8, scan_positions: int = 32, label_batch: int = 64) -> torch.Tensor:
+    """``B×K`` labels to marginalise over: all classes if ≤ ``max_full``, else a prefix scan's top-k."""
+    B, C = tokens_BL.shape[0], adapter.num_classes
+    if C <= max_full:
+        return torch.arange(C, device=adapter.device).expand(B, C)
+    scores = torch.empty(B, C, device=adapter.device)
+    for start in range(0, C, label_batch):
+        labels = torch.arange(start, min(C, start + label_batch), device=adapter.device)
+        n = len(labels)
+        ll = adapter.token_log_probs(variant, tokens_BL.repeat_interleave(n, 0), labels.repeat(B), positions=scan_positions)
+        scores[:, start:start + n] = ll.sum(1).view(B, n)
+    return scores.topk(min(top_k, C), dim=1).indices
+
+
+@torch.no_grad()
+def variant_features(adapter: FamilyAdapter, variant: str, tokens_BL: torch.Tensor, *, scale_sizes: Optional[Sequence[int]] = None,
+                     top_k: int = 3, label_batch: int = 16, candidates_BK: Optional[torch.Tensor] = None) -> Dict[str, np.ndarray]:
+    """All features of one variant for a batch of recovered tokens (names without the variant prefix)."""
+    tokens_BL = tokens_BL.to(adapter.device)
+    B, L = tokens_BL.shape
+    cand = candidate_labels(adapter, variant, tokens_BL) if candidates_BK is None else candidates_BK.to(adapter.device)
+    K = cand.shape[1]
+    per_label: Dict[str, List[torch.Tensor]] = {"ll": [], "mink": [], "minkpp": [], "hinge": []}
+    per_label_positions: List[torch.Tensor] = []
+    for start in range(0, K, label_batch):
+        labels_BK = cand[:, start:start + label_batch]
+        k = labels_BK.shape[1]
+        tokens = tokens_BL.repeat_interleave(k, 0)
+        stats = token_statistics(adapter.token_logits(variant, tokens, labels_BK.reshape(-1)), tokens)
+        per_label["ll"].append(stats["ll"].sum(1).view(B, k))
+        per_label["mink"].append(-_lowest_fraction_mean(stats["ll"]).view(B, k))
+        per_label["minkpp"].append(-_lowest_fraction_mean(stats["zpp"]).view(B, k))
+        per_label["hinge"].append(stats["hinge"].mean(1).view(B, k))
+        per_label_positions.append(stats["ll"].view(B, k, L))
+    ll_BK = torch.cat(per_label["ll"], 1)
+    positions_BKL = torch.cat(per_label_positions, 1)
+    best = ll_BK.argmax(1)
+    rows = torch.arange(B, device=adapter.device)
+    uncond = adapter.token_log_probs(variant, tokens_BL, None)
+    top = ll_BK.topk(min(top_k, K), dim=1).values
+    out = {
+        "nll_marginal": -(torch.logsumexp(ll_BK, 1) - math.log(K)) / L,
+        "nll_topk": -(torch.logsumexp(top, 1) - math.log(top.shape[1])) / L,
+        "nll_best": -ll_BK.max(1).values / L,
+        "nll_uncond": -uncond.sum(1) / L,
+        "mink": torch.cat(per_label["mink"], 1)[rows, best],
+        "minkpp": torch.cat(per_label["minkpp"], 1)[rows, best],
+        "hinge": torch.cat(per_label["hinge"], 1)[rows, best],
+        "best_label": cand[rows, best].float(),
+    }
+    out["cfg_gap"] = out["nll_uncond"] - out["nll_best"]
+    best_positions = positions_BKL[rows, best]
+    if scale_sizes:
+        for k_scale, chunk in enumerate(torch.split(best_positions, list(scale_sizes), dim=1)):
+            out[f"nll_scale{k_scale}"] = -chunk.mean(1)
+    token_bytes = tokens_BL.cpu().numpy().astype(np.uint16)
+    compressed = torch.tensor([len(zlib.compress(row.tobytes(), 9)) for row in token_bytes], dtype=torch.float32)
+    out["zlib"] = (-ll_BK.max(1).values).cpu() / compressed
+    return {name: value.detach().cpu().double().numpy() for name, value in out.items()}
