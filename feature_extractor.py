@@ -68,14 +68,15 @@ class FeatureExtractor:
 
     def __init__(self, *, weights_dir: Optional[Path] = None, inv_root: Path = Path("runs/inv_decoder"),
                  cache_dir: Path = Path("cache/features"), use_cache: bool = True, rebuild: bool = False,
-                 batch_size: int = 32, device: str = "cpu", progress: bool = True) -> None:
+                 batch_size: int = 32, device: str = "cpu", progress: bool = True, inv_config: Optional[dict] = None) -> None:
         self.batch_size, self.progress = batch_size, progress
         self.adapters: Dict[str, FamilyAdapter] = {}
         files = _weight_files(weights_dir)
         for family in ("VAR", "RAR"):
-            path = inv_decoder.ensure_inverse_decoder(family, weights_dir, inv_root, False, device)
+            path = inv_decoder.ensure_inverse_decoder(family, weights_dir, inv_root, False, device, inv_config)
             self.adapters[family] = inv_decoder.load_inverse_decoder(load_family(family, weights_dir, device=device), path)
             files.append(path)
+        self.image_size = self.adapters["VAR"].image_size
         digest = hashlib.sha256("".join(file_sha256(p) for p in files).encode()).hexdigest()
         self.weights_digest = digest
         self.store = FeatureStore(cache_dir, EXTRACTOR_NAME, EXTRACTOR_VERSION, digest, enabled=use_cache, rebuild=rebuild)
@@ -93,7 +94,8 @@ class FeatureExtractor:
         starts = range(0, len(todo), self.batch_size)
         for start in tqdm(starts, desc="features", disable=not self.progress or not todo, unit="batch"):
             batch_keys = todo[start:start + self.batch_size]
-            rows = features_for_batch(self.adapters, load_images([first_path[k] for k in batch_keys]))
+            images = load_images([first_path[k] for k in batch_keys], size=self.image_size)
+            rows = features_for_batch(self.adapters, images)
             rows.index = pd.Index(batch_keys, name="key")
             self.store.write(rows)
             computed.append(rows)

@@ -1,0 +1,67 @@
+"""Detection metrics for per-image scores where LOWER means "belongs to the model".
+
+Every loss in this project (QuantLoss, EncLoss, Combined, NLLs …) is lower for belonging images.
+``sklearn.metrics.roc_curve`` wants higher scores for the positive class, so the scores are
+negated (the paper's code instead rescales to [0, 1] and flips; the ROC is the same). TPR at a
+target FPR is read at the largest operating point whose FPR does not exceed the target; tied
+scores move together, as ``roc_curve``'s thresholds do.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import numpy as np
+
+__all__ = ["tpr_at_fpr", "roc_auc", "roc_points", "threshold_at_fpr", "balanced_accuracy_at"]
+
+
+def _check(name: str, values) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D array of scores, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains {int((~np.isfinite(arr)).sum())} non-finite score(s)")
+    return arr
+
+
+def _labels_and_scores(belonging, non_belonging) -> Tuple[np.ndarray, np.ndarray]:
+    pos, neg = _check("belonging", belonging), _check("non_belonging", non_belonging)
+    return np.r_[np.ones(len(pos)), np.zeros(len(neg))], -np.r_[pos, neg]
+
+
+def roc_points(belonging, non_belonging) -> Tuple[np.ndarray, np.ndarray]:
+    """``(fpr, tpr)`` of the ROC curve (belonging = positive, lower score = more positive)."""
+    from sklearn.metrics import roc_curve
+
+    y, s = _labels_and_scores(belonging, non_belonging)
+    fpr, tpr, _ = roc_curve(y, s)
+    return fpr, tpr
+
+
+def tpr_at_fpr(belonging, non_belonging, fpr: float = 0.01) -> float:
+    """True-positive rate at the largest ROC point with false-positive rate ≤ ``fpr``."""
+    if not 0.0 <= fpr <= 1.0:
+        raise ValueError(f"fpr must be in [0, 1], got {fpr}")
+    fprs, tprs = roc_points(belonging, non_belonging)
+    return float(tprs[np.searchsorted(fprs, fpr, side="right") - 1])
+
+
+def roc_auc(belonging, non_belonging) -> float:
+    """Area under the ROC curve (1.0: every belonging image scores below every other)."""
+    from sklearn.metrics import roc_auc_score
+
+    y, s = _labels_and_scores(belonging, non_belonging)
+    return float(roc_auc_score(y, s))
+
+
+def threshold_at_fpr(non_belonging, fpr: float = 0.01) -> float:
+    """Largest threshold ``t`` such that ``score < t`` accepts at most ``fpr`` of ``non_belonging``."""
+    neg = np.sort(_check("non_belonging", non_belonging))
+    allowed = int(np.floor(fpr * len(neg)))
+    return float(neg[allowed]) if allowed < len(neg) else float(np.inf)
+
+
+def balanced_accuracy_at(threshold: float, belonging, non_belonging) -> float:
+    """Mean of TPR and TNR when ``score < threshold`` means belonging."""
+    pos, neg = _check("belonging", belonging), _check("non_belonging", non_belonging)
+    return float(0.5 * (np.mean(pos < threshold) + np.mean(neg >= threshold)))

@@ -1,0 +1,92 @@
+"""Scoring predicted labels: 9-class accuracy, family accuracy, per-class precision/recall, confusion.
+
+Pure functions over label arrays; :func:`write_report` adds a confusion-matrix PNG and a
+Markdown summary for a person to read.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Sequence
+
+import numpy as np
+import pandas as pd
+
+from models.registry import CLASS_NAMES
+from provenance import family_of_labels
+
+__all__ = ["summary", "per_class_table", "confusion", "write_report"]
+
+
+def summary(y_true: Sequence[str], y_pred: Sequence[str]) -> Dict[str, float]:
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    outliers = y_true == "outlier"
+    return {
+        "n": int(len(y_true)),
+        "accuracy": float(np.mean(y_true == y_pred)),
+        "family_accuracy": float(np.mean(family_of_labels(y_true) == family_of_labels(y_pred))),
+        "outlier_recall": float(np.mean(y_pred[outliers] == "outlier")) if outliers.any() else float("nan"),
+    }
+
+
+def per_class_table(y_true: Sequence[str], y_pred: Sequence[str]) -> pd.DataFrame:
+    from sklearn.metrics import precision_recall_fscore_support
+
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=list(CLASS_NAMES), zero_division=0)
+    return pd.DataFrame({"precision": p, "recall": r, "f1": f, "support": s}, index=list(CLASS_NAMES))
+
+
+def confusion(y_true: Sequence[str], y_pred: Sequence[str]) -> pd.DataFrame:
+    from sklearn.metrics import confusion_matrix
+
+    return pd.DataFrame(confusion_matrix(y_true, y_pred, labels=list(CLASS_NAMES)),
+                        index=pd.Index(CLASS_NAMES, name="true"), columns=pd.Index(CLASS_NAMES, name="predicted"))
+
+
+def _confusion_png(matrix: pd.DataFrame, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 5.5), dpi=110)
+    ax.imshow(matrix.to_numpy(), cmap="Blues")
+    ax.set_xticks(range(len(CLASS_NAMES)), CLASS_NAMES, rotation=45, ha="right")
+    ax.set_yticks(range(len(CLASS_NAMES)), CLASS_NAMES)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    peak = matrix.to_numpy().max() or 1
+    for i in range(len(CLASS_NAMES)):
+        for j in range(len(CLASS_NAMES)):
+            v = matrix.iat[i, j]
+            if v:
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=8, color="white" if v > peak / 2 else "black")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report(folder: Path | str, name: str, y_true: Sequence[str], y_pred: Sequence[str], title: str) -> Dict[str, float]:
+    """Save ``{name}_confusion.png``, ``{name}_per_class.csv``, ``{name}.md``; return the summary."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stats = summary(y_true, y_pred)
+    table = per_class_table(y_true, y_pred)
+    matrix = confusion(y_true, y_pred)
+    table.to_csv(folder / f"{name}_per_class.csv")
+    matrix.to_csv(folder / f"{name}_confusion.csv")
+    _confusion_png(matrix, folder / f"{name}_confusion.png", title)
+    lines = [f"# {title}", "", f"- images: {stats['n']}", f"- 9-class accuracy: {100 * stats['accuracy']:.2f} %",
+             f"- family accuracy: {100 * stats['family_accuracy']:.2f} %", f"- outlier recall: {100 * stats['outlier_recall']:.2f} %",
+             "", table.round(3).to_markdown() if _has_tabulate() else table.round(3).to_string(), "",
+             f"![confusion matrix]({name}_confusion.png)", ""]
+    (folder / f"{name}.md").write_text("\n".join(lines))
+    return stats
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+        return True
+    except ImportError:
+        return False

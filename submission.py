@@ -1,0 +1,193 @@
+"""Attribute every image of a test folder to one of the 8 IAR variants or ``outlier``.
+
+    python submission.py --test Dataset/test                 # → submission.csv
+    python submission.py --demo                              # demo zoo + demo Dataset, scored
+
+Reads the labelled ``train/`` and ``val/`` folders beside the test folder (or ``--train`` /
+``--val``), computes per-image features with both families' inverse decoders (cached by image
+content in ``--cache-dir``; inverse decoders are fine-tuned there first if missing), fits what
+is missing — the family gate and per-family LightGBM variant classifiers (``two-stage``) or one
+9-class LightGBM (``flat``) — on train, tunes thresholds on val, predicts the test folder and
+writes ``submission.csv`` (``image_name,label``, one row per test image, sorted, written
+atomically and validated). A report folder gets validation accuracy, per-class precision and
+recall and a confusion-matrix PNG (and the same on test when labels are known: ``--labels`` or
+``--demo``'s hidden ``Dataset/test_labels.csv``). An unreadable test image is not dropped: it
+gets ``outlier`` and is listed in the report. Same inputs → byte-identical ``submission.csv``.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent
+
+__all__ = ["main", "write_submission", "validate_submission", "readable_images"]
+
+
+def readable_images(paths: List[Path]) -> Tuple[List[Path], List[Path]]:
+    """Split paths into images PIL can decode and the rest."""
+    from PIL import Image
+
+    good, bad = [], []
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                img.convert("RGB").load()
+            good.append(path)
+        except Exception:  # noqa: BLE001 - any decoding failure makes the file unusable
+            bad.append(path)
+    return good, bad
+
+
+def write_submission(labels: pd.Series, path: Path) -> None:
+    """``image_name,label`` sorted by name, written to a temporary file and renamed into place."""
+    frame = pd.DataFrame({"image_name": labels.index.astype(str), "label": labels.to_numpy()}).sort_values("image_name")
+    tmp = path.with_name(path.name + ".tmp")
+    frame.to_csv(tmp, index=False, lineterminator="\n")
+    os.replace(tmp, path)
+
+
+def validate_submission(path: Path, expected_names: List[str]) -> None:
+    from dataset import read_label_csv
+
+    frame = read_label_csv(path)
+    if list(frame.columns[:2]) != ["image_name", "label"]:
+        raise RuntimeError(f"{path}: columns must be image_name,label")
+    if frame["image_name"].duplicated().any():
+        raise RuntimeError(f"{path}: duplicated image names")
+    missing, extra = set(expected_names) - set(frame["image_name"]), set(frame["image_name"]) - set(expected_names)
+    if missing or extra:
+        raise RuntimeError(f"{path}: {len(missing)} test images without a row, {len(extra)} rows for unknown images")
+
+
+def _frame_digest(*parts) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, pd.DataFrame):
+            digest.update(pd.util.hash_pandas_object(part, index=True).to_numpy().tobytes())
+        else:
+            digest.update(repr(part).encode())
+    return digest.hexdigest()
+
+
+def _labelled_split(root: Path, name: str):
+    from dataset import list_split
+
+    frame = list_split(root.parent, root.name)
+    if frame.empty:
+        raise SystemExit(f"{root}: no images; expected {root}/<class>/*.png")
+    if frame["label"].isna().any():
+        raise SystemExit(f"{root}: the {name} split must be labelled by class folders")
+    return frame
+
+
+def run(args: argparse.Namespace) -> int:
+    from attribution import bundle_exists, fit_bundle, load_bundle, predict
+    from dataset import IMAGE_SUFFIXES, read_label_csv
+    from feature_extractor import FeatureExtractor
+    from scoring import write_report
+
+    started = time.perf_counter()
+    dataset_root = args.dataset
+    if args.demo:
+        if not (dataset_root / "test").is_dir():
+            print(f"building the demo Dataset in {dataset_root} …", file=sys.stderr)
+            subprocess.run([sys.executable, str(ROOT / "scripts" / "make_demo_dataset.py"), "--out", str(dataset_root)], check=True)
+        args.test = args.test or dataset_root / "test"
+        args.labels = args.labels or dataset_root / "test_labels.csv"
+    if args.test is None:
+        raise SystemExit("give --test FOLDER (or --demo)")
+    test_dir = args.test
+    train_dir = args.train or test_dir.parent / "train"
+    val_dir = args.val or test_dir.parent / "val"
+    test_paths = sorted(p for p in test_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()) if test_dir.is_dir() else []
+    if not test_paths:
+        raise SystemExit(f"{test_dir}: no test images found")
+    good, bad = readable_images(test_paths)
+    for path in bad:
+        print(f"warning: cannot decode {path}; it is labelled 'outlier'", file=sys.stderr)
+
+    extractor = FeatureExtractor(weights_dir=args.weights_dir, inv_root=args.cache_dir / "inv_decoder",
+                                 cache_dir=args.cache_dir / "features", use_cache=not args.no_cache, rebuild=args.rebuild,
+                                 batch_size=args.batch_size, device=args.device,
+                                 inv_config={"images": args.inv_decoder_images, "epochs": args.inv_decoder_epochs})
+    train_meta, val_meta = _labelled_split(train_dir, "train"), _labelled_split(val_dir, "val")
+    print(f"features: {len(train_meta)} train, {len(val_meta)} val, {len(good)} test images", file=sys.stderr)
+    train = extractor.features(train_meta["path"], list(train_meta.index))
+    val = extractor.features(val_meta["path"], list(val_meta.index))
+    test = extractor.features(good, [p.name for p in good])
+
+    key = _frame_digest(args.method, args.seed, args.gate_strategy, extractor.weights_digest, train, list(train_meta["label"]),
+                        val, list(val_meta["label"]))[:20]
+    model_dir = args.cache_dir / "models" / f"{args.method}-{key}"
+    if bundle_exists(args.method, model_dir) and not args.retrain:
+        bundle = load_bundle(args.method, model_dir)
+    else:
+        print(f"training {args.method} models → {model_dir}", file=sys.stderr)
+        bundle = fit_bundle(args.method, train, train_meta["label"], val, val_meta["label"], model_dir,
+                            gate_strategy=args.gate_strategy, seed=args.seed)
+
+    labels = predict(bundle, test)
+    labels = pd.concat([labels, pd.Series("outlier", index=[p.name for p in bad], name="label")])
+    write_submission(labels, args.out)
+    validate_submission(args.out, [p.name for p in test_paths])
+
+    report_dir = args.report_dir or args.out.with_name(args.out.stem + "_report")
+    report_dir.mkdir(parents=True, exist_ok=True)
+    for split, frame, meta in (("train", train, train_meta), ("val", val, val_meta)):
+        frame.to_parquet(report_dir / f"features_{split}.parquet")
+        pd.DataFrame({"image_name": meta.index, "label": meta["label"].to_numpy()}).to_csv(report_dir / f"labels_{split}.csv", index=False)
+    test.to_parquet(report_dir / "features_test.parquet")
+    val_stats = write_report(report_dir, "val", val_meta["label"], predict(bundle, val), f"Validation ({args.method})")
+    summary = {"method": args.method, "models": str(model_dir), "validation": val_stats, "unreadable_test_images": [str(p) for p in bad]}
+    if args.labels:
+        truth = read_label_csv(args.labels).set_index("image_name")["label"]
+        summary["test"] = write_report(report_dir, "test", truth.reindex(labels.index), labels, f"Test ({args.method})")
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    (report_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"wrote {args.out} ({len(labels)} rows); report in {report_dir}")
+    for split in ("validation", "test"):
+        if split in summary:
+            s = summary[split]
+            print(f"{split:10s} accuracy {100 * s['accuracy']:6.2f} %   family accuracy {100 * s['family_accuracy']:6.2f} %   "
+                  f"outlier recall {100 * s['outlier_recall']:6.2f} %   (n={s['n']})")
+    return 0
+
+
+def main(argv: Optional[list] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--test", type=Path, help="folder of test images")
+    parser.add_argument("--train", type=Path, help="labelled train folder (default: beside --test)")
+    parser.add_argument("--val", type=Path, help="labelled validation folder (default: beside --test)")
+    parser.add_argument("--out", type=Path, default=Path("submission.csv"))
+    parser.add_argument("--report-dir", type=Path, help="default: <out>_report/")
+    parser.add_argument("--labels", type=Path, help="CSV image_name,label of the test images, to score the submission")
+    parser.add_argument("--weights-dir", type=Path, help="official checkpoints or a zoo folder (default: the demo zoo)")
+    parser.add_argument("--cache-dir", type=Path, default=Path("cache"), help="features, inverse decoders, models")
+    parser.add_argument("--method", choices=["two-stage", "flat"], default="two-stage")
+    parser.add_argument("--gate-strategy", choices=["fpr", "balanced", "train_quantile"], default="fpr")
+    parser.add_argument("--no-cache", action="store_true", help="do not read or write cached features")
+    parser.add_argument("--rebuild", action="store_true", help="recompute and overwrite cached features")
+    parser.add_argument("--retrain", action="store_true", help="refit the models even if a matching bundle exists")
+    parser.add_argument("--demo", action="store_true", help="run on the demo Dataset (built if missing) and score the test split")
+    parser.add_argument("--dataset", type=Path, default=Path("Dataset"), help="Dataset root for --demo")
+    parser.add_argument("--inv-decoder-images", type=int, default=1536, help="fresh generations per family to fine-tune on")
+    parser.add_argument("--inv-decoder-epochs", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    sys.exit(main())

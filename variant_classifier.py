@@ -1,0 +1,157 @@
+"""Stage two: which variant of the gated family made the image — LightGBM over likelihood features.
+
+Within a family the variants share the tokenizer, so the features are the transformers'
+likelihoods of the recovered tokens (:mod:`variant_features`) plus, per feature, each variant's
+value relative to the family mean (what separates d16 from d20 is *which* model finds the tokens
+likelier). A LightGBM multiclass model is tuned by stratified cross-validation on the training
+split only, its probabilities calibrated (sigmoid, cross-validated), and an image whose top
+probability is below a threshold tuned on validation is rejected as ``outlier``. The flat
+alternative (:class:`FlatClassifier`) is one 9-class LightGBM over every feature.
+
+Models persist with joblib next to a JSON of their training configuration.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import joblib
+import numpy as np
+import pandas as pd
+
+from models.registry import CLASS_NAMES, FAMILY_OF, VARIANT_NAMES
+
+__all__ = ["FEATURE_STEMS", "family_feature_frame", "tune_lightgbm", "VariantClassifier", "FlatClassifier"]
+
+FEATURE_STEMS = ("nll_marginal", "nll_topk", "nll_best", "nll_uncond", "cfg_gap", "mink", "minkpp", "hinge", "zlib")
+PARAM_GRID = [dict(num_leaves=nl, learning_rate=lr, n_estimators=ne, min_child_samples=mcs)
+              for nl in (7, 15) for lr, ne in ((0.05, 300), (0.1, 150)) for mcs in (10, 25)]
+
+
+def family_variants(family: str) -> List[str]:
+    return [v for v in VARIANT_NAMES if FAMILY_OF[v] == family]
+
+
+def family_feature_frame(features: pd.DataFrame, family: str) -> pd.DataFrame:
+    """The family's variant features plus each variant's deviation from the family mean."""
+    variants = family_variants(family)
+    cols = [c for c in features.columns if any(c.startswith(f"{v}_") for v in variants) and not c.endswith("best_label")]
+    out = features[cols].copy()
+    for stem in FEATURE_STEMS:
+        names = [f"{v}_{stem}" for v in variants if f"{v}_{stem}" in features.columns]
+        if len(names) > 1:
+            block = features[names]
+            centred = block.sub(block.mean(axis=1), axis=0)
+            centred.columns = [f"{n}_rel" for n in names]
+            out = pd.concat([out, centred], axis=1)
+    signal_cols = [c for c in features.columns if c.startswith(f"{family}_")]
+    return pd.concat([out, np.log(features[signal_cols].clip(lower=1e-30))], axis=1)
+
+
+def _lgbm(params: dict, seed: int):
+    from lightgbm import LGBMClassifier
+
+    return LGBMClassifier(objective="multiclass", subsample=0.9, subsample_freq=1, colsample_bytree=0.8,
+                          reg_lambda=1.0, random_state=seed, n_jobs=2, deterministic=True, force_row_wise=True,
+                          verbose=-1, **params)
+
+
+def tune_lightgbm(X: pd.DataFrame, y: np.ndarray, seed: int = 0, folds: int = 3) -> Dict[str, object]:
+    """Pick hyper-parameters from :data:`PARAM_GRID` by stratified CV log-loss on (X, y) only."""
+    from sklearn.metrics import log_loss
+    from sklearn.model_selection import StratifiedKFold
+
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    labels = np.unique(y)
+    results = []
+    for params in PARAM_GRID:
+        losses = []
+        for train_idx, test_idx in splitter.split(X, y):
+            model = _lgbm(params, seed).fit(X.iloc[train_idx], y[train_idx])
+            losses.append(log_loss(y[test_idx], model.predict_proba(X.iloc[test_idx]), labels=labels))
+        results.append((float(np.mean(losses)), params))
+    best_loss, best = min(results, key=lambda r: r[0])
+    return {"params": best, "cv_log_loss": best_loss, "grid": [{"params": p, "cv_log_loss": l} for l, p in results]}
+
+
+class _CalibratedLGBM:
+    """Tuned LightGBM + cross-validated sigmoid calibration + a rejection threshold."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+        self.model = None
+        self.columns: List[str] = []
+        self.reject_below = 0.0
+        self.config: Dict[str, object] = {}
+
+    def _fit(self, X: pd.DataFrame, y: np.ndarray) -> None:
+        from sklearn.calibration import CalibratedClassifierCV
+
+        self.columns = list(X.columns)
+        tuned = tune_lightgbm(X, y, self.seed)
+        self.model = CalibratedClassifierCV(_lgbm(tuned["params"], self.seed), method="sigmoid", cv=3).fit(X, y)
+        self.config = {"seed": self.seed, "n_train": int(len(y)), "classes": [str(c) for c in self.model.classes_],
+                       "tuning": tuned, "features": self.columns}
+
+    def proba(self, X: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame(self.model.predict_proba(X[self.columns]), index=X.index, columns=self.model.classes_)
+
+    def tune_rejection(self, proba: pd.DataFrame, y_true: Sequence[str], thresholds: np.ndarray = np.linspace(0, 0.95, 39)) -> float:
+        """Top-probability threshold maximising accuracy when rejected images become ``outlier``."""
+        y_true = np.asarray(y_true)
+        top, arg = proba.max(axis=1).to_numpy(), proba.idxmax(axis=1).to_numpy()
+        scores = [(np.mean(np.where(top >= t, arg, "outlier") == y_true), -t) for t in thresholds]
+        best_acc, neg_t = max(scores)
+        self.reject_below = float(-neg_t)
+        self.config["reject_below"] = self.reject_below
+        self.config["val_accuracy_at_threshold"] = float(best_acc)
+        return self.reject_below
+
+    def predict_from_proba(self, proba: pd.DataFrame) -> pd.Series:
+        top, arg = proba.max(axis=1), proba.idxmax(axis=1)
+        return arg.where(top >= self.reject_below, "outlier")
+
+    def save(self, path: Path | str) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        joblib.dump(self, path)
+        path.with_suffix(".json").write_text(json.dumps(self.config, indent=2, default=str))
+
+    @staticmethod
+    def load(path: Path | str) -> "_CalibratedLGBM":
+        return joblib.load(path)
+
+
+class VariantClassifier(_CalibratedLGBM):
+    """One family's variant classifier (trained on that family's images only)."""
+
+    def __init__(self, family: str, seed: int = 0) -> None:
+        super().__init__(seed)
+        self.family = family
+
+    def fit(self, features: pd.DataFrame, labels: Sequence[str]) -> "VariantClassifier":
+        labels = np.asarray(labels)
+        mine = np.array([FAMILY_OF.get(l) == self.family for l in labels])
+        self._fit(family_feature_frame(features.loc[mine], self.family), labels[mine])
+        self.config["family"] = self.family
+        return self
+
+    def predict_proba(self, features: pd.DataFrame) -> pd.DataFrame:
+        return self.proba(family_feature_frame(features, self.family))
+
+
+class FlatClassifier(_CalibratedLGBM):
+    """A single 9-class LightGBM over all features (the comparison for the two-stage path)."""
+
+    def fit(self, features: pd.DataFrame, labels: Sequence[str]) -> "FlatClassifier":
+        self._fit(self.frame(features), np.asarray(labels))
+        return self
+
+    @staticmethod
+    def frame(features: pd.DataFrame) -> pd.DataFrame:
+        return pd.concat([family_feature_frame(features, "VAR"), family_feature_frame(features, "RAR")], axis=1)
+
+    def predict_proba(self, features: pd.DataFrame) -> pd.DataFrame:
+        proba = self.proba(self.frame(features))
+        return proba.reindex(columns=[c for c in CLASS_NAMES if c in proba.columns])
