@@ -6,12 +6,17 @@ For every image, with each family's inverse decoder:
   QuantLoss for VAR, EncLoss raw and calibrated, Combined, Reconstruction, AEDR);
 * ``{variant}_{feature}`` — for all 8 variants, the likelihood features of
   :mod:`variant_features` on the tokens recovered by that variant's family (searched for VAR).
+  The family's first (smallest) variant is evaluated under every class label; the others only
+  under its ``SHARED_CANDIDATES`` most likely labels (and unconditionally), which keeps the cost
+  at a few teacher-forced passes per variant — labels the smallest model finds unlikely carry
+  negligible mass in the others' marginals too.
 
 Rows are cached in a :class:`feature_store.FeatureStore` keyed by the sha256 of the image file,
 in a store named after this extractor's version and a digest of every weight file used (zoo or
 official files and inverse decoders), so a rerun computes only new images and a change of
 weights or code version never reuses stale rows. Each batch is written as its own shard as soon
-as it is computed: an interrupted run resumes where it stopped.
+as it is computed: an interrupted run resumes where it stopped. ``workers=N`` spreads batches
+over N single-threaded processes (each writes its own shards); results come back in batch order.
 
     python feature_extractor.py Dataset/val --out val_features.parquet
 """
@@ -38,7 +43,8 @@ from variant_features import variant_features
 __all__ = ["EXTRACTOR_NAME", "EXTRACTOR_VERSION", "FeatureExtractor", "features_for_batch"]
 
 EXTRACTOR_NAME = "iar_features"
-EXTRACTOR_VERSION = "1"
+EXTRACTOR_VERSION = "2"
+SHARED_CANDIDATES = 3  # labels the larger variants of a family are evaluated under
 
 
 @torch.no_grad()
@@ -50,8 +56,13 @@ def features_for_batch(adapters: Dict[str, FamilyAdapter], img01_B3HW: torch.Ten
         for name, values in signals.items():
             columns[f"{family}_{name}"] = values.detach().cpu().double().numpy()
         scale_sizes = [pn * pn for pn in adapter.patch_nums] if family == "VAR" else None
+        candidates = None  # the first (smallest) variant scores every label; the others reuse its best ones
         for variant in adapter.variant_names:
-            for name, values in variant_features(adapter, variant, tokens, scale_sizes=scale_sizes).items():
+            feats = variant_features(adapter, variant, tokens, scale_sizes=scale_sizes, candidates_BK=candidates)
+            if candidates is None:
+                candidates = feats.pop("label_ranking")[:, :SHARED_CANDIDATES]
+            feats.pop("label_ranking", None)
+            for name, values in feats.items():
                 columns[f"{variant}_{name}"] = values
     return pd.DataFrame(columns)
 
@@ -68,8 +79,11 @@ class FeatureExtractor:
 
     def __init__(self, *, weights_dir: Optional[Path] = None, inv_root: Path = Path("runs/inv_decoder"),
                  cache_dir: Path = Path("cache/features"), use_cache: bool = True, rebuild: bool = False,
-                 batch_size: int = 32, device: str = "cpu", progress: bool = True, inv_config: Optional[dict] = None) -> None:
-        self.batch_size, self.progress = batch_size, progress
+                 batch_size: int = 32, device: str = "cpu", progress: bool = True, inv_config: Optional[dict] = None,
+                 workers: int = 1) -> None:
+        self.batch_size, self.progress, self.workers = batch_size, progress, max(1, int(workers))
+        self._worker_kwargs = dict(weights_dir=weights_dir, inv_root=inv_root, cache_dir=cache_dir, use_cache=use_cache,
+                                   batch_size=batch_size, device=device, progress=False, inv_config=inv_config)
         self.adapters: Dict[str, FamilyAdapter] = {}
         files = _weight_files(weights_dir)
         for family in ("VAR", "RAR"):
@@ -90,21 +104,44 @@ class FeatureExtractor:
         keys = [file_sha256(p) for p in paths]
         todo = self.store.missing(keys)
         first_path = {k: p for k, p in zip(keys, paths)}
-        computed = []
-        starts = range(0, len(todo), self.batch_size)
-        for start in tqdm(starts, desc="features", disable=not self.progress or not todo, unit="batch"):
-            batch_keys = todo[start:start + self.batch_size]
-            images = load_images([first_path[k] for k in batch_keys], size=self.image_size)
-            rows = features_for_batch(self.adapters, images)
-            rows.index = pd.Index(batch_keys, name="key")
-            self.store.write(rows)
-            computed.append(rows)
+        jobs = [(todo[s:s + self.batch_size], [first_path[k] for k in todo[s:s + self.batch_size]])
+                for s in range(0, len(todo), self.batch_size)]
+        bar = dict(desc="features", disable=not self.progress or not todo, unit="batch", total=len(jobs))
+        if self.workers > 1 and len(jobs) > 1:
+            import multiprocessing
+
+            with multiprocessing.get_context("spawn").Pool(min(self.workers, len(jobs)), _worker_init, (self._worker_kwargs,)) as pool:
+                computed = list(tqdm(pool.imap(_worker_batch, jobs), **bar))
+        else:
+            computed = [self._batch(keys_, paths_) for keys_, paths_ in tqdm(jobs, **bar)]
         stored = self.store.read(keys) if self.store.enabled else pd.DataFrame()
         table = pd.concat([stored] + computed) if computed else stored
         table = table[~table.index.duplicated(keep="first")]
         out = table.reindex(keys)
         out.index = pd.Index(ids, name="image_id")
         return out
+
+
+    def _batch(self, keys: List[str], paths: List[Path]) -> pd.DataFrame:
+        """Compute, store and return the rows of one batch."""
+        rows = features_for_batch(self.adapters, load_images(paths, size=self.image_size))
+        rows.index = pd.Index(keys, name="key")
+        self.store.write(rows)
+        return rows
+
+
+_WORKER: Optional[FeatureExtractor] = None
+
+
+def _worker_init(kwargs: dict) -> None:
+    """A worker process: one thread, its own models; writes its own shards to the shared store."""
+    global _WORKER
+    torch.set_num_threads(1)
+    _WORKER = FeatureExtractor(**kwargs)
+
+
+def _worker_batch(job) -> pd.DataFrame:
+    return _WORKER._batch(*job)
 
 
 def main(argv: Optional[list] = None) -> int:
@@ -117,6 +154,7 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--no-cache", action="store_true")
     parser.add_argument("--rebuild", action="store_true", help="discard this extractor's cached rows first")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=1, help="processes with one thread each (default 1: one process)")
     args = parser.parse_args(argv)
     from dataset import IMAGE_SUFFIXES
 
@@ -125,7 +163,8 @@ def main(argv: Optional[list] = None) -> int:
         print(f"no images under {args.folder}", file=sys.stderr)
         return 2
     extractor = FeatureExtractor(weights_dir=args.weights_dir, inv_root=args.inv_root, cache_dir=args.cache_dir,
-                                 use_cache=not args.no_cache, rebuild=args.rebuild, batch_size=args.batch_size)
+                                 use_cache=not args.no_cache, rebuild=args.rebuild, batch_size=args.batch_size,
+                                 workers=args.workers)
     frame = extractor.features(paths, [str(p.relative_to(args.folder)) for p in paths])
     frame.to_parquet(args.out) if args.out.suffix == ".parquet" else frame.to_csv(args.out)
     print(f"{len(frame)} rows × {frame.shape[1]} features → {args.out}")

@@ -17,6 +17,9 @@ Optional augmentation follows the none → weak → medium → strong curriculum
     python inv_decoder.py --family VAR                      # demo zoo
     python inv_decoder.py --family RAR --augment --weights-dir /ckpt --images 20000
 
+The demo zoo ships its inverse decoders (``demo_zoo/inv_decoders/<family>[_aug]/``, made by
+``scripts/build_demo_zoo.py``); they are used whenever present.
+
 Outputs in ``--out/<family>[ _aug]/``: ``inv_decoder.safetensors`` (tokenizer-keyed encoder
 weights), ``inv_decoder.json`` (config, losses), ``loss_curve.png``, ``checkpoint.pt``.
 """
@@ -36,13 +39,14 @@ from models.adapter import FamilyAdapter
 from models.checkpoints import CheckpointError, read_state_dict
 
 __all__ = ["DEFAULT_CONFIG", "encoder_state_prefixes", "generate_training_tokens", "finetune", "load_inverse_decoder",
-           "default_output_dir", "ensure_inverse_decoder"]
+           "default_output_dir", "ensure_inverse_decoder", "SHIPPED_SUBDIR"]
 
 DEFAULT_CONFIG: Dict[str, object] = dict(
     images=1536, epochs=6, batch_size=32, lr=1e-4, seed=0, augment=False, augment_p=0.5,
     schedule=[["none", 1], ["weak", 1], ["medium", 2], ["strong", 2]],
 )
 SEED_OFFSET = 7_000_000  # generation seeds of fine-tuning data; make_demo_dataset uses small seeds
+SHIPPED_SUBDIR = "inv_decoders"  # inverse decoders shipped beside a zoo's weights
 
 
 def default_output_dir(root: Path, family: str, augment: bool) -> Path:
@@ -205,9 +209,13 @@ def finetune(adapter: FamilyAdapter, out_dir: Path | str, config: Optional[dict]
 
 def ensure_inverse_decoder(family: str, weights_dir: Optional[Path], inv_root: Path | str, augment: bool = False,
                            device: str = "cpu", config: Optional[dict] = None) -> Path:
-    """Path of the family's inverse decoder under ``inv_root``, fine-tuning it first if missing."""
-    from models.zoo import load_family
+    """Path of the family's inverse decoder: the one shipped beside the weights (``<weights>/inv_decoders/``,
+    as the demo zoo has) if there is one, else the one under ``inv_root``, fine-tuned first if missing."""
+    from models.zoo import DEMO_ZOO_DIR, load_family
 
+    shipped = default_output_dir(Path(weights_dir or DEMO_ZOO_DIR) / SHIPPED_SUBDIR, family, augment) / "inv_decoder.safetensors"
+    if shipped.is_file():
+        return shipped
     out = default_output_dir(Path(inv_root), family, augment)
     path = out / "inv_decoder.safetensors"
     if not path.is_file():

@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
 
     extractor = FeatureExtractor(weights_dir=args.weights_dir, inv_root=args.cache_dir / "inv_decoder",
                                  cache_dir=args.cache_dir / "features", use_cache=not args.no_cache, rebuild=args.rebuild,
-                                 batch_size=args.batch_size, device=args.device,
+                                 batch_size=args.batch_size, device=args.device, workers=args.workers,
                                  inv_config={"images": args.inv_decoder_images, "epochs": args.inv_decoder_epochs})
     train_meta, val_meta = _labelled_split(train_dir, "train"), _labelled_split(val_dir, "val")
     print(f"features: {len(train_meta)} train, {len(val_meta)} val, {len(good)} test images", file=sys.stderr)
@@ -183,6 +183,7 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--inv-decoder-images", type=int, default=1536, help="fresh generations per family to fine-tune on")
     parser.add_argument("--inv-decoder-epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=1, help="feature processes, one thread each (default 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     return run(parser.parse_args(argv))

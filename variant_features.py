@@ -14,7 +14,9 @@ probability difference), ``nll_scale{k}`` (VAR, per scale, best label), and memb
 statistics at the best label: ``mink`` (mean of the lowest 20 % token log-likelihoods, negated),
 ``minkpp`` (Min-K%++: the same on log-likelihoods standardised by the model's own mean and
 spread over the vocabulary), ``hinge`` (true-token logit minus the best other logit, mean) and
-``zlib`` (total NLL divided by the zlib-compressed size of the tokens, in bytes).
+``zlib`` (total NLL divided by the zlib-compressed size of the tokens, in bytes). The result also
+carries ``label_ranking`` (``B×K`` candidate labels, likeliest first — not a feature) so a caller
+can evaluate larger variants under a smaller one's best labels via ``candidates_BK``.
 """
 from __future__ import annotations
 
@@ -109,4 +111,6 @@ def variant_features(adapter: FamilyAdapter, variant: str, tokens_BL: torch.Tens
     token_bytes = tokens_BL.cpu().numpy().astype(np.uint16)
     compressed = torch.tensor([len(zlib.compress(row.tobytes(), 9)) for row in token_bytes], dtype=torch.float32)
     out["zlib"] = (-ll_BK.max(1).values).cpu() / compressed
-    return {name: value.detach().cpu().double().numpy() for name, value in out.items()}
+    features = {name: value.detach().cpu().double().numpy() for name, value in out.items()}
+    features["label_ranking"] = torch.gather(cand, 1, ll_BK.argsort(1, descending=True)).cpu()  # not a feature: labels, best first
+    return features

@@ -33,6 +33,9 @@ def test_features_match_direct_likelihoods(small_zoo_dir, rar_fixture):
     np.testing.assert_allclose(feats["nll_uncond"], (-uncond / L).numpy(), rtol=1e-5)
     np.testing.assert_allclose(feats["cfg_gap"], feats["nll_uncond"] - feats["nll_best"], rtol=1e-6)
     assert (feats["best_label"] == per_label.argmax(1).numpy()).all()
+    assert torch.equal(feats["label_ranking"], per_label.argsort(1, descending=True))
+    shared = variant_features(adapter, "rarb", tokens, candidates_BK=feats["label_ranking"][:, :3])
+    np.testing.assert_allclose(shared["nll_best"], feats["nll_best"], rtol=1e-5)  # the best label is among the shared ones
     assert np.all(feats["nll_marginal"] >= feats["nll_best"] - 1e-9)
 
 

@@ -1,0 +1,274 @@
+"""Train the demo zoo from scratch on CPU: small, honest stand-ins for the 8 official IARs.
+
+    python scripts/build_demo_zoo.py [--out demo_zoo] [--seed 0] [--quick]
+
+What it trains (configs in ``ZOO_CONFIG`` below; 64×64 images, 8× downsampling → 8×8 = 64
+tokens at the finest scale):
+
+* VAR family — one multi-scale VQVAE (V=256, Cvae=16, patch_nums 1,2,3,4,5,6,8 → 155 tokens)
+  and four next-scale transformers of increasing depth and width for var16 < var20 < var24 <
+  var30, all on the same token data, class-conditional with label dropout 0.1;
+* RAR family — one MaskGIT-VQGAN (codebook 256, z 16) and four RAR generators of increasing
+  size for rarb < rarl < rarxl < rarxxl, trained with randomness annealing;
+* an outlier IAR — a MaskGIT-VQGAN of another configuration with a codebook of its own and a
+  raster-order generator, used only to make outlier images.
+
+Data: crops of the 8 *model photos* of ``demo_photos.py`` (class = photo; left 75 % of each
+photo); the right 25 % gives validation crops for tokenizer PSNR and token NLL; the 3 reserved
+photos are never seen. Writes safetensors weights, ``zoo.json`` (configs, sampling settings,
+metrics, timings), the inverse decoders of both families fine-tuned with ``inv_decoder.py`` on
+fresh generations (``inv_decoders/<family>[_aug]/``, plain and with the augmentation
+curriculum) and ``SHA256SUMS`` (all weight files) to ``--out``; prints the NLL and PSNR
+tables. Same seed, same machine and thread count → same weights (CPU kernels are deterministic
+for a fixed thread count; the build pins 2 threads).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+import demo_photos  # noqa: E402
+import zoo_training as zt  # noqa: E402
+from models.checkpoints import load_strict, read_state_dict  # noqa: E402
+from models.registry import build_maskgit_vqgan, build_rar_generator, build_var_transformer, build_var_vae  # noqa: E402
+
+NUM_CLASSES = len(demo_photos.MODEL_PHOTOS)
+ZOO_CONFIG: Dict[str, dict] = {
+    "VAR": {
+        "tokenizer": dict(V=256, Cvae=16, ch=32, ch_mult=[1, 1, 2, 2], num_res_blocks=1, patch_nums=[1, 2, 3, 4, 5, 6, 8],
+                          share_quant_resi=4, image_size=64),
+        "variants": {
+            name: {"config": dict(depth=d, embed_dim=w, num_heads=4, num_classes=NUM_CLASSES, attn_l2_norm=True, shared_aln=False),
+                   "sampling": dict(cfg=2.0, top_k=900, top_p=0.96)}
+            for name, d, w in (("var16", 2, 96), ("var20", 3, 112), ("var24", 4, 128), ("var30", 5, 144))
+        },
+    },
+    "RAR": {
+        "tokenizer": dict(hidden_channels=32, channel_mult=[1, 1, 2, 2], num_resolutions=4, num_res_blocks=1, z_channels=16,
+                          codebook_size=256, resolution=64),
+        "variants": {
+            name: {"config": dict(hidden_size=w, num_hidden_layers=d, num_attention_heads=4, intermediate_size=4 * w,
+                                  image_seq_len=64, condition_num_classes=NUM_CLASSES, codebook_size=256),
+                   "sampling": dict(guidance_scale=g, guidance_scale_pow=p, temperature=t)}
+            # the official settings' trend, scaled to this zoo
+            for name, d, w, g, p, t in (("rarb", 2, 96, 4.0, 2.75, 1.0), ("rarl", 3, 112, 3.8, 2.5, 1.02),
+                                        ("rarxl", 4, 128, 2.5, 1.5, 1.02), ("rarxxl", 5, 144, 3.0, 1.2, 1.02))
+        },
+    },
+    "OUTLIER": {
+        "tokenizer": dict(hidden_channels=32, channel_mult=[1, 2, 2, 2], num_resolutions=4, num_res_blocks=1, z_channels=8,
+                          codebook_size=128, resolution=64),
+        "variants": {"outlier_iar": {"config": dict(hidden_size=96, num_hidden_layers=2, num_attention_heads=4, intermediate_size=384,
+                                                    image_seq_len=64, condition_num_classes=NUM_CLASSES, codebook_size=128),
+                                     "sampling": dict(guidance_scale=3.0, guidance_scale_pow=1.0, temperature=1.0)}},
+    },
+}
+# Larger variants get more training steps, as the official larger VARs got more epochs: at equal
+# steps the demo-size transformers are step-limited and reach the same NLL whatever their size.
+FULL = dict(pool=6000, val=480, tok_steps={"VAR": 450, "RAR": 450, "OUTLIER": 250},
+            var_steps={"var16": 300, "var20": 400, "var24": 500, "var30": 600}, rar_steps=500, outlier_gen_steps=300)
+INV_DECODER_FULL = dict(images=1536, epochs=6, batch_size=32, lr=1e-4)
+INV_DECODER_QUICK = dict(images=16, epochs=2, batch_size=8, lr=1e-4)
+QUICK = dict(pool=96, val=32, tok_steps={"VAR": 6, "RAR": 6, "OUTLIER": 4}, var_steps={"var16": 4, "var20": 4, "var24": 4, "var30": 4},
+             rar_steps=4, outlier_gen_steps=4)
+
+
+def _save(module: torch.nn.Module, path: Path) -> None:
+    save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(path))
+
+
+@torch.no_grad()
+def _psnr(reconstruct, val_u8: torch.Tensor) -> float:
+    x = val_u8.float().div(255)
+    rec = torch.cat([reconstruct(x[s:s + 128]) for s in range(0, len(x), 128)]).clamp(0, 1)
+    mse = (rec - x).square().flatten(1).mean(1).clamp_min(1e-10)
+    return float((10 * torch.log10(1 / mse)).mean())
+
+
+def _steps(plan_value, name: str) -> int:
+    return int(plan_value[name]) if isinstance(plan_value, dict) else int(plan_value)
+
+
+def merge_manifest(old: dict, new: dict) -> dict:
+    """``old`` zoo.json updated with the families, variants, metrics and timings of a partial build ``new``."""
+    merged = copy.deepcopy(old)
+    for family, fam in new["families"].items():
+        target = merged["families"].setdefault(family, {"tokenizer": fam["tokenizer"], "variants": {}})
+        target["variants"].update(fam["variants"])
+    for key, values in new["metrics"].items():
+        merged["metrics"].setdefault(key, {}).update(values)
+    merged["timings_s"].update(new["timings_s"])
+    merged["plan"] = new["plan"]
+    return merged
+
+
+def build(out: Path, seed: int, quick: bool, progress: bool = True, only: Optional[Sequence[str]] = None) -> dict:
+    """Train the zoo into ``out``; ``only`` = variant names retrains just those (tokenizers are loaded
+    from ``out``, every other variant is kept) and merges the result into ``out/zoo.json``."""
+    plan = QUICK if quick else FULL
+    torch.set_num_threads(2)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: Dict[str, float] = {}
+    metrics: Dict[str, dict] = {"nll_val": {}, "psnr_val": {}, "train_loss": {}}
+    clock = time.perf_counter()
+    pool_np, pool_labels = demo_photos.random_crops(demo_photos.MODEL_PHOTOS, plan["pool"], seed, "train")
+    val_np, val_labels = demo_photos.random_crops(demo_photos.MODEL_PHOTOS, plan["val"], seed + 1, "val")
+    pool, val = torch.from_numpy(pool_np).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(val_np).permute(0, 3, 1, 2).contiguous()
+    pool_y, val_y = torch.from_numpy(pool_labels).long(), torch.from_numpy(val_labels).long()
+    timings["crops"] = time.perf_counter() - clock
+    manifest_families = {}
+    for f_i, (family, fam_cfg) in enumerate(ZOO_CONFIG.items()):
+        if only is not None and not set(only) & set(fam_cfg["variants"]):
+            continue
+        clock = time.perf_counter()
+        torch.manual_seed(seed * 1000 + 10 * f_i)
+        tok_cfg = fam_cfg["tokenizer"]
+        tok_file = f"{family.lower()}_tokenizer.safetensors"
+        if family == "VAR":
+            tokenizer = build_var_vae(tok_cfg)
+            if only is not None:
+                losses = [float("nan")]
+                load_strict(tokenizer, read_state_dict(out / tok_file), str(out / tok_file), ignore={"quantize.ema_vocab_hit_SV"})
+            else:
+                losses = zt.train_var_tokenizer(tokenizer, pool, steps=plan["tok_steps"][family], seed=seed + f_i, progress=progress)
+            tokens, val_tokens = zt.var_tokens(tokenizer, pool), zt.var_tokens(tokenizer, val)
+            metrics["psnr_val"][family] = _psnr(lambda x: (tokenizer.idxBl_to_img(tokenizer.img_to_idxBl(x * 2 - 1)) + 1) / 2, val)
+            vocab = tok_cfg["V"]
+        else:
+            tokenizer = build_maskgit_vqgan(tok_cfg)
+            if only is not None:
+                losses = [float("nan")]
+                load_strict(tokenizer, read_state_dict(out / tok_file), str(out / tok_file))
+            else:
+                losses = zt.train_maskgit_tokenizer(tokenizer, pool, steps=plan["tok_steps"][family], seed=seed + f_i,
+                                                    progress=progress)
+            tokens, val_tokens = zt.maskgit_tokens(tokenizer, pool), zt.maskgit_tokens(tokenizer, val)
+            metrics["psnr_val"][family] = _psnr(lambda x: tokenizer.decode(tokenizer.encode(x)), val)
+            vocab = tok_cfg["codebook_size"]
+        tokenizer.eval()
+        if only is None:
+            metrics["train_loss"][f"{family}_tokenizer"] = zt.summarize(losses)
+        metrics["nll_val"][f"{family}_unigram"] = zt.unigram_nll(tokens, val_tokens, vocab)
+        metrics.setdefault("codebook_usage", {})[family] = float(torch.unique(tokens).numel() / vocab)
+        if only is None:
+            _save(tokenizer, out / tok_file)
+        if only is None:
+            timings[f"{family}_tokenizer"] = time.perf_counter() - clock
+        variants = {}
+        for v_i, (name, v) in enumerate(fam_cfg["variants"].items()):
+            if only is not None and name not in only:
+                continue
+            clock = time.perf_counter()
+            torch.manual_seed(seed * 1000 + 10 * f_i + v_i + 1)
+            if family == "VAR":
+                model = build_var_transformer(v["config"], tok_cfg)
+                model.init_weights()
+                losses = zt.train_var_transformer(model, tokenizer, tokens, pool_y, steps=_steps(plan["var_steps"], name), seed=seed + 100 + v_i,
+                                                  progress=progress)
+                sizes = [pn * pn for pn in tokenizer.patch_nums]
+                x_fn = lambda t, y, m=model: m(y, tokenizer.quantize.teacher_forcing_input(list(torch.split(t, sizes, 1))))  # noqa: E731
+            else:
+                model = build_rar_generator(v["config"], tok_cfg)
+                model.init_weights()
+                steps = plan["rar_steps"] if family == "RAR" else plan["outlier_gen_steps"]
+                anneal = (0.2, 0.6) if family == "RAR" else (0.0, 0.0)  # the outlier IAR is a plain raster-order model
+                losses = zt.train_rar_generator(model, tokens, pool_y, steps=steps, seed=seed + 200 + v_i, anneal_start=anneal[0],
+                                                anneal_end=anneal[1], progress=progress)
+                x_fn = lambda t, y, m=model: m(t[:, :-1], m.condition_ids(y))  # noqa: E731
+            model.eval()
+            metrics["nll_val"][name] = zt.evaluate_nll(x_fn, val_tokens, val_y)
+            metrics["train_loss"][name] = zt.summarize(losses)
+            _save(model, out / f"{name}.safetensors")
+            variants[name] = {"file": f"{name}.safetensors", "config": v["config"], "sampling": v["sampling"]}
+            timings[name] = time.perf_counter() - clock
+            print(f"{name:12s} val NLL {metrics['nll_val'][name]:.4f} nats/token (unigram {metrics['nll_val'][f'{family}_unigram']:.4f})"
+                  f"  {timings[name]:.0f}s", flush=True)
+        manifest_families[family] = {"tokenizer": {"file": tok_file, "config": tok_cfg}, "variants": variants}
+        print(f"{family} tokenizer: val PSNR {metrics['psnr_val'][family]:.2f} dB, codebook usage "
+              f"{100 * metrics['codebook_usage'][family]:.0f} %, {timings.get(f'{family}_tokenizer', 0):.0f}s", flush=True)
+    manifest = {"image_size": 64, "num_classes": NUM_CLASSES, "class_names": list(demo_photos.MODEL_PHOTOS),
+                "reserved_photos": list(demo_photos.RESERVED_PHOTOS), "seed": seed, "quick": quick, "plan": plan,
+                "families": manifest_families, "metrics": metrics, "timings_s": {k: round(v, 1) for k, v in timings.items()},
+                "torch": torch.__version__, "threads": torch.get_num_threads()}
+    if only is not None and (out / "zoo.json").is_file():
+        manifest = merge_manifest(json.loads((out / "zoo.json").read_text()), manifest)
+    (out / "zoo.json").write_text(json.dumps(manifest, indent=2))
+    write_sha256sums(out)
+    return manifest
+
+
+def write_sha256sums(out: Path) -> None:
+    """``SHA256SUMS`` of every weight file under ``out`` (paths relative to it)."""
+    files = sorted(out.rglob("*.safetensors"))
+    (out / "SHA256SUMS").write_text("".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(out).as_posix()}\n"
+                                            for p in files))
+
+
+def build_inverse_decoders(out: Path, seed: int, quick: bool, progress: bool = True) -> Dict[str, dict]:
+    """Fine-tune and ship the VAR and RAR inverse decoders, plain and with the augmentation curriculum."""
+    import inv_decoder
+    from models.zoo import load_family
+
+    torch.set_num_threads(2)
+    summaries = {}
+    for family in ("VAR", "RAR"):
+        for augment in (False, True):
+            clock = time.perf_counter()
+            target = inv_decoder.default_output_dir(out / inv_decoder.SHIPPED_SUBDIR, family, augment)
+            config = dict(INV_DECODER_QUICK if quick else INV_DECODER_FULL, seed=seed, augment=augment)
+            summary = inv_decoder.finetune(load_family(family, out), target, config, progress=progress)
+            for scratch in ("checkpoint.pt", "train_tokens.pt"):
+                (target / scratch).unlink(missing_ok=True)
+            summaries[target.name] = {"losses": summary["losses"], "seconds": round(time.perf_counter() - clock, 1)}
+            print(f"inverse decoder {target.name:8s} loss {summary['losses'][0]:.3e} → {summary['losses'][-1]:.3e}"
+                  f"  {time.perf_counter() - clock:.0f}s", flush=True)
+    write_sha256sums(out)
+    return summaries
+
+
+def main(argv: list | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ROOT / "demo_zoo")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="a tiny build (seconds) to check the pipeline")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--only", nargs="+", metavar="VARIANT",
+                        help="retrain just these variants on the tokenizers already in --out and merge them into its zoo.json")
+    parser.add_argument("--stage", choices=["all", "models", "inv-decoders"], default="all",
+                        help="models: tokenizers and generators; inv-decoders: fine-tune the shipped inverse decoders "
+                             "of an existing zoo in --out; all (default): both")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    if args.stage == "inv-decoders":
+        build_inverse_decoders(args.out, args.seed, args.quick, progress=not args.no_progress)
+        print(f"total {time.perf_counter() - start:.0f}s → {args.out}")
+        return 0
+    manifest = build(args.out, args.seed, args.quick, progress=not args.no_progress, only=args.only)
+    if args.stage == "all":
+        build_inverse_decoders(args.out, args.seed, args.quick, progress=not args.no_progress)
+    nll = manifest["metrics"]["nll_val"]
+    print("\nvalidation token NLL (nats/token):")
+    for family, fam in manifest["families"].items():
+        print(f"  {family}: unigram {nll[family + '_unigram']:.4f} | " + " | ".join(f"{v} {nll[v]:.4f}" for v in fam["variants"]))
+    print(f"tokenizer PSNR (dB): {manifest['metrics']['psnr_val']}")
+    print(f"total {time.perf_counter() - start:.0f}s → {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

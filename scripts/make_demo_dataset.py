@@ -1,0 +1,178 @@
+"""Generate the demo Dataset from the demo zoo: 9 classes, train / val / test, hidden test labels.
+
+    python scripts/make_demo_dataset.py [--out Dataset] [--seed 0] [--small] [--force]
+
+Layout written (PNG at the zoo's native 64×64):
+
+* ``train/<class>/`` and ``val/<class>/`` for the classes ``var16 … rarxxl outlier``, with
+  ``train_meta.csv`` / ``val_meta.csv`` (``image_name,label,source``);
+* ``test/*.png`` — unlabeled, shuffled, named by a salted hash so a name reveals nothing;
+* ``test_labels.csv`` (``image_name,label,source``): the hidden answers, read only for scoring;
+* ``dataset.json``: counts, seed and the sha256 of the zoo weights that made it.
+
+Images of the 8 variant classes are fresh samples of that variant with its sampling settings
+and a uniformly random class label. The ``outlier`` class is one third natural crops of the
+three *reserved* photos no model ever saw, one third natural crops of the model photos' held-out
+right quarter (content like the models' training data, pixels never trained on), and one third
+samples of the zoo's outlier IAR (another tokenizer and codebook). Sources are recorded as the
+variant name, ``natural_reserved``, ``natural_heldout`` or ``outlier_iar``.
+
+Generation seeds are ``seed·100000 + job`` (< 7 000 000): disjoint from the seed range
+``inv_decoder.py`` fine-tunes on, so no scored image was ever used for fine-tuning. The same seed,
+zoo and thread count give byte-identical files. The folder is written under a temporary name and
+renamed when complete, so an interrupted run leaves nothing half-made.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import demo_photos  # noqa: E402
+from inv_decoder import SEED_OFFSET  # noqa: E402
+from models.registry import CLASS_NAMES, FAMILY_OF, VARIANT_NAMES  # noqa: E402
+from models.zoo import DEMO_ZOO_DIR, load_family  # noqa: E402
+
+SPLITS = ("train", "val", "test")
+FULL_COUNTS = {"train": 300, "val": 100, "test": 100}
+SMALL_COUNTS = {"train": 8, "val": 6, "test": 6}
+GEN_BATCH = 50
+
+
+def _to_u8(img01_B3HW: torch.Tensor) -> np.ndarray:
+    return (img01_B3HW.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+class _Seeds:
+    """Consecutive generation seeds ``base + job`` below the fine-tuning range."""
+
+    def __init__(self, seed: int):
+        self.next = seed * 100_000
+        if self.next + 100_000 > SEED_OFFSET:
+            raise ValueError(f"--seed must be < {SEED_OFFSET // 100_000 - 1} (seeds above are reserved for fine-tuning)")
+
+    def take(self) -> int:
+        self.next += 1
+        return self.next - 1
+
+
+def _generate(adapter, variant: str, n: int, seeds: _Seeds) -> np.ndarray:
+    chunks = []
+    for start in range(0, n, GEN_BATCH):
+        job_seed = seeds.take()
+        labels = adapter.random_labels(min(GEN_BATCH, n - start), job_seed)
+        chunks.append(_to_u8(adapter.generate(variant, labels, job_seed)[0]))
+    return np.concatenate(chunks) if chunks else np.zeros((0, 64, 64, 3), np.uint8)
+
+
+def _outliers(n: int, split_i: int, seed: int, outlier_adapter, seeds: _Seeds) -> List[Tuple[np.ndarray, str]]:
+    thirds = [n // 3 + (1 if i < n % 3 else 0) for i in range(3)]
+    reserved, _ = demo_photos.random_crops(demo_photos.RESERVED_PHOTOS, thirds[0], seed * 10 + split_i, "all")
+    heldout, _ = demo_photos.random_crops(demo_photos.MODEL_PHOTOS, thirds[1], seed * 10 + 5 + split_i, "val")
+    generated = _generate(outlier_adapter, next(iter(outlier_adapter.variant_names)), thirds[2], seeds)
+    return ([(a, "natural_reserved") for a in reserved] + [(a, "natural_heldout") for a in heldout]
+            + [(a, "outlier_iar") for a in generated])
+
+
+def _zoo_digest(zoo_dir: Path) -> str:
+    sums = zoo_dir / "SHA256SUMS"
+    return hashlib.sha256(sums.read_bytes()).hexdigest() if sums.is_file() else "unknown"
+
+
+def build(out: Path, seed: int, counts: Dict[str, int], zoo_dir: Path | None = None, progress: bool = True) -> dict:
+    from tqdm.auto import tqdm
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    zoo = zoo_dir or DEMO_ZOO_DIR
+    adapters = {family: load_family(family, zoo) for family in ("VAR", "RAR", "OUTLIER")}
+    seeds = _Seeds(seed)
+    rows: Dict[str, List[Tuple[np.ndarray, str, str]]] = {s: [] for s in SPLITS}
+    jobs = [(split_i, split, cls) for split_i, split in enumerate(SPLITS) for cls in CLASS_NAMES]
+    for split_i, split, cls in tqdm(jobs, desc="generating", disable=not progress):
+        if cls in VARIANT_NAMES:
+            images = _generate(adapters[FAMILY_OF[cls]], cls, counts[split], seeds)
+            rows[split] += [(a, cls, cls) for a in images]
+        else:
+            rows[split] += [(a, cls, source) for a, source in _outliers(counts[split], split_i, seed, adapters["OUTLIER"], seeds)]
+    for adapter in adapters.values():
+        adapter.release()
+
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    seen: Dict[str, str] = {}
+    salt = hashlib.sha256(f"demo-dataset-{seed}".encode()).hexdigest()
+    rng = np.random.default_rng(seed)
+    for split in SPLITS:
+        records = []
+        order = rng.permutation(len(rows[split])) if split == "test" else np.arange(len(rows[split]))
+        per_class: Dict[str, int] = {}
+        for rank, i in enumerate(order):
+            arr, label, source = rows[split][i]
+            digest = hashlib.sha256(arr.tobytes()).hexdigest()
+            if digest in seen:
+                raise RuntimeError(f"duplicate image in {split} ({label}) and {seen[digest]}: splits would not be disjoint")
+            seen[digest] = f"{split}/{label}"
+            if split == "test":
+                name = hashlib.sha256(f"{salt}:{rank}".encode()).hexdigest()[:16] + ".png"
+                path = tmp / "test" / name
+            else:
+                per_class[label] = per_class.get(label, 0) + 1
+                name = f"{label}_{per_class[label] - 1:05d}.png"
+                path = tmp / split / label / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arr).save(path, format="PNG")
+            records.append((name, label, source))
+        frame = pd.DataFrame(records, columns=["image_name", "label", "source"])
+        if split == "test":
+            frame.sort_values("image_name").to_csv(tmp / "test_labels.csv", index=False)
+        else:
+            frame.to_csv(tmp / f"{split}_meta.csv", index=False)
+    info = {"seed": seed, "counts_per_class": counts, "classes": list(CLASS_NAMES), "zoo": str(zoo),
+            "zoo_sha256sums_digest": _zoo_digest(Path(zoo)), "images": {s: len(rows[s]) for s in SPLITS}}
+    (tmp / "dataset.json").write_text(json.dumps(info, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return info
+
+
+def main(argv: list | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ROOT / "Dataset")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--zoo", type=Path, help="zoo folder (default: the shipped demo zoo)")
+    parser.add_argument("--small", action="store_true", help=f"{SMALL_COUNTS} images per class (for tests)")
+    parser.add_argument("--train", type=int, help=f"images per class (default {FULL_COUNTS['train']})")
+    parser.add_argument("--val", type=int, help=f"default {FULL_COUNTS['val']}")
+    parser.add_argument("--test", type=int, help=f"default {FULL_COUNTS['test']}")
+    parser.add_argument("--force", action="store_true", help="replace an existing folder")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if args.out.exists() and not args.force:
+        print(f"{args.out} exists; pass --force to replace it", file=sys.stderr)
+        return 1
+    counts = dict(SMALL_COUNTS if args.small else FULL_COUNTS)
+    for split in SPLITS:
+        if getattr(args, split) is not None:
+            counts[split] = getattr(args, split)
+    start = time.perf_counter()
+    info = build(args.out, args.seed, counts, args.zoo, progress=not args.no_progress)
+    print(f"{args.out}: {info['images']} images in {time.perf_counter() - start:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Attacks keep shape and range, are identities at neutral strength, are seeded, and get
+stronger with strength; the curriculum maps epochs to stages and augments the right share."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import augmentation as aug
+
+
+@pytest.fixture
+def images():
+    g = torch.Generator().manual_seed(0)
+    smooth = torch.nn.functional.interpolate(torch.rand(4, 3, 8, 8, generator=g), size=32, mode="bilinear", align_corners=False)
+    return (0.2 + 0.6 * smooth + 0.05 * torch.rand(4, 3, 32, 32, generator=g)).clamp(0, 1)
+
+
+@pytest.mark.parametrize("name", list(aug.ATTACK_DEFAULTS))
+def test_attack_shape_range_and_effect(images, name):
+    out = aug.apply_attack(images, name, aug.ATTACK_DEFAULTS[name], torch.Generator().manual_seed(1))
+    assert out.shape == images.shape and out.dtype == images.dtype
+    assert out.min() >= 0 and out.max() <= 1
+    assert (out - images).abs().mean() > 1e-3, f"{name} at the paper's strength left the images unchanged"
+
+
+@pytest.mark.parametrize("name,neutral", [("brightness", 1.0), ("contrast", 1.0), ("saturation", 1.0), ("resize", 1.0),
+                                          ("noise", 0.0), ("blur", 1)])
+def test_neutral_strength_is_identity(images, name, neutral):
+    assert torch.allclose(aug.apply_attack(images, name, neutral, torch.Generator().manual_seed(0)), images, atol=1e-6)
+
+
+def test_jpeg_error_grows_as_quality_drops(images):
+    errors = [(aug.jpeg(images, q) - images).abs().mean().item() for q in (95, 75, 40, 10)]
+    assert errors == sorted(errors)
+
+
+def test_blur_removes_high_frequencies(images):
+    def detail(x):
+        return (x[..., 1:] - x[..., :-1]).abs().mean().item()
+
+    assert detail(aug.gaussian_blur(images, 9, torch.Generator().manual_seed(0), sigma_range=(2.0, 2.0))) < 0.5 * detail(images)
+    with pytest.raises(ValueError, match="odd"):
+        aug.gaussian_blur(images, 4)
+
+
+def test_colour_attacks_follow_their_definitions(images):
+    grey = aug._greyscale(images)
+    assert torch.allclose(aug.saturation(images, 0.0), grey.expand_as(images), atol=1e-6)
+    flat = aug.contrast(images, 0.0)
+    assert torch.allclose(flat, grey.mean(dim=(1, 2, 3), keepdim=True).expand_as(images), atol=1e-6)
+    assert torch.allclose(aug.brightness(images, 0.5), images * 0.5)
+
+
+def test_random_attacks_are_seeded(images):
+    for name in ("noise", "blur"):
+        a = aug.apply_attack(images, name, aug.ATTACK_DEFAULTS[name], torch.Generator().manual_seed(3))
+        b = aug.apply_attack(images, name, aug.ATTACK_DEFAULTS[name], torch.Generator().manual_seed(3))
+        c = aug.apply_attack(images, name, aug.ATTACK_DEFAULTS[name], torch.Generator().manual_seed(4))
+        assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_unknown_attack_names_choices(images):
+    with pytest.raises(KeyError, match="jpeg"):
+        aug.apply_attack(images, "sharpen", 1.0)
+
+
+def test_curriculum_stage_by_epoch():
+    schedule = [["none", 1], ["weak", 1], ["medium", 2], ["strong", 2]]
+    assert [aug.curriculum_stage(e, schedule) for e in range(8)] == ["none", "weak", "medium", "medium", "strong", "strong",
+                                                                     "strong", "strong"]
+    with pytest.raises(KeyError, match="unknown curriculum stage"):
+        aug.curriculum_stage(0, [["extreme", 1]])
+
+
+def test_curriculum_strengths_grow():
+    for name in aug.CURRICULUM["weak"]:
+        weak, strong = aug.CURRICULUM["weak"][name], aug.CURRICULUM["strong"][name]
+        if name == "jpeg" or name == "resize":
+            assert max(strong) < min(weak) or max(strong) <= min(weak)
+        else:
+            assert min(strong) >= max(weak)
+
+
+def test_augment_batch_share_and_determinism():
+    imgs = torch.rand(200, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.25
+    assert torch.equal(aug.augment_batch(imgs, "none", 1.0), imgs)
+    assert torch.equal(aug.augment_batch(imgs, "strong", 0.0, torch.Generator().manual_seed(0)), imgs)
+    out = aug.augment_batch(imgs, "strong", 0.5, torch.Generator().manual_seed(0))
+    changed = ((out - imgs).abs().flatten(1).amax(1) > 1e-6).float().mean().item()
+    assert 0.35 < changed < 0.65
+    assert torch.equal(out, aug.augment_batch(imgs, "strong", 0.5, torch.Generator().manual_seed(0)))

@@ -1,0 +1,41 @@
+"""TPR@FPR, AUC and thresholds on hand-made scores (lower score = belonging)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from metrics import balanced_accuracy_at, roc_auc, threshold_at_fpr, tpr_at_fpr
+
+
+def test_perfect_separation():
+    assert tpr_at_fpr([0.1, 0.2, 0.3], [1.0, 2.0, 3.0]) == 1.0
+    assert roc_auc([0.1, 0.2, 0.3], [1.0, 2.0, 3.0]) == 1.0
+
+
+def test_reversed_scores_are_worst():
+    assert tpr_at_fpr([5.0, 6.0], [1.0, 2.0]) == 0.0
+    assert roc_auc([5.0, 6.0], [1.0, 2.0]) == 0.0
+
+
+def test_tpr_at_fpr_counts_by_hand():
+    neg = np.arange(100, dtype=float)  # 0 … 99
+    pos = np.array([-1.0, -0.5, 0.5, 1.5, 50.0])
+    assert tpr_at_fpr(pos, neg, 0.0) == pytest.approx(2 / 5)  # no negative accepted: score < 0
+    # FPR ≤ 1 %: the negative at 0 may be accepted, so every score < 1 is: -1, -0.5, 0.5
+    assert tpr_at_fpr(pos, neg, 0.01) == pytest.approx(3 / 5)
+    # FPR ≤ 2 %: negatives 0 and 1 accepted, so also 1.5
+    assert tpr_at_fpr(pos, neg, 0.02) == pytest.approx(4 / 5)
+
+
+def test_threshold_and_balanced_accuracy():
+    neg = np.arange(100, dtype=float)
+    t = threshold_at_fpr(neg, 0.05)
+    assert np.mean(neg < t) <= 0.05 and np.mean(neg <= t) > 0.05
+    assert balanced_accuracy_at(t, [-1.0, -2.0], neg) == pytest.approx(0.5 * (1 + 0.95))
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(ValueError, match="non-finite"):
+        tpr_at_fpr([np.nan, 1.0], [2.0])
+    with pytest.raises(ValueError, match="non-empty"):
+        roc_auc([], [1.0])
