@@ -1,0 +1,100 @@
+"""The shipped demo zoo: complete, intact, loadable, and its inverse decoders do their job.
+
+Every command defaults to ``demo_zoo/``; these tests guard what a fresh clone gets: the weight
+files named by ``SHA256SUMS`` with those hashes (and no others), within the size budget, each
+model loading strictly into our architecture, the inverse decoders loading into their
+tokenizers — and, the point of the whole toolkit, the VAR and RAR inverse decoders giving their
+own family's fresh generations lower round-trip signals (calibrated EncLoss, Combined) than
+natural photos no model ever saw. That QuantLoss alone collapses for them, as the paper finds
+with the official tokenizers, does not hold on this zoo: that test is marked as an expected
+failure, strictly, so it reports the day a better zoo makes it pass.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+
+import inv_decoder
+from models.zoo import DEMO_ZOO_DIR, load_family, read_zoo_manifest
+from quantizer import search_tokens
+from signals import family_signals
+
+ZOO_BUDGET_BYTES = 40 * 2**20
+TEST_SEED = 9_000_000  # far from the Dataset's and the fine-tuning data's seed ranges
+
+
+def _sums() -> dict:
+    lines = (DEMO_ZOO_DIR / "SHA256SUMS").read_text().splitlines()
+    return {name: digest for digest, name in (line.split("  ", 1) for line in lines if line.strip())}
+
+
+def test_sha256sums_name_every_weight_file_with_its_hash():
+    sums = _sums()
+    on_disk = {p.relative_to(DEMO_ZOO_DIR).as_posix() for p in DEMO_ZOO_DIR.rglob("*.safetensors")}
+    assert set(sums) == on_disk
+    for name, digest in sums.items():
+        assert hashlib.sha256((DEMO_ZOO_DIR / name).read_bytes()).hexdigest() == digest, name
+
+
+def test_zoo_fits_its_size_budget():
+    total = sum(p.stat().st_size for p in DEMO_ZOO_DIR.rglob("*") if p.is_file())
+    assert total <= ZOO_BUDGET_BYTES, f"demo_zoo/ holds {total / 2**20:.1f} MiB"
+
+
+def test_every_model_and_inverse_decoder_loads():
+    manifest = read_zoo_manifest()
+    assert set(manifest["families"]) == {"VAR", "RAR", "OUTLIER"}
+    for family, fam in manifest["families"].items():
+        adapter = load_family(family)
+        for variant in fam["variants"]:
+            generator = adapter.generator(variant)
+            assert all(p.dtype == torch.float32 for p in generator.parameters())
+        adapter.release()
+        if family == "OUTLIER":
+            continue
+        for augment in (False, True):
+            path = inv_decoder.default_output_dir(DEMO_ZOO_DIR / inv_decoder.SHIPPED_SUBDIR, family, augment)
+            inv_decoder.load_inverse_decoder(load_family(family), path / "inv_decoder.safetensors")
+
+
+def _natural_reserved(n: int) -> torch.Tensor:
+    import sys
+
+    sys.path.insert(0, str(DEMO_ZOO_DIR.parent / "scripts"))
+    import demo_photos
+
+    return demo_photos.crops_tensor(demo_photos.random_crops(demo_photos.RESERVED_PHOTOS, n, seed=TEST_SEED, part="all")[0])
+
+
+def _own_and_natural_signals(family: str):
+    """Signals (inverse decoder) of 4 fresh PNG-rounded generations per variant and of 16 reserved photo crops."""
+    shipped = inv_decoder.default_output_dir(DEMO_ZOO_DIR / inv_decoder.SHIPPED_SUBDIR, family, False)
+    adapter = inv_decoder.load_inverse_decoder(load_family(family), shipped / "inv_decoder.safetensors")
+    generated = []
+    for v_i, variant in enumerate(adapter.variant_names):
+        seed = TEST_SEED + v_i
+        img = adapter.generate(variant, adapter.random_labels(4, seed), seed)[0]
+        generated.append(torch.round(img.clamp(0, 1) * 255) / 255)  # as saved to PNG
+    own = family_signals(adapter, torch.cat(generated), search_tokens)
+    return own, family_signals(adapter, _natural_reserved(16), search_tokens)
+
+
+@pytest.fixture(scope="module", params=["VAR", "RAR"])
+def own_and_natural(request):
+    return request.param, _own_and_natural_signals(request.param)
+
+
+def test_round_trip_signals_separate_own_generations_from_natural_photos(own_and_natural):
+    family, (own, natural) = own_and_natural
+    assert own["combined"].max() < natural["combined"].min(), family
+    assert own["enc_loss"].median() * 3 < natural["enc_loss"].median(), family
+
+
+@pytest.mark.xfail(strict=True, reason="the demo zoo's small decoders are not invertible enough for QuantLoss to collapse "
+                                       "(python scripts/diagnose_zoo.py: few tokens recovered); a better zoo should make this pass")
+def test_quant_loss_collapses_for_own_generations(own_and_natural):
+    family, (own, natural) = own_and_natural
+    column = "quant_loss_searched" if family == "VAR" else "quant_loss"
+    assert own[column].median() * 3 < natural[column].median()
