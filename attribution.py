@@ -1,11 +1,13 @@
 """Training and applying the attribution models (two-stage or flat) on feature frames.
 
-Two-stage: the :class:`provenance.FamilyGate` sends each image to VAR, RAR or ``outlier``; the
+Two-stage: the stage-one gate of :mod:`provenance` (learned, or thresholds) sends each image to
+VAR, RAR or ``outlier``; the
 gated family's :class:`variant_classifier.VariantClassifier` names the variant or rejects the
 image as ``outlier`` when its calibrated top probability is too low. Flat: one 9-class
 :class:`variant_classifier.FlatClassifier`. Models are fitted on train features; thresholds
 (gate, rejection) are tuned on validation features. A fitted bundle is saved to and loaded from
-one folder (``gate.json``, ``VAR.joblib``/``RAR.joblib`` or ``flat.joblib``, each with a JSON).
+one folder (``gate.joblib`` or ``gate.json``, ``VAR.joblib``/``RAR.joblib`` or ``flat.joblib``, each
+with a JSON).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from models.registry import CLASS_NAMES
-from provenance import FamilyGate, family_of_labels
+from provenance import family_of_labels, load_gate, make_gate, save_gate
 from variant_classifier import FlatClassifier, VariantClassifier
 
 __all__ = ["METHODS", "fit_bundle", "load_bundle", "predict", "bundle_exists"]
@@ -24,7 +26,7 @@ __all__ = ["METHODS", "fit_bundle", "load_bundle", "predict", "bundle_exists"]
 METHODS = ("two-stage", "flat")
 
 
-def _two_stage_predict(gate: FamilyGate, classifiers: dict, features: pd.DataFrame) -> pd.Series:
+def _two_stage_predict(gate, classifiers: dict, features: pd.DataFrame) -> pd.Series:
     families = gate.predict(features)
     out = pd.Series("outlier", index=features.index, dtype=object)
     for family, clf in classifiers.items():
@@ -35,7 +37,7 @@ def _two_stage_predict(gate: FamilyGate, classifiers: dict, features: pd.DataFra
 
 
 def fit_bundle(method: str, train: pd.DataFrame, train_labels: Sequence[str], val: pd.DataFrame, val_labels: Sequence[str],
-               folder: Path | str, *, gate_strategy: str = "fpr", seed: int = 0) -> dict:
+               folder: Path | str, *, gate_strategy: str = "learned", seed: int = 0) -> dict:
     """Fit, tune on validation and save the models of ``method``; returns the loaded bundle."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -47,8 +49,8 @@ def fit_bundle(method: str, train: pd.DataFrame, train_labels: Sequence[str], va
         return {"method": method, "flat": flat}
     if method != "two-stage":
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    gate = FamilyGate(strategy=gate_strategy).fit(train, train_labels, val, val_labels)
-    gate.save(folder / "gate.json")
+    gate = make_gate(gate_strategy, seed).fit(train, train_labels, val, val_labels)
+    save_gate(gate, folder)
     classifiers = {}
     val_families = family_of_labels(val_labels)
     for family in ("VAR", "RAR"):
@@ -66,15 +68,17 @@ def fit_bundle(method: str, train: pd.DataFrame, train_labels: Sequence[str], va
 
 def bundle_exists(method: str, folder: Path | str) -> bool:
     folder = Path(folder)
-    names = ["flat.joblib"] if method == "flat" else ["gate.json", "VAR.joblib", "RAR.joblib"]
-    return all((folder / n).is_file() for n in names)
+    if method == "flat":
+        return (folder / "flat.joblib").is_file()
+    gate_saved = (folder / "gate.json").is_file() or (folder / "gate.joblib").is_file()
+    return gate_saved and all((folder / f"{family}.joblib").is_file() for family in ("VAR", "RAR"))
 
 
 def load_bundle(method: str, folder: Path | str) -> dict:
     folder = Path(folder)
     if method == "flat":
         return {"method": method, "flat": FlatClassifier.load(folder / "flat.joblib")}
-    return {"method": method, "gate": FamilyGate.load(folder / "gate.json"),
+    return {"method": method, "gate": load_gate(folder),
             "classifiers": {f: VariantClassifier.load(folder / f"{f}.joblib") for f in ("VAR", "RAR")}}
 
 

@@ -164,6 +164,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[list] = None) -> int:
+    from provenance import STRATEGIES
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--test", type=Path, help="folder of test images")
     parser.add_argument("--train", type=Path, help="labelled train folder (default: beside --test)")
@@ -174,7 +176,10 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--weights-dir", type=Path, help="official checkpoints or a zoo folder (default: the demo zoo)")
     parser.add_argument("--cache-dir", type=Path, default=Path("cache"), help="features, inverse decoders, models")
     parser.add_argument("--method", choices=["two-stage", "flat"], default="two-stage")
-    parser.add_argument("--gate-strategy", choices=["fpr", "balanced", "train_quantile"], default="fpr")
+    parser.add_argument("--gate-strategy", choices=list(STRATEGIES), default="learned",
+                        help="stage-one gate: learned (LightGBM over all family signals, default) or a threshold on one "
+                             "signal per family at a fixed validation FPR (fpr), best balanced accuracy (balanced) or a "
+                             "quantile of the family's training scores (train_quantile)")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write cached features")
     parser.add_argument("--rebuild", action="store_true", help="recompute and overwrite cached features")
     parser.add_argument("--retrain", action="store_true", help="refit the models even if a matching bundle exists")

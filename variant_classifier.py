@@ -22,7 +22,7 @@ import pandas as pd
 
 from models.registry import CLASS_NAMES, FAMILY_OF, VARIANT_NAMES
 
-__all__ = ["FEATURE_STEMS", "family_feature_frame", "tune_lightgbm", "VariantClassifier", "FlatClassifier"]
+__all__ = ["FEATURE_STEMS", "family_feature_frame", "tune_lightgbm", "CalibratedLGBM", "VariantClassifier", "FlatClassifier"]
 
 FEATURE_STEMS = ("nll_marginal", "nll_topk", "nll_best", "nll_uncond", "cfg_gap", "mink", "minkpp", "hinge", "zlib")
 PARAM_GRID = [dict(num_leaves=nl, learning_rate=lr, n_estimators=ne, min_child_samples=mcs)
@@ -75,7 +75,7 @@ def tune_lightgbm(X: pd.DataFrame, y: np.ndarray, seed: int = 0, folds: int = 3)
     return {"params": best, "cv_log_loss": best_loss, "grid": [{"params": p, "cv_log_loss": l} for l, p in results]}
 
 
-class _CalibratedLGBM:
+class CalibratedLGBM:
     """Tuned LightGBM + cross-validated sigmoid calibration + a rejection threshold."""
 
     def __init__(self, seed: int = 0) -> None:
@@ -119,11 +119,11 @@ class _CalibratedLGBM:
         path.with_suffix(".json").write_text(json.dumps(self.config, indent=2, default=str))
 
     @staticmethod
-    def load(path: Path | str) -> "_CalibratedLGBM":
+    def load(path: Path | str) -> "CalibratedLGBM":
         return joblib.load(path)
 
 
-class VariantClassifier(_CalibratedLGBM):
+class VariantClassifier(CalibratedLGBM):
     """One family's variant classifier (trained on that family's images only)."""
 
     def __init__(self, family: str, seed: int = 0) -> None:
@@ -141,7 +141,7 @@ class VariantClassifier(_CalibratedLGBM):
         return self.proba(family_feature_frame(features, self.family))
 
 
-class FlatClassifier(_CalibratedLGBM):
+class FlatClassifier(CalibratedLGBM):
     """A single 9-class LightGBM over all features (the comparison for the two-stage path)."""
 
     def fit(self, features: pd.DataFrame, labels: Sequence[str]) -> "FlatClassifier":

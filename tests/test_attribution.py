@@ -65,3 +65,19 @@ def test_bundle_fits_saves_loads_and_predicts(data, tmp_path, method):
     report = write_report(tmp_path / "report", "test", yte, first, "synthetic")
     assert (tmp_path / "report" / "test_confusion.png").stat().st_size > 0
     assert report == stats
+
+
+def test_learned_gate_separates_families_and_round_trips(data, tmp_path):
+    from provenance import LearnedGate, load_gate, make_gate, save_gate
+
+    (train, ytr), (val, yva), (test, yte) = data
+    gate = make_gate("learned").fit(train, ytr, val, yva)
+    assert isinstance(gate, LearnedGate)
+    truth = np.array([FAMILY_OF.get(l, "outlier") for l in yte])
+    predicted = gate.predict(test)
+    assert np.mean(predicted.to_numpy() == truth) > 0.9
+    assert set(gate.validation) == {"VAR", "RAR"} and all(0 <= v["fpr"] <= 1 for v in gate.validation.values())
+    save_gate(gate, tmp_path)
+    assert load_gate(tmp_path).predict(test).equals(predicted)
+    with pytest.raises(ValueError, match="unknown gate strategy"):
+        make_gate("nonsense")
