@@ -1,0 +1,132 @@
+"""Where a zoo's attribution accuracy is lost: token recovery vs the transformers themselves.
+
+    python scripts/diagnose_zoo.py [--weights-dir DIR] [--per-variant 96] [--out runs/diagnose_zoo]
+
+For each family (VAR, RAR), fresh PNG-rounded generations of every variant (seeds from a range
+no Dataset image and no fine-tuning image uses) are mapped back to tokens with the tokenizer's
+original encoder and with the shipped/fine-tuned inverse decoder (VAR: our token search). It
+reports
+
+* **token recovery** — the fraction of generated tokens found again, per encoder (and per scale
+  for VAR), and the image error of decoding the recovered tokens vs the true ones (the true
+  tokens reproduce the PNG to rounding error, so a gap means recovery is the loss);
+* **variant accuracy with oracle tokens vs recovered tokens** — 3-fold cross-validated
+  LightGBM over the likelihood features of :mod:`variant_features` computed on the generating
+  tokens (an upper bound: what the transformers can tell apart at all) and on the tokens the
+  inverse decoder recovers (what the pipeline gets).
+
+A low oracle accuracy means the variants' transformers are too alike (a zoo property); a high
+oracle accuracy with a low recovered one means the tokenizer cannot be inverted well enough.
+Writes ``diagnosis.csv`` to ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Dict
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+import inv_decoder  # noqa: E402
+from models.adapter import FamilyAdapter  # noqa: E402
+from models.zoo import load_family  # noqa: E402
+from quantizer import per_image_mse, search_tokens  # noqa: E402
+from variant_features import variant_features  # noqa: E402
+
+DIAGNOSIS_SEED = 8_000_000  # disjoint from make_demo_dataset (< 7e6) and inv_decoder.SEED_OFFSET (7e6 … 8e6)
+
+
+@torch.no_grad()
+def recover_tokens(adapter: FamilyAdapter, img01_B3HW: torch.Tensor) -> torch.Tensor:
+    """Tokens recovered from images: nearest codes (RAR) or our multi-scale search (VAR)."""
+    f = adapter.encode(img01_B3HW)
+    return search_tokens(adapter.tokenizer.quantize, f).tokens if adapter.family == "VAR" else adapter.quantize(f)[0]
+
+
+def _feature_frame(adapter: FamilyAdapter, tokens_BL: torch.Tensor) -> pd.DataFrame:
+    sizes = [pn * pn for pn in adapter.patch_nums] if adapter.family == "VAR" else None
+    columns: Dict[str, np.ndarray] = {}
+    for variant in adapter.variant_names:
+        feats = variant_features(adapter, variant, tokens_BL, scale_sizes=sizes)
+        feats.pop("label_ranking")
+        feats.pop("best_label")
+        columns.update({f"{variant}_{name}": values for name, values in feats.items()})
+    return pd.DataFrame(columns)
+
+
+def _cv_accuracy(features: pd.DataFrame, labels: np.ndarray, seed: int) -> float:
+    from lightgbm import LGBMClassifier
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    model = LGBMClassifier(n_estimators=200, learning_rate=0.05, num_leaves=7, random_state=seed, n_jobs=2, verbose=-1)
+    return float(cross_val_score(model, features, labels, cv=StratifiedKFold(3, shuffle=True, random_state=seed)).mean())
+
+
+def diagnose_family(family: str, weights_dir, per_variant: int, batch: int, seed: int) -> Dict[str, float]:
+    from tqdm.auto import tqdm
+
+    original = load_family(family, weights_dir)
+    path = inv_decoder.ensure_inverse_decoder(family, weights_dir, ROOT / "runs" / "inv_decoder")
+    inverse = inv_decoder.load_inverse_decoder(load_family(family, weights_dir), path)
+    frames = {"oracle": [], "recovered": []}
+    labels, hits, err_true, err_found = [], {"original": [], "inverse": []}, [], []
+    jobs = [(v_i, v, start) for v_i, v in enumerate(original.variant_names) for start in range(0, per_variant, batch)]
+    for v_i, variant, start in tqdm(jobs, desc=f"{family} diagnosis"):
+        job_seed = DIAGNOSIS_SEED + seed * 10_000 + 100 * v_i + start // batch
+        n = min(batch, per_variant - start)
+        img, tokens, _ = original.generate(variant, original.random_labels(n, job_seed), job_seed)
+        x = torch.round(img.clamp(0, 1) * 255) / 255
+        found = recover_tokens(inverse, x)
+        hits["inverse"].append((found == tokens).float())
+        hits["original"].append((recover_tokens(original, x) == tokens).float())
+        with torch.no_grad():
+            err_true.append(per_image_mse(original.decode(original.tokens_to_fhat(tokens)), x))
+            err_found.append(per_image_mse(original.decode(original.tokens_to_fhat(found)), x))
+        frames["oracle"].append(_feature_frame(original, tokens))
+        frames["recovered"].append(_feature_frame(original, found))
+        labels += [variant] * n
+    labels_arr = np.array(labels)
+    row: Dict[str, float] = {"family": family, "images": len(labels)}
+    for encoder, values in hits.items():
+        row[f"token_recovery_{encoder}"] = float(torch.cat(values).mean())
+    if family == "VAR":
+        per_pos = torch.cat(hits["inverse"]).mean(0)
+        sizes = [pn * pn for pn in original.patch_nums]
+        for k, chunk in enumerate(torch.split(per_pos, sizes)):
+            row[f"token_recovery_inverse_scale{k}"] = float(chunk.mean())
+    row["image_mse_true_tokens"] = float(torch.cat(err_true).median())
+    row["image_mse_recovered_tokens"] = float(torch.cat(err_found).median())
+    for kind, parts in frames.items():
+        row[f"variant_accuracy_{kind}_tokens"] = _cv_accuracy(pd.concat(parts, ignore_index=True), labels_arr, seed)
+    row["chance"] = 1.0 / len(original.variant_names)
+    return row
+
+
+def main(argv: list | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights-dir", type=Path, help="official checkpoints or a zoo folder (default: the demo zoo)")
+    parser.add_argument("--per-variant", type=int, default=96, help="generations per variant (default 96)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--families", nargs="+", default=["VAR", "RAR"], choices=["VAR", "RAR"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("runs/diagnose_zoo"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    rows = [diagnose_family(f, args.weights_dir, args.per_variant, args.batch_size, args.seed) for f in args.families]
+    table = pd.DataFrame(rows).set_index("family").T
+    args.out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out / "diagnosis.csv")
+    with pd.option_context("display.float_format", lambda v: f"{v:.4g}"):
+        print(table.to_string())
+    print(f"→ {args.out / 'diagnosis.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
