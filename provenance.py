@@ -149,7 +149,7 @@ class LearnedGate:
         self.validation: Dict[str, Dict[str, float]] = {}
 
     def fit(self, train: pd.DataFrame, train_labels: Sequence[str], val: pd.DataFrame, val_labels: Sequence[str]) -> "LearnedGate":
-        self.classifier._fit(family_signal_frame(train), family_of_labels(train_labels))
+        self.classifier.fit_frame(family_signal_frame(train), family_of_labels(train_labels))
         predicted, truth = self.predict(val).to_numpy(), family_of_labels(val_labels)
         for family in FAMILIES:
             own = truth == family

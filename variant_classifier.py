@@ -85,7 +85,8 @@ class CalibratedLGBM:
         self.reject_below = 0.0
         self.config: Dict[str, object] = {}
 
-    def _fit(self, X: pd.DataFrame, y: np.ndarray) -> None:
+    def fit_frame(self, X: pd.DataFrame, y: np.ndarray) -> None:
+        """Tune (CV on ``X`` only), fit and calibrate on a ready feature frame."""
         from sklearn.calibration import CalibratedClassifierCV
 
         self.columns = list(X.columns)
@@ -133,7 +134,7 @@ class VariantClassifier(CalibratedLGBM):
     def fit(self, features: pd.DataFrame, labels: Sequence[str]) -> "VariantClassifier":
         labels = np.asarray(labels)
         mine = np.array([FAMILY_OF.get(l) == self.family for l in labels])
-        self._fit(family_feature_frame(features.loc[mine], self.family), labels[mine])
+        self.fit_frame(family_feature_frame(features.loc[mine], self.family), labels[mine])
         self.config["family"] = self.family
         return self
 
@@ -145,7 +146,7 @@ class FlatClassifier(CalibratedLGBM):
     """A single 9-class LightGBM over all features (the comparison for the two-stage path)."""
 
     def fit(self, features: pd.DataFrame, labels: Sequence[str]) -> "FlatClassifier":
-        self._fit(self.frame(features), np.asarray(labels))
+        self.fit_frame(self.frame(features), np.asarray(labels))
         return self
 
     @staticmethod
