@@ -6,7 +6,7 @@ gated family's :class:`variant_classifier.VariantClassifier` names the variant o
 image as ``outlier`` when its calibrated top probability is too low. Flat: one 9-class
 :class:`variant_classifier.FlatClassifier`. Models are fitted on train features; thresholds
 (gate, rejection) are tuned on validation features. A fitted bundle is saved to and loaded from
-one folder (``gate.joblib`` or ``gate.json``, ``VAR.joblib``/``RAR.joblib`` or ``flat.joblib``, each
+one folder (``learned_gate.joblib`` or ``gate.json``, ``VAR.joblib``/``RAR.joblib`` or ``flat.joblib``, each
 with a JSON).
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from models.registry import CLASS_NAMES
-from provenance import family_of_labels, load_gate, make_gate, save_gate
+from provenance import family_of_labels, load_gate, make_gate, save_gate, saved_gate_path
 from variant_classifier import FlatClassifier, VariantClassifier
 
 __all__ = ["METHODS", "fit_bundle", "load_bundle", "predict", "bundle_exists"]
@@ -70,8 +70,7 @@ def bundle_exists(method: str, folder: Path | str) -> bool:
     folder = Path(folder)
     if method == "flat":
         return (folder / "flat.joblib").is_file()
-    gate_saved = (folder / "gate.json").is_file() or (folder / "gate.joblib").is_file()
-    return gate_saved and all((folder / f"{family}.joblib").is_file() for family in ("VAR", "RAR"))
+    return saved_gate_path(folder) is not None and all((folder / f"{family}.joblib").is_file() for family in ("VAR", "RAR"))
 
 
 def load_bundle(method: str, folder: Path | str) -> dict:

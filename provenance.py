@@ -31,9 +31,10 @@ import pandas as pd
 
 from metrics import roc_auc, tpr_at_fpr
 from models.registry import FAMILY_OF
+from variant_classifier import CalibratedLGBM
 
 __all__ = ["CANDIDATE_SIGNALS", "STRATEGIES", "FamilyGate", "LearnedGate", "family_of_labels", "family_signal_frame",
-           "make_gate", "save_gate", "load_gate"]
+           "make_gate", "save_gate", "load_gate", "saved_gate_path"]
 
 CANDIDATE_SIGNALS = ("combined", "quant_loss_searched", "quant_loss", "enc_loss")
 STRATEGIES = ("learned", "fpr", "balanced", "train_quantile")
@@ -137,30 +138,21 @@ def family_signal_frame(features: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(_log(features[columns]), index=features.index, columns=columns)
 
 
-class LearnedGate:
+class LearnedGate(CalibratedLGBM):
     """VAR / RAR / ``outlier`` from all family signals: tuned, calibrated LightGBM (see module doc)."""
 
     strategy = "learned"
 
-    def __init__(self, seed: int = 0) -> None:
-        from variant_classifier import CalibratedLGBM
-
-        self.classifier = CalibratedLGBM(seed)
-        self.validation: Dict[str, Dict[str, float]] = {}
-
     def fit(self, train: pd.DataFrame, train_labels: Sequence[str], val: pd.DataFrame, val_labels: Sequence[str]) -> "LearnedGate":
-        self.classifier.fit_frame(family_signal_frame(train), family_of_labels(train_labels))
+        self.fit_frame(family_signal_frame(train), family_of_labels(train_labels))
         predicted, truth = self.predict(val).to_numpy(), family_of_labels(val_labels)
-        for family in FAMILIES:
-            own = truth == family
-            self.validation[family] = {"tpr": float(np.mean(predicted[own] == family)),
-                                       "fpr": float(np.mean(predicted[~own] == family))}
-        self.classifier.config["validation"] = self.validation
+        self.validation = {family: {"tpr": float(np.mean(predicted[truth == family] == family)),
+                                    "fpr": float(np.mean(predicted[truth != family] == family))} for family in FAMILIES}
+        self.config["validation"] = self.validation
         return self
 
     def predict(self, features: pd.DataFrame) -> pd.Series:
-        proba = self.classifier.proba(family_signal_frame(features))
-        return proba.idxmax(axis=1).rename("family")
+        return self.proba(family_signal_frame(features)).idxmax(axis=1).rename("family")
 
 
 def make_gate(strategy: str, seed: int = 0):
@@ -172,23 +164,23 @@ def make_gate(strategy: str, seed: int = 0):
     return FamilyGate(strategy=strategy)
 
 
-def save_gate(gate, folder: Path | str) -> None:
-    """``gate.json`` (threshold gate) or ``gate.joblib`` + its JSON (learned gate) in ``folder``."""
-    folder = Path(folder)
-    if isinstance(gate, LearnedGate):
-        import joblib
+_GATE_FILES = {LearnedGate: "learned_gate.joblib", FamilyGate: "gate.json"}
 
-        joblib.dump(gate, folder / "gate.joblib")
-        (folder / "gate.joblib.json").write_text(json.dumps(gate.classifier.config, indent=2, default=str))
-    else:
-        gate.save(folder / "gate.json")
+
+def saved_gate_path(folder: Path | str) -> Optional[Path]:
+    """The gate file :func:`save_gate` wrote in ``folder``, or ``None``."""
+    found = [Path(folder) / name for name in _GATE_FILES.values() if (Path(folder) / name).is_file()]
+    return found[0] if found else None
+
+
+def save_gate(gate, folder: Path | str) -> None:
+    """``learned_gate.joblib`` (+ its JSON config) or ``gate.json`` (threshold gate) in ``folder``."""
+    gate.save(Path(folder) / _GATE_FILES[type(gate)])
 
 
 def load_gate(folder: Path | str):
     """The gate saved in ``folder`` by :func:`save_gate`; ``None`` if there is none."""
-    folder = Path(folder)
-    if (folder / "gate.joblib").is_file():
-        import joblib
-
-        return joblib.load(folder / "gate.joblib")
-    return FamilyGate.load(folder / "gate.json") if (folder / "gate.json").is_file() else None
+    path = saved_gate_path(folder)
+    if path is None:
+        return None
+    return LearnedGate.load(path) if path.suffix == ".joblib" else FamilyGate.load(path)
