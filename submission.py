@@ -79,6 +79,29 @@ def _frame_digest(*parts) -> str:
     return digest.hexdigest()
 
 
+def demo_dataset_outdated(root: Path) -> Optional[str]:
+    """Why the demo Dataset at ``root`` must be (re)built — missing, or made by other zoo weights
+    than the shipped demo zoo's — or ``None`` when it is current. Refuses to replace a folder that
+    is not a demo Dataset (no ``dataset.json`` naming a zoo)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from make_demo_dataset import zoo_digest
+    from models.zoo import DEMO_ZOO_DIR
+
+    info_path = root / "dataset.json"
+    if not root.exists():
+        return "missing"
+    if not info_path.is_file():
+        if any(root.iterdir()):
+            raise SystemExit(f"{root} exists but is not a demo Dataset (no dataset.json); pass --dataset NEW_FOLDER for the demo")
+        return "empty"
+    info = json.loads(info_path.read_text())
+    if info.get("zoo_sha256sums_digest") != zoo_digest(DEMO_ZOO_DIR):
+        return f"{info_path} names other zoo weights than {DEMO_ZOO_DIR}/SHA256SUMS"
+    if not (root / "test").is_dir():
+        return "no test split"
+    return None
+
+
 def _labelled_split(root: Path, name: str):
     from dataset import list_split
 
@@ -99,9 +122,11 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     dataset_root = args.dataset
     if args.demo:
-        if not (dataset_root / "test").is_dir():
-            print(f"building the demo Dataset in {dataset_root} …", file=sys.stderr)
-            subprocess.run([sys.executable, str(ROOT / "scripts" / "make_demo_dataset.py"), "--out", str(dataset_root)], check=True)
+        why = demo_dataset_outdated(dataset_root)
+        if why:
+            print(f"building the demo Dataset in {dataset_root} ({why}) …", file=sys.stderr)
+            subprocess.run([sys.executable, str(ROOT / "scripts" / "make_demo_dataset.py"), "--out", str(dataset_root), "--force"],
+                           check=True)
         args.test = args.test or dataset_root / "test"
         args.labels = args.labels or dataset_root / "test_labels.csv"
     if args.test is None:

@@ -6,10 +6,10 @@ What it trains (configs in ``ZOO_CONFIG`` below; 64×64 images, 8× downsampling
 tokens at the finest scale):
 
 * VAR family — one multi-scale VQVAE (V=256, Cvae=16, patch_nums 1,2,3,4,5,6,8 → 155 tokens)
-  and four next-scale transformers of increasing depth and width for var16 < var20 < var24 <
-  var30, all on the same token data, class-conditional with label dropout 0.1;
+  and four next-scale transformers of increasing depth, width and training steps for var16 <
+  var20 < var24 < var30, all on the same token data, class-conditional with label dropout 0.1;
 * RAR family — one MaskGIT-VQGAN (codebook 256, z 16) and four RAR generators of increasing
-  size for rarb < rarl < rarxl < rarxxl, trained with randomness annealing;
+  size and training steps for rarb < rarl < rarxl < rarxxl, trained with randomness annealing;
 * an outlier IAR — a MaskGIT-VQGAN of another configuration with a codebook of its own and a
   raster-order generator, used only to make outlier images.
 
@@ -77,15 +77,16 @@ ZOO_CONFIG: Dict[str, dict] = {
                                      "sampling": dict(guidance_scale=3.0, guidance_scale_pow=1.0, temperature=1.0)}},
     },
 }
-# Every transformer gets the same number of steps. At this budget the demo-size transformers are
-# step-limited and reach nearly the same NLL whatever their size (see zoo.json); giving larger
-# variants more steps (``var_steps`` accepts a per-variant dict) is the known fix, not yet afforded.
+# Larger variants get more steps as well as more parameters, as the official larger models were
+# trained with more compute: at a fixed step budget the demo-size transformers are step-limited and
+# all reach nearly the same NLL (the first zoo, 300/500 steps each, failed the size ordering).
 FULL = dict(pool=6000, val=480, tok_steps={"VAR": 450, "RAR": 450, "OUTLIER": 250},
-            var_steps={"var16": 300, "var20": 300, "var24": 300, "var30": 300}, rar_steps=500, outlier_gen_steps=300)
+            var_steps={"var16": 300, "var20": 400, "var24": 500, "var30": 600},
+            rar_steps={"rarb": 400, "rarl": 550, "rarxl": 800, "rarxxl": 900}, outlier_gen_steps=300)
 INV_DECODER_FULL = dict(images=1536, epochs=6, batch_size=32, lr=1e-4)
 INV_DECODER_QUICK = dict(images=16, epochs=2, batch_size=8, lr=1e-4)
-QUICK = dict(pool=96, val=32, tok_steps={"VAR": 6, "RAR": 6, "OUTLIER": 4}, var_steps={"var16": 4, "var20": 4, "var24": 4, "var30": 4},
-             rar_steps=4, outlier_gen_steps=4)
+QUICK = dict(pool=96, val=32, tok_steps={"VAR": 6, "RAR": 6, "OUTLIER": 4},
+             var_steps={"var16": 4, "var20": 4, "var24": 4, "var30": 4}, rar_steps=4, outlier_gen_steps=4)
 
 
 def _save(module: torch.nn.Module, path: Path) -> None:
@@ -95,11 +96,30 @@ def _save(module: torch.nn.Module, path: Path) -> None:
 
 
 @torch.no_grad()
+def _as_shipped(module: torch.nn.Module) -> torch.nn.Module:
+    """Round ``module``'s floating-point weights to float16 and back, in place: the tokenizer as shipped,
+    so a full build and an ``--only`` rebuild (which loads the shipped file) tokenize identically."""
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        if tensor.is_floating_point():
+            tensor.copy_(tensor.half().float())
+    return module
+
+
+@torch.no_grad()
 def _psnr(reconstruct, val_u8: torch.Tensor) -> float:
     x = val_u8.float().div(255)
     rec = torch.cat([reconstruct(x[s:s + 128]) for s in range(0, len(x), 128)]).clamp(0, 1)
     mse = (rec - x).square().flatten(1).mean(1).clamp_min(1e-10)
     return float((10 * torch.log10(1 / mse)).mean())
+
+
+@torch.no_grad()
+def _round_trip_recovery(encode, decode, val_u8: torch.Tensor) -> float:
+    """Fraction of the tokens of held-out crops that the tokenizer's own encoder recovers from their decoded image
+    (greedy; the upper bound of what QuantLoss can see before any fine-tuning)."""
+    x = val_u8.float().div(255)
+    hits = [(encode(decode(t)) == t).float().mean() for t in (encode(x[s:s + 128]) for s in range(0, len(x), 128))]
+    return float(torch.stack(hits).mean())
 
 
 def _steps(plan_value, name: str) -> int:
@@ -149,8 +169,12 @@ def build(out: Path, seed: int, quick: bool, progress: bool = True, only: Option
                 load_strict(tokenizer, read_state_dict(out / tok_file), str(out / tok_file), ignore={"quantize.ema_vocab_hit_SV"})
             else:
                 losses = zt.train_var_tokenizer(tokenizer, pool, steps=plan["tok_steps"][family], seed=seed + f_i, progress=progress)
+                _as_shipped(tokenizer)
             tokens, val_tokens = zt.var_tokens(tokenizer, pool), zt.var_tokens(tokenizer, val)
             metrics["psnr_val"][family] = _psnr(lambda x: (tokenizer.idxBl_to_img(tokenizer.img_to_idxBl(x * 2 - 1)) + 1) / 2, val)
+            metrics.setdefault("round_trip_tokens_val", {})[family] = _round_trip_recovery(
+                lambda x: torch.cat(tokenizer.img_to_idxBl(x * 2 - 1), 1), lambda t: (tokenizer.idxBl_to_img(
+                    list(torch.split(t, [pn * pn for pn in tokenizer.patch_nums], 1))) + 1) / 2, val)
             vocab = tok_cfg["V"]
         else:
             tokenizer = build_maskgit_vqgan(tok_cfg)
@@ -160,8 +184,10 @@ def build(out: Path, seed: int, quick: bool, progress: bool = True, only: Option
             else:
                 losses = zt.train_maskgit_tokenizer(tokenizer, pool, steps=plan["tok_steps"][family], seed=seed + f_i,
                                                     progress=progress)
+                _as_shipped(tokenizer)
             tokens, val_tokens = zt.maskgit_tokens(tokenizer, pool), zt.maskgit_tokens(tokenizer, val)
             metrics["psnr_val"][family] = _psnr(lambda x: tokenizer.decode(tokenizer.encode(x)), val)
+            metrics.setdefault("round_trip_tokens_val", {})[family] = _round_trip_recovery(tokenizer.encode, tokenizer.decode, val)
             vocab = tok_cfg["codebook_size"]
         tokenizer.eval()
         if only is None:
@@ -188,7 +214,7 @@ def build(out: Path, seed: int, quick: bool, progress: bool = True, only: Option
             else:
                 model = build_rar_generator(v["config"], tok_cfg)
                 model.init_weights()
-                steps = plan["rar_steps"] if family == "RAR" else plan["outlier_gen_steps"]
+                steps = _steps(plan["rar_steps"], name) if family == "RAR" else plan["outlier_gen_steps"]
                 anneal = (0.2, 0.6) if family == "RAR" else (0.0, 0.0)  # the outlier IAR is a plain raster-order model
                 losses = zt.train_rar_generator(model, tokens, pool_y, steps=steps, seed=seed + 200 + v_i, anneal_start=anneal[0],
                                                 anneal_end=anneal[1], progress=progress)
@@ -202,7 +228,8 @@ def build(out: Path, seed: int, quick: bool, progress: bool = True, only: Option
             print(f"{name:12s} val NLL {metrics['nll_val'][name]:.4f} nats/token (unigram {metrics['nll_val'][f'{family}_unigram']:.4f})"
                   f"  {timings[name]:.0f}s", flush=True)
         manifest_families[family] = {"tokenizer": {"file": tok_file, "config": tok_cfg}, "variants": variants}
-        print(f"{family} tokenizer: val PSNR {metrics['psnr_val'][family]:.2f} dB, codebook usage "
+        print(f"{family} tokenizer: val PSNR {metrics['psnr_val'][family]:.2f} dB, round-trip tokens "
+              f"{100 * metrics['round_trip_tokens_val'][family]:.1f} %, codebook usage "
               f"{100 * metrics['codebook_usage'][family]:.0f} %, {timings.get(f'{family}_tokenizer', 0):.0f}s", flush=True)
     manifest = {"image_size": 64, "num_classes": NUM_CLASSES, "class_names": list(demo_photos.MODEL_PHOTOS),
                 "reserved_photos": list(demo_photos.RESERVED_PHOTOS), "seed": seed, "quick": quick, "plan": plan,

@@ -88,7 +88,8 @@ def _outliers(n: int, split_i: int, seed: int, outlier_adapter, seeds: _Seeds) -
             + [(a, "outlier_iar") for a in generated])
 
 
-def _zoo_digest(zoo_dir: Path) -> str:
+def zoo_digest(zoo_dir: Path) -> str:
+    """sha256 of the zoo's ``SHA256SUMS``: names the exact weights a demo Dataset was made with."""
     sums = zoo_dir / "SHA256SUMS"
     return hashlib.sha256(sums.read_bytes()).hexdigest() if sums.is_file() else "unknown"
 
@@ -142,7 +143,7 @@ def build(out: Path, seed: int, counts: Dict[str, int], zoo_dir: Path | None = N
         else:
             frame.to_csv(tmp / f"{split}_meta.csv", index=False)
     info = {"seed": seed, "counts_per_class": counts, "classes": list(CLASS_NAMES), "zoo": str(zoo),
-            "zoo_sha256sums_digest": _zoo_digest(Path(zoo)), "images": {s: len(rows[s]) for s in SPLITS}}
+            "zoo_sha256sums_digest": zoo_digest(Path(zoo)), "images": {s: len(rows[s]) for s in SPLITS}}
     (tmp / "dataset.json").write_text(json.dumps(info, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)

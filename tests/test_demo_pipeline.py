@@ -77,3 +77,17 @@ def test_submission_end_to_end_and_warm_rerun(tiny_dataset, tmp_path):
     assert first.read_bytes() == second.read_bytes()
     assert sorted((cache / "features").rglob("*.parquet")) == shards, "the warm rerun recomputed features"
     assert (tmp_path / "a_report" / "confusion_test.png").is_file() or any((tmp_path / "a_report").glob("*.png"))
+
+
+def test_demo_dataset_is_rebuilt_when_the_zoo_changes(tiny_dataset, tmp_path):
+    """``--demo`` reuses a Dataset only if the shipped zoo made it; it never replaces a folder that is not a demo Dataset."""
+    assert submission.demo_dataset_outdated(tiny_dataset) is None
+    assert submission.demo_dataset_outdated(tmp_path / "absent") == "missing"
+    stale = tmp_path / "stale"
+    (stale / "test").mkdir(parents=True)
+    (stale / "dataset.json").write_text('{"zoo_sha256sums_digest": "0000"}')
+    assert "other zoo weights" in submission.demo_dataset_outdated(stale)
+    foreign = tmp_path / "foreign"
+    (foreign / "test").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="not a demo Dataset"):
+        submission.demo_dataset_outdated(foreign)
