@@ -106,20 +106,19 @@ def _as_shipped(module: torch.nn.Module) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def _psnr(reconstruct, val_u8: torch.Tensor) -> float:
+def _tokenizer_metrics(encode, decode, val_u8: torch.Tensor) -> Dict[str, float]:
+    """On held-out crops: reconstruction PSNR (dB) of ``decode(encode(x))``, and the fraction of those tokens the
+    tokenizer's own encoder finds again in the decoded image (greedy; what QuantLoss can see before any
+    fine-tuning). ``encode``: images in [0, 1] → tokens ``B×L``; ``decode``: tokens → images in [0, 1]."""
     x = val_u8.float().div(255)
-    rec = torch.cat([reconstruct(x[s:s + 128]) for s in range(0, len(x), 128)]).clamp(0, 1)
-    mse = (rec - x).square().flatten(1).mean(1).clamp_min(1e-10)
-    return float((10 * torch.log10(1 / mse)).mean())
-
-
-@torch.no_grad()
-def _round_trip_recovery(encode, decode, val_u8: torch.Tensor) -> float:
-    """Fraction of the tokens of held-out crops that the tokenizer's own encoder recovers from their decoded image
-    (greedy; the upper bound of what QuantLoss can see before any fine-tuning)."""
-    x = val_u8.float().div(255)
-    hits = [(encode(decode(t)) == t).float().mean() for t in (encode(x[s:s + 128]) for s in range(0, len(x), 128))]
-    return float(torch.stack(hits).mean())
+    psnr, hits = [], []
+    for s in range(0, len(x), 128):
+        tokens = encode(x[s:s + 128])
+        rec = decode(tokens).clamp(0, 1)
+        mse = (rec - x[s:s + 128]).square().flatten(1).mean(1).clamp_min(1e-10)
+        psnr.append(10 * torch.log10(1 / mse))
+        hits.append((encode(rec) == tokens).float().flatten())
+    return {"psnr_val": float(torch.cat(psnr).mean()), "round_trip_tokens_val": float(torch.cat(hits).mean())}
 
 
 def _steps(plan_value, name: str) -> int:
@@ -171,10 +170,9 @@ def build(out: Path, seed: int, quick: bool, progress: bool = True, only: Option
                 losses = zt.train_var_tokenizer(tokenizer, pool, steps=plan["tok_steps"][family], seed=seed + f_i, progress=progress)
                 _as_shipped(tokenizer)
             tokens, val_tokens = zt.var_tokens(tokenizer, pool), zt.var_tokens(tokenizer, val)
-            metrics["psnr_val"][family] = _psnr(lambda x: (tokenizer.idxBl_to_img(tokenizer.img_to_idxBl(x * 2 - 1)) + 1) / 2, val)
-            metrics.setdefault("round_trip_tokens_val", {})[family] = _round_trip_recovery(
-                lambda x: torch.cat(tokenizer.img_to_idxBl(x * 2 - 1), 1), lambda t: (tokenizer.idxBl_to_img(
-                    list(torch.split(t, [pn * pn for pn in tokenizer.patch_nums], 1))) + 1) / 2, val)
+            scale_sizes = [pn * pn for pn in tokenizer.patch_nums]
+            tok_metrics = _tokenizer_metrics(lambda x: torch.cat(tokenizer.img_to_idxBl(x * 2 - 1), 1),
+                                             lambda t: (tokenizer.idxBl_to_img(list(torch.split(t, scale_sizes, 1))) + 1) / 2, val)
             vocab = tok_cfg["V"]
         else:
             tokenizer = build_maskgit_vqgan(tok_cfg)
@@ -186,9 +184,10 @@ def build(out: Path, seed: int, quick: bool, progress: bool = True, only: Option
                                                     progress=progress)
                 _as_shipped(tokenizer)
             tokens, val_tokens = zt.maskgit_tokens(tokenizer, pool), zt.maskgit_tokens(tokenizer, val)
-            metrics["psnr_val"][family] = _psnr(lambda x: tokenizer.decode(tokenizer.encode(x)), val)
-            metrics.setdefault("round_trip_tokens_val", {})[family] = _round_trip_recovery(tokenizer.encode, tokenizer.decode, val)
+            tok_metrics = _tokenizer_metrics(tokenizer.encode, tokenizer.decode, val)
             vocab = tok_cfg["codebook_size"]
+        for key, value in tok_metrics.items():
+            metrics.setdefault(key, {})[family] = value
         tokenizer.eval()
         if only is None:
             metrics["train_loss"][f"{family}_tokenizer"] = zt.summarize(losses)
@@ -209,8 +208,7 @@ def build(out: Path, seed: int, quick: bool, progress: bool = True, only: Option
                 model.init_weights()
                 losses = zt.train_var_transformer(model, tokenizer, tokens, pool_y, steps=_steps(plan["var_steps"], name), seed=seed + 100 + v_i,
                                                   progress=progress)
-                sizes = [pn * pn for pn in tokenizer.patch_nums]
-                x_fn = lambda t, y, m=model: m(y, tokenizer.quantize.teacher_forcing_input(list(torch.split(t, sizes, 1))))  # noqa: E731
+                x_fn = lambda t, y, m=model: m(y, tokenizer.quantize.teacher_forcing_input(list(torch.split(t, scale_sizes, 1))))  # noqa: E731
             else:
                 model = build_rar_generator(v["config"], tok_cfg)
                 model.init_weights()
