@@ -30,7 +30,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parent
 
-__all__ = ["main", "write_submission", "validate_submission", "readable_images"]
+__all__ = ["main", "write_submission", "validate_submission", "readable_images", "default_workers"]
 
 
 def readable_images(paths: List[Path]) -> Tuple[List[Path], List[Path]]:
@@ -113,6 +113,19 @@ def _labelled_split(root: Path, name: str):
     return frame
 
 
+def default_workers(weights_dir: Optional[Path], device: str) -> int:
+    """One single-threaded feature process per usable core for a (small) zoo on the CPU; else 1.
+
+    Official checkpoints are loaded once per process, so they get one process (memory), as does a GPU.
+    """
+    from models.zoo import DEMO_ZOO_DIR, is_zoo_dir
+
+    if device != "cpu" or not is_zoo_dir(Path(weights_dir) if weights_dir is not None else DEMO_ZOO_DIR):
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores)
+
+
 def run(args: argparse.Namespace) -> int:
     from attribution import bundle_exists, fit_bundle, load_bundle, predict
     from dataset import IMAGE_SUFFIXES, read_label_csv
@@ -143,13 +156,17 @@ def run(args: argparse.Namespace) -> int:
 
     extractor = FeatureExtractor(weights_dir=args.weights_dir, inv_root=args.cache_dir / "inv_decoder",
                                  cache_dir=args.cache_dir / "features", use_cache=not args.no_cache, rebuild=args.rebuild,
-                                 batch_size=args.batch_size, device=args.device, workers=args.workers,
+                                 batch_size=args.batch_size, device=args.device,
+                                 workers=args.workers or default_workers(args.weights_dir, args.device),
                                  inv_config={"images": args.inv_decoder_images, "epochs": args.inv_decoder_epochs})
     train_meta, val_meta = _labelled_split(train_dir, "train"), _labelled_split(val_dir, "val")
     print(f"features: {len(train_meta)} train, {len(val_meta)} val, {len(good)} test images", file=sys.stderr)
-    train = extractor.features(train_meta["path"], list(train_meta.index))
-    val = extractor.features(val_meta["path"], list(val_meta.index))
-    test = extractor.features(good, [p.name for p in good])
+    # one pass over all three splits: one progress bar, one pool of workers
+    every = extractor.features(list(train_meta["path"]) + list(val_meta["path"]) + list(good))
+    n_train, n_val = len(train_meta), len(val_meta)
+    train = every.iloc[:n_train].set_axis(pd.Index(train_meta.index, name="image_id"))
+    val = every.iloc[n_train:n_train + n_val].set_axis(pd.Index(val_meta.index, name="image_id"))
+    test = every.iloc[n_train + n_val:].set_axis(pd.Index([p.name for p in good], name="image_id"))
 
     key = _frame_digest(args.method, args.seed, args.gate_strategy, extractor.weights_digest, train, list(train_meta["label"]),
                         val, list(val_meta["label"]))[:20]
@@ -213,7 +230,9 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--inv-decoder-images", type=int, default=1536, help="fresh generations per family to fine-tune on")
     parser.add_argument("--inv-decoder-epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=1, help="feature processes, one thread each (default 1)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="feature processes, one thread each; 0 (default): one per CPU core for a zoo on the CPU "
+                             "(faster than one process with that many threads), 1 for official weights or a GPU")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     return run(parser.parse_args(argv))

@@ -10,6 +10,10 @@ tokens at the finest scale):
   var20 < var24 < var30, all on the same token data, class-conditional with label dropout 0.1;
 * RAR family — one MaskGIT-VQGAN (codebook 256, z 16) and four RAR generators of increasing
   size and training steps for rarb < rarl < rarxl < rarxxl, trained with randomness annealing;
+  they train on ``gen_pool`` crops (the tokenizer's pool plus more crops of the same training
+  regions, tokenized by the trained tokenizer) and each ends on its checkpoint (every 50 steps) of
+  lowest NLL on *selection* crops — other crops of the validation regions than those the reported
+  NLL uses: on the tokenizer's 6 000 crops alone the larger generators overfit;
 * an outlier IAR — a MaskGIT-VQGAN of another configuration with a codebook of its own and a
   raster-order generator, used only to make outlier images.
 
@@ -82,11 +86,13 @@ ZOO_CONFIG: Dict[str, dict] = {
 # all reach nearly the same NLL (the first zoo, 300/500 steps each, failed the size ordering).
 FULL = dict(pool=6000, val=480, tok_steps={"VAR": 450, "RAR": 450, "OUTLIER": 250},
             var_steps={"var16": 300, "var20": 400, "var24": 500, "var30": 600},
-            rar_steps={"rarb": 400, "rarl": 550, "rarxl": 800, "rarxxl": 900}, outlier_gen_steps=300)
+            rar_steps={"rarb": 400, "rarl": 550, "rarxl": 800, "rarxxl": 900}, rar_select_every=50, outlier_gen_steps=300,
+            gen_pool={"RAR": 24000})
 INV_DECODER_FULL = dict(images=1536, epochs=6, batch_size=32, lr=1e-4)
 INV_DECODER_QUICK = dict(images=16, epochs=2, batch_size=8, lr=1e-4)
 QUICK = dict(pool=96, val=32, tok_steps={"VAR": 6, "RAR": 6, "OUTLIER": 4},
-             var_steps={"var16": 4, "var20": 4, "var24": 4, "var30": 4}, rar_steps=4, outlier_gen_steps=4)
+             var_steps={"var16": 4, "var20": 4, "var24": 4, "var30": 4}, rar_steps=4, rar_select_every=2,
+             outlier_gen_steps=4, gen_pool={"RAR": 192})
 
 
 def _save(module: torch.nn.Module, path: Path) -> None:
@@ -150,6 +156,10 @@ def build(out: Path, seed: int, quick: bool, progress: bool = True, only: Option
     clock = time.perf_counter()
     pool_np, pool_labels = demo_photos.random_crops(demo_photos.MODEL_PHOTOS, plan["pool"], seed, "train")
     val_np, val_labels = demo_photos.random_crops(demo_photos.MODEL_PHOTOS, plan["val"], seed + 1, "val")
+    # checkpoint selection for the RAR generators: other crops of the validation regions, so the
+    # reported validation NLL is measured on crops the selection never saw
+    select_np, select_labels = demo_photos.random_crops(demo_photos.MODEL_PHOTOS, plan["val"], seed + 2, "val")
+    select, select_y = torch.from_numpy(select_np).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(select_labels).long()
     pool, val = torch.from_numpy(pool_np).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(val_np).permute(0, 3, 1, 2).contiguous()
     pool_y, val_y = torch.from_numpy(pool_labels).long(), torch.from_numpy(val_labels).long()
     timings["crops"] = time.perf_counter() - clock
@@ -184,6 +194,14 @@ def build(out: Path, seed: int, quick: bool, progress: bool = True, only: Option
                                                     progress=progress)
                 _as_shipped(tokenizer)
             tokens, val_tokens = zt.maskgit_tokens(tokenizer, pool), zt.maskgit_tokens(tokenizer, val)
+            select_tokens = zt.maskgit_tokens(tokenizer, select)
+        gen_tokens, gen_y = tokens, pool_y
+        extra = plan["gen_pool"].get(family, 0) - len(pool)
+        if extra > 0:  # more crops of the same training regions for the generators only (the tokenizer never saw them)
+            extra_np, extra_labels = demo_photos.random_crops(demo_photos.MODEL_PHOTOS, extra, seed + 3 + f_i, "train")
+            extra_u8 = torch.from_numpy(extra_np).permute(0, 3, 1, 2).contiguous()
+            extra_tokens = zt.var_tokens(tokenizer, extra_u8) if family == "VAR" else zt.maskgit_tokens(tokenizer, extra_u8)
+            gen_tokens, gen_y = torch.cat([tokens, extra_tokens]), torch.cat([pool_y, torch.from_numpy(extra_labels).long()])
             tok_metrics = _tokenizer_metrics(tokenizer.encode, tokenizer.decode, val)
             vocab = tok_cfg["codebook_size"]
         for key, value in tok_metrics.items():
@@ -191,7 +209,7 @@ def build(out: Path, seed: int, quick: bool, progress: bool = True, only: Option
         tokenizer.eval()
         if only is None:
             metrics["train_loss"][f"{family}_tokenizer"] = zt.summarize(losses)
-        metrics["nll_val"][f"{family}_unigram"] = zt.unigram_nll(tokens, val_tokens, vocab)
+        metrics["nll_val"][f"{family}_unigram"] = zt.unigram_nll(gen_tokens, val_tokens, vocab)
         metrics.setdefault("codebook_usage", {})[family] = float(torch.unique(tokens).numel() / vocab)
         if only is None:
             _save(tokenizer, out / tok_file)
@@ -206,7 +224,7 @@ def build(out: Path, seed: int, quick: bool, progress: bool = True, only: Option
             if family == "VAR":
                 model = build_var_transformer(v["config"], tok_cfg)
                 model.init_weights()
-                losses = zt.train_var_transformer(model, tokenizer, tokens, pool_y, steps=_steps(plan["var_steps"], name), seed=seed + 100 + v_i,
+                losses = zt.train_var_transformer(model, tokenizer, gen_tokens, gen_y, steps=_steps(plan["var_steps"], name), seed=seed + 100 + v_i,
                                                   progress=progress)
                 x_fn = lambda t, y, m=model: m(y, tokenizer.quantize.teacher_forcing_input(list(torch.split(t, scale_sizes, 1))))  # noqa: E731
             else:
@@ -214,17 +232,23 @@ def build(out: Path, seed: int, quick: bool, progress: bool = True, only: Option
                 model.init_weights()
                 steps = _steps(plan["rar_steps"], name) if family == "RAR" else plan["outlier_gen_steps"]
                 anneal = (0.2, 0.6) if family == "RAR" else (0.0, 0.0)  # the outlier IAR is a plain raster-order model
-                losses = zt.train_rar_generator(model, tokens, pool_y, steps=steps, seed=seed + 200 + v_i, anneal_start=anneal[0],
-                                                anneal_end=anneal[1], progress=progress)
                 x_fn = lambda t, y, m=model: m(t[:, :-1], m.condition_ids(y))  # noqa: E731
+                select_nll = (lambda f=x_fn: zt.evaluate_nll(f, select_tokens, select_y)) if family == "RAR" else None
+                selection: Dict[str, object] = {}
+                losses = zt.train_rar_generator(model, gen_tokens, gen_y, steps=steps, seed=seed + 200 + v_i, anneal_start=anneal[0],
+                                                anneal_end=anneal[1], progress=progress, select_nll=select_nll,
+                                                select_every=plan["rar_select_every"], selection=selection)
+                if selection:
+                    metrics.setdefault("selection", {})[name] = selection
             model.eval()
             metrics["nll_val"][name] = zt.evaluate_nll(x_fn, val_tokens, val_y)
             metrics["train_loss"][name] = zt.summarize(losses)
             _save(model, out / f"{name}.safetensors")
             variants[name] = {"file": f"{name}.safetensors", "config": v["config"], "sampling": v["sampling"]}
             timings[name] = time.perf_counter() - clock
+            chosen = metrics.get("selection", {}).get(name)
             print(f"{name:12s} val NLL {metrics['nll_val'][name]:.4f} nats/token (unigram {metrics['nll_val'][f'{family}_unigram']:.4f})"
-                  f"  {timings[name]:.0f}s", flush=True)
+                  + (f"  checkpoint of step {chosen['best_step']}/{steps}" if chosen else "") + f"  {timings[name]:.0f}s", flush=True)
         manifest_families[family] = {"tokenizer": {"file": tok_file, "config": tok_cfg}, "variants": variants}
         print(f"{family} tokenizer: val PSNR {metrics['psnr_val'][family]:.2f} dB, round-trip tokens "
               f"{100 * metrics['round_trip_tokens_val'][family]:.1f} %, codebook usage "
@@ -247,14 +271,15 @@ def write_sha256sums(out: Path) -> None:
                                             for p in files))
 
 
-def build_inverse_decoders(out: Path, seed: int, quick: bool, progress: bool = True) -> Dict[str, dict]:
-    """Fine-tune and ship the VAR and RAR inverse decoders, plain and with the augmentation curriculum."""
+def build_inverse_decoders(out: Path, seed: int, quick: bool, progress: bool = True,
+                           families: Sequence[str] = ("VAR", "RAR")) -> Dict[str, dict]:
+    """Fine-tune and ship the inverse decoders of ``families``, plain and with the augmentation curriculum."""
     import inv_decoder
     from models.zoo import load_family
 
     torch.set_num_threads(2)
     summaries = {}
-    for family in ("VAR", "RAR"):
+    for family in families:
         for augment in (False, True):
             clock = time.perf_counter()
             target = inv_decoder.default_output_dir(out / inv_decoder.SHIPPED_SUBDIR, family, augment)
@@ -276,19 +301,23 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a tiny build (seconds) to check the pipeline")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--only", nargs="+", metavar="VARIANT",
-                        help="retrain just these variants on the tokenizers already in --out and merge them into its zoo.json")
+                        help="retrain just these variants on the tokenizers already in --out and merge them into its "
+                             "zoo.json (and, with --stage all or inv-decoders, the inverse decoders of their families only)")
     parser.add_argument("--stage", choices=["all", "models", "inv-decoders"], default="all",
                         help="models: tokenizers and generators; inv-decoders: fine-tune the shipped inverse decoders "
                              "of an existing zoo in --out; all (default): both")
     args = parser.parse_args(argv)
     start = time.perf_counter()
+    # with --only, the inverse decoders of the families whose generators changed (they are
+    # fine-tuned on the family's generations)
+    families = [f for f in ("VAR", "RAR") if args.only is None or set(args.only) & set(ZOO_CONFIG[f]["variants"])]
     if args.stage == "inv-decoders":
-        build_inverse_decoders(args.out, args.seed, args.quick, progress=not args.no_progress)
+        build_inverse_decoders(args.out, args.seed, args.quick, progress=not args.no_progress, families=families)
         print(f"total {time.perf_counter() - start:.0f}s → {args.out}")
         return 0
     manifest = build(args.out, args.seed, args.quick, progress=not args.no_progress, only=args.only)
     if args.stage == "all":
-        build_inverse_decoders(args.out, args.seed, args.quick, progress=not args.no_progress)
+        build_inverse_decoders(args.out, args.seed, args.quick, progress=not args.no_progress, families=families)
     nll = manifest["metrics"]["nll_val"]
     print("\nvalidation token NLL (nats/token):")
     for family, fam in manifest["families"].items():

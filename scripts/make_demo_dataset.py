@@ -17,9 +17,10 @@ right quarter (content like the models' training data, pixels never trained on),
 samples of the zoo's outlier IAR (another tokenizer and codebook). Sources are recorded as the
 variant name, ``natural_reserved``, ``natural_heldout`` or ``outlier_iar``.
 
-Generation seeds are ``seed·100000 + job`` (< 7 000 000): disjoint from the seed range
-``inv_decoder.py`` fine-tunes on, so no scored image was ever used for fine-tuning. The same seed,
-zoo and thread count give byte-identical files. The folder is written under a temporary name and
+Generation seeds are ``seed·100000 + batch`` (< 7 000 000): disjoint from the seed range
+``inv_decoder.py`` fine-tunes on, so no scored image was ever used for fine-tuning. Each
+(split, class) job has a fixed seed range and is generated with one thread, in ``--workers``
+processes: the same seed and zoo give byte-identical files whatever the number of workers. The folder is written under a temporary name and
 renamed when complete, so an interrupted run leaves nothing half-made.
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -57,35 +59,66 @@ def _to_u8(img01_B3HW: torch.Tensor) -> np.ndarray:
     return (img01_B3HW.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
-class _Seeds:
-    """Consecutive generation seeds ``base + job`` below the fine-tuning range."""
-
-    def __init__(self, seed: int):
-        self.next = seed * 100_000
-        if self.next + 100_000 > SEED_OFFSET:
-            raise ValueError(f"--seed must be < {SEED_OFFSET // 100_000 - 1} (seeds above are reserved for fine-tuning)")
-
-    def take(self) -> int:
-        self.next += 1
-        return self.next - 1
+def _first_seed(seed: int) -> int:
+    """The first generation seed of ``--seed``: ``seed·100000``, below the fine-tuning range."""
+    base = seed * 100_000
+    if base + 100_000 > SEED_OFFSET:
+        raise ValueError(f"--seed must be < {SEED_OFFSET // 100_000 - 1} (seeds above are reserved for fine-tuning)")
+    return base
 
 
-def _generate(adapter, variant: str, n: int, seeds: _Seeds) -> np.ndarray:
+def _batches(n: int) -> int:
+    return -(-n // GEN_BATCH)
+
+
+def _generate(adapter, variant: str, n: int, first_seed: int) -> np.ndarray:
+    """``n`` samples in batches of ``GEN_BATCH``; batch ``j`` uses seed ``first_seed + j``."""
     chunks = []
-    for start in range(0, n, GEN_BATCH):
-        job_seed = seeds.take()
-        labels = adapter.random_labels(min(GEN_BATCH, n - start), job_seed)
-        chunks.append(_to_u8(adapter.generate(variant, labels, job_seed)[0]))
+    for j, start in enumerate(range(0, n, GEN_BATCH)):
+        labels = adapter.random_labels(min(GEN_BATCH, n - start), first_seed + j)
+        chunks.append(_to_u8(adapter.generate(variant, labels, first_seed + j)[0]))
     return np.concatenate(chunks) if chunks else np.zeros((0, 64, 64, 3), np.uint8)
 
 
-def _outliers(n: int, split_i: int, seed: int, outlier_adapter, seeds: _Seeds) -> List[Tuple[np.ndarray, str]]:
-    thirds = [n // 3 + (1 if i < n % 3 else 0) for i in range(3)]
+def _thirds(n: int) -> List[int]:
+    return [n // 3 + (1 if i < n % 3 else 0) for i in range(3)]
+
+
+def _outliers(n: int, split_i: int, seed: int, outlier_adapter, first_seed: int) -> List[Tuple[np.ndarray, str]]:
+    thirds = _thirds(n)
     reserved, _ = demo_photos.random_crops(demo_photos.RESERVED_PHOTOS, thirds[0], seed * 10 + split_i, "all")
     heldout, _ = demo_photos.random_crops(demo_photos.MODEL_PHOTOS, thirds[1], seed * 10 + 5 + split_i, "val")
-    generated = _generate(outlier_adapter, next(iter(outlier_adapter.variant_names)), thirds[2], seeds)
+    generated = _generate(outlier_adapter, next(iter(outlier_adapter.variant_names)), thirds[2], first_seed)
     return ([(a, "natural_reserved") for a in reserved] + [(a, "natural_heldout") for a in heldout]
             + [(a, "outlier_iar") for a in generated])
+
+
+def plan_jobs(seed: int, counts: Dict[str, int]) -> List[Tuple[int, str, str, int]]:
+    """``(split index, split, class, first generation seed)`` per (split, class): consecutive seed
+    ranges in a fixed order, so a job's images do not depend on which process makes them."""
+    jobs, next_seed = [], _first_seed(seed)
+    for split_i, split in enumerate(SPLITS):
+        for cls in CLASS_NAMES:
+            jobs.append((split_i, split, cls, next_seed))
+            next_seed += _batches(counts[split] if cls in VARIANT_NAMES else _thirds(counts[split])[2])
+    return jobs
+
+
+_ADAPTERS: Dict[str, object] = {}
+
+
+def _init_worker(zoo: str) -> None:
+    """One generation thread per process: the bytes are the same whatever the number of processes."""
+    torch.set_num_threads(1)
+    _ADAPTERS.clear()
+    _ADAPTERS.update({family: load_family(family, Path(zoo)) for family in ("VAR", "RAR", "OUTLIER")})
+
+
+def _run_job(job: Tuple[int, str, str, int, int, int]) -> List[Tuple[np.ndarray, str, str]]:
+    split_i, split, cls, first_seed, n, seed = job
+    if cls in VARIANT_NAMES:
+        return [(a, cls, cls) for a in _generate(_ADAPTERS[FAMILY_OF[cls]], cls, n, first_seed)]
+    return [(a, cls, source) for a, source in _outliers(n, split_i, seed, _ADAPTERS["OUTLIER"], first_seed)]
 
 
 def zoo_digest(zoo_dir: Path) -> str:
@@ -94,23 +127,30 @@ def zoo_digest(zoo_dir: Path) -> str:
     return hashlib.sha256(sums.read_bytes()).hexdigest() if sums.is_file() else "unknown"
 
 
-def build(out: Path, seed: int, counts: Dict[str, int], zoo_dir: Path | None = None, progress: bool = True) -> dict:
+def build(out: Path, seed: int, counts: Dict[str, int], zoo_dir: Path | None = None, progress: bool = True,
+          workers: int = 1) -> dict:
+    """Write the Dataset to ``out``; ``workers`` processes generate (same bytes for any number)."""
     from tqdm.auto import tqdm
 
-    torch.set_num_threads(min(2, torch.get_num_threads()))
     zoo = zoo_dir or DEMO_ZOO_DIR
-    adapters = {family: load_family(family, zoo) for family in ("VAR", "RAR", "OUTLIER")}
-    seeds = _Seeds(seed)
+    jobs = [(split_i, split, cls, first_seed, counts[split], seed) for split_i, split, cls, first_seed in plan_jobs(seed, counts)]
+    bar = dict(desc="generating", disable=not progress, total=len(jobs))
+    if workers > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (str(zoo),)) as pool:
+            made = list(tqdm(pool.imap(_run_job, jobs), **bar))
+    else:
+        threads = torch.get_num_threads()
+        _init_worker(str(zoo))
+        try:
+            made = [_run_job(job) for job in tqdm(jobs, **bar)]
+        finally:
+            torch.set_num_threads(threads)
+            _ADAPTERS.clear()
     rows: Dict[str, List[Tuple[np.ndarray, str, str]]] = {s: [] for s in SPLITS}
-    jobs = [(split_i, split, cls) for split_i, split in enumerate(SPLITS) for cls in CLASS_NAMES]
-    for split_i, split, cls in tqdm(jobs, desc="generating", disable=not progress):
-        if cls in VARIANT_NAMES:
-            images = _generate(adapters[FAMILY_OF[cls]], cls, counts[split], seeds)
-            rows[split] += [(a, cls, cls) for a in images]
-        else:
-            rows[split] += [(a, cls, source) for a, source in _outliers(counts[split], split_i, seed, adapters["OUTLIER"], seeds)]
-    for adapter in adapters.values():
-        adapter.release()
+    for job, images in zip(jobs, made):
+        rows[job[1]] += images
 
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -161,6 +201,8 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--test", type=int, help=f"default {FULL_COUNTS['test']}")
     parser.add_argument("--force", action="store_true", help="replace an existing folder")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="generating processes, one thread each (default 0: one per CPU core); any number gives the same bytes")
     args = parser.parse_args(argv)
     if args.out.exists() and not args.force:
         print(f"{args.out} exists; pass --force to replace it", file=sys.stderr)
@@ -170,7 +212,8 @@ def main(argv: list | None = None) -> int:
         if getattr(args, split) is not None:
             counts[split] = getattr(args, split)
     start = time.perf_counter()
-    info = build(args.out, args.seed, counts, args.zoo, progress=not args.no_progress)
+    workers = args.workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    info = build(args.out, args.seed, counts, args.zoo, progress=not args.no_progress, workers=workers)
     print(f"{args.out}: {info['images']} images in {time.perf_counter() - start:.0f}s")
     return 0
 

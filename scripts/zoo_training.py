@@ -9,7 +9,10 @@
 * RAR generators: next-token prediction along a per-sample order that is a random permutation
   with probability ``random_ratio``, annealed linearly from 1 to 0 between ``anneal_start`` and
   ``anneal_end`` (fractions of training) — RAR's randomness annealing; raster order after.
-  Class-label dropout 0.1 to the 'none' condition.
+  Class-label dropout 0.1 to the 'none' condition. With ``select_nll`` (a callable giving the NLL of
+  held-out *selection* tokens), the loop evaluates it every ``select_every`` steps and ends on the
+  best checkpoint seen (early stopping): the larger demo generators overfit the small crop pool
+  long before their step budget ends.
 
 All loops use AdamW with linear warm-up and cosine decay, gradient clipping, a seeded
 ``torch.Generator`` for batches, and return the per-step losses.
@@ -17,7 +20,7 @@ All loops use AdamW with linear warm-up and cosine decay, gradient clipping, a s
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -146,13 +149,18 @@ def train_var_transformer(var, vae, tokens_BL: torch.Tensor, labels_B: torch.Ten
 
 def train_rar_generator(rar, tokens_BN: torch.Tensor, labels_B: torch.Tensor, *, steps: int, batch: int = 64, lr: float = 2e-3,
                         seed: int = 0, anneal_start: float = 0.2, anneal_end: float = 0.6, label_dropout: float = 0.1,
-                        progress: bool = True) -> List[float]:
+                        progress: bool = True, select_nll: Optional[Callable[[], float]] = None, select_every: int = 50,
+                        selection: Optional[Dict[str, object]] = None) -> List[float]:
+    """Train ``rar`` in place; returns per-step losses. With ``select_nll``, ``selection`` (if given)
+    receives ``best_step`` and the ``curve`` ``[(step, nll), …]`` of the checkpoint selection."""
     from tqdm.auto import tqdm
 
     gen = torch.Generator().manual_seed(seed)
     opt = _optimizer(rar, lr, 0.03)
     N = rar.image_seq_len
-    losses = []
+    losses: List[float] = []
+    curve: List[tuple] = []
+    best: Optional[tuple] = None
     rar.train()
     for step in tqdm(range(steps), desc=f"RAR {len(rar.blocks)}L", disable=not progress, leave=False):
         frac = step / max(1, steps)
@@ -169,8 +177,25 @@ def train_rar_generator(rar, tokens_BN: torch.Tensor, labels_B: torch.Tensor, *,
         loss = F.cross_entropy(logits.reshape(-1, rar.codebook_size), torch.gather(ids, 1, orders).reshape(-1))
         _step(opt, rar, loss, lr_at(step, steps, lr))
         losses.append(loss.item())
+        if select_nll is not None and ((step + 1) % select_every == 0 or step + 1 == steps):
+            best = _track_best(rar, select_nll, step + 1, curve, best)
     rar.eval()
+    if select_nll is not None:
+        rar.load_state_dict(best[2])
+        if selection is not None:
+            selection.update(best_step=best[0], best_nll=best[1], curve=curve)
     return losses
+
+
+def _track_best(model: torch.nn.Module, select_nll: Callable[[], float], step: int, curve: list, best: Optional[tuple]) -> tuple:
+    """Evaluate the selection NLL in eval mode; keep ``(step, nll, state_dict copy)`` of the best."""
+    model.eval()
+    nll = float(select_nll())
+    model.train()
+    curve.append((step, nll))
+    if best is None or nll < best[1]:
+        best = (step, nll, {k: v.detach().clone() for k, v in model.state_dict().items()})
+    return best
 
 
 def evaluate_nll(logits_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], tokens: torch.Tensor, labels: torch.Tensor,

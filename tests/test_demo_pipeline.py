@@ -55,9 +55,9 @@ def test_layout_and_hidden_labels(tiny_dataset):
     assert len(set(pixel_hashes)) == len(pixel_hashes), "an image appears twice across splits"
 
 
-def test_dataset_is_reproducible(tiny_dataset, tmp_path):
+def test_dataset_is_reproducible_with_any_number_of_workers(tiny_dataset, tmp_path):
     again = tmp_path / "Dataset"
-    make_demo_dataset.build(again, seed=0, counts=COUNTS, progress=False)
+    make_demo_dataset.build(again, seed=0, counts=COUNTS, progress=False, workers=2)
     assert _digest_tree(again) == _digest_tree(tiny_dataset)
 
 
@@ -91,3 +91,29 @@ def test_demo_dataset_is_rebuilt_when_the_zoo_changes(tiny_dataset, tmp_path):
     (foreign / "test").mkdir(parents=True)
     with pytest.raises(SystemExit, match="not a demo Dataset"):
         submission.demo_dataset_outdated(foreign)
+
+
+def test_worker_processes_match_one_process_and_fill_the_store(tiny_dataset, tmp_path):
+    """``workers=2`` (the default on a 2-core machine) gives the one-process rows, in order, and caches each batch."""
+    from feature_extractor import FeatureExtractor
+
+    paths = sorted((tiny_dataset / "test").glob("*.png"))[:6]
+    ids = [p.name for p in paths]
+    kwargs = dict(inv_root=tmp_path / "inv", batch_size=2, progress=False)
+    one = FeatureExtractor(cache_dir=tmp_path / "one", workers=1, **kwargs).features(paths, ids)
+    pooled = FeatureExtractor(cache_dir=tmp_path / "two", workers=2, **kwargs)
+    two = pooled.features(paths, ids)
+    assert list(two.index) == ids and list(two.columns) == list(one.columns)
+    assert not two.isna().any().any()
+    # one thread per worker vs two in one process: the same numbers up to float reassociation
+    pd.testing.assert_frame_equal(two, one, rtol=1e-3, atol=1e-6)
+    assert len(list((tmp_path / "two").rglob("*.parquet"))) == 3, "each batch is its own shard"
+    from feature_store import file_sha256
+
+    assert pooled.store.missing([file_sha256(p) for p in paths]) == [], "a worker's rows did not reach the shared store"
+
+
+def test_default_workers():
+    assert submission.default_workers(None, "cpu") >= 1
+    assert submission.default_workers(None, "cuda") == 1
+    assert submission.default_workers(ROOT / "tests" / "reference", "cpu") == 1  # not a zoo: official-style weights
