@@ -118,12 +118,12 @@ def default_workers(weights_dir: Optional[Path], device: str) -> int:
 
     Official checkpoints are loaded once per process, so they get one process (memory), as does a GPU.
     """
+    from dataset import usable_cores
     from models.zoo import DEMO_ZOO_DIR, is_zoo_dir
 
     if device != "cpu" or not is_zoo_dir(Path(weights_dir) if weights_dir is not None else DEMO_ZOO_DIR):
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores)
+    return max(1, usable_cores())
 
 
 def run(args: argparse.Namespace) -> int:

@@ -35,7 +35,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -93,6 +93,12 @@ INV_DECODER_QUICK = dict(images=16, epochs=2, batch_size=8, lr=1e-4)
 QUICK = dict(pool=96, val=32, tok_steps={"VAR": 6, "RAR": 6, "OUTLIER": 4},
              var_steps={"var16": 4, "var20": 4, "var24": 4, "var30": 4}, rar_steps=4, rar_select_every=2,
              outlier_gen_steps=4, gen_pool={"RAR": 192})
+
+
+def _model_photo_crops(n: int, seed: int, part: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``n`` crops of the model photos' ``part`` region as uint8 ``n×3×64×64`` and their class labels."""
+    crops, labels = demo_photos.random_crops(demo_photos.MODEL_PHOTOS, n, seed, part)
+    return torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels).long()
 
 
 def _save(module: torch.nn.Module, path: Path) -> None:
@@ -154,14 +160,11 @@ def build(out: Path, seed: int, quick: bool, progress: bool = True, only: Option
     timings: Dict[str, float] = {}
     metrics: Dict[str, dict] = {"nll_val": {}, "psnr_val": {}, "train_loss": {}}
     clock = time.perf_counter()
-    pool_np, pool_labels = demo_photos.random_crops(demo_photos.MODEL_PHOTOS, plan["pool"], seed, "train")
-    val_np, val_labels = demo_photos.random_crops(demo_photos.MODEL_PHOTOS, plan["val"], seed + 1, "val")
+    pool, pool_y = _model_photo_crops(plan["pool"], seed, "train")
+    val, val_y = _model_photo_crops(plan["val"], seed + 1, "val")
     # checkpoint selection for the RAR generators: other crops of the validation regions, so the
     # reported validation NLL is measured on crops the selection never saw
-    select_np, select_labels = demo_photos.random_crops(demo_photos.MODEL_PHOTOS, plan["val"], seed + 2, "val")
-    select, select_y = torch.from_numpy(select_np).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(select_labels).long()
-    pool, val = torch.from_numpy(pool_np).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(val_np).permute(0, 3, 1, 2).contiguous()
-    pool_y, val_y = torch.from_numpy(pool_labels).long(), torch.from_numpy(val_labels).long()
+    select, select_y = _model_photo_crops(plan["val"], seed + 2, "val")
     timings["crops"] = time.perf_counter() - clock
     manifest_families = {}
     for f_i, (family, fam_cfg) in enumerate(ZOO_CONFIG.items()):
@@ -198,10 +201,9 @@ def build(out: Path, seed: int, quick: bool, progress: bool = True, only: Option
         gen_tokens, gen_y = tokens, pool_y
         extra = plan["gen_pool"].get(family, 0) - len(pool)
         if extra > 0:  # more crops of the same training regions for the generators only (the tokenizer never saw them)
-            extra_np, extra_labels = demo_photos.random_crops(demo_photos.MODEL_PHOTOS, extra, seed + 3 + f_i, "train")
-            extra_u8 = torch.from_numpy(extra_np).permute(0, 3, 1, 2).contiguous()
+            extra_u8, extra_y = _model_photo_crops(extra, seed + 3 + f_i, "train")
             extra_tokens = zt.var_tokens(tokenizer, extra_u8) if family == "VAR" else zt.maskgit_tokens(tokenizer, extra_u8)
-            gen_tokens, gen_y = torch.cat([tokens, extra_tokens]), torch.cat([pool_y, torch.from_numpy(extra_labels).long()])
+            gen_tokens, gen_y = torch.cat([tokens, extra_tokens]), torch.cat([pool_y, extra_y])
             tok_metrics = _tokenizer_metrics(tokenizer.encode, tokenizer.decode, val)
             vocab = tok_cfg["codebook_size"]
         for key, value in tok_metrics.items():

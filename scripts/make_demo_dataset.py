@@ -20,15 +20,15 @@ variant name, ``natural_reserved``, ``natural_heldout`` or ``outlier_iar``.
 Generation seeds are ``seed·100000 + batch`` (< 7 000 000): disjoint from the seed range
 ``inv_decoder.py`` fine-tunes on, so no scored image was ever used for fine-tuning. Each
 (split, class) job has a fixed seed range and is generated with one thread, in ``--workers``
-processes: the same seed and zoo give byte-identical files whatever the number of workers. The folder is written under a temporary name and
-renamed when complete, so an interrupted run leaves nothing half-made.
+processes: the same seed and zoo give byte-identical files whatever the number of workers. The
+folder is written under a temporary name and renamed when complete, so an interrupted run leaves
+nothing half-made.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
-import os
 import shutil
 import sys
 import time
@@ -45,6 +45,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import demo_photos  # noqa: E402
+from dataset import usable_cores  # noqa: E402
 from inv_decoder import SEED_OFFSET  # noqa: E402
 from models.registry import CLASS_NAMES, FAMILY_OF, VARIANT_NAMES  # noqa: E402
 from models.zoo import DEMO_ZOO_DIR, load_family  # noqa: E402
@@ -212,8 +213,7 @@ def main(argv: list | None = None) -> int:
         if getattr(args, split) is not None:
             counts[split] = getattr(args, split)
     start = time.perf_counter()
-    workers = args.workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
-    info = build(args.out, args.seed, counts, args.zoo, progress=not args.no_progress, workers=workers)
+    info = build(args.out, args.seed, counts, args.zoo, progress=not args.no_progress, workers=args.workers or usable_cores())
     print(f"{args.out}: {info['images']} images in {time.perf_counter() - start:.0f}s")
     return 0
 

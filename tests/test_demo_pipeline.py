@@ -96,6 +96,7 @@ def test_demo_dataset_is_rebuilt_when_the_zoo_changes(tiny_dataset, tmp_path):
 def test_worker_processes_match_one_process_and_fill_the_store(tiny_dataset, tmp_path):
     """``workers=2`` (the default on a 2-core machine) gives the one-process rows, in order, and caches each batch."""
     from feature_extractor import FeatureExtractor
+    from feature_store import file_sha256
 
     paths = sorted((tiny_dataset / "test").glob("*.png"))[:6]
     ids = [p.name for p in paths]
@@ -108,8 +109,6 @@ def test_worker_processes_match_one_process_and_fill_the_store(tiny_dataset, tmp
     # one thread per worker vs two in one process: the same numbers up to float reassociation
     pd.testing.assert_frame_equal(two, one, rtol=1e-3, atol=1e-6)
     assert len(list((tmp_path / "two").rglob("*.parquet"))) == 3, "each batch is its own shard"
-    from feature_store import file_sha256
-
     assert pooled.store.missing([file_sha256(p) for p in paths]) == [], "a worker's rows did not reach the shared store"
 
 
