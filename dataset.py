@@ -9,7 +9,6 @@ Images load as float tensors in ``[0, 1]``, ``B×3×H×W``.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -19,7 +18,7 @@ import torch
 
 from models.registry import CLASS_NAMES
 
-__all__ = ["IMAGE_SUFFIXES", "list_split", "load_images", "read_label_csv", "usable_cores"]
+__all__ = ["IMAGE_SUFFIXES", "list_split", "load_images", "read_label_csv"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -91,7 +90,3 @@ def load_images(paths: Iterable[str | Path], size: Optional[int] = None) -> torc
         return torch.zeros(0, 3, size or 0, size or 0)
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255)
 
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -51,6 +51,7 @@ def readable_images(paths: List[Path]) -> Tuple[List[Path], List[Path]]:
 def write_submission(labels: pd.Series, path: Path) -> None:
     """``image_name,label`` sorted by name, written to a temporary file and renamed into place."""
     frame = pd.DataFrame({"image_name": labels.index.astype(str), "label": labels.to_numpy()}).sort_values("image_name")
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     frame.to_csv(tmp, index=False, lineterminator="\n")
     os.replace(tmp, path)
@@ -118,7 +119,7 @@ def default_workers(weights_dir: Optional[Path], device: str) -> int:
 
     Official checkpoints are loaded once per process, so they get one process (memory), as does a GPU.
     """
-    from dataset import usable_cores
+    from runtime import usable_cores
     from models.zoo import DEMO_ZOO_DIR, is_zoo_dir
 
     if device != "cpu" or not is_zoo_dir(Path(weights_dir) if weights_dir is not None else DEMO_ZOO_DIR):
@@ -235,7 +236,11 @@ def main(argv: Optional[list] = None) -> int:
                              "(faster than one process with that many threads), 1 for official weights or a GPU")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
-    return run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    from runtime import keep_freed_memory
+
+    keep_freed_memory()  # allocator tuning for this process; worker processes apply it themselves
+    return run(args)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ import inv_decoder  # noqa: E402
 from models.adapter import FamilyAdapter  # noqa: E402
 from models.zoo import load_family  # noqa: E402
 from quantizer import per_image_mse, search_tokens  # noqa: E402
+from runtime import keep_freed_memory  # noqa: E402
 from variant_features import variant_features  # noqa: E402
 
 DIAGNOSIS_SEED = 8_000_000  # disjoint from make_demo_dataset (< 7e6) and inv_decoder.SEED_OFFSET (7e6 … 8e6)
@@ -117,6 +118,7 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/diagnose_zoo"))
     args = parser.parse_args(argv)
+    keep_freed_memory()
     torch.set_num_threads(2)
     rows = [diagnose_family(f, args.weights_dir, args.per_variant, args.batch_size, args.seed) for f in args.families]
     table = pd.DataFrame(rows).set_index("family").T

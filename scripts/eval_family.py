@@ -9,11 +9,15 @@ QuantLoss (VAR: greedy and searched), EncLoss raw and calibrated, Combined, Reco
 AEDR, and LatentTracer (original encoder, on at most ``--latent-tracer-limit`` images per
 source group). Belonging = the family's variants' images; non-belonging = held-out natural
 photos, the other family, the outlier IAR. Prints and saves ``signals.csv``, ``results.csv``
-(long format), one CSV per table and ``score_distributions.png``.
+(long format), one CSV per table and ``score_distributions.png``. ``signals.csv`` is reused by a
+rerun only while ``signals.json`` records the same images, weights, inverse decoders and
+settings; anything else recomputes it.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -26,9 +30,20 @@ import torch  # noqa: E402
 import family_eval  # noqa: E402
 import inv_decoder  # noqa: E402
 from dataset import list_split, load_images  # noqa: E402
+from feature_extractor import weight_files  # noqa: E402
+from feature_store import file_sha256  # noqa: E402
 from models.zoo import load_family  # noqa: E402
 from quantizer import search_tokens  # noqa: E402
+from runtime import keep_freed_memory  # noqa: E402
 from signals import latent_tracer, signal_frame  # noqa: E402
+
+
+def signals_key(meta: pd.DataFrame, weights_dir, inv_root: Path, device: str, latent_tracer_limit: int, seed: int) -> str:
+    """sha256 naming what ``signals.csv`` was computed from (images, weights, inverse decoders, settings)."""
+    files = weight_files(weights_dir) + [inv_decoder.ensure_inverse_decoder(f, weights_dir, inv_root, False, device) for f in ("VAR", "RAR")]
+    parts = [f"{i}:{file_sha256(p)}" for i, p in zip(meta.index, meta["path"])] + [file_sha256(p) for p in files]
+    parts += [f"latent_tracer_limit={latent_tracer_limit}", f"seed={seed}"]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def compute_signals(meta: pd.DataFrame, weights_dir, inv_root: Path, device: str, batch_size: int,
@@ -63,19 +78,23 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
+    keep_freed_memory()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     meta = list_split(args.dataset, args.split)
     if meta["label"].isna().any():
         raise SystemExit(f"{args.dataset}/{args.split} has unlabeled images; the test labels file is needed for evaluation")
-    signals_path = args.out / "signals.csv"
-    if signals_path.is_file():
+    signals_path, key_path = args.out / "signals.csv", args.out / "signals.json"
+    key = signals_key(meta, args.weights_dir, args.inv_root, device, args.latent_tracer_limit, args.seed)
+    if signals_path.is_file() and key_path.is_file() and json.loads(key_path.read_text()).get("key") == key:
         signals = pd.read_csv(signals_path, index_col=0).reindex(meta.index)
-        print(f"reusing {signals_path} (delete it to recompute)", file=sys.stderr)
+        print(f"reusing {signals_path} (same images, weights and settings)", file=sys.stderr)
     else:
         signals = compute_signals(meta, args.weights_dir, args.inv_root, device, args.batch_size, args.latent_tracer_limit, args.seed)
+        key_path.unlink(missing_ok=True)
         signals.to_csv(signals_path)
+        key_path.write_text(json.dumps({"key": key}))
     table = family_eval.evaluation_table(signals, meta)
     table.to_csv(args.out / "results.csv", index=False)
     pd.set_option("display.width", 200)

@@ -28,6 +28,7 @@ from dataset import list_split, load_images  # noqa: E402
 from metrics import tpr_at_fpr  # noqa: E402
 from models.zoo import load_family  # noqa: E402
 from quantizer import search_tokens  # noqa: E402
+from runtime import keep_freed_memory  # noqa: E402
 from signals import signal_frame  # noqa: E402
 
 
@@ -44,6 +45,7 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
+    keep_freed_memory()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     args.out.mkdir(parents=True, exist_ok=True)
     meta = list_split(args.dataset, args.split)

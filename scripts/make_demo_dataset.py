@@ -45,7 +45,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import demo_photos  # noqa: E402
-from dataset import usable_cores  # noqa: E402
+from runtime import keep_freed_memory, usable_cores  # noqa: E402
 from inv_decoder import SEED_OFFSET  # noqa: E402
 from models.registry import CLASS_NAMES, FAMILY_OF, VARIANT_NAMES  # noqa: E402
 from models.zoo import DEMO_ZOO_DIR, load_family  # noqa: E402
@@ -111,6 +111,7 @@ _ADAPTERS: Dict[str, object] = {}
 def _init_worker(zoo: str) -> None:
     """One generation thread per process: the bytes are the same whatever the number of processes."""
     torch.set_num_threads(1)
+    keep_freed_memory()
     _ADAPTERS.clear()
     _ADAPTERS.update({family: load_family(family, Path(zoo)) for family in ("VAR", "RAR", "OUTLIER")})
 

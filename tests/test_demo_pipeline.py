@@ -116,3 +116,10 @@ def test_default_workers():
     assert submission.default_workers(None, "cpu") >= 1
     assert submission.default_workers(None, "cuda") == 1
     assert submission.default_workers(ROOT / "tests" / "reference", "cpu") == 1  # not a zoo: official-style weights
+
+
+def test_write_submission_sorted_into_a_new_folder(tmp_path):
+    out = tmp_path / "not" / "yet" / "submission.csv"  # --out in a folder that does not exist yet
+    submission.write_submission(pd.Series(["var16", "outlier"], index=["b.png", "a.png"]), out)
+    assert out.read_text() == "image_name,label\na.png,outlier\nb.png,var16\n"
+    assert not list(out.parent.glob("*.tmp"))
