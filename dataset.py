@@ -89,4 +89,3 @@ def load_images(paths: Iterable[str | Path], size: Optional[int] = None) -> torc
     if not arrays:
         return torch.zeros(0, 3, size or 0, size or 0)
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255)
-

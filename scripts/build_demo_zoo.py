@@ -199,14 +199,14 @@ def build(out: Path, seed: int, quick: bool, progress: bool = True, only: Option
                 _as_shipped(tokenizer)
             tokens, val_tokens = zt.maskgit_tokens(tokenizer, pool), zt.maskgit_tokens(tokenizer, val)
             select_tokens = zt.maskgit_tokens(tokenizer, select)
+            tok_metrics = _tokenizer_metrics(tokenizer.encode, tokenizer.decode, val)
+            vocab = tok_cfg["codebook_size"]
         gen_tokens, gen_y = tokens, pool_y
         extra = plan["gen_pool"].get(family, 0) - len(pool)
         if extra > 0:  # more crops of the same training regions for the generators only (the tokenizer never saw them)
             extra_u8, extra_y = _model_photo_crops(extra, seed + 3 + f_i, "train")
             extra_tokens = zt.var_tokens(tokenizer, extra_u8) if family == "VAR" else zt.maskgit_tokens(tokenizer, extra_u8)
             gen_tokens, gen_y = torch.cat([tokens, extra_tokens]), torch.cat([pool_y, extra_y])
-            tok_metrics = _tokenizer_metrics(tokenizer.encode, tokenizer.decode, val)
-            vocab = tok_cfg["codebook_size"]
         for key, value in tok_metrics.items():
             metrics.setdefault(key, {})[family] = value
         tokenizer.eval()

@@ -45,10 +45,10 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import demo_photos  # noqa: E402
-from runtime import keep_freed_memory, usable_cores  # noqa: E402
 from inv_decoder import SEED_OFFSET  # noqa: E402
 from models.registry import CLASS_NAMES, FAMILY_OF, VARIANT_NAMES  # noqa: E402
 from models.zoo import DEMO_ZOO_DIR, load_family  # noqa: E402
+from runtime import keep_freed_memory, usable_cores  # noqa: E402
 
 SPLITS = ("train", "val", "test")
 FULL_COUNTS = {"train": 300, "val": 100, "test": 100}

@@ -48,9 +48,5 @@ def test_keep_freed_memory_reuses_pages():
     assert faults_on < 1_000, f"{faults_on} page faults in three passes that reuse freed memory"
 
 
-def test_keep_freed_memory_is_idempotent():
-    assert runtime.keep_freed_memory() == runtime.keep_freed_memory()
-
-
 def test_usable_cores():
     assert 1 <= runtime.usable_cores() <= (os.cpu_count() or 1)

@@ -3,6 +3,7 @@
 same tokens as a full build."""
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -37,6 +38,18 @@ def test_only_rebuild_matches_the_full_build(quick_zoo, tmp_path):
     shutil.copytree(quick_zoo, out)
     build_demo_zoo.build(out, seed=0, quick=True, progress=False, only=["var20", "rarl"])
     assert (out / "SHA256SUMS").read_text() == (quick_zoo / "SHA256SUMS").read_text()
+
+
+def test_each_tokenizer_reports_its_own_metrics(quick_zoo, tmp_path):
+    """The outlier tokenizer's PSNR is measured on its own (it once inherited the RAR tokenizer's), and
+    rebuilding only the outlier IAR works and reproduces its weights."""
+    psnr = json.loads((quick_zoo / "zoo.json").read_text())["metrics"]["psnr_val"]
+    assert len({psnr["VAR"], psnr["RAR"], psnr["OUTLIER"]}) == 3, psnr
+    out = tmp_path / "zoo"
+    shutil.copytree(quick_zoo, out)
+    build_demo_zoo.build(out, seed=0, quick=True, progress=False, only=["outlier_iar"])
+    assert (out / "SHA256SUMS").read_text() == (quick_zoo / "SHA256SUMS").read_text()
+    assert json.loads((out / "zoo.json").read_text())["metrics"]["psnr_val"]["OUTLIER"] == psnr["OUTLIER"]
 
 
 def test_as_shipped_rounds_to_float16_in_place():
