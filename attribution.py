@@ -7,12 +7,13 @@ image as ``outlier`` when its calibrated top probability is too low. Flat: one 9
 :class:`variant_classifier.FlatClassifier`. Models are fitted on train features; thresholds
 (gate, rejection) are tuned on validation features. A fitted bundle is saved to and loaded from
 one folder (``learned_gate.joblib`` or ``gate.json``, ``VAR.joblib``/``RAR.joblib`` or ``flat.joblib``, each
-with a JSON).
+with a JSON). ``auto`` (:func:`pick_method`) fits both and keeps the one of higher validation
+accuracy: which wins depends on the models, so it is measured, not assumed.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Dict, Sequence
 
 import numpy as np
 import pandas as pd
@@ -21,9 +22,10 @@ from models.registry import CLASS_NAMES
 from provenance import family_of_labels, load_gate, make_gate, save_gate, saved_gate_path
 from variant_classifier import FlatClassifier, VariantClassifier
 
-__all__ = ["METHODS", "fit_bundle", "load_bundle", "predict", "bundle_exists"]
+__all__ = ["METHODS", "METHOD_CHOICES", "fit_bundle", "load_bundle", "predict", "bundle_exists", "pick_method"]
 
 METHODS = ("two-stage", "flat")
+METHOD_CHOICES = ("auto",) + METHODS  # auto: fit both, keep the one of higher validation accuracy
 
 
 def _two_stage_predict(gate, classifiers: dict, features: pd.DataFrame) -> pd.Series:
@@ -79,6 +81,19 @@ def load_bundle(method: str, folder: Path | str) -> dict:
         return {"method": method, "flat": FlatClassifier.load(folder / "flat.joblib")}
     return {"method": method, "gate": load_gate(folder),
             "classifiers": {f: VariantClassifier.load(folder / f"{f}.joblib") for f in ("VAR", "RAR")}}
+
+
+def pick_method(val_accuracy: Dict[str, float]) -> str:
+    """The method of highest validation accuracy; a tie goes to the one listed first in :data:`METHODS`.
+
+    Validation also tuned both methods' thresholds, so both accuracies are optimistic; the
+    comparison is still fair in kind (each method saw validation the same way), and train was
+    never used to choose.
+    """
+    unknown = set(val_accuracy) - set(METHODS)
+    if unknown or not val_accuracy:
+        raise ValueError(f"expected accuracies for some of {METHODS}, got {sorted(val_accuracy)}")
+    return max((m for m in METHODS if m in val_accuracy), key=lambda m: (val_accuracy[m], -METHODS.index(m)))
 
 
 def predict(bundle: dict, features: pd.DataFrame) -> pd.Series:

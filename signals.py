@@ -28,7 +28,7 @@ import torch
 from models.adapter import FamilyAdapter
 from quantizer import SearchResult, per_image_mse
 
-__all__ = ["SIGNALS", "family_signals", "family_signals_and_tokens", "latent_tracer", "signal_frame", "TokenSearch"]
+__all__ = ["SIGNALS", "family_signals", "family_signals_and_tokens", "latent_tracer", "optimise_latent", "signal_frame", "TokenSearch"]
 
 TokenSearch = Callable[..., SearchResult]
 SIGNALS = ("quant_loss", "quant_loss_searched", "enc_loss_raw", "enc_loss", "combined", "reconstruction", "aedr")
@@ -66,13 +66,15 @@ def family_signals(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, token_searc
     return family_signals_and_tokens(adapter, img01_B3HW, token_search)[0]
 
 
-def latent_tracer(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, iters: int = 100, lr: float = 0.01,
-                  halve_every: int = 50) -> torch.Tensor:
-    """LatentTracer baseline: final per-image reconstruction error after latent optimisation."""
+def optimise_latent(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, init_BChw: torch.Tensor, iters: int = 100,
+                    lr: float = 0.01, halve_every: int = 50) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Adam on a continuous latent, from ``init``, to minimise ``‖clamp(D(latent)) − x‖²`` per image.
+
+    Returns ``(latent, per-image error of the last step)``; the learning rate halves every
+    ``halve_every`` steps. The decoder is frozen; only the latent moves.
+    """
     x = img01_B3HW.to(adapter.device).float()
-    with torch.no_grad():
-        _, f_hat = adapter.quantize(adapter.encode(x))
-    latent = f_hat.detach().clone().requires_grad_(True)
+    latent = init_BChw.detach().clone().to(adapter.device).requires_grad_(True)
     opt = torch.optim.Adam([latent], lr=lr)
     per_image = torch.zeros(x.shape[0])
     with torch.enable_grad():
@@ -84,7 +86,15 @@ def latent_tracer(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, iters: int =
             if step % halve_every == 0:
                 for group in opt.param_groups:
                     group["lr"] *= 0.5
-    return per_image.detach().cpu()
+    return latent.detach(), per_image.detach().cpu()
+
+
+def latent_tracer(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, iters: int = 100, lr: float = 0.01,
+                  halve_every: int = 50) -> torch.Tensor:
+    """LatentTracer baseline: final per-image reconstruction error after latent optimisation from ``f̂``."""
+    with torch.no_grad():
+        _, f_hat = adapter.quantize(adapter.encode(img01_B3HW.to(adapter.device).float()))
+    return optimise_latent(adapter, img01_B3HW, f_hat, iters, lr, halve_every)[1]
 
 
 def signal_frame(adapter: FamilyAdapter, images: Sequence[torch.Tensor] | torch.Tensor, ids: Sequence[str], *,

@@ -6,8 +6,9 @@
 Reads the labelled ``train/`` and ``val/`` folders beside the test folder (or ``--train`` /
 ``--val``), computes per-image features with both families' inverse decoders (cached by image
 content in ``--cache-dir``; inverse decoders are fine-tuned there first if missing), fits what
-is missing — the family gate and per-family LightGBM variant classifiers (``two-stage``) or one
-9-class LightGBM (``flat``) — on train, tunes thresholds on val, predicts the test folder and
+is missing — the family gate and per-family LightGBM variant classifiers (``two-stage``) and one
+9-class LightGBM (``flat``) — on train, tunes thresholds on val, keeps the method of higher
+validation accuracy (``--method auto``, the default; or name one), predicts the test folder and
 writes ``submission.csv`` (``image_name,label``, one row per test image, sorted, written
 atomically and validated). A report folder gets validation accuracy, per-class precision and
 recall and a confusion-matrix PNG (and the same on test when labels are known: ``--labels`` or
@@ -127,8 +128,24 @@ def default_workers(weights_dir: Optional[Path], device: str) -> int:
     return max(1, usable_cores())
 
 
+def _bundle(method: str, args: argparse.Namespace, weights_digest: str, train: pd.DataFrame, train_meta: pd.DataFrame,
+            val: pd.DataFrame, val_meta: pd.DataFrame) -> Tuple[dict, Path]:
+    """The fitted models of ``method``, loaded from the cache when the same features, labels and
+    settings made them, else fitted on train, tuned on val and saved there."""
+    from attribution import bundle_exists, fit_bundle, load_bundle
+
+    key = _frame_digest(method, args.seed, args.gate_strategy, weights_digest, train, list(train_meta["label"]),
+                        val, list(val_meta["label"]))[:20]
+    model_dir = args.cache_dir / "models" / f"{method}-{key}"
+    if bundle_exists(method, model_dir) and not args.retrain:
+        return load_bundle(method, model_dir), model_dir
+    print(f"training {method} models → {model_dir}", file=sys.stderr)
+    return fit_bundle(method, train, train_meta["label"], val, val_meta["label"], model_dir,
+                      gate_strategy=args.gate_strategy, seed=args.seed), model_dir
+
+
 def run(args: argparse.Namespace) -> int:
-    from attribution import bundle_exists, fit_bundle, load_bundle, predict
+    from attribution import METHODS, pick_method, predict
     from dataset import IMAGE_SUFFIXES, read_label_csv
     from feature_extractor import FeatureExtractor
     from scoring import write_report
@@ -169,15 +186,16 @@ def run(args: argparse.Namespace) -> int:
     val = every.iloc[n_train:n_train + n_val].set_axis(pd.Index(val_meta.index, name="image_id"))
     test = every.iloc[n_train + n_val:].set_axis(pd.Index([p.name for p in good], name="image_id"))
 
-    key = _frame_digest(args.method, args.seed, args.gate_strategy, extractor.weights_digest, train, list(train_meta["label"]),
-                        val, list(val_meta["label"]))[:20]
-    model_dir = args.cache_dir / "models" / f"{args.method}-{key}"
-    if bundle_exists(args.method, model_dir) and not args.retrain:
-        bundle = load_bundle(args.method, model_dir)
-    else:
-        print(f"training {args.method} models → {model_dir}", file=sys.stderr)
-        bundle = fit_bundle(args.method, train, train_meta["label"], val, val_meta["label"], model_dir,
-                            gate_strategy=args.gate_strategy, seed=args.seed)
+    bundles, model_dirs, val_predictions = {}, {}, {}
+    for method in (METHODS if args.method == "auto" else (args.method,)):
+        bundles[method], model_dirs[method] = _bundle(method, args, extractor.weights_digest, train, train_meta, val, val_meta)
+        val_predictions[method] = predict(bundles[method], val)
+    val_accuracy = {m: float((p.to_numpy() == val_meta["label"].to_numpy()).mean()) for m, p in val_predictions.items()}
+    method = pick_method(val_accuracy)
+    if args.method == "auto":
+        print("validation accuracy: " + ", ".join(f"{m} {100 * a:.2f} %" for m, a in val_accuracy.items()) + f" → {method}",
+              file=sys.stderr)
+    bundle = bundles[method]
 
     labels = predict(bundle, test)
     labels = pd.concat([labels, pd.Series("outlier", index=[p.name for p in bad], name="label")])
@@ -190,11 +208,12 @@ def run(args: argparse.Namespace) -> int:
         frame.to_parquet(report_dir / f"features_{split}.parquet")
         pd.DataFrame({"image_name": meta.index, "label": meta["label"].to_numpy()}).to_csv(report_dir / f"labels_{split}.csv", index=False)
     test.to_parquet(report_dir / "features_test.parquet")
-    val_stats = write_report(report_dir, "val", val_meta["label"], predict(bundle, val), f"Validation ({args.method})")
-    summary = {"method": args.method, "models": str(model_dir), "validation": val_stats, "unreadable_test_images": [str(p) for p in bad]}
+    val_stats = write_report(report_dir, "val", val_meta["label"], val_predictions[method], f"Validation ({method})")
+    summary = {"method": method, "requested_method": args.method, "validation_accuracy_by_method": val_accuracy,
+               "models": str(model_dirs[method]), "validation": val_stats, "unreadable_test_images": [str(p) for p in bad]}
     if args.labels:
         truth = read_label_csv(args.labels).set_index("image_name")["label"]
-        summary["test"] = write_report(report_dir, "test", truth.reindex(labels.index), labels, f"Test ({args.method})")
+        summary["test"] = write_report(report_dir, "test", truth.reindex(labels.index), labels, f"Test ({method})")
     summary["seconds"] = round(time.perf_counter() - started, 1)
     (report_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"wrote {args.out} ({len(labels)} rows); report in {report_dir}")
@@ -207,6 +226,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[list] = None) -> int:
+    from attribution import METHOD_CHOICES
     from provenance import STRATEGIES
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -218,7 +238,9 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--labels", type=Path, help="CSV image_name,label of the test images, to score the submission")
     parser.add_argument("--weights-dir", type=Path, help="official checkpoints or a zoo folder (default: the demo zoo)")
     parser.add_argument("--cache-dir", type=Path, default=Path("cache"), help="features, inverse decoders, models")
-    parser.add_argument("--method", choices=["two-stage", "flat"], default="two-stage")
+    parser.add_argument("--method", choices=list(METHOD_CHOICES), default="auto",
+                        help="two-stage: family gate, then a variant classifier per family; flat: one 9-class "
+                             "LightGBM; auto (default): fit both, keep the one of higher validation accuracy")
     parser.add_argument("--gate-strategy", choices=list(STRATEGIES), default="learned",
                         help="stage-one gate: learned (LightGBM over all family signals, default) or a threshold on one "
                              "signal per family at a fixed validation FPR (fpr), best balanced accuracy (balanced) or a "

@@ -1,6 +1,6 @@
 """Where a zoo's attribution accuracy is lost: token recovery vs the transformers themselves.
 
-    python scripts/diagnose_zoo.py [--weights-dir DIR] [--per-variant 96] [--out runs/diagnose_zoo]
+    python scripts/diagnose_zoo.py [--weights-dir DIR] [--per-variant 96] [--refine-steps 0] [--out runs/diagnose_zoo]
 
 For each family (VAR, RAR), fresh PNG-rounded generations of every variant (seeds from a range
 no Dataset image and no fine-tuning image uses) are mapped back to tokens with the tokenizer's
@@ -13,7 +13,10 @@ reports
 * **variant accuracy with oracle tokens vs recovered tokens** — 3-fold cross-validated
   LightGBM over the likelihood features of :mod:`variant_features` computed on the generating
   tokens (an upper bound: what the transformers can tell apart at all) and on the tokens the
-  inverse decoder recovers (what the pipeline gets).
+  inverse decoder recovers (what the pipeline gets);
+* with ``--refine-steps N``, the same for tokens recovered after refining the inverse decoder's
+  features by latent optimisation through the frozen decoder (``token_recovery_inverse_refined``,
+  ``variant_accuracy_refined_tokens``): does the image error lead back to the true tokens?
 
 A low oracle accuracy means the variants' transformers are too alike (a zoo property); a high
 oracle accuracy with a low recovered one means the tokenizer cannot be inverted well enough.
@@ -38,16 +41,25 @@ from models.adapter import FamilyAdapter  # noqa: E402
 from models.zoo import load_family  # noqa: E402
 from quantizer import per_image_mse, search_tokens  # noqa: E402
 from runtime import keep_freed_memory  # noqa: E402
+from signals import optimise_latent  # noqa: E402
 from variant_features import variant_features  # noqa: E402
 
 DIAGNOSIS_SEED = 8_000_000  # disjoint from make_demo_dataset (< 7e6) and inv_decoder.SEED_OFFSET (7e6 … 8e6)
 
 
-@torch.no_grad()
-def recover_tokens(adapter: FamilyAdapter, img01_B3HW: torch.Tensor) -> torch.Tensor:
-    """Tokens recovered from images: nearest codes (RAR) or our multi-scale search (VAR)."""
-    f = adapter.encode(img01_B3HW)
-    return search_tokens(adapter.tokenizer.quantize, f).tokens if adapter.family == "VAR" else adapter.quantize(f)[0]
+def recover_tokens(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, refine_steps: int = 0, refine_lr: float = 0.01) -> torch.Tensor:
+    """Tokens recovered from images: nearest codes (RAR) or our multi-scale search (VAR).
+
+    ``refine_steps > 0`` first moves the encoder's feature map by Adam on the image error through
+    the frozen decoder (:func:`signals.optimise_latent`, the LatentTracer optimisation, started
+    from ``f`` instead of ``f̂``) and quantizes the result.
+    """
+    with torch.no_grad():
+        f = adapter.encode(img01_B3HW)
+    if refine_steps > 0:
+        f = optimise_latent(adapter, img01_B3HW, f, refine_steps, refine_lr, halve_every=max(1, refine_steps // 2))[0]
+    with torch.no_grad():
+        return search_tokens(adapter.tokenizer.quantize, f).tokens if adapter.family == "VAR" else adapter.quantize(f)[0]
 
 
 def _feature_frame(adapter: FamilyAdapter, tokens_BL: torch.Tensor) -> pd.DataFrame:
@@ -69,7 +81,8 @@ def _cv_accuracy(features: pd.DataFrame, labels: np.ndarray, seed: int) -> float
     return float(cross_val_score(model, features, labels, cv=StratifiedKFold(3, shuffle=True, random_state=seed)).mean())
 
 
-def diagnose_family(family: str, weights_dir, per_variant: int, batch: int, seed: int) -> Dict[str, float]:
+def diagnose_family(family: str, weights_dir, per_variant: int, batch: int, seed: int, refine_steps: int = 0,
+                    refine_lr: float = 0.01) -> Dict[str, float]:
     from tqdm.auto import tqdm
 
     original = load_family(family, weights_dir)
@@ -77,6 +90,8 @@ def diagnose_family(family: str, weights_dir, per_variant: int, batch: int, seed
     inverse = inv_decoder.load_inverse_decoder(load_family(family, weights_dir), path)
     frames = {"oracle": [], "recovered": []}
     labels, hits, err_true, err_found = [], {"original": [], "inverse": []}, [], []
+    if refine_steps > 0:
+        frames["refined"], hits["inverse_refined"] = [], []
     jobs = [(v_i, v, start) for v_i, v in enumerate(original.variant_names) for start in range(0, per_variant, batch)]
     for v_i, variant, start in tqdm(jobs, desc=f"{family} diagnosis"):
         job_seed = DIAGNOSIS_SEED + seed * 10_000 + 100 * v_i + start // batch
@@ -91,6 +106,10 @@ def diagnose_family(family: str, weights_dir, per_variant: int, batch: int, seed
             err_found.append(per_image_mse(original.decode(original.tokens_to_fhat(found)), x))
         frames["oracle"].append(_feature_frame(original, tokens))
         frames["recovered"].append(_feature_frame(original, found))
+        if refine_steps > 0:
+            refined = recover_tokens(inverse, x, refine_steps, refine_lr)
+            hits["inverse_refined"].append((refined == tokens).float())
+            frames["refined"].append(_feature_frame(original, refined))
         labels += [variant] * n
     labels_arr = np.array(labels)
     row: Dict[str, float] = {"family": family, "images": len(labels)}
@@ -116,11 +135,16 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--families", nargs="+", default=["VAR", "RAR"], choices=["VAR", "RAR"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--refine-steps", type=int, default=0,
+                        help="also recover tokens after this many Adam steps on the image error through the decoder "
+                             "(from the inverse decoder's features; 0: off)")
+    parser.add_argument("--refine-lr", type=float, default=0.01, help="Adam learning rate of --refine-steps (halved at the middle)")
     parser.add_argument("--out", type=Path, default=Path("runs/diagnose_zoo"))
     args = parser.parse_args(argv)
     keep_freed_memory()
     torch.set_num_threads(2)
-    rows = [diagnose_family(f, args.weights_dir, args.per_variant, args.batch_size, args.seed) for f in args.families]
+    rows = [diagnose_family(f, args.weights_dir, args.per_variant, args.batch_size, args.seed, args.refine_steps, args.refine_lr)
+            for f in args.families]
     table = pd.DataFrame(rows).set_index("family").T
     args.out.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out / "diagnosis.csv")

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from attribution import bundle_exists, fit_bundle, load_bundle, predict
+from attribution import bundle_exists, fit_bundle, load_bundle, pick_method, predict
 from models.registry import CLASS_NAMES, FAMILY_OF, VARIANT_NAMES
 from provenance import FamilyGate
 from scoring import summary, write_report
@@ -81,3 +81,12 @@ def test_learned_gate_separates_families_and_round_trips(data, tmp_path):
     assert load_gate(tmp_path).predict(test).equals(predicted)
     with pytest.raises(ValueError, match="unknown gate strategy"):
         make_gate("nonsense")
+
+
+def test_pick_method_takes_the_higher_validation_accuracy():
+    assert pick_method({"two-stage": 0.60, "flat": 0.61}) == "flat"
+    assert pick_method({"two-stage": 0.62, "flat": 0.61}) == "two-stage"
+    assert pick_method({"two-stage": 0.61, "flat": 0.61}) == "two-stage"  # a tie keeps the order of METHODS
+    assert pick_method({"flat": 0.1}) == "flat"
+    with pytest.raises(ValueError):
+        pick_method({"auto": 0.9})

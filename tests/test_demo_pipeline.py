@@ -8,6 +8,7 @@ rerun that computes no feature twice.
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -19,6 +20,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import make_demo_dataset  # noqa: E402
 import submission  # noqa: E402
+from attribution import pick_method  # noqa: E402
 from models.registry import CLASS_NAMES  # noqa: E402
 from models.zoo import DEMO_ZOO_DIR  # noqa: E402
 
@@ -76,7 +78,13 @@ def test_submission_end_to_end_and_warm_rerun(tiny_dataset, tmp_path):
     assert submission.main(args + ["--out", str(second)]) == 0
     assert first.read_bytes() == second.read_bytes()
     assert sorted((cache / "features").rglob("*.parquet")) == shards, "the warm rerun recomputed features"
-    assert (tmp_path / "a_report" / "confusion_test.png").is_file() or any((tmp_path / "a_report").glob("*.png"))
+    assert (tmp_path / "a_report" / "test_confusion.png").stat().st_size > 0
+    # the default --method auto fitted both methods and kept the one of higher validation accuracy
+    report = json.loads((tmp_path / "a_report" / "summary.json").read_text())
+    assert report["requested_method"] == "auto" and set(report["validation_accuracy_by_method"]) == {"two-stage", "flat"}
+    assert report["method"] == pick_method(report["validation_accuracy_by_method"])
+    assert report["validation"]["accuracy"] == pytest.approx(report["validation_accuracy_by_method"][report["method"]])
+    assert len(list((cache / "models").iterdir())) == 2
 
 
 def test_demo_dataset_is_rebuilt_when_the_zoo_changes(tiny_dataset, tmp_path):
