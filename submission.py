@@ -134,7 +134,8 @@ def _bundle(method: str, args: argparse.Namespace, weights_digest: str, train: p
     settings made them, else fitted on train, tuned on val and saved there."""
     from attribution import bundle_exists, fit_bundle, load_bundle
 
-    key = _frame_digest(method, args.seed, args.gate_strategy, weights_digest, train, list(train_meta["label"]),
+    gate_strategy = args.gate_strategy if method == "two-stage" else None  # flat has no gate: one bundle for any strategy
+    key = _frame_digest(method, args.seed, gate_strategy, weights_digest, train, list(train_meta["label"]),
                         val, list(val_meta["label"]))[:20]
     model_dir = args.cache_dir / "models" / f"{method}-{key}"
     if bundle_exists(method, model_dir) and not args.retrain:
@@ -148,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     from attribution import METHODS, pick_method, predict
     from dataset import IMAGE_SUFFIXES, read_label_csv
     from feature_extractor import FeatureExtractor
-    from scoring import write_report
+    from scoring import summary as score_summary, write_report
 
     started = time.perf_counter()
     dataset_root = args.dataset
@@ -190,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
     for method in (METHODS if args.method == "auto" else (args.method,)):
         bundles[method], model_dirs[method] = _bundle(method, args, extractor.weights_digest, train, train_meta, val, val_meta)
         val_predictions[method] = predict(bundles[method], val)
-    val_accuracy = {m: float((p.to_numpy() == val_meta["label"].to_numpy()).mean()) for m, p in val_predictions.items()}
+    val_accuracy = {m: score_summary(val_meta["label"], p)["accuracy"] for m, p in val_predictions.items()}
     method = pick_method(val_accuracy)
     if args.method == "auto":
         print("validation accuracy: " + ", ".join(f"{m} {100 * a:.2f} %" for m, a in val_accuracy.items()) + f" → {method}",
