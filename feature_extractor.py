@@ -5,7 +5,9 @@ For every image, with each family's inverse decoder:
 * ``{VAR,RAR}_{signal}`` — the stage-one signals of :mod:`signals` (QuantLoss, searched
   QuantLoss for VAR, EncLoss raw and calibrated, Combined, Reconstruction, AEDR);
 * ``{variant}_{feature}`` — for all 8 variants, the likelihood features of
-  :mod:`variant_features` on the tokens recovered by that variant's family (searched for VAR).
+  :mod:`variant_features` on the tokens recovered by that variant's family (searched for VAR),
+  including the likelihood under each variant's own sampler and its mix with the image's code
+  posterior (:func:`variant_features.token_evidence` over :meth:`FamilyAdapter.token_distances`).
   The family's first (smallest) variant is evaluated under every class label; the others only
   under its ``SHARED_CANDIDATES`` most likely labels (and unconditionally), which keeps the cost
   at three teacher-forced passes per larger variant — labels the smallest model finds unlikely
@@ -42,12 +44,12 @@ from models.zoo import DEMO_ZOO_DIR, is_zoo_dir, load_family
 from quantizer import search_tokens
 from runtime import keep_freed_memory
 from signals import family_signals_and_tokens
-from variant_features import variant_features
+from variant_features import token_evidence, variant_features
 
 __all__ = ["EXTRACTOR_NAME", "EXTRACTOR_VERSION", "FeatureExtractor", "features_for_batch", "weight_files"]
 
 EXTRACTOR_NAME = "iar_features"
-EXTRACTOR_VERSION = "4"
+EXTRACTOR_VERSION = "5"
 SHARED_CANDIDATES = 2  # labels the larger variants of a family are evaluated under
 
 
@@ -56,13 +58,14 @@ def features_for_batch(adapters: Dict[str, FamilyAdapter], img01_B3HW: torch.Ten
     """Feature columns for one batch of images (rows in input order)."""
     columns: Dict[str, object] = {}
     for family, adapter in adapters.items():
-        signals, tokens = family_signals_and_tokens(adapter, img01_B3HW, search_tokens if family == "VAR" else None)
+        signals, tokens, f = family_signals_and_tokens(adapter, img01_B3HW, search_tokens if family == "VAR" else None)
+        evidence = token_evidence(adapter.token_distances(f, tokens))
         for name, values in signals.items():
             columns[f"{family}_{name}"] = values.detach().cpu().double().numpy()
         scale_sizes = [pn * pn for pn in adapter.patch_nums] if family == "VAR" else None
         candidates = None  # the first (smallest) variant scores every label; the others reuse its best ones
         for variant in adapter.variant_names:
-            feats = variant_features(adapter, variant, tokens, scale_sizes=scale_sizes, candidates_BK=candidates)
+            feats = variant_features(adapter, variant, tokens, scale_sizes=scale_sizes, candidates_BK=candidates, evidence_BLV=evidence)
             if candidates is None:
                 candidates = feats.pop("label_ranking")[:, :SHARED_CANDIDATES]
             feats.pop("label_ranking", None)

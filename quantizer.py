@@ -125,18 +125,8 @@ def _nearest_candidates(quant: MultiScaleQuantizer, f_BChw: torch.Tensor, idx_pe
 
     The greedy token is always among them (it is the nearest).
     """
-    B, C, H, W = f_BChw.shape
-    K = quant.num_scales
-    codebook_VC = quant.embedding.weight
-    f_rest = f_BChw.clone()
-    out = []
-    for si, pn in enumerate(quant.patch_nums):
-        rest = F.interpolate(f_rest, size=(pn, pn), mode="area") if si != K - 1 else f_rest
-        z_NC = rest.permute(0, 2, 3, 1).reshape(-1, C)
-        dist = torch.cdist(z_NC, codebook_VC)
-        out.append(dist.topk(min(k, quant.vocab_size), largest=False, dim=1).indices.reshape(B, pn * pn, -1))
-        f_rest = f_rest - quant.upsample_and_refine(si, quant.tokens_to_embeddings(idx_per_scale[si], pn, pn), H, W)
-    return out
+    return [d.topk(min(k, quant.vocab_size), largest=False, dim=-1).indices
+            for d in quant.residual_code_distances(f_BChw, idx_per_scale)]
 
 
 def search_tokens(

@@ -37,8 +37,9 @@ _EPS = 1e-10
 
 @torch.no_grad()
 def family_signals_and_tokens(adapter: FamilyAdapter, img01_B3HW: torch.Tensor,
-                              token_search: Optional[TokenSearch] = None) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
-    """:func:`family_signals` plus the recovered tokens ``B×L`` (searched for VAR when a search is given)."""
+                              token_search: Optional[TokenSearch] = None) -> Tuple[Dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """:func:`family_signals` plus the recovered tokens ``B×L`` (searched for VAR when a search is
+    given) and the feature map ``f = D⁻¹(x)`` they were recovered from."""
     x = img01_B3HW.to(adapter.device).float()
     f = adapter.encode(x)
     tokens, f_hat = adapter.quantize(f)
@@ -54,7 +55,7 @@ def family_signals_and_tokens(adapter: FamilyAdapter, img01_B3HW: torch.Tensor,
     out["enc_loss"] = (first + _EPS) / (second + _EPS)
     out["aedr"] = out["enc_loss"]
     out["combined"] = out.get("quant_loss_searched", out["quant_loss"]) * out["enc_loss"]
-    return out, tokens
+    return out, tokens, f
 
 
 def family_signals(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, token_search: Optional[TokenSearch] = None) -> Dict[str, torch.Tensor]:

@@ -24,7 +24,8 @@ from models.registry import CLASS_NAMES, FAMILY_OF, VARIANT_NAMES
 
 __all__ = ["FEATURE_STEMS", "family_feature_frame", "tune_lightgbm", "CalibratedLGBM", "VariantClassifier", "FlatClassifier"]
 
-FEATURE_STEMS = ("nll_marginal", "nll_topk", "nll_best", "nll_uncond", "cfg_gap", "mink", "minkpp", "hinge", "zlib")
+FEATURE_STEMS = ("nll_marginal", "nll_topk", "nll_best", "nll_uncond", "cfg_gap", "mink", "minkpp", "hinge", "zlib",
+                 "nll_sampling", "nll_sampling_best", "support_miss", "nll_evidence", "nll_evidence_best")
 # Small trees: on the demo zoo 7 leaves beat 15 in every model's CV (gate, VAR, RAR), and this
 # 4-point grid, half the size of the earlier one (7/15 leaves, also learning rate 0.05 with 300
 # trees), fits each bundle with fewer and smaller trees.

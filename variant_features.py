@@ -14,7 +14,21 @@ probability difference), ``nll_scale{k}`` (VAR, per scale, best label), and memb
 statistics at the best label: ``mink`` (mean of the lowest 20 % token log-likelihoods, negated),
 ``minkpp`` (Min-K%++: the same on log-likelihoods standardised by the model's own mean and
 spread over the vocabulary), ``hinge`` (true-token logit minus the best other logit, mean) and
-``zlib`` (total NLL divided by the zlib-compressed size of the tokens, in bytes). The result also
+``zlib`` (total NLL divided by the zlib-compressed size of the tokens, in bytes).
+
+The variant's *sampler* is a model of its own: each variant draws tokens from guided logits
+(its CFG schedule and temperature; VAR also filters by top-k/top-p), so the exact likelihood of a
+generation is taken under that distribution, not under the plain conditional one:
+``nll_sampling`` (marginal over candidate labels), ``nll_sampling_best`` and, for filtering
+samplers, ``support_miss`` — the fraction of tokens the sampler could not have drawn (best label).
+For its own generations and the true tokens, a variant's ``support_miss`` is 0.
+
+Recovered tokens are often wrong (small tokenizers do not invert well), and one wrong token
+costs its full log-likelihood. With ``evidence_BLV`` — what the image says about each position,
+``log q(c)`` from :func:`token_evidence` — ``nll_evidence`` scores the image rather than the hard
+tokens: ``−Σᵢ log Σ_c p_sampler(c | t<ᵢ) q_i(c)`` per token, marginal over labels
+(``nll_evidence_best``: best label). A position whose token was missed still counts through the
+codes the image finds likely. The result also
 carries ``label_ranking`` (``B×K`` candidate labels, likeliest first — not a feature) so a caller
 can evaluate larger variants under a smaller one's best labels via ``candidates_BK``.
 """
@@ -29,7 +43,7 @@ import torch
 
 from models.adapter import FamilyAdapter
 
-__all__ = ["token_statistics", "candidate_labels", "variant_features", "MINK_FRACTION"]
+__all__ = ["token_statistics", "sampling_statistics", "token_evidence", "candidate_labels", "variant_features", "MINK_FRACTION"]
 
 MINK_FRACTION = 0.2
 
@@ -44,6 +58,31 @@ def token_statistics(logits_NLV: torch.Tensor, tokens_NL: torch.Tensor) -> Dict[
     true_logit = logits_NLV.gather(-1, tokens_NL.unsqueeze(-1)).squeeze(-1)
     others = logits_NLV.scatter(-1, tokens_NL.unsqueeze(-1), float("-inf"))
     return {"ll": ll, "zpp": (ll - mu) / sigma, "hinge": true_logit - others.amax(-1)}
+
+
+def sampling_statistics(adapter: FamilyAdapter, variant: str, cond_logits_NLV: torch.Tensor, uncond_logits_NLV: torch.Tensor,
+                        tokens_NL: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Under the variant's own sampler (guidance schedule, temperature): per-position log-likelihood
+    ``ll`` (``N×L``, before top-k/top-p filtering), ``miss``, the fraction of tokens outside what
+    the sampler's filter lets it draw (``N``; ``None`` for samplers without a filter), and the
+    sampler's ``log_probs`` over the vocabulary (``N×L×V``)."""
+    logits = adapter.sampling_logits(variant, cond_logits_NLV.float(), uncond_logits_NLV.float())
+    log_probs = torch.log_softmax(logits, -1)
+    ll = log_probs.gather(-1, tokens_NL.unsqueeze(-1)).squeeze(-1)
+    inside = adapter.in_sampling_support(variant, logits, tokens_NL)
+    miss = None if inside is None else (~inside).float().mean(1)
+    return {"ll": ll, "miss": miss, "log_probs": log_probs}
+
+
+def token_evidence(distances_BLV: torch.Tensor) -> torch.Tensor:
+    """What the image says about each token, ``log q(c)`` per position (``B×L×V``).
+
+    ``q ∝ exp(−d/T)`` over the codes' squared distances ``d`` to the recovered feature map, with
+    the temperature ``T`` the image's median nearest-code distance: scale-free, and flatter for
+    images whose features sit far from every code (natural photos).
+    """
+    temperature_B = distances_BLV.amin(-1).median(-1).values.clamp_min(1e-8)
+    return torch.log_softmax(-distances_BLV.float() / temperature_B[:, None, None], dim=-1)
 
 
 def _lowest_fraction_mean(values_NL: torch.Tensor, fraction: float = MINK_FRACTION) -> torch.Tensor:
@@ -69,19 +108,30 @@ def candidate_labels(adapter: FamilyAdapter, variant: str, tokens_BL: torch.Tens
 
 @torch.no_grad()
 def variant_features(adapter: FamilyAdapter, variant: str, tokens_BL: torch.Tensor, *, scale_sizes: Optional[Sequence[int]] = None,
-                     top_k: int = 3, label_batch: int = 16, candidates_BK: Optional[torch.Tensor] = None) -> Dict[str, np.ndarray]:
+                     top_k: int = 3, label_batch: int = 16, candidates_BK: Optional[torch.Tensor] = None,
+                     evidence_BLV: Optional[torch.Tensor] = None) -> Dict[str, np.ndarray]:
     """All features of one variant for a batch of recovered tokens (names without the variant prefix)."""
     tokens_BL = tokens_BL.to(adapter.device)
     B, L = tokens_BL.shape
     cand = candidate_labels(adapter, variant, tokens_BL) if candidates_BK is None else candidates_BK.to(adapter.device)
     K = cand.shape[1]
-    per_label: Dict[str, List[torch.Tensor]] = {"ll": [], "mink": [], "minkpp": [], "hinge": []}
+    uncond_logits = adapter.token_logits(variant, tokens_BL, None)
+    uncond = torch.log_softmax(uncond_logits.float(), -1).gather(-1, tokens_BL.unsqueeze(-1)).squeeze(-1)
+    per_label: Dict[str, List[torch.Tensor]] = {"ll": [], "mink": [], "minkpp": [], "hinge": [], "ll_sampling": [], "miss": [], "ll_evidence": []}
     per_label_positions: List[torch.Tensor] = []
     for start in range(0, K, label_batch):
         labels_BK = cand[:, start:start + label_batch]
         k = labels_BK.shape[1]
         tokens = tokens_BL.repeat_interleave(k, 0)
-        stats = token_statistics(adapter.token_logits(variant, tokens, labels_BK.reshape(-1)), tokens)
+        cond_logits = adapter.token_logits(variant, tokens, labels_BK.reshape(-1))
+        stats = token_statistics(cond_logits, tokens)
+        sampled = sampling_statistics(adapter, variant, cond_logits, uncond_logits.repeat_interleave(k, 0), tokens)
+        per_label["ll_sampling"].append(sampled["ll"].sum(1).view(B, k))
+        if evidence_BLV is not None:
+            joint_BkLV = sampled["log_probs"].view(B, k, L, -1) + evidence_BLV.to(adapter.device).unsqueeze(1)
+            per_label["ll_evidence"].append(torch.logsumexp(joint_BkLV, -1).sum(-1))
+        if sampled["miss"] is not None:
+            per_label["miss"].append(sampled["miss"].view(B, k))
         per_label["ll"].append(stats["ll"].sum(1).view(B, k))
         per_label["mink"].append(-_lowest_fraction_mean(stats["ll"]).view(B, k))
         per_label["minkpp"].append(-_lowest_fraction_mean(stats["zpp"]).view(B, k))
@@ -91,7 +141,6 @@ def variant_features(adapter: FamilyAdapter, variant: str, tokens_BL: torch.Tens
     positions_BKL = torch.cat(per_label_positions, 1)
     best = ll_BK.argmax(1)
     rows = torch.arange(B, device=adapter.device)
-    uncond = adapter.token_log_probs(variant, tokens_BL, None)
     top = ll_BK.topk(min(top_k, K), dim=1).values
     out = {
         "nll_marginal": -(torch.logsumexp(ll_BK, 1) - math.log(K)) / L,
@@ -104,6 +153,15 @@ def variant_features(adapter: FamilyAdapter, variant: str, tokens_BL: torch.Tens
         "best_label": cand[rows, best].float(),
     }
     out["cfg_gap"] = out["nll_uncond"] - out["nll_best"]
+    ll_sampling_BK = torch.cat(per_label["ll_sampling"], 1)
+    out["nll_sampling"] = -(torch.logsumexp(ll_sampling_BK, 1) - math.log(K)) / L
+    out["nll_sampling_best"] = -ll_sampling_BK.max(1).values / L
+    if per_label["ll_evidence"]:
+        ll_evidence_BK = torch.cat(per_label["ll_evidence"], 1)
+        out["nll_evidence"] = -(torch.logsumexp(ll_evidence_BK, 1) - math.log(K)) / L
+        out["nll_evidence_best"] = -ll_evidence_BK.max(1).values / L
+    if per_label["miss"]:
+        out["support_miss"] = torch.cat(per_label["miss"], 1).min(1).values
     best_positions = positions_BKL[rows, best]
     if scale_sizes:
         for k_scale, chunk in enumerate(torch.split(best_positions, list(scale_sizes), dim=1)):

@@ -81,6 +81,11 @@ class FamilyAdapter(ABC):
         """Greedy quantization ``f → (tokens B×L, f̂)``."""
 
     @abstractmethod
+    def token_distances(self, f_BChw: torch.Tensor, tokens_BL: torch.Tensor) -> torch.Tensor:
+        """Squared distance ``B×L×V`` from what the quantizer sees at each token position to every
+        code (VAR: the residual left by the coarser scales of ``tokens_BL``; RAR: ``f``'s cell)."""
+
+    @abstractmethod
     def tokens_to_fhat(self, tokens_BL: torch.Tensor) -> torch.Tensor:
         """Tokens ``B×L`` → quantized feature map ``f̂``."""
 
@@ -114,6 +119,19 @@ class FamilyAdapter(ABC):
         tokens_BL = tokens_BL.to(self.device)
         logits = self.token_logits(variant, tokens_BL, labels_B, positions)
         return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens_BL[:, : logits.shape[1]].unsqueeze(-1)).squeeze(-1)
+
+    @abstractmethod
+    def sampling_logits(self, variant: str, cond_logits_BLV: torch.Tensor, uncond_logits_BLV: torch.Tensor) -> torch.Tensor:
+        """The logits the variant's sampler draws each position from: its guidance schedule and
+        temperature applied to teacher-forced conditional/unconditional logits (first ``ℓ`` positions)."""
+
+    def sampling_support(self, variant: str, sampling_logits_BLV: torch.Tensor) -> Optional[torch.Tensor]:
+        """Boolean ``B×ℓ×V`` mask of the tokens the sampler can draw (top-k/top-p); ``None``: every token."""
+        return None
+
+    def in_sampling_support(self, variant: str, sampling_logits_BLV: torch.Tensor, tokens_BL: torch.Tensor) -> Optional[torch.Tensor]:
+        """Whether the sampler could draw each of ``tokens_BL`` (``B×ℓ`` bool); ``None``: it draws any token."""
+        return None
 
     @abstractmethod
     def generate(self, variant: str, labels_B: torch.Tensor, seed: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

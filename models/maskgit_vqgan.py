@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .var_quantizer import nearest_code_indices
+from .var_quantizer import code_distances, nearest_code_indices
 from .var_vae_blocks import group_norm
 
 __all__ = ["MaskGITVQGAN"]
@@ -165,6 +165,12 @@ class MaskGITVQGAN(nn.Module):
         z_NC = f_BChw.permute(0, 2, 3, 1).reshape(-1, C)
         codes = nearest_code_indices(z_NC, self.quantize.embedding.weight.detach()).reshape(B, h * w)
         return codes, self.codes_to_fhat(codes, h, w)
+
+    def code_distances_f(self, f_BChw: torch.Tensor) -> torch.Tensor:
+        """Squared distance ``B×(h·w)×V`` of each cell of ``f`` (raster order) to every code."""
+        B, C, h, w = f_BChw.shape
+        z_NC = f_BChw.permute(0, 2, 3, 1).reshape(-1, C)
+        return code_distances(z_NC, self.quantize.embedding.weight.detach()).view(B, h * w, -1)
 
     def codes_to_fhat(self, codes_Bl: torch.Tensor, h: int = 0, w: int = 0) -> torch.Tensor:
         """Codes ``B×(h·w)`` → codebook feature map ``B×z×h×w`` (square if ``h, w`` omitted)."""

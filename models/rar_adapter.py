@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from .adapter import FamilyAdapter
 from .maskgit_vqgan import MaskGITVQGAN
-from .rar_sampler import sample_rar_tokens
+from .rar_sampler import guidance_weight, guided_logits, sample_rar_tokens
 
 __all__ = ["RARAdapter"]
 
@@ -33,6 +33,9 @@ class RARAdapter(FamilyAdapter):
     def quantize(self, f_BChw: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         return self.tokenizer.quantize_f(f_BChw)
 
+    def token_distances(self, f_BChw: torch.Tensor, tokens_BL: torch.Tensor) -> torch.Tensor:
+        return self.tokenizer.code_distances_f(f_BChw)
+
     def tokens_to_fhat(self, tokens_BL: torch.Tensor) -> torch.Tensor:
         return self.tokenizer.codes_to_fhat(tokens_BL.to(self.device))
 
@@ -49,6 +52,15 @@ class RARAdapter(FamilyAdapter):
         n = tokens_BL.shape[1] if positions is None else positions
         # position i predicts token i from the tokens before it, so the last input token is not needed
         return rar(tokens_BL[:, : max(n - 1, 0)], cond)[:, :n]
+
+    def sampling_logits(self, variant: str, cond_logits_BLV: torch.Tensor, uncond_logits_BLV: torch.Tensor) -> torch.Tensor:
+        settings = self.sampling[variant]
+        scale, temperature = settings["guidance_scale"], settings["temperature"]
+        if scale == 0:
+            return cond_logits_BLV / temperature
+        N = self.generator(variant).image_seq_len
+        w_L = torch.cat([guidance_weight(step, N, scale, settings["guidance_scale_pow"]) for step in range(cond_logits_BLV.shape[1])])
+        return guided_logits(cond_logits_BLV, uncond_logits_BLV, w_L.to(cond_logits_BLV)[:, None], temperature)
 
     @torch.no_grad()
     def generate(self, variant: str, labels_B: torch.Tensor, seed: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .rar_generator import RARGenerator
 
-__all__ = ["guidance_weight", "sample_rar_tokens"]
+__all__ = ["guidance_weight", "guided_logits", "sample_rar_tokens"]
 
 
 def guidance_weight(step: int, num_steps: int, guidance_scale: float, guidance_scale_pow: float) -> torch.Tensor:
@@ -25,6 +25,11 @@ def guidance_weight(step: int, num_steps: int, guidance_scale: float, guidance_s
     scale_pow = torch.ones(1) * guidance_scale_pow
     scale_step = (1 - torch.cos(((step / num_steps) ** scale_pow) * torch.pi)) * 1 / 2
     return (guidance_scale - 1) * scale_step + 1
+
+
+def guided_logits(cond_logits: torch.Tensor, uncond_logits: torch.Tensor, weight, temperature: float) -> torch.Tensor:
+    """``(uncond + w·(cond − uncond)) / temperature``: the logits RAR samples from."""
+    return (uncond_logits + (cond_logits - uncond_logits) * weight) / temperature
 
 
 @torch.no_grad()
@@ -57,8 +62,10 @@ def sample_rar_tokens(
             if guided:
                 cond_logits, uncond_logits = logits[:B], logits[B:]
                 w = guidance_weight(step, N, guidance_scale, guidance_scale_pow).to(device)
-                logits = uncond_logits + (cond_logits - uncond_logits) * w
-            probs = F.softmax(logits / temperature, dim=-1)
+                logits = guided_logits(cond_logits, uncond_logits, w, temperature)
+            else:
+                logits = logits / temperature
+            probs = F.softmax(logits, dim=-1)
             sampled = torch.multinomial(probs, num_samples=1, generator=generator)
             ids = torch.cat([ids, sampled.repeat(2, 1) if guided else sampled], dim=1)
     finally:

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from .adapter import FamilyAdapter
-from .var_sampler import sample_var_images
+from .var_sampler import filter_top_k_top_p, guidance_per_scale, guided_logits, sample_var_images, survives_top_k_top_p
 from .var_vqvae import VARVQVAE
 
 __all__ = ["VARAdapter"]
@@ -41,6 +41,9 @@ class VARAdapter(FamilyAdapter):
         idx_per_scale, f_hats = self.tokenizer.quantize.quantize_greedy(f_BChw)
         return torch.cat(idx_per_scale, dim=1), f_hats[-1]
 
+    def token_distances(self, f_BChw: torch.Tensor, tokens_BL: torch.Tensor) -> torch.Tensor:
+        return torch.cat(self.tokenizer.quantize.residual_code_distances(f_BChw, self.split_scales(tokens_BL.to(self.device))), dim=1)
+
     def tokens_to_fhat(self, tokens_BL: torch.Tensor) -> torch.Tensor:
         return self.tokenizer.quantize.tokens_to_fhat(self.split_scales(tokens_BL.to(self.device)))
 
@@ -57,6 +60,22 @@ class VARAdapter(FamilyAdapter):
         if positions is not None:
             x_BLCv = x_BLCv[:, : max(positions - var.first_l, 0)]
         return var(labels_B.to(self.device), x_BLCv)
+
+    def sampling_logits(self, variant: str, cond_logits_BLV: torch.Tensor, uncond_logits_BLV: torch.Tensor) -> torch.Tensor:
+        per_scale = guidance_per_scale(self.sampling[variant]["cfg"], len(self.patch_nums))
+        t_L = torch.cat([torch.full((pn * pn,), t) for pn, t in zip(self.patch_nums, per_scale)]).to(cond_logits_BLV)
+        return guided_logits(cond_logits_BLV, uncond_logits_BLV, t_L[: cond_logits_BLV.shape[1], None])
+
+    def sampling_support(self, variant: str, sampling_logits_BLV: torch.Tensor) -> Optional[torch.Tensor]:
+        settings = self.sampling[variant]
+        V = sampling_logits_BLV.shape[-1]
+        return filter_top_k_top_p(sampling_logits_BLV, top_k=min(settings["top_k"], V), top_p=settings["top_p"]) > -torch.inf
+
+    def in_sampling_support(self, variant: str, sampling_logits_BLV: torch.Tensor, tokens_BL: torch.Tensor) -> Optional[torch.Tensor]:
+        settings = self.sampling[variant]
+        V = sampling_logits_BLV.shape[-1]
+        top_k = settings["top_k"] if settings["top_k"] < V else 0  # a top-k of the whole vocabulary keeps everything
+        return survives_top_k_top_p(sampling_logits_BLV, tokens_BL[:, : sampling_logits_BLV.shape[1]], top_k, settings["top_p"])
 
     @torch.no_grad()
     def generate(self, variant: str, labels_B: torch.Tensor, seed: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

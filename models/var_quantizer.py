@@ -22,18 +22,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["Phi", "MultiScaleQuantizer", "nearest_code_indices"]
+__all__ = ["Phi", "MultiScaleQuantizer", "code_distances", "nearest_code_indices"]
 
 
-def nearest_code_indices(z_NC: torch.Tensor, codebook_VC: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest codebook row (squared L2) for each row of ``z_NC``.
+def code_distances(z_NC: torch.Tensor, codebook_VC: torch.Tensor) -> torch.Tensor:
+    """Squared L2 distance ``N×V`` of each row of ``z_NC`` to every codebook row.
 
     Uses ``‖z‖² + ‖e‖² − 2 z·e`` evaluated exactly as the official quantizers do, so ties and
     near-ties resolve identically.
     """
     dist_NV = torch.sum(z_NC.square(), dim=1, keepdim=True) + torch.sum(codebook_VC.square(), dim=1)
-    dist_NV.addmm_(z_NC, codebook_VC.T, alpha=-2, beta=1)
-    return torch.argmin(dist_NV, dim=1)
+    return dist_NV.addmm_(z_NC, codebook_VC.T, alpha=-2, beta=1)
+
+
+def nearest_code_indices(z_NC: torch.Tensor, codebook_VC: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest codebook row (squared L2) for each row of ``z_NC``."""
+    return torch.argmin(code_distances(z_NC, codebook_VC), dim=1)
 
 
 class Phi(nn.Conv2d):
@@ -161,6 +165,23 @@ class MultiScaleQuantizer(nn.Module):
             idx_per_scale.append(idx_Bl)
             f_hat_per_scale.append(f_hat)
         return idx_per_scale, f_hat_per_scale
+
+    @torch.no_grad()
+    def residual_code_distances(self, f_BChw: torch.Tensor, idx_per_scale: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """Per scale, the squared distance ``B×pn²×V`` of the residual that the given coarser
+        scales' tokens leave (area-downsampled to the scale) to every code — greedy's view of
+        each scale, along any token path."""
+        B, C, H, W = f_BChw.shape
+        K = self.num_scales
+        f_rest = f_BChw.detach().clone()
+        codebook_VC = self.embedding.weight.detach()
+        out: List[torch.Tensor] = []
+        for si, pn in enumerate(self.patch_nums):
+            rest_BChw = F.interpolate(f_rest, size=(pn, pn), mode="area") if si != K - 1 else f_rest
+            out.append(code_distances(rest_BChw.permute(0, 2, 3, 1).reshape(-1, C), codebook_VC).view(B, pn * pn, -1))
+            if si != K - 1:
+                f_rest = f_rest - self.upsample_and_refine(si, self.tokens_to_embeddings(idx_per_scale[si], pn, pn), H, W)
+        return out
 
     def quantize_for_training(self, f_BChw: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, List[torch.Tensor]]:
         """VQ-VAE training step: straight-through ``f̂``, the VQ loss and the tokens.

@@ -17,7 +17,7 @@ import torch
 from .var_transformer import VARTransformer
 from .var_vqvae import VARVQVAE
 
-__all__ = ["filter_top_k_top_p", "sample_var_tokens", "sample_var_images"]
+__all__ = ["filter_top_k_top_p", "survives_top_k_top_p", "guidance_per_scale", "guided_logits", "sample_var_tokens", "sample_var_images"]
 
 
 def filter_top_k_top_p(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
@@ -34,6 +34,35 @@ def filter_top_k_top_p(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 
     return logits_BlV
 
 
+def survives_top_k_top_p(logits_BlV: torch.Tensor, idx_Bl: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
+    """Whether each token ``idx_Bl`` survives :func:`filter_top_k_top_p` (``B×l`` bool), without sorting.
+
+    Top-k keeps a token when fewer than ``k`` logits are larger; top-p removes it when the mass
+    of the tokens at or below its logit is at most ``1 − top_p`` (the argmax always survives).
+    """
+    token_logit = logits_BlV.gather(-1, idx_Bl.unsqueeze(-1))
+    keep = torch.ones_like(idx_Bl, dtype=torch.bool)
+    if top_k > 0:
+        keep &= (logits_BlV > token_logit).sum(-1) < top_k
+        logits_BlV = filter_top_k_top_p(logits_BlV, top_k=top_k) if top_p > 0 else logits_BlV
+    if top_p > 0:
+        probs = logits_BlV.softmax(dim=-1)
+        mass_at_or_below = (probs * (logits_BlV <= token_logit)).sum(-1)
+        is_max = token_logit.squeeze(-1) >= logits_BlV.amax(-1)
+        keep &= (mass_at_or_below > 1 - top_p) | is_max
+    return keep
+
+
+def guidance_per_scale(cfg: float, num_scales: int) -> list:
+    """VAR's guidance weight of each scale: ``t_k = cfg · k / (K − 1)`` (0 at the class token's scale)."""
+    return [cfg * si / (num_scales - 1) for si in range(num_scales)]
+
+
+def guided_logits(cond_logits: torch.Tensor, uncond_logits: torch.Tensor, t) -> torch.Tensor:
+    """``(1 + t)·cond − t·uncond``: the logits VAR samples from (``t`` a number or broadcastable tensor)."""
+    return (1 + t) * cond_logits - t * uncond_logits
+
+
 @torch.no_grad()
 def sample_var_tokens(
     var: VARTransformer, vae: VARVQVAE, label_B: torch.Tensor, *, cfg: float = 1.5, top_k: int = 900,
@@ -47,6 +76,7 @@ def sample_var_tokens(
     B = label_B.shape[0]
     quant = vae.quantize
     K = len(var.patch_nums)
+    guidance = guidance_per_scale(cfg, K)
     cond_BD = var.class_condition(torch.cat((label_B, torch.full_like(label_B, var.num_classes)), dim=0))
     lvl_pos = var.level_position_embedding()
     next_in = (cond_BD.unsqueeze(1).expand(2 * B, var.first_l, -1)
@@ -60,8 +90,7 @@ def sample_var_tokens(
             cur_L += pn * pn
             h = var.run_blocks(next_in, cond_BD, attn_bias=None)
             logits = var.logits(h, cond_BD)
-            t = cfg * si / (K - 1)
-            logits_BlV = (1 + t) * logits[:B] - t * logits[B:]
+            logits_BlV = guided_logits(logits[:B], logits[B:], guidance[si])
             probs = filter_top_k_top_p(logits_BlV, top_k=min(top_k, var.V), top_p=top_p).softmax(dim=-1)
             idx_Bl = torch.multinomial(probs.view(-1, var.V), num_samples=1, replacement=True, generator=generator).view(B, pn * pn)
             tokens.append(idx_Bl)

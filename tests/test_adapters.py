@@ -97,3 +97,19 @@ def test_encode_is_differentiable_for_inverse_decoder_training(rar_adapter, rar_
         for p in params:
             p.requires_grad_(False)
             p.grad = None
+
+
+def test_token_distances_follow_the_quantizer(var_adapter, rar_adapter, var_fixture, rar_fixture):
+    """Along greedy's own token path every greedy token is its position's nearest code (VAR's
+    residuals included), and the distances are squared L2 to the codebook."""
+    for adapter, img01 in ((var_adapter, (var_fixture[1]["in.image"] + 1) / 2), (rar_adapter, rar_fixture[1]["in.image"])):
+        with torch.no_grad():
+            f = adapter.encode(img01)
+            tokens, _ = adapter.quantize(f)
+            distances = adapter.token_distances(f, tokens)
+        assert distances.shape[:2] == tokens.shape
+        assert torch.equal(distances.argmin(-1), tokens), adapter.family
+        assert (distances > -1e-5).all()
+    codebook = rar_adapter.tokenizer.quantize.embedding.weight
+    cell = f[0, :, 0, 0]
+    assert torch.allclose(distances[0, 0], (codebook - cell).square().sum(-1), atol=1e-4)

@@ -40,3 +40,69 @@ def test_var_label_dropout_only_in_training():
         dropped = var(labels, x)
     assert not torch.allclose(cond, uncond)
     assert torch.allclose(dropped, uncond, atol=1e-6)
+
+
+def _replay(probs_BLV: torch.Tensor, chunks, generator: torch.Generator) -> torch.Tensor:
+    """Draw tokens chunk by chunk from teacher-forced probabilities with the sampler's generator calls."""
+    drawn, start = [], 0
+    for n in chunks:
+        block = probs_BLV[:, start:start + n]
+        drawn.append(torch.multinomial(block.reshape(-1, block.shape[-1]), 1, replacement=True, generator=generator).view(-1, n))
+        start += n
+    return torch.cat(drawn, 1)
+
+
+def test_var_sampling_distribution_replays_the_sampler(small_zoo_dir):
+    """Teacher-forced ``sampling_logits`` + ``sampling_support`` are exactly what the sampler drew from:
+    replaying its random draws on them gives its tokens back, and none lies outside the support."""
+    from models.zoo import load_family
+
+    adapter = load_family("VAR", small_zoo_dir)
+    labels = torch.tensor([0, 3, 7, 9])
+    _, tokens, _ = adapter.generate("var16", labels, seed=5)
+    with torch.no_grad():
+        logits = adapter.sampling_logits("var16", adapter.token_logits("var16", tokens, labels),
+                                         adapter.token_logits("var16", tokens, None))
+        support = adapter.sampling_support("var16", logits)
+    assert support.gather(-1, tokens.unsqueeze(-1)).all()
+    assert not support.all(), "top-k / top-p must exclude some codes"
+    probs = logits.masked_fill(~support, -torch.inf).softmax(-1)
+    replayed = _replay(probs, [pn * pn for pn in adapter.patch_nums], torch.Generator().manual_seed(5))
+    assert torch.equal(replayed, tokens)
+
+
+def test_rar_sampling_distribution_replays_the_sampler(small_zoo_dir):
+    from models.zoo import load_family
+
+    adapter = load_family("RAR", small_zoo_dir)
+    # the fixture's random generator is nearly uniform: strong guidance makes the schedule matter
+    adapter.sampling["rarb"] = dict(guidance_scale=16.0, guidance_scale_pow=2.75, temperature=1.3)
+    labels = torch.tensor([1, 2, 8, 0, 5, 5, 9, 3])
+    _, tokens, _ = adapter.generate("rarb", labels, seed=11)
+    with torch.no_grad():
+        cond, uncond = adapter.token_logits("rarb", tokens, labels), adapter.token_logits("rarb", tokens, None)
+        logits = adapter.sampling_logits("rarb", cond, uncond)
+        adapter.sampling["rarb"]["guidance_scale_pow"] = 1.0
+        other_schedule = adapter.sampling_logits("rarb", cond, uncond)
+    assert adapter.sampling_support("rarb", logits) is None
+
+    def replay(sampling_logits: torch.Tensor) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(11)
+        torch.rand(labels.shape, generator=gen)  # the sampler's label-dropout draw comes first
+        return _replay(sampling_logits.softmax(-1), [1] * tokens.shape[1], gen)
+
+    assert torch.equal(replay(logits), tokens)
+    assert not torch.equal(replay(other_schedule), tokens), "the replay must be sensitive to the guidance schedule"
+
+
+def test_survives_top_k_top_p_agrees_with_the_filter():
+    from models.var_sampler import survives_top_k_top_p
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 50, 64, generator=gen) * 3
+    tokens = torch.randint(0, 64, (4, 50), generator=gen)
+    for top_k, top_p in [(0, 0.9), (10, 0.0), (20, 0.8), (64, 0.96), (5, 0.99)]:
+        kept = torch.isfinite(filter_top_k_top_p(logits, top_k=top_k, top_p=top_p)).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+        survived = survives_top_k_top_p(logits, tokens, top_k, top_p)
+        assert torch.equal(survived, kept), (top_k, top_p)
+        assert 0 < kept.float().mean() < 1 or top_k == 64

@@ -53,3 +53,45 @@ def test_var_per_scale_features_and_prefix_scan(small_zoo_dir, var_fixture):
     assert torch.allclose(prefix, full[:, :5], atol=1e-5)
     scanned = candidate_labels(adapter, "var16", tokens, max_full=4, top_k=3, scan_positions=5)
     assert scanned.shape == (2, 3)
+
+
+def test_sampling_and_evidence_features_by_hand(small_zoo_dir, rar_fixture):
+    """``nll_sampling`` is the likelihood under the sampler's guided distribution; ``nll_evidence``
+    mixes it with the image's code posterior; a one-hot evidence on the tokens gives back
+    ``nll_sampling`` exactly."""
+    from variant_features import token_evidence
+
+    adapter = load_family("RAR", small_zoo_dir)
+    tokens = rar_fixture[1]["out.codes"]
+    B, L = tokens.shape
+    V = adapter.tokenizer.codebook_size
+    distances = torch.rand(B, L, V, generator=torch.Generator().manual_seed(0))
+    evidence = token_evidence(distances)
+    assert torch.allclose(evidence.exp().sum(-1), torch.ones(B, L), atol=1e-5)
+    feats = variant_features(adapter, "rarb", tokens, evidence_BLV=evidence)
+    with torch.no_grad():
+        uncond = adapter.token_logits("rarb", tokens, None)
+        per_label_ll, per_label_ev = [], []
+        for c in range(10):
+            logits = adapter.sampling_logits("rarb", adapter.token_logits("rarb", tokens, torch.full((B,), c)), uncond)
+            log_probs = torch.log_softmax(logits, -1)
+            per_label_ll.append(log_probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).sum(1))
+            per_label_ev.append(torch.logsumexp(log_probs + evidence, -1).sum(1))
+    ll, ev = torch.stack(per_label_ll, 1), torch.stack(per_label_ev, 1)
+    np.testing.assert_allclose(feats["nll_sampling"], (-(torch.logsumexp(ll, 1) - math.log(10)) / L).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(feats["nll_sampling_best"], (-ll.max(1).values / L).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(feats["nll_evidence"], (-(torch.logsumexp(ev, 1) - math.log(10)) / L).numpy(), rtol=1e-5)
+    assert "support_miss" not in feats  # RAR's sampler does not filter
+    one_hot = torch.full((B, L, V), -1e4).scatter(-1, tokens.unsqueeze(-1), 0.0)
+    exact = variant_features(adapter, "rarb", tokens, evidence_BLV=one_hot)
+    np.testing.assert_allclose(exact["nll_evidence"], exact["nll_sampling"], rtol=1e-5)
+
+
+def test_support_miss_is_zero_for_the_samplers_own_tokens(small_zoo_dir):
+    adapter = load_family("VAR", small_zoo_dir)
+    labels = torch.tensor([2, 4, 6])
+    _, tokens, _ = adapter.generate("var16", labels, seed=3)
+    own = variant_features(adapter, "var16", tokens, scale_sizes=[1, 4, 9, 16])
+    assert (own["support_miss"] == 0).all()
+    shuffled = tokens[:, torch.randperm(tokens.shape[1], generator=torch.Generator().manual_seed(0))]
+    assert (variant_features(adapter, "var16", shuffled, scale_sizes=[1, 4, 9, 16])["support_miss"] > 0).any()
