@@ -20,7 +20,8 @@ The variant's *sampler* is a model of its own: each variant draws tokens from gu
 (its CFG schedule and temperature; VAR also filters by top-k/top-p), so the exact likelihood of a
 generation is taken under that distribution, not under the plain conditional one:
 ``nll_sampling`` (marginal over candidate labels), ``nll_sampling_best`` and, for filtering
-samplers, ``support_miss`` — the fraction of tokens the sampler could not have drawn (best label).
+samplers, ``support_miss`` — the fraction of tokens the sampler could not have drawn (under the
+candidate label with the fewest).
 For its own generations and the true tokens, a variant's ``support_miss`` is 0.
 
 Recovered tokens are often wrong (small tokenizers do not invert well), and one wrong token

@@ -14,6 +14,10 @@ reports
   LightGBM over the likelihood features of :mod:`variant_features` computed on the generating
   tokens (an upper bound: what the transformers can tell apart at all) and on the tokens the
   inverse decoder recovers (what the pipeline gets);
+* **the likelihood-ratio rule** — ``argmin_{stem}_{kind}_tokens``: the accuracy of naming the
+  variant whose transformer gives the tokens the lowest NLL (``nll_marginal``: plain conditional;
+  ``nll_sampling``: under the variant's own sampler; ``nll_evidence``: mixed with the image's code
+  posterior), with nothing trained;
 * with ``--refine-steps N``, the same for tokens recovered after refining the inverse decoder's
   features by latent optimisation through the frozen decoder (``token_recovery_inverse_refined``,
   ``variant_accuracy_refined_tokens``): does the image error lead back to the true tokens?
@@ -27,7 +31,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -42,35 +46,43 @@ from models.zoo import load_family  # noqa: E402
 from quantizer import per_image_mse, search_tokens  # noqa: E402
 from runtime import keep_freed_memory  # noqa: E402
 from signals import optimise_latent  # noqa: E402
-from variant_features import variant_features  # noqa: E402
+from variant_features import token_evidence, variant_features  # noqa: E402
 
 DIAGNOSIS_SEED = 8_000_000  # disjoint from make_demo_dataset (< 7e6) and inv_decoder.SEED_OFFSET (7e6 … 8e6)
 
 
-def recover_tokens(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, refine_steps: int = 0, refine_lr: float = 0.01) -> torch.Tensor:
+def recover_tokens(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, refine_steps: int = 0, refine_lr: float = 0.01) -> Tuple[torch.Tensor, torch.Tensor]:
     """Tokens recovered from images: nearest codes (RAR) or our multi-scale search (VAR).
 
     ``refine_steps > 0`` first moves the encoder's feature map by Adam on the image error through
     the frozen decoder (:func:`signals.optimise_latent`, the LatentTracer optimisation, started
-    from ``f`` instead of ``f̂``) and quantizes the result.
+    from ``f`` instead of ``f̂``) and quantizes the result. Returns the tokens and the image's
+    evidence about them (:func:`variant_features.token_evidence`).
     """
     with torch.no_grad():
         f = adapter.encode(img01_B3HW)
     if refine_steps > 0:
         f = optimise_latent(adapter, img01_B3HW, f, refine_steps, refine_lr, halve_every=max(1, refine_steps // 2))[0]
     with torch.no_grad():
-        return search_tokens(adapter.tokenizer.quantize, f).tokens if adapter.family == "VAR" else adapter.quantize(f)[0]
+        tokens = search_tokens(adapter.tokenizer.quantize, f).tokens if adapter.family == "VAR" else adapter.quantize(f)[0]
+        return tokens, token_evidence(adapter.token_distances(f, tokens))
 
 
-def _feature_frame(adapter: FamilyAdapter, tokens_BL: torch.Tensor) -> pd.DataFrame:
+def _feature_frame(adapter: FamilyAdapter, tokens_BL: torch.Tensor, evidence_BLV: Optional[torch.Tensor] = None) -> pd.DataFrame:
     sizes = [pn * pn for pn in adapter.patch_nums] if adapter.family == "VAR" else None
     columns: Dict[str, np.ndarray] = {}
     for variant in adapter.variant_names:
-        feats = variant_features(adapter, variant, tokens_BL, scale_sizes=sizes)
+        feats = variant_features(adapter, variant, tokens_BL, scale_sizes=sizes, evidence_BLV=evidence_BLV)
         feats.pop("label_ranking")
         feats.pop("best_label")
         columns.update({f"{variant}_{name}": values for name, values in feats.items()})
     return pd.DataFrame(columns)
+
+
+def _argmin_accuracy(features: pd.DataFrame, labels: np.ndarray, variants: Sequence[str], stem: str) -> float:
+    """Accuracy of naming the variant of lowest ``{variant}_{stem}`` — a likelihood-ratio rule, nothing trained."""
+    nll = np.stack([features[f"{v}_{stem}"].to_numpy() for v in variants], 1)
+    return float(np.mean(np.asarray(variants)[nll.argmin(1)] == labels))
 
 
 def _cv_accuracy(features: pd.DataFrame, labels: np.ndarray, seed: int) -> float:
@@ -98,18 +110,18 @@ def diagnose_family(family: str, weights_dir, per_variant: int, batch: int, seed
         n = min(batch, per_variant - start)
         img, tokens, _ = original.generate(variant, original.random_labels(n, job_seed), job_seed)
         x = torch.round(img.clamp(0, 1) * 255) / 255
-        found = recover_tokens(inverse, x)
+        found, evidence = recover_tokens(inverse, x)
         hits["inverse"].append((found == tokens).float())
-        hits["original"].append((recover_tokens(original, x) == tokens).float())
+        hits["original"].append((recover_tokens(original, x)[0] == tokens).float())
         with torch.no_grad():
             err_true.append(per_image_mse(original.decode(original.tokens_to_fhat(tokens)), x))
             err_found.append(per_image_mse(original.decode(original.tokens_to_fhat(found)), x))
         frames["oracle"].append(_feature_frame(original, tokens))
-        frames["recovered"].append(_feature_frame(original, found))
+        frames["recovered"].append(_feature_frame(original, found, evidence))
         if refine_steps > 0:
-            refined = recover_tokens(inverse, x, refine_steps, refine_lr)
+            refined, refined_evidence = recover_tokens(inverse, x, refine_steps, refine_lr)
             hits["inverse_refined"].append((refined == tokens).float())
-            frames["refined"].append(_feature_frame(original, refined))
+            frames["refined"].append(_feature_frame(original, refined, refined_evidence))
         labels += [variant] * n
     labels_arr = np.array(labels)
     row: Dict[str, float] = {"family": family, "images": len(labels)}
@@ -123,7 +135,10 @@ def diagnose_family(family: str, weights_dir, per_variant: int, batch: int, seed
     row["image_mse_true_tokens"] = float(torch.cat(err_true).median())
     row["image_mse_recovered_tokens"] = float(torch.cat(err_found).median())
     for kind, parts in frames.items():
-        row[f"variant_accuracy_{kind}_tokens"] = _cv_accuracy(pd.concat(parts, ignore_index=True), labels_arr, seed)
+        table = pd.concat(parts, ignore_index=True)
+        row[f"variant_accuracy_{kind}_tokens"] = _cv_accuracy(table, labels_arr, seed)
+        for stem in ("nll_marginal", "nll_sampling") + (("nll_evidence",) if kind != "oracle" else ()):
+            row[f"argmin_{stem}_{kind}_tokens"] = _argmin_accuracy(table, labels_arr, original.variant_names, stem)
     row["chance"] = 1.0 / len(original.variant_names)
     return row
 
