@@ -28,7 +28,7 @@ import torch
 from models.adapter import FamilyAdapter
 from quantizer import SearchResult, per_image_mse
 
-__all__ = ["SIGNALS", "family_signals", "family_signals_and_tokens", "latent_tracer", "optimise_latent", "signal_frame", "TokenSearch"]
+__all__ = ["SIGNALS", "family_signals", "family_signals_and_tokens", "latent_tracer", "optimise_latent", "refine_tokens", "signal_frame", "TokenSearch"]
 
 TokenSearch = Callable[..., SearchResult]
 SIGNALS = ("quant_loss", "quant_loss_searched", "enc_loss_raw", "enc_loss", "combined", "reconstruction", "aedr")
@@ -88,6 +88,22 @@ def optimise_latent(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, init_BChw:
                 for group in opt.param_groups:
                     group["lr"] *= 0.5
     return latent.detach(), per_image.detach().cpu()
+
+
+def refine_tokens(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, f_BChw: torch.Tensor, steps: int, lr: float = 0.02,
+                  token_search: Optional[TokenSearch] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Tokens of ``f`` after :func:`optimise_latent` moved it ``steps`` Adam steps toward ``D(f) = x``.
+
+    The inverse decoder's ``f`` misses most tokens of the zoo's small tokenizers; the image error
+    through the frozen decoder leads part of the way back (``scripts/diagnose_zoo.py
+    --refine-steps``). Returns ``(tokens B×L, refined f)``; VAR's tokens come from ``token_search``
+    when given, else greedy.
+    """
+    refined = optimise_latent(adapter, img01_B3HW, f_BChw, steps, lr, halve_every=max(1, steps // 2))[0]
+    with torch.no_grad():
+        if token_search is not None and adapter.family == "VAR":
+            return token_search(adapter.tokenizer.quantize, refined).tokens, refined
+        return adapter.quantize(refined)[0], refined
 
 
 def latent_tracer(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, iters: int = 100, lr: float = 0.01,

@@ -177,7 +177,8 @@ def run(args: argparse.Namespace) -> int:
                                  cache_dir=args.cache_dir / "features", use_cache=not args.no_cache, rebuild=args.rebuild,
                                  batch_size=args.batch_size, device=args.device,
                                  workers=args.workers or default_workers(args.weights_dir, args.device),
-                                 inv_config={"images": args.inv_decoder_images, "epochs": args.inv_decoder_epochs})
+                                 inv_config={"images": args.inv_decoder_images, "epochs": args.inv_decoder_epochs},
+                                 refine_steps=args.refine_steps)
     train_meta, val_meta = _labelled_split(train_dir, "train"), _labelled_split(val_dir, "val")
     print(f"features: {len(train_meta)} train, {len(val_meta)} val, {len(good)} test images", file=sys.stderr)
     # one pass over all three splits: one progress bar, one pool of workers
@@ -257,6 +258,9 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--workers", type=int, default=0,
                         help="feature processes, one thread each; 0 (default): one per CPU core for a zoo on the CPU "
                              "(faster than one process with that many threads), 1 for official weights or a GPU")
+    parser.add_argument("--refine-steps", type=int, default=0,
+                        help="latent-refinement steps before RAR's tokens are read for the variant features "
+                             "(default 0: off; 25 is a good trade-off, at extra cost per image)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)

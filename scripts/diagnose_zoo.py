@@ -45,7 +45,7 @@ from models.adapter import FamilyAdapter  # noqa: E402
 from models.zoo import load_family  # noqa: E402
 from quantizer import per_image_mse, search_tokens  # noqa: E402
 from runtime import keep_freed_memory  # noqa: E402
-from signals import optimise_latent  # noqa: E402
+from signals import refine_tokens  # noqa: E402
 from variant_features import token_evidence, variant_features  # noqa: E402
 
 DIAGNOSIS_SEED = 8_000_000  # disjoint from make_demo_dataset (< 7e6) and inv_decoder.SEED_OFFSET (7e6 … 8e6)
@@ -62,9 +62,11 @@ def recover_tokens(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, refine_step
     with torch.no_grad():
         f = adapter.encode(img01_B3HW)
     if refine_steps > 0:
-        f = optimise_latent(adapter, img01_B3HW, f, refine_steps, refine_lr, halve_every=max(1, refine_steps // 2))[0]
+        tokens, f = refine_tokens(adapter, img01_B3HW, f, refine_steps, refine_lr, search_tokens)
+    else:
+        with torch.no_grad():
+            tokens = search_tokens(adapter.tokenizer.quantize, f).tokens if adapter.family == "VAR" else adapter.quantize(f)[0]
     with torch.no_grad():
-        tokens = search_tokens(adapter.tokenizer.quantize, f).tokens if adapter.family == "VAR" else adapter.quantize(f)[0]
         return tokens, token_evidence(adapter.token_distances(f, tokens))
 
 

@@ -45,3 +45,21 @@ def test_latent_tracer_improves_on_the_decoded_quantization(small_zoo_dir, rar_f
         start = (adapter.decode(adapter.quantize(adapter.encode(x))[1]) - x).square().flatten(1).mean(1)
     traced = latent_tracer(adapter, x, iters=20, lr=0.05, halve_every=10)
     assert torch.all(traced < start)
+
+
+def test_refine_tokens_moves_f_toward_the_image(small_zoo_dir, rar_fixture):
+    from models.zoo import load_family
+    from quantizer import per_image_mse
+    from signals import refine_tokens
+
+    adapter = load_family("RAR", small_zoo_dir)
+    x = rar_fixture[1]["in.image"]
+    with torch.no_grad():
+        f = adapter.encode(x)
+    tokens, refined = refine_tokens(adapter, x, f, steps=10, lr=0.02)
+    with torch.no_grad():
+        before = per_image_mse(adapter.decode(f), x)
+        after = per_image_mse(adapter.decode(refined), x)
+        assert torch.equal(tokens, adapter.quantize(refined)[0])
+    assert (after < before).all()
+    assert tokens.shape == adapter.quantize(f)[0].shape
