@@ -70,7 +70,7 @@ def features_for_batch(adapters: Dict[str, FamilyAdapter], img01_B3HW: torch.Ten
     for family, adapter in adapters.items():
         signals, tokens, f = family_signals_and_tokens(adapter, img01_B3HW, search_tokens if family == "VAR" else None)
         if refine_steps > 0 and family in REFINE_FAMILIES:
-            tokens, f = refine_tokens(adapter, img01_B3HW, f, refine_steps, REFINE_LR)
+            tokens, f = refine_tokens(adapter, img01_B3HW, f, refine_steps, REFINE_LR, search_tokens)
         evidence = token_evidence(adapter.token_distances(f, tokens))
         for name, values in signals.items():
             columns[f"{family}_{name}"] = values.detach().cpu().double().numpy()

@@ -97,7 +97,7 @@ def refine_tokens(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, f_BChw: torc
     The inverse decoder's ``f`` misses most tokens of the zoo's small tokenizers; the image error
     through the frozen decoder leads part of the way back (``scripts/diagnose_zoo.py
     --refine-steps``). Returns ``(tokens B×L, refined f)``; VAR's tokens come from ``token_search``
-    when given, else greedy.
+    when given, else greedy. ``steps = 0`` quantizes ``f`` as it is.
     """
     refined = optimise_latent(adapter, img01_B3HW, f_BChw, steps, lr, halve_every=max(1, steps // 2))[0]
     with torch.no_grad():

@@ -125,12 +125,9 @@ class FamilyAdapter(ABC):
         """The logits the variant's sampler draws each position from: its guidance schedule and
         temperature applied to teacher-forced conditional/unconditional logits (first ``ℓ`` positions)."""
 
-    def sampling_support(self, variant: str, sampling_logits_BLV: torch.Tensor) -> Optional[torch.Tensor]:
-        """Boolean ``B×ℓ×V`` mask of the tokens the sampler can draw (top-k/top-p); ``None``: every token."""
-        return None
-
     def in_sampling_support(self, variant: str, sampling_logits_BLV: torch.Tensor, tokens_BL: torch.Tensor) -> Optional[torch.Tensor]:
-        """Whether the sampler could draw each of ``tokens_BL`` (``B×ℓ`` bool); ``None``: it draws any token."""
+        """Whether the sampler's filter (top-k/top-p) lets it draw each of ``tokens_BL`` (``B×ℓ``
+        bool); ``None``: the sampler draws from every token."""
         return None
 
     @abstractmethod

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from .adapter import FamilyAdapter
-from .var_sampler import filter_top_k_top_p, guidance_per_scale, guided_logits, sample_var_images, survives_top_k_top_p
+from .var_sampler import guidance_per_scale, guided_logits, sample_var_images, survives_top_k_top_p
 from .var_vqvae import VARVQVAE
 
 __all__ = ["VARAdapter"]
@@ -65,11 +65,6 @@ class VARAdapter(FamilyAdapter):
         per_scale = guidance_per_scale(self.sampling[variant]["cfg"], len(self.patch_nums))
         t_L = torch.cat([torch.full((pn * pn,), t) for pn, t in zip(self.patch_nums, per_scale)]).to(cond_logits_BLV)
         return guided_logits(cond_logits_BLV, uncond_logits_BLV, t_L[: cond_logits_BLV.shape[1], None])
-
-    def sampling_support(self, variant: str, sampling_logits_BLV: torch.Tensor) -> Optional[torch.Tensor]:
-        settings = self.sampling[variant]
-        V = sampling_logits_BLV.shape[-1]
-        return filter_top_k_top_p(sampling_logits_BLV, top_k=min(settings["top_k"], V), top_p=settings["top_p"]) > -torch.inf
 
     def in_sampling_support(self, variant: str, sampling_logits_BLV: torch.Tensor, tokens_BL: torch.Tensor) -> Optional[torch.Tensor]:
         settings = self.sampling[variant]

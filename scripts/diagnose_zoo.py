@@ -61,11 +61,7 @@ def recover_tokens(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, refine_step
     """
     with torch.no_grad():
         f = adapter.encode(img01_B3HW)
-    if refine_steps > 0:
-        tokens, f = refine_tokens(adapter, img01_B3HW, f, refine_steps, refine_lr, search_tokens)
-    else:
-        with torch.no_grad():
-            tokens = search_tokens(adapter.tokenizer.quantize, f).tokens if adapter.family == "VAR" else adapter.quantize(f)[0]
+    tokens, f = refine_tokens(adapter, img01_B3HW, f, refine_steps, refine_lr, search_tokens)  # 0 steps: f as it is
     with torch.no_grad():
         return tokens, token_evidence(adapter.token_distances(f, tokens))
 

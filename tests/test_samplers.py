@@ -53,8 +53,9 @@ def _replay(probs_BLV: torch.Tensor, chunks, generator: torch.Generator) -> torc
 
 
 def test_var_sampling_distribution_replays_the_sampler(small_zoo_dir):
-    """Teacher-forced ``sampling_logits`` + ``sampling_support`` are exactly what the sampler drew from:
-    replaying its random draws on them gives its tokens back, and none lies outside the support."""
+    """Teacher-forced ``sampling_logits`` filtered as the sampler filters are exactly what it drew
+    from: replaying its random draws on them gives its tokens back, and ``in_sampling_support``
+    finds every one of them inside the filter."""
     from models.zoo import load_family
 
     adapter = load_family("VAR", small_zoo_dir)
@@ -63,10 +64,12 @@ def test_var_sampling_distribution_replays_the_sampler(small_zoo_dir):
     with torch.no_grad():
         logits = adapter.sampling_logits("var16", adapter.token_logits("var16", tokens, labels),
                                          adapter.token_logits("var16", tokens, None))
-        support = adapter.sampling_support("var16", logits)
-    assert support.gather(-1, tokens.unsqueeze(-1)).all()
-    assert not support.all(), "top-k / top-p must exclude some codes"
-    probs = logits.masked_fill(~support, -torch.inf).softmax(-1)
+    settings = adapter.sampling["var16"]
+    filtered = filter_top_k_top_p(logits, top_k=min(settings["top_k"], logits.shape[-1]), top_p=settings["top_p"])
+    assert adapter.in_sampling_support("var16", logits, tokens).all()
+    assert torch.isfinite(filtered).gather(-1, tokens.unsqueeze(-1)).all()
+    assert not torch.isfinite(filtered).all(), "top-k / top-p must exclude some codes"
+    probs = filtered.softmax(-1)
     replayed = _replay(probs, [pn * pn for pn in adapter.patch_nums], torch.Generator().manual_seed(5))
     assert torch.equal(replayed, tokens)
 
@@ -84,7 +87,7 @@ def test_rar_sampling_distribution_replays_the_sampler(small_zoo_dir):
         logits = adapter.sampling_logits("rarb", cond, uncond)
         adapter.sampling["rarb"]["guidance_scale_pow"] = 1.0
         other_schedule = adapter.sampling_logits("rarb", cond, uncond)
-    assert adapter.sampling_support("rarb", logits) is None
+    assert adapter.in_sampling_support("rarb", logits, tokens) is None
 
     def replay(sampling_logits: torch.Tensor) -> torch.Tensor:
         gen = torch.Generator().manual_seed(11)
