@@ -9,12 +9,13 @@ For every image, with each family's inverse decoder:
   including the likelihood under each variant's own sampler and its mix with the image's code
   posterior (:func:`variant_features.token_evidence` over :meth:`FamilyAdapter.token_distances`).
   The family's first (smallest) variant is evaluated under every class label; the others only
-  under its ``SHARED_CANDIDATES`` most likely labels (and unconditionally), which keeps the cost
-  at three teacher-forced passes per larger variant — labels the smallest model finds unlikely
+  under its ``SHARED_CANDIDATES`` most likely label(s) (and unconditionally), which keeps the cost
+  at two teacher-forced passes per larger variant — labels the smallest model finds unlikely
   carry little mass in the others' marginals too. On the demo zoo (cold ``submission.py --demo``,
   2 cores), 1 and 2 shared labels gave 59.0 and 58.8 % test accuracy at 2.9 and 3.4 s per
-  32-image batch of features; 3 labels (with the earlier LightGBM grid) gave 60.8 % at 4.8 s
-  before the allocator fix of :mod:`runtime`. Two kept that session's cold run at 9:19.
+  32-image batch of features (an earlier zoo and extractor); 3 labels (with the earlier LightGBM
+  grid) gave 60.8 % at 4.8 s before the allocator fix of :mod:`runtime`. Two were used up to
+  extractor version 6; one since version 7, to bring the cold run under 10 minutes.
 
 Rows are cached in a :class:`feature_store.FeatureStore` keyed by the sha256 of the image file,
 in a store named after this extractor's version and a digest of every weight file used (zoo or
@@ -50,17 +51,19 @@ from variant_features import token_evidence, variant_features
 __all__ = ["EXTRACTOR_NAME", "EXTRACTOR_VERSION", "FeatureExtractor", "features_for_batch", "weight_files"]
 
 EXTRACTOR_NAME = "iar_features"
-EXTRACTOR_VERSION = "6"
-SHARED_CANDIDATES = 2  # labels the larger variants of a family are evaluated under
+EXTRACTOR_VERSION = "7"
+SHARED_CANDIDATES = 1  # labels the larger variants of a family are evaluated under
 # Latent refinement before quantizing (opt-in, ``refine_steps``): on 192 fresh RAR generations it
 # took token recovery from 41.5 % to 54.1 % (25 steps, lr 0.02) and the untrained likelihood-ratio
 # rule from 93.2 % to 97.4 %; VAR's tokens gain nothing from it (scripts/diagnose_zoo.py).
 REFINE_FAMILIES = ("RAR",)
 REFINE_LR = 0.02
-# VAR's token search with a third of its default iteration cap (its temperature anneals over those
-# 40 iterations): on a 32-image batch it took 0.68 s instead of 3.05 s for an f-MSE of 1.95e-3
-# instead of 1.89e-3 (greedy: 2.18e-3).
-SEARCH_MAX_ITERS = 40
+# VAR's token search with a sixth of its default iteration cap (its temperature anneals over those
+# iterations). On a 32-image validation batch (1 thread): 0.47 s for an f-MSE of 1.805e-3 with 20
+# iterations, 0.91 s and 1.812e-3 with 40, 0.26 s and 1.920e-3 with 10; greedy 1.98e-3. On 192
+# fresh VAR generations (scripts/diagnose_zoo.py --families VAR --per-variant 48) 20 and 40
+# iterations recover 44.2 and 44.1 % of the tokens.
+SEARCH_MAX_ITERS = 20
 feature_token_search = functools.partial(search_tokens, max_iters=SEARCH_MAX_ITERS)
 
 

@@ -31,6 +31,10 @@ FEATURE_STEMS = ("nll_marginal", "nll_topk", "nll_best", "nll_uncond", "cfg_gap"
 # trees), fits each bundle with fewer and smaller trees.
 PARAM_GRID = [dict(num_leaves=nl, learning_rate=0.1, n_estimators=150, min_child_samples=mcs)
               for nl in (4, 7) for mcs in (10, 25)]
+# 63 histogram bins instead of LightGBM's 255 halve every fit (the flat model's 3-fold CV: 8.0 →
+# 3.8 s) at the same 3-fold CV log-loss on the demo train features (flat 0.729 / 0.732, VAR 1.297 /
+# 1.302, RAR 0.216 / 0.207 with 255 / 63 bins).
+MAX_BIN = 63
 
 
 def family_variants(family: str) -> List[str]:
@@ -57,7 +61,7 @@ def _lgbm(params: dict, seed: int):
     from lightgbm import LGBMClassifier
 
     return LGBMClassifier(objective="multiclass", subsample=0.9, subsample_freq=1, colsample_bytree=0.8,
-                          reg_lambda=1.0, random_state=seed, n_jobs=2, deterministic=True, force_row_wise=True,
+                          reg_lambda=1.0, random_state=seed, n_jobs=2, deterministic=True, force_row_wise=True, max_bin=MAX_BIN,
                           verbose=-1, **params)
 
 

@@ -4,7 +4,8 @@
 
 For each family (VAR, RAR), fresh PNG-rounded generations of every variant (seeds from a range
 no Dataset image and no fine-tuning image uses) are mapped back to tokens with the tokenizer's
-original encoder and with the shipped/fine-tuned inverse decoder (VAR: our token search). It
+original encoder and with the shipped/fine-tuned inverse decoder (VAR: our token search, with the
+feature extractor's settings). It
 reports
 
 * **token recovery** — the fraction of generated tokens found again, per encoder (and per scale
@@ -43,7 +44,8 @@ import torch  # noqa: E402
 import inv_decoder  # noqa: E402
 from models.adapter import FamilyAdapter  # noqa: E402
 from models.zoo import load_family  # noqa: E402
-from quantizer import per_image_mse, search_tokens  # noqa: E402
+from feature_extractor import feature_token_search  # noqa: E402
+from quantizer import per_image_mse  # noqa: E402
 from runtime import keep_freed_memory  # noqa: E402
 from signals import refine_tokens  # noqa: E402
 from variant_features import token_evidence, variant_features  # noqa: E402
@@ -61,7 +63,7 @@ def recover_tokens(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, refine_step
     """
     with torch.no_grad():
         f = adapter.encode(img01_B3HW)
-    tokens, f = refine_tokens(adapter, img01_B3HW, f, refine_steps, refine_lr, search_tokens)  # 0 steps: f as it is
+    tokens, f = refine_tokens(adapter, img01_B3HW, f, refine_steps, refine_lr, feature_token_search)  # 0 steps: f as it is
     with torch.no_grad():
         return tokens, token_evidence(adapter.token_distances(f, tokens))
 
