@@ -66,12 +66,13 @@ def sampling_statistics(adapter: FamilyAdapter, variant: str, cond_logits_NLV: t
     """Under the variant's own sampler (guidance schedule, temperature): per-position log-likelihood
     ``ll`` (``N×L``, before top-k/top-p filtering), ``miss``, the fraction of tokens outside what
     the sampler's filter lets it draw (``N``; ``None`` for samplers without a filter), and the
-    sampler's ``log_probs`` over the vocabulary (``N×L×V``)."""
+    sampler's ``log_probs`` over the vocabulary (``N×L×V``). ``N`` may be several leading
+    dimensions, and the unconditional logits may broadcast against the conditional ones."""
     logits = adapter.sampling_logits(variant, cond_logits_NLV.float(), uncond_logits_NLV.float())
     log_probs = torch.log_softmax(logits, -1)
     ll = log_probs.gather(-1, tokens_NL.unsqueeze(-1)).squeeze(-1)
     inside = adapter.in_sampling_support(variant, logits, tokens_NL)
-    miss = None if inside is None else (~inside).float().mean(1)
+    miss = None if inside is None else (~inside).float().mean(-1)
     return {"ll": ll, "miss": miss, "log_probs": log_probs}
 
 
@@ -126,13 +127,15 @@ def variant_features(adapter: FamilyAdapter, variant: str, tokens_BL: torch.Tens
         tokens = tokens_BL.repeat_interleave(k, 0)
         cond_logits = adapter.token_logits(variant, tokens, labels_BK.reshape(-1))
         stats = token_statistics(cond_logits, tokens)
-        sampled = sampling_statistics(adapter, variant, cond_logits, uncond_logits.repeat_interleave(k, 0), tokens)
-        per_label["ll_sampling"].append(sampled["ll"].sum(1).view(B, k))
+        # B×k×L×V against the B×1×L×V unconditional logits: the guidance broadcasts over labels
+        sampled = sampling_statistics(adapter, variant, cond_logits.view(B, k, L, -1), uncond_logits.unsqueeze(1),
+                                      tokens_BL.unsqueeze(1).expand(B, k, L))
+        per_label["ll_sampling"].append(sampled["ll"].sum(-1))
         if evidence_BLV is not None:
-            joint_BkLV = sampled["log_probs"].view(B, k, L, -1) + evidence_BLV.to(adapter.device).unsqueeze(1)
+            joint_BkLV = sampled["log_probs"] + evidence_BLV.to(adapter.device).unsqueeze(1)
             per_label["ll_evidence"].append(torch.logsumexp(joint_BkLV, -1).sum(-1))
         if sampled["miss"] is not None:
-            per_label["miss"].append(sampled["miss"].view(B, k))
+            per_label["miss"].append(sampled["miss"])
         per_label["ll"].append(stats["ll"].sum(1).view(B, k))
         per_label["mink"].append(-_lowest_fraction_mean(stats["ll"]).view(B, k))
         per_label["minkpp"].append(-_lowest_fraction_mean(stats["zpp"]).view(B, k))

@@ -59,7 +59,7 @@ class RARAdapter(FamilyAdapter):
         if scale == 0:
             return cond_logits_BLV / temperature
         N = self.generator(variant).image_seq_len
-        w_L = torch.cat([guidance_weight(step, N, scale, settings["guidance_scale_pow"]) for step in range(cond_logits_BLV.shape[1])])
+        w_L = torch.cat([guidance_weight(step, N, scale, settings["guidance_scale_pow"]) for step in range(cond_logits_BLV.shape[-2])])
         return guided_logits(cond_logits_BLV, uncond_logits_BLV, w_L.to(cond_logits_BLV)[:, None], temperature)
 
     @torch.no_grad()

@@ -64,13 +64,13 @@ class VARAdapter(FamilyAdapter):
     def sampling_logits(self, variant: str, cond_logits_BLV: torch.Tensor, uncond_logits_BLV: torch.Tensor) -> torch.Tensor:
         per_scale = guidance_per_scale(self.sampling[variant]["cfg"], len(self.patch_nums))
         t_L = torch.cat([torch.full((pn * pn,), t) for pn, t in zip(self.patch_nums, per_scale)]).to(cond_logits_BLV)
-        return guided_logits(cond_logits_BLV, uncond_logits_BLV, t_L[: cond_logits_BLV.shape[1], None])
+        return guided_logits(cond_logits_BLV, uncond_logits_BLV, t_L[: cond_logits_BLV.shape[-2], None])
 
     def in_sampling_support(self, variant: str, sampling_logits_BLV: torch.Tensor, tokens_BL: torch.Tensor) -> Optional[torch.Tensor]:
         settings = self.sampling[variant]
         V = sampling_logits_BLV.shape[-1]
         top_k = settings["top_k"] if settings["top_k"] < V else 0  # a top-k of the whole vocabulary keeps everything
-        return survives_top_k_top_p(sampling_logits_BLV, tokens_BL[:, : sampling_logits_BLV.shape[1]], top_k, settings["top_p"])
+        return survives_top_k_top_p(sampling_logits_BLV, tokens_BL[..., : sampling_logits_BLV.shape[-2]], top_k, settings["top_p"])
 
     @torch.no_grad()
     def generate(self, variant: str, labels_B: torch.Tensor, seed: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

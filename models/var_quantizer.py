@@ -15,7 +15,7 @@ per-step update of the autoregressive sampler all live here.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -137,28 +137,23 @@ class MultiScaleQuantizer(nn.Module):
         return self.embedding(idx_Bl).transpose(1, 2).reshape(B, self.Cvae, ph, pw)
 
     # ------------------------------------------------------------------ greedy quantization
-    def quantize_greedy(
-        self, f_BChw: torch.Tensor, patch_nums: Optional[Sequence[int]] = None,
+    def _residual_walk(
+        self, f_BChw: torch.Tensor, choose: Callable[[int, torch.Tensor], torch.Tensor], patch_nums: Optional[Sequence[int]] = None,
     ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
-        """Greedy coarse-to-fine quantization of ``f``.
-
-        Returns ``(idx_Bl per scale, f̂ after each scale)``; ``f̂`` of the last scale is the
-        quantized feature map the decoder sees.
-        """
+        """The coarse-to-fine residual walk: at scale ``si`` the residual ``f − f̂`` is
+        area-downsampled to ``pn × pn`` (not at the last scale), ``choose(si, rest_NC)`` names the
+        scale's tokens from it (``N = B·pn²`` rows), and their upsampled, φ-refined embedding map
+        is added to ``f̂``. Returns ``(idx_Bl per scale, f̂ after each scale)``."""
         B, C, H, W = f_BChw.shape
         pns = tuple(patch_nums or self.patch_nums)
-        if pns[-1] != H or H != W:
-            raise ValueError(f"feature map is {H}×{W} but the last patch number is {pns[-1]}")
         K = len(pns)
         f_rest = f_BChw.detach().clone()
         f_hat = torch.zeros_like(f_rest)
         idx_per_scale: List[torch.Tensor] = []
         f_hat_per_scale: List[torch.Tensor] = []
-        codebook_VC = self.embedding.weight.detach()
         for si, pn in enumerate(pns):
             rest_BChw = F.interpolate(f_rest, size=(pn, pn), mode="area") if si != K - 1 else f_rest
-            idx_N = nearest_code_indices(rest_BChw.permute(0, 2, 3, 1).reshape(-1, C), codebook_VC)
-            idx_Bl = idx_N.reshape(B, pn * pn)
+            idx_Bl = choose(si, rest_BChw.permute(0, 2, 3, 1).reshape(-1, C)).reshape(B, pn * pn)
             h_BChw = self.upsample_and_refine(si, self.tokens_to_embeddings(idx_Bl, pn, pn), H, W, K)
             f_hat = f_hat + h_BChw
             f_rest = f_rest - h_BChw.detach()
@@ -166,21 +161,35 @@ class MultiScaleQuantizer(nn.Module):
             f_hat_per_scale.append(f_hat)
         return idx_per_scale, f_hat_per_scale
 
+    def quantize_greedy(
+        self, f_BChw: torch.Tensor, patch_nums: Optional[Sequence[int]] = None,
+    ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """Greedy coarse-to-fine quantization of ``f``: each scale takes the code nearest to its residual.
+
+        Returns ``(idx_Bl per scale, f̂ after each scale)``; ``f̂`` of the last scale is the
+        quantized feature map the decoder sees.
+        """
+        H, W = f_BChw.shape[-2:]
+        pns = tuple(patch_nums or self.patch_nums)
+        if pns[-1] != H or H != W:
+            raise ValueError(f"feature map is {H}×{W} but the last patch number is {pns[-1]}")
+        codebook_VC = self.embedding.weight.detach()
+        return self._residual_walk(f_BChw, lambda si, rest_NC: nearest_code_indices(rest_NC, codebook_VC), pns)
+
     @torch.no_grad()
     def residual_code_distances(self, f_BChw: torch.Tensor, idx_per_scale: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         """Per scale, the squared distance ``B×pn²×V`` of the residual that the given coarser
         scales' tokens leave (area-downsampled to the scale) to every code — greedy's view of
         each scale, along any token path."""
-        B, C, H, W = f_BChw.shape
-        K = self.num_scales
-        f_rest = f_BChw.detach().clone()
+        B = f_BChw.shape[0]
         codebook_VC = self.embedding.weight.detach()
         out: List[torch.Tensor] = []
-        for si, pn in enumerate(self.patch_nums):
-            rest_BChw = F.interpolate(f_rest, size=(pn, pn), mode="area") if si != K - 1 else f_rest
-            out.append(code_distances(rest_BChw.permute(0, 2, 3, 1).reshape(-1, C), codebook_VC).view(B, pn * pn, -1))
-            if si != K - 1:
-                f_rest = f_rest - self.upsample_and_refine(si, self.tokens_to_embeddings(idx_per_scale[si], pn, pn), H, W)
+
+        def given_tokens(si: int, rest_NC: torch.Tensor) -> torch.Tensor:
+            out.append(code_distances(rest_NC, codebook_VC).view(B, -1, codebook_VC.shape[0]))
+            return idx_per_scale[si]
+
+        self._residual_walk(f_BChw, given_tokens)
         return out
 
     def quantize_for_training(self, f_BChw: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, List[torch.Tensor]]:
