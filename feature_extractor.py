@@ -5,7 +5,8 @@ For every image, with each family's inverse decoder:
 * ``{VAR,RAR}_{signal}`` — the stage-one signals of :mod:`signals` (QuantLoss, searched
   QuantLoss for VAR, EncLoss raw and calibrated, Combined, Reconstruction, AEDR);
 * ``{variant}_{feature}`` — for all 8 variants, the likelihood features of
-  :mod:`variant_features` on the tokens recovered by that variant's family (searched for VAR),
+  :mod:`variant_features` on the tokens recovered by that variant's family (searched for VAR;
+  re-encoded for RAR, see ``REENCODE_ITERS``),
   including the likelihood under each variant's own sampler and its mix with the image's code
   posterior (:func:`variant_features.token_evidence` over :meth:`FamilyAdapter.token_distances`).
   The family's first (smallest) variant is evaluated under every class label; the others only
@@ -45,19 +46,27 @@ from models.adapter import FamilyAdapter
 from models.zoo import DEMO_ZOO_DIR, is_zoo_dir, load_family
 from quantizer import search_tokens
 from runtime import keep_freed_memory
-from signals import family_signals_and_tokens, refine_tokens
+from signals import family_signals_and_tokens, reencode_tokens, refine_tokens
 from variant_features import token_evidence, variant_features
 
 __all__ = ["EXTRACTOR_NAME", "EXTRACTOR_VERSION", "FeatureExtractor", "features_for_batch", "weight_files"]
 
 EXTRACTOR_NAME = "iar_features"
-EXTRACTOR_VERSION = "7"
+EXTRACTOR_VERSION = "8"
 SHARED_CANDIDATES = 1  # labels the larger variants of a family are evaluated under
 # Latent refinement before quantizing (opt-in, ``refine_steps``): on 192 fresh RAR generations it
 # took token recovery from 41.5 % to 54.1 % (25 steps, lr 0.02) and the untrained likelihood-ratio
 # rule from 93.2 % to 97.4 %; VAR's tokens gain nothing from it (scripts/diagnose_zoo.py).
 REFINE_FAMILIES = ("RAR",)
 REFINE_LR = 0.02
+# Without refinement, RAR's tokens are read after two re-encoding corrections of the inverse
+# decoder's bias (signals.reencode_tokens; one decode and one encode each, no gradients). On 192
+# fresh RAR generations they took token recovery from 41.5 to 56.4 % and the untrained rule on
+# nll_marginal / nll_evidence from 92.2 / 93.2 to 96.9 / 94.8 %
+# (scripts/diagnose_zoo.py --families RAR --per-variant 48 --reencode-iters 2). VAR's tokens do
+# not gain (45.9 → 45.3 → 44.6 % after 1 and 2 on 128 generations, a scratch check).
+REENCODE_FAMILIES = ("RAR",)
+REENCODE_ITERS = 2
 # VAR's token search with a sixth of its default iteration cap (its temperature anneals over those
 # iterations). On a 32-image validation batch (1 thread): 0.47 s for an f-MSE of 1.805e-3 with 20
 # iterations, 0.91 s and 1.812e-3 with 40, 0.26 s and 1.920e-3 with 10; greedy 1.98e-3. On 192
@@ -71,15 +80,19 @@ feature_token_search = functools.partial(search_tokens, max_iters=SEARCH_MAX_ITE
 def features_for_batch(adapters: Dict[str, FamilyAdapter], img01_B3HW: torch.Tensor, refine_steps: int = 0) -> pd.DataFrame:
     """Feature columns for one batch of images (rows in input order).
 
-    ``refine_steps > 0``: the variant features of the :data:`REFINE_FAMILIES` use tokens recovered
-    after that many latent-refinement steps (:func:`signals.refine_tokens`); the family signals
-    always use the inverse decoder's own ``f``.
+    The variant features of the :data:`REENCODE_FAMILIES` use tokens recovered after
+    :data:`REENCODE_ITERS` re-encoding corrections (:func:`signals.reencode_tokens`);
+    ``refine_steps > 0`` replaces them, for the :data:`REFINE_FAMILIES`, by tokens recovered after
+    that many latent-refinement steps (:func:`signals.refine_tokens`). The family signals always
+    use the inverse decoder's own ``f``.
     """
     columns: Dict[str, object] = {}
     for family, adapter in adapters.items():
         signals, tokens, f = family_signals_and_tokens(adapter, img01_B3HW, feature_token_search if family == "VAR" else None)
         if refine_steps > 0 and family in REFINE_FAMILIES:
             tokens, f = refine_tokens(adapter, img01_B3HW, f, refine_steps, REFINE_LR, feature_token_search)
+        elif family in REENCODE_FAMILIES:
+            tokens, f = reencode_tokens(adapter, f, REENCODE_ITERS, feature_token_search)
         evidence = token_evidence(adapter.token_distances(f, tokens))
         for name, values in signals.items():
             columns[f"{family}_{name}"] = values.detach().cpu().double().numpy()

@@ -28,7 +28,7 @@ import torch
 from models.adapter import FamilyAdapter
 from quantizer import SearchResult, per_image_mse
 
-__all__ = ["SIGNALS", "family_signals", "family_signals_and_tokens", "latent_tracer", "optimise_latent", "refine_tokens", "signal_frame", "TokenSearch"]
+__all__ = ["SIGNALS", "family_signals", "family_signals_and_tokens", "latent_tracer", "optimise_latent", "refine_tokens", "reencode_tokens", "signal_frame", "TokenSearch"]
 
 TokenSearch = Callable[..., SearchResult]
 SIGNALS = ("quant_loss", "quant_loss_searched", "enc_loss_raw", "enc_loss", "combined", "reconstruction", "aedr")
@@ -104,6 +104,33 @@ def refine_tokens(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, f_BChw: torc
         if token_search is not None and adapter.family == "VAR":
             return token_search(adapter.tokenizer.quantize, refined).tokens, refined
         return adapter.quantize(refined)[0], refined
+
+
+@torch.no_grad()
+def reencode_tokens(adapter: FamilyAdapter, f_BChw: torch.Tensor, iterations: int,
+                    token_search: Optional[TokenSearch] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Tokens of ``f = D⁻¹(x)`` after ``iterations`` steps that cancel the inverse decoder's bias.
+
+    Re-encoding a decoded feature map does not give it back exactly: ``D⁻¹(D(f̂)) = f̂ + b(f̂)``
+    with a bias ``b`` that varies slowly with ``f̂``. For a generated image ``x = D(f̂*)`` that
+    makes ``f = f̂* + b(f̂*)``. From the current estimate ``f̂ₙ`` (at first, ``f`` quantized), the
+    target ``f̂ₙ + f − D⁻¹(D(f̂ₙ)) = f̂* + b(f̂*) − b(f̂ₙ)`` has most of the bias removed, and its
+    quantization is the next estimate. Each step costs one decode and one encode, no gradients.
+    Returns ``(tokens B×L, last target)``; VAR's tokens come from ``token_search`` when given,
+    else greedy; ``iterations = 0`` quantizes ``f`` as it is.
+    """
+    def quantize(target_BChw: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        if token_search is not None and adapter.family == "VAR":
+            found = token_search(adapter.tokenizer.quantize, target_BChw)
+            return found.tokens, found.f_hat
+        return adapter.quantize(target_BChw)
+
+    target = f_BChw
+    tokens, f_hat = quantize(target)
+    for _ in range(iterations):
+        target = f_hat + f_BChw - adapter.encode(adapter.decode(f_hat))
+        tokens, f_hat = quantize(target)
+    return tokens, target
 
 
 def latent_tracer(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, iters: int = 100, lr: float = 0.01,

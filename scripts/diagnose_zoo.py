@@ -22,6 +22,8 @@ reports
 * with ``--refine-steps N``, the same for tokens recovered after refining the inverse decoder's
   features by latent optimisation through the frozen decoder (``token_recovery_inverse_refined``,
   ``variant_accuracy_refined_tokens``): does the image error lead back to the true tokens?
+* with ``--reencode-iters N``, the same for tokens recovered after N re-encoding corrections of
+  the inverse decoder's bias (``…_reencoded…``; :func:`signals.reencode_tokens`).
 
 A low oracle accuracy means the variants' transformers are too alike (a zoo property); a high
 oracle accuracy with a low recovered one means the tokenizer cannot be inverted well enough.
@@ -47,23 +49,28 @@ from models.zoo import load_family  # noqa: E402
 from feature_extractor import feature_token_search  # noqa: E402
 from quantizer import per_image_mse  # noqa: E402
 from runtime import keep_freed_memory  # noqa: E402
-from signals import refine_tokens  # noqa: E402
+from signals import reencode_tokens, refine_tokens  # noqa: E402
 from variant_features import token_evidence, variant_features  # noqa: E402
 
 DIAGNOSIS_SEED = 8_000_000  # disjoint from make_demo_dataset (< 7e6) and inv_decoder.SEED_OFFSET (7e6 … 8e6)
 
 
-def recover_tokens(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, refine_steps: int = 0, refine_lr: float = 0.01) -> Tuple[torch.Tensor, torch.Tensor]:
+def recover_tokens(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, refine_steps: int = 0, refine_lr: float = 0.01,
+                   reencode_iters: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
     """Tokens recovered from images: nearest codes (RAR) or our multi-scale search (VAR).
 
     ``refine_steps > 0`` first moves the encoder's feature map by Adam on the image error through
     the frozen decoder (:func:`signals.optimise_latent`, the LatentTracer optimisation, started
-    from ``f`` instead of ``f̂``) and quantizes the result. Returns the tokens and the image's
-    evidence about them (:func:`variant_features.token_evidence`).
+    from ``f`` instead of ``f̂``) and quantizes the result; ``reencode_iters > 0`` instead cancels
+    the encoder's bias by re-encoding the decoded estimate (:func:`signals.reencode_tokens`).
+    Returns the tokens and the image's evidence about them (:func:`variant_features.token_evidence`).
     """
     with torch.no_grad():
         f = adapter.encode(img01_B3HW)
-    tokens, f = refine_tokens(adapter, img01_B3HW, f, refine_steps, refine_lr, feature_token_search)  # 0 steps: f as it is
+    if reencode_iters > 0:
+        tokens, f = reencode_tokens(adapter, f, reencode_iters, feature_token_search)
+    else:
+        tokens, f = refine_tokens(adapter, img01_B3HW, f, refine_steps, refine_lr, feature_token_search)  # 0 steps: f as it is
     with torch.no_grad():
         return tokens, token_evidence(adapter.token_distances(f, tokens))
 
@@ -94,7 +101,7 @@ def _cv_accuracy(features: pd.DataFrame, labels: np.ndarray, seed: int) -> float
 
 
 def diagnose_family(family: str, weights_dir, per_variant: int, batch: int, seed: int, refine_steps: int = 0,
-                    refine_lr: float = 0.01) -> Dict[str, float]:
+                    refine_lr: float = 0.01, reencode_iters: int = 0) -> Dict[str, float]:
     from tqdm.auto import tqdm
 
     original = load_family(family, weights_dir)
@@ -104,6 +111,8 @@ def diagnose_family(family: str, weights_dir, per_variant: int, batch: int, seed
     labels, hits, err_true, err_found = [], {"original": [], "inverse": []}, [], []
     if refine_steps > 0:
         frames["refined"], hits["inverse_refined"] = [], []
+    if reencode_iters > 0:
+        frames["reencoded"], hits["inverse_reencoded"] = [], []
     jobs = [(v_i, v, start) for v_i, v in enumerate(original.variant_names) for start in range(0, per_variant, batch)]
     for v_i, variant, start in tqdm(jobs, desc=f"{family} diagnosis"):
         job_seed = DIAGNOSIS_SEED + seed * 10_000 + 100 * v_i + start // batch
@@ -122,6 +131,10 @@ def diagnose_family(family: str, weights_dir, per_variant: int, batch: int, seed
             refined, refined_evidence = recover_tokens(inverse, x, refine_steps, refine_lr)
             hits["inverse_refined"].append((refined == tokens).float())
             frames["refined"].append(_feature_frame(original, refined, refined_evidence))
+        if reencode_iters > 0:
+            reencoded, reencoded_evidence = recover_tokens(inverse, x, reencode_iters=reencode_iters)
+            hits["inverse_reencoded"].append((reencoded == tokens).float())
+            frames["reencoded"].append(_feature_frame(original, reencoded, reencoded_evidence))
         labels += [variant] * n
     labels_arr = np.array(labels)
     row: Dict[str, float] = {"family": family, "images": len(labels)}
@@ -154,12 +167,14 @@ def main(argv: list | None = None) -> int:
                         help="also recover tokens after this many Adam steps on the image error through the decoder "
                              "(from the inverse decoder's features; 0: off)")
     parser.add_argument("--refine-lr", type=float, default=0.01, help="Adam learning rate of --refine-steps (halved at the middle)")
+    parser.add_argument("--reencode-iters", type=int, default=0,
+                        help="also recover tokens after this many re-encoding bias corrections (signals.reencode_tokens; 0: off)")
     parser.add_argument("--out", type=Path, default=Path("runs/diagnose_zoo"))
     args = parser.parse_args(argv)
     keep_freed_memory()
     torch.set_num_threads(2)
-    rows = [diagnose_family(f, args.weights_dir, args.per_variant, args.batch_size, args.seed, args.refine_steps, args.refine_lr)
-            for f in args.families]
+    rows = [diagnose_family(f, args.weights_dir, args.per_variant, args.batch_size, args.seed, args.refine_steps, args.refine_lr,
+                            args.reencode_iters) for f in args.families]
     table = pd.DataFrame(rows).set_index("family").T
     args.out.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out / "diagnosis.csv")

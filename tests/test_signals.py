@@ -63,3 +63,19 @@ def test_refine_tokens_moves_f_toward_the_image(small_zoo_dir, rar_fixture):
         assert torch.equal(tokens, adapter.quantize(refined)[0])
     assert (after < before).all()
     assert tokens.shape == adapter.quantize(f)[0].shape
+
+
+def test_reencode_tokens_applies_the_bias_correction(small_zoo_dir, rar_fixture):
+    from signals import reencode_tokens
+
+    adapter = load_family("RAR", small_zoo_dir)
+    x = rar_fixture[1]["in.image"]
+    with torch.no_grad():
+        f = adapter.encode(x)
+        tokens0, f_hat0 = adapter.quantize(f)
+        expected_target = f_hat0 + f - adapter.encode(adapter.decode(f_hat0))
+    plain_tokens, plain_target = reencode_tokens(adapter, f, 0)
+    assert torch.equal(plain_tokens, tokens0) and plain_target is f
+    tokens, target = reencode_tokens(adapter, f, 1)
+    assert torch.allclose(target, expected_target)
+    assert torch.equal(tokens, adapter.quantize(expected_target)[0])
