@@ -48,6 +48,8 @@ def signals_key(meta: pd.DataFrame, weights_dir, inv_root: Path, device: str, la
 
 def compute_signals(meta: pd.DataFrame, weights_dir, inv_root: Path, device: str, batch_size: int,
                     latent_tracer_limit: int, seed: int) -> pd.DataFrame:
+    from tqdm.auto import tqdm
+
     images = load_images(meta["path"])
     frames = []
     for family in ("VAR", "RAR"):
@@ -61,7 +63,8 @@ def compute_signals(meta: pd.DataFrame, weights_dir, inv_root: Path, device: str
         subset = (meta.groupby("source", group_keys=False)
                   .apply(lambda g: g.sample(min(len(g), latent_tracer_limit), random_state=seed)).index)
         positions = [meta.index.get_loc(i) for i in subset]
-        traced = torch.cat([latent_tracer(original, images[positions[s:s + batch_size]]) for s in range(0, len(positions), batch_size)])
+        starts = tqdm(range(0, len(positions), batch_size), desc=f"{family} LatentTracer", leave=False)
+        traced = torch.cat([latent_tracer(original, images[positions[s:s + batch_size]]) for s in starts])
         frames.append(pd.DataFrame({f"{family}_orig_latent_tracer": traced.double().numpy()}, index=subset))
     return pd.concat(frames, axis=1).reindex(meta.index)
 
