@@ -46,7 +46,7 @@ from models.adapter import FamilyAdapter
 from models.zoo import DEMO_ZOO_DIR, is_zoo_dir, load_family
 from quantizer import search_tokens
 from runtime import keep_freed_memory
-from signals import family_signals_and_tokens, reencode_tokens, refine_tokens
+from signals import family_signals_and_tokens, refine_tokens
 from variant_features import token_evidence, variant_features
 
 __all__ = ["EXTRACTOR_NAME", "EXTRACTOR_VERSION", "FeatureExtractor", "features_for_batch", "weight_files"]
@@ -88,11 +88,12 @@ def features_for_batch(adapters: Dict[str, FamilyAdapter], img01_B3HW: torch.Ten
     """
     columns: Dict[str, object] = {}
     for family, adapter in adapters.items():
-        signals, tokens, f = family_signals_and_tokens(adapter, img01_B3HW, feature_token_search if family == "VAR" else None)
-        if refine_steps > 0 and family in REFINE_FAMILIES:
+        refine = refine_steps > 0 and family in REFINE_FAMILIES
+        reencode_iters = REENCODE_ITERS if family in REENCODE_FAMILIES and not refine else 0
+        signals, tokens, f = family_signals_and_tokens(adapter, img01_B3HW, feature_token_search if family == "VAR" else None,
+                                                       reencode_iters)
+        if refine:
             tokens, f = refine_tokens(adapter, img01_B3HW, f, refine_steps, REFINE_LR, feature_token_search)
-        elif family in REENCODE_FAMILIES:
-            tokens, f = reencode_tokens(adapter, f, REENCODE_ITERS, feature_token_search)
         evidence = token_evidence(adapter.token_distances(f, tokens))
         for name, values in signals.items():
             columns[f"{family}_{name}"] = values.detach().cpu().double().numpy()

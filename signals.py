@@ -36,18 +36,26 @@ _EPS = 1e-10
 
 
 @torch.no_grad()
-def family_signals_and_tokens(adapter: FamilyAdapter, img01_B3HW: torch.Tensor,
-                              token_search: Optional[TokenSearch] = None) -> Tuple[Dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+def family_signals_and_tokens(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, token_search: Optional[TokenSearch] = None,
+                              reencode_iters: int = 0) -> Tuple[Dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """:func:`family_signals` plus the recovered tokens ``B×L`` (searched for VAR when a search is
-    given) and the feature map ``f = D⁻¹(x)`` they were recovered from."""
+    given; after ``reencode_iters`` steps of :func:`reencode_tokens`, which reuses the decode the
+    signals already made) and the feature map they were read from: ``f = D⁻¹(x)``, or the last
+    re-encoding target."""
     x = img01_B3HW.to(adapter.device).float()
     f = adapter.encode(x)
     tokens, f_hat = adapter.quantize(f)
-    out = {"quant_loss": per_image_mse(f, f_hat), "reconstruction": per_image_mse(adapter.decode(f_hat), x)}
+    decoded = adapter.decode(f_hat)
+    out = {"quant_loss": per_image_mse(f, f_hat), "reconstruction": per_image_mse(decoded, x)}
+    start = (tokens, f_hat, decoded)
     if token_search is not None and adapter.family == "VAR":
         found = token_search(adapter.tokenizer.quantize, f)
         out["quant_loss_searched"] = found.mse
         tokens = found.tokens
+        start = (found.tokens, found.f_hat, None)
+    f_tokens = f
+    if reencode_iters > 0:
+        tokens, f_tokens = reencode_tokens(adapter, f, reencode_iters, token_search, start=start)
     x_rec = adapter.decode(f)
     x_rec2 = adapter.decode(adapter.encode(x_rec))
     first, second = per_image_mse(x_rec, x), per_image_mse(x_rec2, x_rec)
@@ -55,7 +63,7 @@ def family_signals_and_tokens(adapter: FamilyAdapter, img01_B3HW: torch.Tensor,
     out["enc_loss"] = (first + _EPS) / (second + _EPS)
     out["aedr"] = out["enc_loss"]
     out["combined"] = out.get("quant_loss_searched", out["quant_loss"]) * out["enc_loss"]
-    return out, tokens, f
+    return out, tokens, f_tokens
 
 
 def family_signals(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, token_search: Optional[TokenSearch] = None) -> Dict[str, torch.Tensor]:
@@ -101,35 +109,40 @@ def refine_tokens(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, f_BChw: torc
     """
     refined = optimise_latent(adapter, img01_B3HW, f_BChw, steps, lr, halve_every=max(1, steps // 2))[0]
     with torch.no_grad():
+        return _token_reader(adapter, token_search)(refined)[0], refined
+
+
+def _token_reader(adapter: FamilyAdapter, token_search: Optional[TokenSearch]) -> Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]:
+    """``f → (tokens, f̂)``: ``token_search`` for VAR when given, else the adapter's greedy quantization."""
+    def read(f_BChw: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         if token_search is not None and adapter.family == "VAR":
-            return token_search(adapter.tokenizer.quantize, refined).tokens, refined
-        return adapter.quantize(refined)[0], refined
+            found = token_search(adapter.tokenizer.quantize, f_BChw)
+            return found.tokens, found.f_hat
+        return adapter.quantize(f_BChw)
+    return read
 
 
 @torch.no_grad()
-def reencode_tokens(adapter: FamilyAdapter, f_BChw: torch.Tensor, iterations: int,
-                    token_search: Optional[TokenSearch] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+def reencode_tokens(adapter: FamilyAdapter, f_BChw: torch.Tensor, iterations: int, token_search: Optional[TokenSearch] = None,
+                    *, start: Optional[Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Tokens of ``f = D⁻¹(x)`` after ``iterations`` steps that cancel the inverse decoder's bias.
 
     Re-encoding a decoded feature map does not give it back exactly: ``D⁻¹(D(f̂)) = f̂ + b(f̂)``
     with a bias ``b`` that varies slowly with ``f̂``. For a generated image ``x = D(f̂*)`` that
     makes ``f = f̂* + b(f̂*)``. From the current estimate ``f̂ₙ`` (at first, ``f`` quantized), the
-    target ``f̂ₙ + f − D⁻¹(D(f̂ₙ)) = f̂* + b(f̂*) − b(f̂ₙ)`` has most of the bias removed, and its
+    target ``f̂ₙ + f − D⁻¹(D(f̂ₙ))`` ``= f̂* + b(f̂*) − b(f̂ₙ)`` has most of the bias removed, and its
     quantization is the next estimate. Each step costs one decode and one encode, no gradients.
-    Returns ``(tokens B×L, last target)``; VAR's tokens come from ``token_search`` when given,
-    else greedy; ``iterations = 0`` quantizes ``f`` as it is.
+    VAR's tokens come from ``token_search`` when given, else greedy. ``start = (tokens, f̂, D(f̂))``
+    is ``f``'s own quantization when the caller already has it (``D(f̂)`` may be ``None``).
+    Returns ``(tokens B×L, last target)``; ``iterations = 0`` quantizes ``f`` as it is.
     """
-    def quantize(target_BChw: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        if token_search is not None and adapter.family == "VAR":
-            found = token_search(adapter.tokenizer.quantize, target_BChw)
-            return found.tokens, found.f_hat
-        return adapter.quantize(target_BChw)
-
+    read = _token_reader(adapter, token_search)
+    tokens, f_hat, decoded = start if start is not None else (*read(f_BChw), None)
     target = f_BChw
-    tokens, f_hat = quantize(target)
     for _ in range(iterations):
-        target = f_hat + f_BChw - adapter.encode(adapter.decode(f_hat))
-        tokens, f_hat = quantize(target)
+        target = f_hat + f_BChw - adapter.encode(adapter.decode(f_hat) if decoded is None else decoded)
+        tokens, f_hat = read(target)
+        decoded = None
     return tokens, target
 
 

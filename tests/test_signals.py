@@ -79,3 +79,16 @@ def test_reencode_tokens_applies_the_bias_correction(small_zoo_dir, rar_fixture)
     tokens, target = reencode_tokens(adapter, f, 1)
     assert torch.allclose(target, expected_target)
     assert torch.equal(tokens, adapter.quantize(expected_target)[0])
+
+
+def test_signals_reuse_their_decode_for_reencoding(small_zoo_dir, rar_fixture):
+    from signals import family_signals_and_tokens, reencode_tokens
+
+    adapter = load_family("RAR", small_zoo_dir)
+    x = rar_fixture[1]["in.image"]
+    plain_signals, plain_tokens, f = family_signals_and_tokens(adapter, x)
+    signals, tokens, target = family_signals_and_tokens(adapter, x, reencode_iters=2)
+    expected_tokens, expected_target = reencode_tokens(adapter, f, 2)
+    assert torch.equal(tokens, expected_tokens) and torch.equal(target, expected_target)
+    assert torch.equal(plain_tokens, adapter.quantize(f)[0])
+    assert all(torch.equal(signals[k], plain_signals[k]) for k in plain_signals)
