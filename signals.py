@@ -14,6 +14,10 @@ With ``D⁻¹`` the (inverse) encoder, ``Q`` the family's quantizer and ``D`` th
   **AEDR** (the calibrated double-reconstruction ratio), and **LatentTracer** (optimise the latent
   from ``f̂`` for 100 Adam steps, lr 0.01 halved at step 50, to reconstruct ``x``; the final error).
 
+The token readers serve the variant features: :func:`reencode_tokens` cancels the inverse
+decoder's bias by re-encoding the decoded estimate (cheap; the pipeline's default for RAR) and
+:func:`refine_tokens` moves ``f`` by Adam on the image error through the frozen decoder (opt-in).
+
 All squared errors are means over elements, per image. Every function is pure: it reads an
 adapter and images in ``[0, 1]`` and returns numbers; :func:`signal_frame` runs them over a list
 of images in batches and returns a pandas frame indexed by image id.
