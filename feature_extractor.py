@@ -63,8 +63,8 @@ REFINE_LR = 0.02
 # decoder's bias (signals.reencode_tokens; one decode and one encode each, no gradients). On 192
 # fresh RAR generations they took token recovery from 41.5 to 56.4 % and the untrained rule on
 # nll_marginal / nll_evidence from 92.2 / 93.2 to 96.9 / 94.8 %
-# (scripts/diagnose_zoo.py --families RAR --per-variant 48 --reencode-iters 2). VAR's tokens do
-# not gain (45.9 → 45.3 → 44.6 % after 1 and 2 on 128 generations, a scratch check).
+# (scripts/diagnose_zoo.py --per-variant 48 --reencode-iters 2). VAR's tokens do not gain
+# (44.2 → 43.6 %, same command), so VAR is not re-encoded.
 REENCODE_FAMILIES = ("RAR",)
 REENCODE_ITERS = 2
 # VAR's token search with a sixth of its default iteration cap (its temperature anneals over those

@@ -68,16 +68,26 @@ def _natural_reserved(n: int) -> torch.Tensor:
     return demo_photos.crops_tensor(demo_photos.random_crops(demo_photos.RESERVED_PHOTOS, n, seed=TEST_SEED, part="all")[0])
 
 
+def _shipped_inverse_decoder(family: str):
+    """The family's adapter with the zoo's shipped plain inverse decoder."""
+    shipped = inv_decoder.default_output_dir(DEMO_ZOO_DIR / inv_decoder.SHIPPED_SUBDIR, family, False)
+    return inv_decoder.load_inverse_decoder(load_family(family), shipped / "inv_decoder.safetensors")
+
+
+def _png_generations(adapter, per_variant: int, seed: int):
+    """``per_variant`` fresh generations of every variant, rounded as saved to PNG, and their tokens."""
+    images, tokens = [], []
+    for v_i, variant in enumerate(adapter.variant_names):
+        img, idx, _ = adapter.generate(variant, adapter.random_labels(per_variant, seed + v_i), seed + v_i)
+        images.append(torch.round(img.clamp(0, 1) * 255) / 255)
+        tokens.append(idx)
+    return torch.cat(images), torch.cat(tokens)
+
+
 def _own_and_natural_signals(family: str):
     """Signals (inverse decoder) of 4 fresh PNG-rounded generations per variant and of 16 reserved photo crops."""
-    shipped = inv_decoder.default_output_dir(DEMO_ZOO_DIR / inv_decoder.SHIPPED_SUBDIR, family, False)
-    adapter = inv_decoder.load_inverse_decoder(load_family(family), shipped / "inv_decoder.safetensors")
-    generated = []
-    for v_i, variant in enumerate(adapter.variant_names):
-        seed = TEST_SEED + v_i
-        img = adapter.generate(variant, adapter.random_labels(4, seed), seed)[0]
-        generated.append(torch.round(img.clamp(0, 1) * 255) / 255)  # as saved to PNG
-    own = family_signals(adapter, torch.cat(generated), search_tokens)
+    adapter = _shipped_inverse_decoder(family)
+    own = family_signals(adapter, _png_generations(adapter, 4, TEST_SEED)[0], search_tokens)
     return own, family_signals(adapter, _natural_reserved(16), search_tokens)
 
 
@@ -102,14 +112,8 @@ def test_reencoding_recovers_more_of_rars_tokens():
     from feature_extractor import REENCODE_ITERS
     from signals import reencode_tokens
 
-    shipped = inv_decoder.default_output_dir(DEMO_ZOO_DIR / inv_decoder.SHIPPED_SUBDIR, "RAR", False)
-    adapter = inv_decoder.load_inverse_decoder(load_family("RAR"), shipped / "inv_decoder.safetensors")
-    images, true_tokens = [], []
-    for v_i, variant in enumerate(adapter.variant_names):
-        img, tokens, _ = adapter.generate(variant, adapter.random_labels(8, TEST_SEED + 50 + v_i), TEST_SEED + 50 + v_i)
-        images.append(torch.round(img.clamp(0, 1) * 255) / 255)
-        true_tokens.append(tokens)
-    x, truth = torch.cat(images), torch.cat(true_tokens)
+    adapter = _shipped_inverse_decoder("RAR")
+    x, truth = _png_generations(adapter, 8, TEST_SEED + 50)
     with torch.no_grad():
         f = adapter.encode(x)
     plain = (adapter.quantize(f)[0] == truth).float().mean().item()
