@@ -30,7 +30,6 @@ over N single-threaded processes (each writes its own shards); results come back
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
 import sys
 from pathlib import Path
@@ -67,13 +66,6 @@ REFINE_LR = 0.02
 # (44.2 → 43.6 %, same command), so VAR is not re-encoded.
 REENCODE_FAMILIES = ("RAR",)
 REENCODE_ITERS = 2
-# VAR's token search with a sixth of its default iteration cap (its temperature anneals over those
-# iterations). On a 32-image validation batch (1 thread): 0.47 s for an f-MSE of 1.805e-3 with 20
-# iterations, 0.91 s and 1.812e-3 with 40, 0.26 s and 1.920e-3 with 10; greedy 1.98e-3. On 192
-# fresh VAR generations (scripts/diagnose_zoo.py --families VAR --per-variant 48) 20 and 40
-# iterations recover 44.2 and 44.1 % of the tokens.
-SEARCH_MAX_ITERS = 20
-feature_token_search = functools.partial(search_tokens, max_iters=SEARCH_MAX_ITERS)
 
 
 @torch.no_grad()
@@ -90,10 +82,10 @@ def features_for_batch(adapters: Dict[str, FamilyAdapter], img01_B3HW: torch.Ten
     for family, adapter in adapters.items():
         refine = refine_steps > 0 and family in REFINE_FAMILIES
         reencode_iters = REENCODE_ITERS if family in REENCODE_FAMILIES and not refine else 0
-        signals, tokens, f = family_signals_and_tokens(adapter, img01_B3HW, feature_token_search if family == "VAR" else None,
+        signals, tokens, f = family_signals_and_tokens(adapter, img01_B3HW, search_tokens if family == "VAR" else None,
                                                        reencode_iters)
         if refine:
-            tokens, f = refine_tokens(adapter, img01_B3HW, f, refine_steps, REFINE_LR, feature_token_search)
+            tokens, f = refine_tokens(adapter, img01_B3HW, f, refine_steps, REFINE_LR, search_tokens)
         evidence = token_evidence(adapter.token_distances(f, tokens))
         for name, values in signals.items():
             columns[f"{family}_{name}"] = values.detach().cpu().double().numpy()

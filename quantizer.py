@@ -16,7 +16,15 @@ which makes QuantLoss ≈ 0 for VAR's own images — the paper's Algorithm 3.
   codes (greedy's residual neighbourhood, so the softmax and the mixing are ``V/k`` times
   cheaper), per-image best-so-far tracking of the *hard* tokens (never worse than greedy, never
   worse than anything it has seen), all images of a batch at once with per-image losses, and early
-  stopping once no image has improved for ``patience`` checks.
+  stopping once no image has improved for ``patience`` checks — counted only from the middle of
+  the anneal (``min_iters``): while τ is high the relaxation's argmax is still greedy's tokens, so
+  an early check that finds nothing new says nothing about convergence (with a 120-iteration
+  anneal, stopping on those checks ended half the batches at iteration 20 with greedy's tokens).
+
+The default anneal is 20 iterations: on 128 fresh demo-zoo VAR generations (32-image batches,
+the VAR inverse decoder, one thread) it reached a mean f-MSE of 1.526e-3 in 0.72 s per batch
+against 1.513e-3 in 4.09 s for the full 120-iteration anneal and 1.534e-3 for 40 iterations
+(greedy: 1.589e-3).
 """
 from __future__ import annotations
 
@@ -130,11 +138,17 @@ def _nearest_candidates(quant: MultiScaleQuantizer, f_BChw: torch.Tensor, idx_pe
 
 
 def search_tokens(
-    quant: MultiScaleQuantizer, f_BChw: torch.Tensor, *, candidates: int = 16, max_iters: int = 120,
+    quant: MultiScaleQuantizer, f_BChw: torch.Tensor, *, candidates: int = 16, max_iters: int = 20,
     lr: float = 0.2, tau_start: float = 1.0, tau_end: float = 0.1, init_bias: float = 1.0,
-    check_every: int = 5, patience: int = 4, rel_tol: float = 1e-4,
+    check_every: int = 5, patience: int = 4, rel_tol: float = 1e-4, min_iters: Optional[int] = None,
 ) -> SearchResult:
-    """Our token search: restricted relaxation + best-so-far + early stopping (see module doc)."""
+    """Our token search: restricted relaxation + best-so-far + early stopping (see module doc).
+
+    The hard tokens are checked every ``check_every`` iterations; the search stops once
+    ``patience`` checks at or after iteration ``min_iters`` (default: half of ``max_iters``) have
+    improved no image by more than ``rel_tol``.
+    """
+    min_iters = max_iters // 2 if min_iters is None else min_iters
     f_BChw = f_BChw.detach()
     start = greedy_tokens(quant, f_BChw)
     best_idx = [i.clone() for i in start.idx_per_scale]
@@ -167,7 +181,7 @@ def search_tokens(
                     best_idx[si][improved] = idx[si][improved]
                 best_mse = torch.where(improved, mse, best_mse)
                 no_gain_checks = 0
-            else:
+            elif t >= min_iters:
                 no_gain_checks += 1
         if no_gain_checks >= patience:
             break

@@ -4,13 +4,16 @@
 
 For each family (VAR, RAR), fresh PNG-rounded generations of every variant (seeds from a range
 no Dataset image and no fine-tuning image uses) are mapped back to tokens with the tokenizer's
-original encoder and with the shipped/fine-tuned inverse decoder (VAR: our token search, with the
-feature extractor's settings). It
+original encoder and with the shipped/fine-tuned inverse decoder (VAR: our token search, as the
+feature extractor runs it). It
 reports
 
 * **token recovery** — the fraction of generated tokens found again, per encoder (and per scale
   for VAR), and the image error of decoding the recovered tokens vs the true ones (the true
   tokens reproduce the PNG to rounding error, so a gap means recovery is the loss);
+  ``token_recovery_exact_fhat`` reads the tokens from the generator's own ``f̂`` — a perfect
+  inverse decoder — so it separates what the encoder loses from what the token reader loses (for
+  VAR a multi-scale ``f̂`` is a sum over scales that other token sets can approach, too);
 * **variant accuracy with oracle tokens vs recovered tokens** — 3-fold cross-validated
   LightGBM over the likelihood features of :mod:`variant_features` computed on the generating
   tokens (an upper bound: what the transformers can tell apart at all) and on the tokens the
@@ -46,8 +49,7 @@ import torch  # noqa: E402
 import inv_decoder  # noqa: E402
 from models.adapter import FamilyAdapter  # noqa: E402
 from models.zoo import load_family  # noqa: E402
-from feature_extractor import feature_token_search  # noqa: E402
-from quantizer import per_image_mse  # noqa: E402
+from quantizer import per_image_mse, search_tokens  # noqa: E402
 from runtime import keep_freed_memory  # noqa: E402
 from signals import reencode_tokens, refine_tokens  # noqa: E402
 from variant_features import token_evidence, variant_features  # noqa: E402
@@ -68,11 +70,20 @@ def recover_tokens(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, refine_step
     with torch.no_grad():
         f = adapter.encode(img01_B3HW)
     if reencode_iters > 0:
-        tokens, f = reencode_tokens(adapter, f, reencode_iters, feature_token_search)
+        tokens, f = reencode_tokens(adapter, f, reencode_iters, search_tokens)
     else:
-        tokens, f = refine_tokens(adapter, img01_B3HW, f, refine_steps, refine_lr, feature_token_search)  # 0 steps: f as it is
+        tokens, f = refine_tokens(adapter, img01_B3HW, f, refine_steps, refine_lr, search_tokens)  # 0 steps: f as it is
     with torch.no_grad():
         return tokens, token_evidence(adapter.token_distances(f, tokens))
+
+
+@torch.no_grad()
+def quantize_exact(adapter: FamilyAdapter, f_hat_BChw: torch.Tensor) -> torch.Tensor:
+    """Tokens read back from the generator's own ``f̂`` — what a perfect inverse decoder would give
+    the token reader (nearest codes for RAR, our multi-scale search for VAR)."""
+    if adapter.family == "VAR":
+        return search_tokens(adapter.tokenizer.quantize, f_hat_BChw).tokens
+    return adapter.quantize(f_hat_BChw)[0]
 
 
 def _feature_frame(adapter: FamilyAdapter, tokens_BL: torch.Tensor, evidence_BLV: Optional[torch.Tensor] = None) -> pd.DataFrame:
@@ -108,7 +119,7 @@ def diagnose_family(family: str, weights_dir, per_variant: int, batch: int, seed
     path = inv_decoder.ensure_inverse_decoder(family, weights_dir, ROOT / "runs" / "inv_decoder")
     inverse = inv_decoder.load_inverse_decoder(load_family(family, weights_dir), path)
     frames = {"oracle": [], "recovered": []}
-    labels, hits, err_true, err_found = [], {"original": [], "inverse": []}, [], []
+    labels, hits, err_true, err_found = [], {"original": [], "inverse": [], "exact_fhat": []}, [], []
     if refine_steps > 0:
         frames["refined"], hits["inverse_refined"] = [], []
     if reencode_iters > 0:
@@ -117,8 +128,9 @@ def diagnose_family(family: str, weights_dir, per_variant: int, batch: int, seed
     for v_i, variant, start in tqdm(jobs, desc=f"{family} diagnosis"):
         job_seed = DIAGNOSIS_SEED + seed * 10_000 + 100 * v_i + start // batch
         n = min(batch, per_variant - start)
-        img, tokens, _ = original.generate(variant, original.random_labels(n, job_seed), job_seed)
+        img, tokens, f_hat = original.generate(variant, original.random_labels(n, job_seed), job_seed)
         x = torch.round(img.clamp(0, 1) * 255) / 255
+        hits["exact_fhat"].append((quantize_exact(original, f_hat) == tokens).float())
         found, evidence = recover_tokens(inverse, x)
         hits["inverse"].append((found == tokens).float())
         hits["original"].append((recover_tokens(original, x)[0] == tokens).float())

@@ -47,6 +47,17 @@ def test_restricted_candidates_and_early_stop(quant, generated_f):
     assert torch.all(found.mse <= greedy_tokens(quant, generated_f).mse + 1e-12)
 
 
+def test_early_stop_waits_for_the_anneal(quant, generated_f):
+    """When no check can count as a gain (``rel_tol=1``: the error would have to vanish), the search
+    still anneals to ``min_iters`` (half of ``max_iters`` by default) before ``patience`` checks stop
+    it, and returns greedy's tokens."""
+    stalled = dict(max_iters=120, check_every=5, patience=2, rel_tol=1.0)
+    found = search_tokens(quant, generated_f, **stalled)
+    assert found.iterations == 65  # the checks at 60 and 65; never those at 5 … 55
+    assert torch.equal(found.tokens, greedy_tokens(quant, generated_f).tokens)
+    assert search_tokens(quant, generated_f, **stalled, min_iters=0).iterations == 10
+
+
 def test_reference_runs_and_improves(quant, generated_f):
     ref = search_tokens_reference(quant, generated_f, iters_per_round=30, rounds=3)
     assert ref.iterations == 90
