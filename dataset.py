@@ -18,9 +18,11 @@ import torch
 
 from models.registry import CLASS_NAMES
 
-__all__ = ["IMAGE_SUFFIXES", "list_split", "load_images", "read_label_csv"]
+__all__ = ["IMAGE_SUFFIXES", "REPORT_DIR", "list_split", "load_images", "read_label_csv", "read_feature_frame", "read_labelled_features", "add_labelled_split_arguments"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+# where ``submission.py`` leaves each split's feature frame and labels (``--report-dir``)
+REPORT_DIR = Path("submission_report")
 
 
 def read_label_csv(path: Path | str) -> pd.DataFrame:
@@ -33,6 +35,42 @@ def read_label_csv(path: Path | str) -> pd.DataFrame:
     if unknown:
         raise ValueError(f"{path}: unknown label(s) {unknown}; expected one of {', '.join(CLASS_NAMES)}")
     return frame
+
+
+def read_feature_frame(path: Path | str) -> pd.DataFrame:
+    """A feature frame (``.parquet`` or ``.csv``, first column the image id) as written by
+    ``submission.py`` or ``feature_extractor.py``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such feature file; `python submission.py --demo` writes "
+                                f"{REPORT_DIR}/features_{{train,val,test}}.parquet, `python feature_extractor.py FOLDER --out FILE` any other")
+    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, index_col=0)
+
+
+def read_labelled_features(features_path: Path | str, labels_path: Path | str) -> tuple[pd.DataFrame, np.ndarray]:
+    """A feature frame and its labels (a CSV ``image_name,label``), rows in the same order.
+
+    Every image of the frame must have a label; labelled images without features are an error too,
+    so a stale labels file is caught instead of silently scoring a subset.
+    """
+    features = read_feature_frame(features_path)
+    labels = read_label_csv(labels_path).set_index("image_name")["label"]
+    missing = features.index.difference(labels.index)
+    extra = labels.index.difference(features.index)
+    if len(missing) or len(extra):
+        example = (list(missing) or list(extra))[0]
+        raise ValueError(f"{features_path} and {labels_path} disagree: {len(missing)} image(s) without a label, "
+                         f"{len(extra)} label(s) without features (e.g. {example}); regenerate both with the same run")
+    return features, labels.reindex(features.index).to_numpy()
+
+
+def add_labelled_split_arguments(parser, splits: Iterable[str] = ("train", "val")) -> None:
+    """``--{split}-features`` / ``--{split}-labels`` options, defaulting to what ``submission.py`` wrote."""
+    for split in splits:
+        parser.add_argument(f"--{split}-features", type=Path, default=REPORT_DIR / f"features_{split}.parquet",
+                            help=f"{split} feature frame (default: %(default)s)")
+        parser.add_argument(f"--{split}-labels", type=Path, default=REPORT_DIR / f"labels_{split}.csv",
+                            help=f"{split} labels, CSV image_name,label (default: %(default)s)")
 
 
 def _images_in(folder: Path) -> list:

@@ -128,8 +128,10 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--models", type=Path, help="a model bundle folder (for feature importance)")
     parser.add_argument("--out", type=Path, default=Path("feature_report"))
     args = parser.parse_args(argv)
-    features = pd.read_parquet(args.features) if args.features.suffix == ".parquet" else pd.read_csv(args.features, index_col=0)
-    labels = pd.read_csv(args.labels).set_index("image_name")["label"]
+    from dataset import read_labelled_features
+
+    features, labels = read_labelled_features(args.features, args.labels)
+    labels = pd.Series(labels, index=features.index, name="label")
     print(write_feature_report(features, labels, args.out, args.models))
     return 0
 

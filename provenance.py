@@ -18,10 +18,19 @@ so QuantLoss does not collapse for their own images), :class:`LearnedGate` — s
 ``learned``, the default — is a LightGBM over every signal of both families (logs), trained on
 the training split to answer VAR / RAR / ``outlier`` directly, with calibrated probabilities.
 :func:`make_gate`, :func:`save_gate` and :func:`load_gate` treat both kinds alike.
+
+From the command line, on the feature frames ``submission.py`` writes (fit on train, tune on val):
+
+    python provenance.py [--strategy learned|fpr|balanced|train_quantile] [--out runs/gate]
+                         [--predict submission_report/features_test.parquet --predictions families.csv]
+
+It prints each family's validation TPR / FPR and the gate's family accuracy on validation.
 """
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, Optional, Sequence
@@ -184,3 +193,39 @@ def load_gate(folder: Path | str):
     if path is None:
         return None
     return LearnedGate.load(path) if path.suffix == ".joblib" else FamilyGate.load(path)
+
+
+def main(argv: Optional[list] = None) -> int:
+    from dataset import add_labelled_split_arguments, read_feature_frame, read_labelled_features
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_labelled_split_arguments(parser)
+    parser.add_argument("--strategy", default="learned", choices=STRATEGIES, help="(default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="folder to save the fitted gate in")
+    parser.add_argument("--predict", type=Path, help="a feature frame to gate (e.g. the test split's)")
+    parser.add_argument("--predictions", type=Path, default=Path("families.csv"), help="CSV image_name,family (default: %(default)s)")
+    args = parser.parse_args(argv)
+    train, train_labels = read_labelled_features(args.train_features, args.train_labels)
+    val, val_labels = read_labelled_features(args.val_features, args.val_labels)
+    gate = make_gate(args.strategy, args.seed).fit(train, train_labels, val, val_labels)
+    if isinstance(gate, FamilyGate):
+        for family in FAMILIES:
+            print(f"{family}: signal {gate.signals[family]}, log threshold {gate.thresholds[family]:.3f}")
+    for family, rates in gate.validation.items():
+        print(f"{family}: validation TPR {100 * rates['tpr']:.2f} %, FPR {100 * rates['fpr']:.2f} %")
+    accuracy = float(np.mean(gate.predict(val).to_numpy() == family_of_labels(val_labels)))
+    print(f"validation family accuracy ({args.strategy}): {100 * accuracy:.2f} % (n={len(val)})")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        save_gate(gate, args.out)
+        print(f"gate → {saved_gate_path(args.out)}")
+    if args.predict:
+        families = gate.predict(read_feature_frame(args.predict))
+        families.rename_axis("image_name").reset_index().to_csv(args.predictions, index=False)
+        print(f"{len(families)} images gated → {args.predictions}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

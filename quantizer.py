@@ -4,8 +4,10 @@ VAR builds ``f̂ = Σ_k φ_k(up(E[idx_k]))`` over K scales. Greedy quantization 
 ``models/var_quantizer.py`` — not repeated here) picks each scale's tokens from the residual
 left by coarser scales; it never revisits a choice, so even for a feature map that is *exactly*
 a sum of codebook entries (an image VAR generated) it usually lands on other tokens with a
-non-zero error. Searching the tokens of all scales jointly finds the generating tokens back,
-which makes QuantLoss ≈ 0 for VAR's own images — the paper's Algorithm 3.
+non-zero error. The paper's Algorithm 3 searches the tokens of all scales jointly to find the
+generating tokens back, which it reports makes QuantLoss ≈ 0 for VAR's own images. On the demo
+zoo no search here does that, not even from the generator's exact ``f̂`` (``scripts/diagnose_zoo.py``,
+``token_recovery_exact_fhat``): a multi-scale sum is approached by many token sets.
 
 * :func:`search_tokens_reference` — a faithful Algorithm 3: per-scale logits over the codebook
   initialised at the greedy tokens (+0.5), soft embeddings ``softmax(logits/τ) @ E`` with τ
@@ -18,17 +20,27 @@ which makes QuantLoss ≈ 0 for VAR's own images — the paper's Algorithm 3.
   worse than anything it has seen), all images of a batch at once with per-image losses, and early
   stopping once no image has improved for ``patience`` checks — counted only from the middle of
   the anneal (``min_iters``): while τ is high the relaxation's argmax is still greedy's tokens, so
-  an early check that finds nothing new says nothing about convergence (with a 120-iteration
-  anneal, stopping on those checks ended half the batches at iteration 20 with greedy's tokens).
+  an early check that finds nothing new says nothing about convergence (counting those checks
+  could end a 120-iteration anneal at iteration 20 with greedy's tokens).
 
-The default anneal is 20 iterations: on 128 fresh demo-zoo VAR generations (32-image batches,
-the VAR inverse decoder, one thread) it reached a mean f-MSE of 1.526e-3 in 0.72 s per batch
-against 1.513e-3 in 4.09 s for the full 120-iteration anneal and 1.534e-3 for 40 iterations
-(greedy: 1.589e-3).
+The default anneal is 20 iterations. On 50 VAR-made demo test images (``python
+scripts/bench_token_search.py``, 2 threads) it fits them at a mean QuantLoss of 1.735e-3 in 11.5 ms
+per image, against 1.767e-3 in 57.5 ms for a 120-iteration anneal, 1.820e-3 for greedy and
+1.69e-2 in 489 ms for the reference; in the feature extractor, 20 and 40 iterations recover the
+same share of VAR's tokens (``scripts/diagnose_zoo.py``, 44.2 vs 44.1 %).
+
+From the command line — VAR's tokens and QuantLoss for a folder of images, read with the VAR
+inverse decoder (or the tokenizer's own encoder):
+
+    python quantizer.py FOLDER [--method search|greedy|reference] [--encoder inverse|original]
+                        [--out quant_loss.csv] [--tokens tokens.pt] [--weights-dir DIR]
 """
 from __future__ import annotations
 
+import argparse
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -188,3 +200,56 @@ def search_tokens(
     with torch.no_grad():
         f_hat = _hard_fhat(quant, best_idx)
     return SearchResult(best_idx, f_hat, per_image_mse(f_hat, f_BChw), t)
+
+
+METHODS = {"search": search_tokens, "greedy": greedy_tokens, "reference": search_tokens_reference}
+
+
+def main(argv: Optional[list] = None) -> int:
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    import inv_decoder
+    from dataset import IMAGE_SUFFIXES, load_images
+    from models.zoo import load_family
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", type=Path, help="a folder of images (searched recursively)")
+    parser.add_argument("--method", default="search", choices=sorted(METHODS), help="token reader (default: %(default)s)")
+    parser.add_argument("--encoder", default="inverse", choices=["inverse", "original"],
+                        help="the VAR inverse decoder or the tokenizer's own encoder (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("quant_loss.csv"), help="CSV image_id,quant_loss,iterations")
+    parser.add_argument("--tokens", type=Path, help="also save the tokens (torch file: image_ids, tokens N×L, patch_nums)")
+    parser.add_argument("--weights-dir", type=Path, help="official checkpoints or a zoo folder (default: the demo zoo)")
+    parser.add_argument("--inv-root", type=Path, default=Path("runs/inv_decoder"))
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args(argv)
+    paths = sorted(p for p in args.folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        print(f"no images under {args.folder}", file=sys.stderr)
+        return 2
+    adapter = load_family("VAR", args.weights_dir)
+    if args.encoder == "inverse":
+        adapter = inv_decoder.load_inverse_decoder(adapter, inv_decoder.ensure_inverse_decoder("VAR", args.weights_dir, args.inv_root))
+    quant, read = adapter.tokenizer.quantize, METHODS[args.method]
+    losses, iterations, tokens = [], [], []
+    for start in tqdm(range(0, len(paths), args.batch_size), desc=f"VAR tokens ({args.method})", unit="batch"):
+        with torch.no_grad():
+            f = adapter.encode(load_images(paths[start:start + args.batch_size], size=adapter.image_size))
+        found = read(quant, f)
+        losses.append(found.mse)
+        iterations += [found.iterations] * len(f)
+        tokens.append(found.tokens)
+    ids = [str(p.relative_to(args.folder)) for p in paths]
+    frame = pd.DataFrame({"quant_loss": torch.cat(losses).double().numpy(), "iterations": iterations},
+                         index=pd.Index(ids, name="image_id"))
+    frame.to_csv(args.out)
+    print(f"{len(frame)} images, median QuantLoss {frame['quant_loss'].median():.4e} → {args.out}")
+    if args.tokens:
+        torch.save({"image_ids": ids, "tokens": torch.cat(tokens), "patch_nums": list(quant.patch_nums)}, args.tokens)
+        print(f"tokens → {args.tokens}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

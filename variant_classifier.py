@@ -9,10 +9,20 @@ probability is below a threshold tuned on validation is rejected as ``outlier``.
 alternative (:class:`FlatClassifier`) is one 9-class LightGBM over every feature.
 
 Models persist with joblib next to a JSON of their training configuration.
+
+From the command line, on the feature frames ``submission.py`` writes — stage two alone, on the
+images the family made (``flat``: every image, 9 classes):
+
+    python variant_classifier.py [--family VAR|RAR|flat] [--out runs/variant_VAR]
+
+It fits on train (hyper-parameters by cross-validation on train), tunes the rejection threshold
+on validation and prints the chosen parameters and the validation accuracy.
 """
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -164,3 +174,38 @@ class FlatClassifier(CalibratedLGBM):
     def predict_proba(self, features: pd.DataFrame) -> pd.DataFrame:
         proba = self.proba(self.frame(features))
         return proba.reindex(columns=[c for c in CLASS_NAMES if c in proba.columns])
+
+
+def main(argv: Optional[list] = None) -> int:
+    from dataset import add_labelled_split_arguments, read_labelled_features
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_labelled_split_arguments(parser)
+    parser.add_argument("--family", default="VAR", choices=["VAR", "RAR", "flat"], help="(default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="folder to save the model in (<family>.joblib + .json)")
+    args = parser.parse_args(argv)
+    train, train_labels = read_labelled_features(args.train_features, args.train_labels)
+    val, val_labels = read_labelled_features(args.val_features, args.val_labels)
+    if args.family == "flat":
+        model = FlatClassifier(args.seed).fit(train, train_labels)
+    else:
+        model = VariantClassifier(args.family, args.seed).fit(train, train_labels)
+        mine = np.array([FAMILY_OF.get(label) == args.family for label in val_labels])
+        val, val_labels = val.loc[mine], val_labels[mine]
+    proba = model.predict_proba(val)
+    model.tune_rejection(proba, val_labels)
+    predicted = model.predict_from_proba(proba).to_numpy()
+    tuned = model.config["tuning"]
+    print(f"{args.family}: {len(model.columns)} features, {model.config['n_train']} training images; "
+          f"parameters {tuned['params']} (CV log-loss {tuned['cv_log_loss']:.3f})")
+    print(f"validation accuracy {100 * np.mean(predicted == val_labels):.2f} % (n={len(val_labels)}), "
+          f"rejecting below a top probability of {model.reject_below:.3f}")
+    if args.out:
+        model.save(args.out / f"{args.family}.joblib")
+        print(f"model → {args.out / (args.family + '.joblib')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -90,3 +90,46 @@ def test_pick_method_takes_the_higher_validation_accuracy():
     assert pick_method({"flat": 0.1}) == "flat"
     with pytest.raises(ValueError):
         pick_method({"auto": 0.9})
+
+
+def _write_split(tmp_path, name, features, labels):
+    features.to_parquet(tmp_path / f"features_{name}.parquet")
+    pd.DataFrame({"image_name": features.index, "label": labels}).to_csv(tmp_path / f"labels_{name}.csv", index=False)
+    return ["--" + name + "-features", str(tmp_path / f"features_{name}.parquet"), "--" + name + "-labels", str(tmp_path / f"labels_{name}.csv")]
+
+
+def test_stage_command_lines_fit_save_and_predict(data, tmp_path, capsys):
+    """``provenance.py`` and ``variant_classifier.py`` run stage one / two alone from feature files."""
+    import provenance
+    import variant_classifier
+
+    (train, ytr), (val, yva), (test, yte) = data
+    splits = _write_split(tmp_path, "train", train, ytr) + _write_split(tmp_path, "val", val, yva)
+    test.to_parquet(tmp_path / "test.parquet")
+    out_csv = tmp_path / "families.csv"
+    assert provenance.main(splits + ["--strategy", "fpr", "--out", str(tmp_path / "gate"), "--predict",
+                                     str(tmp_path / "test.parquet"), "--predictions", str(out_csv)]) == 0
+    families = pd.read_csv(out_csv)
+    assert list(families["image_name"]) == list(test.index)
+    truth = np.array([FAMILY_OF.get(l, "outlier") for l in yte])
+    assert np.mean(families["family"].to_numpy() == truth) > 0.9
+    assert FamilyGate.load(tmp_path / "gate" / "gate.json").predict(test).tolist() == families["family"].tolist()
+    assert variant_classifier.main(splits + ["--family", "RAR", "--out", str(tmp_path / "models")]) == 0
+    printed = capsys.readouterr().out
+    accuracy = float(printed.split("validation accuracy ")[-1].split(" %")[0])
+    assert accuracy > 85, printed
+    assert (tmp_path / "models" / "RAR.joblib").is_file() and (tmp_path / "models" / "RAR.json").is_file()
+
+
+def test_features_and_labels_must_name_the_same_images(data, tmp_path):
+    from dataset import read_labelled_features
+
+    (train, ytr), _, _ = data
+    _write_split(tmp_path, "train", train, ytr)
+    pd.DataFrame({"image_name": train.index[:-1], "label": ytr[:-1]}).to_csv(tmp_path / "short.csv", index=False)
+    with pytest.raises(ValueError, match="1 image\\(s\\) without a label"):
+        read_labelled_features(tmp_path / "features_train.parquet", tmp_path / "short.csv")
+    with pytest.raises(FileNotFoundError, match="submission.py --demo"):
+        read_labelled_features(tmp_path / "missing.parquet", tmp_path / "short.csv")
+    frame, labels = read_labelled_features(tmp_path / "features_train.parquet", tmp_path / "labels_train.csv")
+    assert frame.equals(train) and list(labels) == list(ytr)

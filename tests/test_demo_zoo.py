@@ -127,3 +127,32 @@ def test_quant_loss_collapses_for_own_generations(own_and_natural):
     family, (own, natural) = own_and_natural
     column = "quant_loss_searched" if family == "VAR" else "quant_loss"
     assert own[column].median() * 3 < natural[column].median()
+
+
+
+def test_quantizer_command_line_writes_quant_loss_and_tokens(tmp_path):
+    """``python quantizer.py FOLDER``: one row per image, and the QuantLoss of the tokens it saves."""
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    import quantizer
+    from dataset import load_images
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "imgs" / "sub").mkdir(parents=True)
+    names = ["a.png", "sub/b.png", "c.png"]
+    for name in names:
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "imgs" / name)
+    out, saved = tmp_path / "ql.csv", tmp_path / "tokens.pt"
+    assert quantizer.main([str(tmp_path / "imgs"), "--method", "greedy", "--encoder", "original", "--out", str(out),
+                           "--tokens", str(saved), "--batch-size", "2"]) == 0
+    frame = pd.read_csv(out, index_col="image_id")
+    assert sorted(frame.index) == sorted(names)
+    tokens = torch.load(saved, weights_only=True)
+    adapter = load_family("VAR")
+    assert tokens["tokens"].shape == (3, sum(pn * pn for pn in adapter.patch_nums))
+    with torch.no_grad():
+        f = adapter.encode(load_images([tmp_path / "imgs" / i for i in tokens["image_ids"]], size=64))
+        expected = quantizer.per_image_mse(adapter.tokens_to_fhat(tokens["tokens"]), f)
+    assert np.allclose(frame.loc[tokens["image_ids"], "quant_loss"].to_numpy(), expected.numpy(), rtol=1e-5)
