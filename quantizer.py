@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from models.var_quantizer import MultiScaleQuantizer
 
-__all__ = ["SearchResult", "greedy_tokens", "search_tokens_reference", "search_tokens", "per_image_mse"]
+__all__ = ["SearchResult", "TOKEN_READERS", "greedy_tokens", "search_tokens_reference", "search_tokens", "per_image_mse"]
 
 
 @dataclass
@@ -202,7 +202,7 @@ def search_tokens(
     return SearchResult(best_idx, f_hat, per_image_mse(f_hat, f_BChw), t)
 
 
-METHODS = {"search": search_tokens, "greedy": greedy_tokens, "reference": search_tokens_reference}
+TOKEN_READERS = {"search": search_tokens, "greedy": greedy_tokens, "reference": search_tokens_reference}
 
 
 def main(argv: Optional[list] = None) -> int:
@@ -215,7 +215,7 @@ def main(argv: Optional[list] = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, help="a folder of images (searched recursively)")
-    parser.add_argument("--method", default="search", choices=sorted(METHODS), help="token reader (default: %(default)s)")
+    parser.add_argument("--method", default="search", choices=sorted(TOKEN_READERS), help="token reader (default: %(default)s)")
     parser.add_argument("--encoder", default="inverse", choices=["inverse", "original"],
                         help="the VAR inverse decoder or the tokenizer's own encoder (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("quant_loss.csv"), help="CSV image_id,quant_loss,iterations")
@@ -231,7 +231,7 @@ def main(argv: Optional[list] = None) -> int:
     adapter = load_family("VAR", args.weights_dir)
     if args.encoder == "inverse":
         adapter = inv_decoder.load_inverse_decoder(adapter, inv_decoder.ensure_inverse_decoder("VAR", args.weights_dir, args.inv_root))
-    quant, read = adapter.tokenizer.quantize, METHODS[args.method]
+    quant, read = adapter.tokenizer.quantize, TOKEN_READERS[args.method]
     losses, iterations, tokens = [], [], []
     for start in tqdm(range(0, len(paths), args.batch_size), desc=f"VAR tokens ({args.method})", unit="batch"):
         with torch.no_grad():
