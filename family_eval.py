@@ -61,7 +61,7 @@ def _pivot(table: pd.DataFrame, index: List[str]) -> pd.DataFrame:
 def paper_tables(table: pd.DataFrame) -> Dict[str, pd.DataFrame]:
     """The analogues of the paper's Tables 1, 3, 4 and 5 (TPR@1%FPR in %)."""
     t = table
-    ours = t[(t.encoder == "inv") & t.signal.isin(["quant_loss", "quant_loss_searched", "enc_loss", "combined"])]
+    ours = t[(t.encoder == "inv") & t.signal.isin(["quant_loss", "quant_loss_searched", "enc_loss", "combined", "enc_loss_refined"])]
     baselines = t[(t.encoder == "orig") & t.signal.isin(["reconstruction", "aedr", "latent_tracer"])]
     return {
         "table1_signals_vs_baselines": _pivot(pd.concat([ours, baselines]), ["family", "encoder", "signal"]),

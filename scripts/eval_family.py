@@ -6,8 +6,9 @@ For VAR and RAR it computes, on every image of ``--split`` (test images are neve
 fine-tune), every signal with the tokenizer's original encoder (``orig``) and with the inverse
 decoder (``inv``; fine-tuned first with ``inv_decoder.py`` settings if ``--inv-root`` has none):
 QuantLoss (VAR: greedy and searched), EncLoss raw and calibrated, Combined, Reconstruction,
-AEDR, and LatentTracer (original encoder, on at most ``--latent-tracer-limit`` images per
-source group). Belonging = the family's variants' images; non-belonging = held-out natural
+AEDR, the refined EncLoss (inverse decoder only: ``signals.refined_enc_loss``, 10 Adam steps
+from ``D⁻¹(x)``) and LatentTracer (original encoder, on at most ``--latent-tracer-limit`` images
+per source group). Belonging = the family's variants' images; non-belonging = held-out natural
 photos, the other family, the outlier IAR. Prints and saves ``signals.csv``, ``results.csv``
 (long format), one CSV per table and ``score_distributions.png``. ``signals.csv`` is reused by a
 rerun only while ``signals.json`` records the same images, weights, inverse decoders and
@@ -38,11 +39,14 @@ from runtime import keep_freed_memory  # noqa: E402
 from signals import latent_tracer, signal_frame  # noqa: E402
 
 
+SIGNALS_VERSION = 2  # 2: the inverse decoder's refined EncLoss (signals.refined_enc_loss)
+
+
 def signals_key(meta: pd.DataFrame, weights_dir, inv_root: Path, device: str, latent_tracer_limit: int, seed: int) -> str:
     """sha256 naming what ``signals.csv`` was computed from (images, weights, inverse decoders, settings)."""
     files = weight_files(weights_dir) + [inv_decoder.ensure_inverse_decoder(f, weights_dir, inv_root, False, device) for f in ("VAR", "RAR")]
     parts = [f"{i}:{file_sha256(p)}" for i, p in zip(meta.index, meta["path"])] + [file_sha256(p) for p in files]
-    parts += [f"latent_tracer_limit={latent_tracer_limit}", f"seed={seed}"]
+    parts += [f"latent_tracer_limit={latent_tracer_limit}", f"seed={seed}", f"signals={SIGNALS_VERSION}"]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
@@ -58,7 +62,8 @@ def compute_signals(meta: pd.DataFrame, weights_dir, inv_root: Path, device: str
                                                    inv_decoder.ensure_inverse_decoder(family, weights_dir, inv_root, False, device))
         search = search_tokens if family == "VAR" else None
         frames.append(signal_frame(original, images, list(meta.index), batch_size=batch_size, token_search=search, prefix=f"{family}_orig_"))
-        frames.append(signal_frame(inverse, images, list(meta.index), batch_size=batch_size, token_search=search, prefix=f"{family}_inv_"))
+        frames.append(signal_frame(inverse, images, list(meta.index), batch_size=batch_size, token_search=search,
+                                   with_refined_enc_loss=True, prefix=f"{family}_inv_"))
         # LatentTracer is slow (100 optimisation steps): a fixed random subset per source group
         subset = (meta.groupby("source", group_keys=False)
                   .apply(lambda g: g.sample(min(len(g), latent_tracer_limit), random_state=seed)).index)
