@@ -18,7 +18,7 @@ import torch
 
 from models.registry import CLASS_NAMES
 
-__all__ = ["IMAGE_SUFFIXES", "REPORT_DIR", "list_split", "load_images", "read_label_csv", "read_feature_frame", "read_labelled_features", "add_labelled_split_arguments"]
+__all__ = ["IMAGE_SUFFIXES", "REPORT_DIR", "list_split", "load_images", "read_label_csv", "read_feature_frame", "read_labelled_features", "add_labelled_split_arguments", "images_under"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # where ``submission.py`` leaves each split's feature frame and labels (``--report-dir``)
@@ -71,6 +71,11 @@ def add_labelled_split_arguments(parser, splits: Iterable[str] = ("train", "val"
                             help=f"{split} feature frame (default: %(default)s)")
         parser.add_argument(f"--{split}-labels", type=Path, default=REPORT_DIR / f"labels_{split}.csv",
                             help=f"{split} labels, CSV image_name,label (default: %(default)s)")
+
+
+def images_under(folder: Path | str) -> list:
+    """Every image file below ``folder`` (recursively), sorted: what the folder commands read."""
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def _images_in(folder: Path) -> list:

@@ -198,9 +198,9 @@ def main(argv: Optional[list] = None) -> int:
                         help="latent-refinement steps before RAR's tokens are read (default 0: off; slower)")
     args = parser.parse_args(argv)
     keep_freed_memory()
-    from dataset import IMAGE_SUFFIXES
+    from dataset import images_under
 
-    paths = sorted(p for p in args.folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = images_under(args.folder)
     if not paths:
         print(f"no images under {args.folder}", file=sys.stderr)
         return 2

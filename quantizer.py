@@ -210,7 +210,7 @@ def main(argv: Optional[list] = None) -> int:
     from tqdm.auto import tqdm
 
     import inv_decoder
-    from dataset import IMAGE_SUFFIXES, load_images
+    from dataset import images_under, load_images
     from models.zoo import load_family
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -224,7 +224,7 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--inv-root", type=Path, default=Path("runs/inv_decoder"))
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)
-    paths = sorted(p for p in args.folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = images_under(args.folder)
     if not paths:
         print(f"no images under {args.folder}", file=sys.stderr)
         return 2

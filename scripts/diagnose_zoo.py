@@ -80,10 +80,9 @@ def recover_tokens(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, refine_step
 @torch.no_grad()
 def quantize_exact(adapter: FamilyAdapter, f_hat_BChw: torch.Tensor) -> torch.Tensor:
     """Tokens read back from the generator's own ``f̂`` — what a perfect inverse decoder would give
-    the token reader (nearest codes for RAR, our multi-scale search for VAR)."""
-    if adapter.family == "VAR":
-        return search_tokens(adapter.tokenizer.quantize, f_hat_BChw).tokens
-    return adapter.quantize(f_hat_BChw)[0]
+    the token reader (nearest codes for RAR, our multi-scale search for VAR): the pipeline's
+    reader with no re-encoding step."""
+    return reencode_tokens(adapter, f_hat_BChw, 0, search_tokens)[0]
 
 
 def _feature_frame(adapter: FamilyAdapter, tokens_BL: torch.Tensor, evidence_BLV: Optional[torch.Tensor] = None) -> pd.DataFrame:

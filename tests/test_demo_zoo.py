@@ -143,7 +143,6 @@ def test_quant_loss_collapses_for_own_generations(own_and_natural):
     assert own[column].median() * 3 < natural[column].median()
 
 
-
 def test_quantizer_command_line_writes_quant_loss_and_tokens(tmp_path):
     """``python quantizer.py FOLDER``: one row per image, and the QuantLoss of the tokens it saves."""
     import numpy as np
