@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -51,21 +52,24 @@ from variant_features import token_evidence, variant_features
 __all__ = ["EXTRACTOR_NAME", "EXTRACTOR_VERSION", "FeatureExtractor", "features_for_batch", "weight_files"]
 
 EXTRACTOR_NAME = "iar_features"
-EXTRACTOR_VERSION = "8"
+EXTRACTOR_VERSION = "9"
 SHARED_CANDIDATES = 1  # labels the larger variants of a family are evaluated under
+# VAR's token search anneals over 10 iterations here instead of ``search_tokens``' default 20, at
+# half the cost; ``scripts/bench_token_search.py`` prints both (time, QuantLoss TPR, mean f-MSE).
+SEARCH_ITERS = 10
 # Latent refinement before quantizing (opt-in, ``refine_steps``): on 192 fresh RAR generations it
 # took token recovery from 41.5 % to 54.1 % (25 steps, lr 0.02) and the untrained likelihood-ratio
 # rule from 93.2 % to 97.4 %; VAR's tokens gain nothing from it (scripts/diagnose_zoo.py).
 REFINE_FAMILIES = ("RAR",)
 REFINE_LR = 0.02
-# Without refinement, RAR's tokens are read after two re-encoding corrections of the inverse
-# decoder's bias (signals.reencode_tokens; one decode and one encode each, no gradients). On 192
-# fresh RAR generations they took token recovery from 41.5 to 56.4 % and the untrained rule on
-# nll_marginal / nll_evidence from 92.2 / 93.2 to 96.9 / 94.8 %
-# (scripts/diagnose_zoo.py --per-variant 48 --reencode-iters 2). VAR's tokens do not gain
-# (44.2 → 43.6 %, same command), so VAR is not re-encoded.
+# Without refinement, RAR's tokens are read after one re-encoding correction of the inverse
+# decoder's bias (signals.reencode_tokens; one decode and one encode, no gradients). On 192 fresh
+# RAR generations (scripts/diagnose_zoo.py --families RAR --per-variant 48 --reencode-iters N) one
+# correction took token recovery from 41.5 to 52.1 % and the untrained rule on nll_marginal /
+# nll_evidence from 92.2 / 93.2 to 95.3 / 94.8 %; two (extractor version 8) gave 56.4 % and
+# 96.9 / 94.8 %, for twice the cost. VAR's tokens do not gain (44.2 → 43.6 %), so VAR is not re-encoded.
 REENCODE_FAMILIES = ("RAR",)
-REENCODE_ITERS = 2
+REENCODE_ITERS = 1
 
 
 @torch.no_grad()
@@ -82,10 +86,10 @@ def features_for_batch(adapters: Dict[str, FamilyAdapter], img01_B3HW: torch.Ten
     for family, adapter in adapters.items():
         refine = refine_steps > 0 and family in REFINE_FAMILIES
         reencode_iters = REENCODE_ITERS if family in REENCODE_FAMILIES and not refine else 0
-        signals, tokens, f = family_signals_and_tokens(adapter, img01_B3HW, search_tokens if family == "VAR" else None,
-                                                       reencode_iters)
+        search = partial(search_tokens, max_iters=SEARCH_ITERS) if family == "VAR" else None
+        signals, tokens, f = family_signals_and_tokens(adapter, img01_B3HW, search, reencode_iters)
         if refine:
-            tokens, f = refine_tokens(adapter, img01_B3HW, f, refine_steps, REFINE_LR, search_tokens)
+            tokens, f = refine_tokens(adapter, img01_B3HW, f, refine_steps, REFINE_LR, search)
         evidence = token_evidence(adapter.token_distances(f, tokens))
         for name, values in signals.items():
             columns[f"{family}_{name}"] = values.detach().cpu().double().numpy()
@@ -140,7 +144,8 @@ class FeatureExtractor:
         paths = [Path(p) for p in paths]
         ids = list(ids) if ids is not None else [str(p) for p in paths]
         keys = [file_sha256(p) for p in paths]
-        todo = self.store.missing(keys)
+        stored = self.store.read(keys) if self.store.enabled else pd.DataFrame()  # read once: the shards are many
+        todo = list(dict.fromkeys(k for k in keys if k not in stored.index))
         first_path = {k: p for k, p in zip(keys, paths)}
         jobs = [(todo[s:s + self.batch_size], [first_path[k] for k in todo[s:s + self.batch_size]])
                 for s in range(0, len(todo), self.batch_size)]
@@ -152,7 +157,6 @@ class FeatureExtractor:
                 computed = list(tqdm(pool.imap(_worker_batch, jobs), **bar))
         else:
             computed = [self._batch(keys_, paths_) for keys_, paths_ in tqdm(jobs, **bar)]
-        stored = self.store.read(keys) if self.store.enabled else pd.DataFrame()
         table = pd.concat([stored] + computed) if computed else stored
         table = table[~table.index.duplicated(keep="first")]
         out = table.reindex(keys)

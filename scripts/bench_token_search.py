@@ -4,8 +4,9 @@
 
 Takes up to ``--per-group`` VAR-made test images and as many non-belonging ones (natural,
 RAR, outlier IAR, in equal shares), encodes them with the VAR inverse decoder, and runs greedy
-quantization, the reference search, our search (its defaults, which the feature extractor uses:
-a 20-iteration anneal) and our search with a 120-iteration anneal on the same feature maps.
+quantization, the reference search, our search (its defaults: a 20-iteration anneal), our search
+with the feature extractor's shorter anneal (``feature_extractor.SEARCH_ITERS``) and with a
+120-iteration anneal, on the same feature maps.
 Prints wall-clock time per image, the QuantLoss TPR@1%FPR of each, the mean QuantLoss (f-MSE) of
 the VAR-made images (how well each fits them), and the speed-ups. With ``--full-size`` it also
 times our search (and greedy) per image on the full-size official VAR VQVAE (random weights,
@@ -30,6 +31,7 @@ import inv_decoder  # noqa: E402
 from dataset import list_split, load_images  # noqa: E402
 from metrics import tpr_at_fpr  # noqa: E402
 from models.zoo import load_family  # noqa: E402
+from feature_extractor import SEARCH_ITERS  # noqa: E402
 from quantizer import greedy_tokens, search_tokens, search_tokens_reference  # noqa: E402
 
 
@@ -90,6 +92,7 @@ def main(argv: list | None = None) -> int:
     results = {}
     for name, fn in [("greedy", lambda x: greedy_tokens(quant, x)), ("reference (Alg. 3)", lambda x: search_tokens_reference(quant, x)),
                      ("ours", lambda x: search_tokens(quant, x)),
+                     (f"ours, {SEARCH_ITERS} iters", lambda x: search_tokens(quant, x, max_iters=SEARCH_ITERS)),
                      (f"ours, {LONG_ANNEAL} iters", lambda x: search_tokens(quant, x, max_iters=LONG_ANNEAL))]:
         seconds, mse = _timed(fn, chunks)
         tpr = tpr_at_fpr(mse[is_belonging].numpy(), mse[~is_belonging].numpy())
@@ -99,6 +102,7 @@ def main(argv: list | None = None) -> int:
               f"non-belonging median {mse[~is_belonging].median():.3e}", flush=True)
     print(f"images: {int(is_belonging.sum())} VAR-made + {int((~is_belonging).sum())} others; "
           f"speed-up over the reference: ours {results['reference (Alg. 3)'] / results['ours']:.1f}×, "
+          f"ours with {SEARCH_ITERS} iterations (the feature extractor's) {results['reference (Alg. 3)'] / results[f'ours, {SEARCH_ITERS} iters']:.1f}×, "
           f"ours with {LONG_ANNEAL} iterations {results['reference (Alg. 3)'] / results[f'ours, {LONG_ANNEAL} iters']:.1f}×")
     if args.full_size:
         full_size_timing(args.full_size_images, args.full_size_reference_images, args.threads)

@@ -121,8 +121,8 @@ def test_refined_enc_loss_separates_own_generations_from_natural_photos(family):
 
 
 def test_reencoding_recovers_more_of_rars_tokens():
-    # The re-encoding correction the feature extractor applies to RAR (2 iterations): on 192 fresh
-    # generations it recovers 56 % of the tokens instead of 41 % (scripts/diagnose_zoo.py).
+    # The re-encoding correction the feature extractor applies to RAR (1 iteration): on 192 fresh
+    # generations it recovers 52 % of the tokens instead of 41 % (scripts/diagnose_zoo.py).
     from feature_extractor import REENCODE_ITERS
     from signals import reencode_tokens
 
