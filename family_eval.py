@@ -62,10 +62,11 @@ def paper_tables(table: pd.DataFrame) -> Dict[str, pd.DataFrame]:
     """The analogues of the paper's Tables 1, 3, 4 and 5 (TPR@1%FPR in %)."""
     t = table
     ours = t[(t.encoder == "inv") & t.signal.isin(["quant_loss", "quant_loss_searched", "enc_loss", "combined", "enc_loss_refined"])]
+    ours = pd.concat([ours, t[(t.encoder == "inv") & (t.signal == "latent_tracer")]])
     baselines = t[(t.encoder == "orig") & t.signal.isin(["reconstruction", "aedr", "latent_tracer"])]
     return {
         "table1_signals_vs_baselines": _pivot(pd.concat([ours, baselines]), ["family", "encoder", "signal"]),
-        "table3_original_vs_inverse": _pivot(t[t.signal.isin(["quant_loss", "quant_loss_searched", "enc_loss", "combined"])],
+        "table3_original_vs_inverse": _pivot(t[t.signal.isin(["quant_loss", "quant_loss_searched", "enc_loss", "combined", "latent_tracer"])],
                                              ["family", "signal", "encoder"]),
         "table4_calibration": _pivot(t[t.signal.isin(["enc_loss_raw", "enc_loss"])], ["family", "encoder", "signal"]),
         "table5_var_token_search": _pivot(t[(t.family == "VAR") & t.signal.isin(["quant_loss", "quant_loss_searched"])],

@@ -7,12 +7,13 @@ fine-tune), every signal with the tokenizer's original encoder (``orig``) and wi
 decoder (``inv``; fine-tuned first with ``inv_decoder.py`` settings if ``--inv-root`` has none):
 QuantLoss (VAR: greedy and searched), EncLoss raw and calibrated, Combined, Reconstruction,
 AEDR, the refined EncLoss (inverse decoder only: ``signals.refined_enc_loss``, 10 Adam steps
-from ``D⁻¹(x)``) and LatentTracer (original encoder, on at most ``--latent-tracer-limit`` images
-per source group). Belonging = the family's variants' images; non-belonging = held-out natural
+from ``D⁻¹(x)``) and LatentTracer (100 Adam steps from the quantized ``f̂`` of either encoder, on at
+most ``--latent-tracer-limit`` images per source group). Belonging = the family's variants' images; non-belonging = held-out natural
 photos, the other family, the outlier IAR. Prints and saves ``signals.csv``, ``results.csv``
-(long format), one CSV per table and ``score_distributions.png``. ``signals.csv`` is reused by a
-rerun only while ``signals.json`` records the same images, weights, inverse decoders and
-settings; anything else recomputes it.
+(long format), one CSV per table and ``score_distributions.png``. ``signals.csv`` (and
+``latent_tracer_inv.csv``, the inverse decoder's LatentTracer) is reused by a rerun only while
+its ``.json`` records the same images, weights, inverse decoders and settings; anything else
+recomputes it.
 """
 from __future__ import annotations
 
@@ -52,8 +53,6 @@ def signals_key(meta: pd.DataFrame, weights_dir, inv_root: Path, device: str, la
 
 def compute_signals(meta: pd.DataFrame, weights_dir, inv_root: Path, device: str, batch_size: int,
                     latent_tracer_limit: int, seed: int) -> pd.DataFrame:
-    from tqdm.auto import tqdm
-
     images = load_images(meta["path"])
     frames = []
     for family in ("VAR", "RAR"):
@@ -64,14 +63,51 @@ def compute_signals(meta: pd.DataFrame, weights_dir, inv_root: Path, device: str
         frames.append(signal_frame(original, images, list(meta.index), batch_size=batch_size, token_search=search, prefix=f"{family}_orig_"))
         frames.append(signal_frame(inverse, images, list(meta.index), batch_size=batch_size, token_search=search,
                                    with_refined_enc_loss=True, prefix=f"{family}_inv_"))
-        # LatentTracer is slow (100 optimisation steps): a fixed random subset per source group
-        subset = (meta.groupby("source", group_keys=False)
-                  .apply(lambda g: g.sample(min(len(g), latent_tracer_limit), random_state=seed)).index)
-        positions = [meta.index.get_loc(i) for i in subset]
-        starts = tqdm(range(0, len(positions), batch_size), desc=f"{family} LatentTracer", leave=False)
-        traced = torch.cat([latent_tracer(original, images[positions[s:s + batch_size]]) for s in starts])
-        frames.append(pd.DataFrame({f"{family}_orig_latent_tracer": traced.double().numpy()}, index=subset))
+        frames.append(latent_tracer_frame(original, images, meta, batch_size, latent_tracer_limit, seed, f"{family}_orig_"))
     return pd.concat(frames, axis=1).reindex(meta.index)
+
+
+def latent_tracer_subset(meta: pd.DataFrame, limit: int, seed: int) -> pd.Index:
+    """LatentTracer is slow (100 optimisation steps): a fixed random subset of ``limit`` images per source."""
+    return (meta.groupby("source", group_keys=False)
+            .apply(lambda g: g.sample(min(len(g), limit), random_state=seed)).index)
+
+
+def latent_tracer_frame(adapter, images: torch.Tensor, meta: pd.DataFrame, batch_size: int, limit: int, seed: int,
+                        prefix: str) -> pd.DataFrame:
+    """``{prefix}latent_tracer`` on :func:`latent_tracer_subset` (the other images get no value)."""
+    from tqdm.auto import tqdm
+
+    subset = latent_tracer_subset(meta, limit, seed)
+    positions = [meta.index.get_loc(i) for i in subset]
+    starts = tqdm(range(0, len(positions), batch_size), desc=f"{prefix}latent_tracer", leave=False)
+    traced = torch.cat([latent_tracer(adapter, images[positions[s:s + batch_size]]) for s in starts])
+    return pd.DataFrame({f"{prefix}latent_tracer": traced.double().numpy()}, index=subset)
+
+
+def compute_inverse_latent_tracer(meta: pd.DataFrame, weights_dir, inv_root: Path, device: str, batch_size: int,
+                                  latent_tracer_limit: int, seed: int) -> pd.DataFrame:
+    """LatentTracer started from the inverse decoder's ``f̂`` instead of the original encoder's."""
+    images = load_images(meta["path"])
+    frames = []
+    for family in ("VAR", "RAR"):
+        inverse = inv_decoder.load_inverse_decoder(load_family(family, weights_dir, device=device),
+                                                   inv_decoder.ensure_inverse_decoder(family, weights_dir, inv_root, False, device))
+        frames.append(latent_tracer_frame(inverse, images, meta, batch_size, latent_tracer_limit, seed, f"{family}_inv_"))
+    return pd.concat(frames, axis=1).reindex(meta.index)
+
+
+def cached_block(out: Path, name: str, key: str, compute) -> pd.DataFrame:
+    """``out/{name}.csv`` if ``out/{name}.json`` records ``key``, else ``compute()``, saved."""
+    path, key_path = out / f"{name}.csv", out / f"{name}.json"
+    if path.is_file() and key_path.is_file() and json.loads(key_path.read_text()).get("key") == key:
+        print(f"reusing {path} (same images, weights and settings)", file=sys.stderr)
+        return pd.read_csv(path, index_col=0)
+    frame = compute()
+    key_path.unlink(missing_ok=True)
+    frame.to_csv(path)
+    key_path.write_text(json.dumps({"key": key}))
+    return frame
 
 
 def main(argv: list | None = None) -> int:
@@ -93,16 +129,13 @@ def main(argv: list | None = None) -> int:
     meta = list_split(args.dataset, args.split)
     if meta["label"].isna().any():
         raise SystemExit(f"{args.dataset}/{args.split} has unlabeled images; the test labels file is needed for evaluation")
-    signals_path, key_path = args.out / "signals.csv", args.out / "signals.json"
     key = signals_key(meta, args.weights_dir, args.inv_root, device, args.latent_tracer_limit, args.seed)
-    if signals_path.is_file() and key_path.is_file() and json.loads(key_path.read_text()).get("key") == key:
-        signals = pd.read_csv(signals_path, index_col=0).reindex(meta.index)
-        print(f"reusing {signals_path} (same images, weights and settings)", file=sys.stderr)
-    else:
-        signals = compute_signals(meta, args.weights_dir, args.inv_root, device, args.batch_size, args.latent_tracer_limit, args.seed)
-        key_path.unlink(missing_ok=True)
-        signals.to_csv(signals_path)
-        key_path.write_text(json.dumps({"key": key}))
+    settings = (meta, args.weights_dir, args.inv_root, device, args.batch_size, args.latent_tracer_limit, args.seed)
+    signals = cached_block(args.out, "signals", key, lambda: compute_signals(*settings)).reindex(meta.index)
+    # its own file, so that adding it did not recompute the signals above
+    traced = cached_block(args.out, "latent_tracer_inv", hashlib.sha256(f"{key}:latent_tracer_inv".encode()).hexdigest(),
+                          lambda: compute_inverse_latent_tracer(*settings))
+    signals = pd.concat([signals, traced.reindex(meta.index)], axis=1)
     table = family_eval.evaluation_table(signals, meta)
     table.to_csv(args.out / "results.csv", index=False)
     pd.set_option("display.width", 200)

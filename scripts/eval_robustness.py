@@ -7,9 +7,7 @@ seven attacks of ``augmentation.py`` at the paper's strengths (Gaussian noise 0.
 9, JPEG 60, brightness 1.6, contrast 2.0, saturation 2.0, resize 0.5; plus ``none``), then scored
 with the inverse decoder fine-tuned without and with the augmentation curriculum (both are
 fine-tuned first if missing). Reports TPR@1%FPR against all non-belonging images pooled, per
-family, attack, inverse decoder and signal; saves ``robustness.csv``. ``enc_loss_refined`` among
-``--signals`` adds the refined EncLoss (``signals.refined_enc_loss``; about 0.1 s per image and
-family on 2 cores, so it is not in the default list).
+family, attack, inverse decoder and signal; saves ``robustness.csv``.
 """
 from __future__ import annotations
 
@@ -41,8 +39,7 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--weights-dir", type=Path)
     parser.add_argument("--inv-root", type=Path, default=ROOT / "runs" / "inv_decoder")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "eval_robustness")
-    parser.add_argument("--signals", nargs="+", default=["quant_loss", "quant_loss_searched", "combined"],
-                        help="signals to report (signals.SIGNALS, or enc_loss_refined)")
+    parser.add_argument("--signals", nargs="+", default=["quant_loss", "quant_loss_searched", "combined"])
     parser.add_argument("--attacks", nargs="+", default=["none"] + list(ATTACK_DEFAULTS))
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
@@ -64,8 +61,7 @@ def main(argv: list | None = None) -> int:
                 images = clean if attack == "none" else apply_attack(clean, attack, ATTACK_DEFAULTS[attack], generator=gen)
                 images = torch.round(images.clamp(0, 1) * 255) / 255
                 frame = signal_frame(adapter, images, list(meta.index), batch_size=args.batch_size,
-                                     token_search=search_tokens if family == "VAR" else None,
-                                     with_refined_enc_loss="enc_loss_refined" in args.signals)
+                                     token_search=search_tokens if family == "VAR" else None)
                 for signal in [s for s in args.signals if s in frame.columns]:
                     values = frame[signal]
                     tpr = tpr_at_fpr(values[groups == "belonging"].to_numpy(), values[groups != "belonging"].to_numpy())

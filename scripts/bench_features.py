@@ -1,0 +1,61 @@
+"""Feature-extraction cost per batch: what one worker of ``submission.py`` spends on an image batch.
+
+    python scripts/bench_features.py [--dataset Dataset] [--batches 4] [--batch-size 32] [--threads 1]
+
+Times :func:`feature_extractor.features_for_batch` on ``--batches`` batches of the Dataset's
+training images (one warm-up batch first, not counted), with ``--threads`` threads — one, as in
+the cold run's worker processes — and no cache. Prints the extractor version, seconds per batch
+(each, and the median) and milliseconds per image. Machine speed drifts between sessions, so
+compare two versions by running this script on both checkouts back to back, not against a figure
+from another day.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+import feature_extractor  # noqa: E402
+from dataset import images_under, load_images  # noqa: E402
+from runtime import keep_freed_memory  # noqa: E402
+
+
+def main(argv: list | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", type=Path, default=ROOT / "Dataset")
+    parser.add_argument("--batches", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    keep_freed_memory()
+    paths = images_under(args.dataset / "train")
+    needed = (args.batches + 1) * args.batch_size
+    if len(paths) < needed:
+        raise SystemExit(f"{args.dataset}/train has {len(paths)} images, {needed} needed: build the demo Dataset "
+                         "(python scripts/make_demo_dataset.py) or lower --batches")
+    paths = paths[::max(1, len(paths) // needed)][:needed]  # spread over the classes
+    extractor = feature_extractor.FeatureExtractor(use_cache=False, progress=False)
+    images = load_images(paths, size=extractor.image_size)
+    feature_extractor.features_for_batch(extractor.adapters, images[:args.batch_size])  # warm-up
+    seconds = []
+    for b in range(1, args.batches + 1):
+        start = time.perf_counter()
+        feature_extractor.features_for_batch(extractor.adapters, images[b * args.batch_size:(b + 1) * args.batch_size])
+        seconds.append(time.perf_counter() - start)
+    median = statistics.median(seconds)
+    print(f"extractor version {feature_extractor.EXTRACTOR_VERSION}, {args.threads} thread(s): "
+          f"{' '.join(f'{s:.2f}' for s in seconds)} s per {args.batch_size}-image batch; "
+          f"median {median:.2f} s ({1000 * median / args.batch_size:.0f} ms/image)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
