@@ -61,8 +61,8 @@ def _pivot(table: pd.DataFrame, index: List[str]) -> pd.DataFrame:
 def paper_tables(table: pd.DataFrame) -> Dict[str, pd.DataFrame]:
     """The analogues of the paper's Tables 1, 3, 4 and 5 (TPR@1%FPR in %)."""
     t = table
-    ours = t[(t.encoder == "inv") & t.signal.isin(["quant_loss", "quant_loss_searched", "enc_loss", "combined", "enc_loss_refined"])]
-    ours = pd.concat([ours, t[(t.encoder == "inv") & (t.signal == "latent_tracer")]])
+    ours = t[(t.encoder == "inv") & t.signal.isin(["quant_loss", "quant_loss_searched", "enc_loss", "combined", "enc_loss_refined",
+                                                   "latent_tracer"])]
     baselines = t[(t.encoder == "orig") & t.signal.isin(["reconstruction", "aedr", "latent_tracer"])]
     return {
         "table1_signals_vs_baselines": _pivot(pd.concat([ours, baselines]), ["family", "encoder", "signal"]),

@@ -144,8 +144,7 @@ class FeatureExtractor:
         paths = [Path(p) for p in paths]
         ids = list(ids) if ids is not None else [str(p) for p in paths]
         keys = [file_sha256(p) for p in paths]
-        stored = self.store.read(keys) if self.store.enabled else pd.DataFrame()  # read once: the shards are many
-        todo = list(dict.fromkeys(k for k in keys if k not in stored.index))
+        stored, todo = self.store.lookup(keys)  # one pass over the shards, which are many
         first_path = {k: p for k, p in zip(keys, paths)}
         jobs = [(todo[s:s + self.batch_size], [first_path[k] for k in todo[s:s + self.batch_size]])
                 for s in range(0, len(todo), self.batch_size)]

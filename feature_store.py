@@ -17,7 +17,7 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Iterable, List, Optional
+from typing import Iterable, List, Optional, Tuple
 
 import pandas as pd
 
@@ -76,12 +76,13 @@ class FeatureStore:
         os.replace(tmp, self.folder / name)
         return self.folder / name
 
+    def lookup(self, keys: Iterable[str]) -> Tuple[pd.DataFrame, List[str]]:
+        """``(stored rows of keys, keys without a row)`` from one pass over the shards; the missing
+        keys in input order, without duplicates."""
+        keys = list(keys)
+        stored = self.read(keys) if self.enabled else pd.DataFrame(index=pd.Index([], name="key"))
+        return stored, [k for k in dict.fromkeys(keys) if k not in stored.index]
+
     def missing(self, keys: Iterable[str]) -> List[str]:
         """Keys without a stored row, in input order, without duplicates."""
-        have = set(self.read().index) if self.enabled else set()
-        seen, out = set(), []
-        for key in keys:
-            if key not in have and key not in seen:
-                seen.add(key)
-                out.append(key)
-        return out
+        return self.lookup(keys)[1]

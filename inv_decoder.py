@@ -38,7 +38,7 @@ import torch
 from models.adapter import FamilyAdapter
 from models.checkpoints import CheckpointError, read_state_dict
 
-__all__ = ["DEFAULT_CONFIG", "encoder_state_prefixes", "generate_training_tokens", "finetune", "load_inverse_decoder",
+__all__ = ["DEFAULT_CONFIG", "encoder_state_prefixes", "generate_training_tokens", "finetune", "load_inverse_decoder", "inverse_adapter",
            "default_output_dir", "ensure_inverse_decoder", "SHIPPED_SUBDIR"]
 
 DEFAULT_CONFIG: Dict[str, object] = dict(
@@ -222,6 +222,15 @@ def ensure_inverse_decoder(family: str, weights_dir: Optional[Path], inv_root: P
         print(f"[{family}] no inverse decoder at {path}: fine-tuning one now", file=sys.stderr)
         finetune(load_family(family, weights_dir, device=device), out, dict(config or {}, augment=augment))
     return path
+
+
+def inverse_adapter(family: str, weights_dir: Optional[Path], inv_root: Path | str, augment: bool = False,
+                    device: str = "cpu", config: Optional[dict] = None) -> FamilyAdapter:
+    """The family's adapter with its inverse decoder in place of the encoder (:func:`ensure_inverse_decoder`)."""
+    from models.zoo import load_family
+
+    path = ensure_inverse_decoder(family, weights_dir, inv_root, augment, device, config)
+    return load_inverse_decoder(load_family(family, weights_dir, device=device), path)
 
 
 def main(argv: Optional[list] = None) -> int:

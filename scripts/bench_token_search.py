@@ -29,9 +29,8 @@ import torch  # noqa: E402
 import family_eval  # noqa: E402
 import inv_decoder  # noqa: E402
 from dataset import list_split, load_images  # noqa: E402
-from metrics import tpr_at_fpr  # noqa: E402
-from models.zoo import load_family  # noqa: E402
 from feature_extractor import SEARCH_ITERS  # noqa: E402
+from metrics import tpr_at_fpr  # noqa: E402
 from quantizer import greedy_tokens, search_tokens, search_tokens_reference  # noqa: E402
 
 
@@ -83,8 +82,7 @@ def main(argv: list | None = None) -> int:
     non_belonging = others.groupby(others).apply(lambda g: g.sample(min(len(g), per_other), random_state=args.seed)).index.get_level_values(-1)
     chosen = list(belonging) + list(non_belonging)
     is_belonging = torch.tensor([i in set(belonging) for i in chosen])
-    adapter = inv_decoder.load_inverse_decoder(load_family("VAR", args.weights_dir),
-                                               inv_decoder.ensure_inverse_decoder("VAR", args.weights_dir, args.inv_root, False, "cpu"))
+    adapter = inv_decoder.inverse_adapter("VAR", args.weights_dir, args.inv_root, False, "cpu")
     with torch.no_grad():
         f = adapter.encode(load_images(meta.loc[chosen, "path"]))
     chunks = list(torch.split(f, args.batch_size))

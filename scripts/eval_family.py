@@ -57,8 +57,7 @@ def compute_signals(meta: pd.DataFrame, weights_dir, inv_root: Path, device: str
     frames = []
     for family in ("VAR", "RAR"):
         original = load_family(family, weights_dir, device=device)
-        inverse = inv_decoder.load_inverse_decoder(load_family(family, weights_dir, device=device),
-                                                   inv_decoder.ensure_inverse_decoder(family, weights_dir, inv_root, False, device))
+        inverse = inv_decoder.inverse_adapter(family, weights_dir, inv_root, False, device)
         search = search_tokens if family == "VAR" else None
         frames.append(signal_frame(original, images, list(meta.index), batch_size=batch_size, token_search=search, prefix=f"{family}_orig_"))
         frames.append(signal_frame(inverse, images, list(meta.index), batch_size=batch_size, token_search=search,
@@ -91,8 +90,7 @@ def compute_inverse_latent_tracer(meta: pd.DataFrame, weights_dir, inv_root: Pat
     images = load_images(meta["path"])
     frames = []
     for family in ("VAR", "RAR"):
-        inverse = inv_decoder.load_inverse_decoder(load_family(family, weights_dir, device=device),
-                                                   inv_decoder.ensure_inverse_decoder(family, weights_dir, inv_root, False, device))
+        inverse = inv_decoder.inverse_adapter(family, weights_dir, inv_root, False, device)
         frames.append(latent_tracer_frame(inverse, images, meta, batch_size, latent_tracer_limit, seed, f"{family}_inv_"))
     return pd.concat(frames, axis=1).reindex(meta.index)
 

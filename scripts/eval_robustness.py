@@ -26,7 +26,6 @@ import inv_decoder  # noqa: E402
 from augmentation import ATTACK_DEFAULTS, apply_attack  # noqa: E402
 from dataset import list_split, load_images  # noqa: E402
 from metrics import tpr_at_fpr  # noqa: E402
-from models.zoo import load_family  # noqa: E402
 from quantizer import search_tokens  # noqa: E402
 from runtime import keep_freed_memory  # noqa: E402
 from signals import signal_frame  # noqa: E402
@@ -54,8 +53,7 @@ def main(argv: list | None = None) -> int:
     for family in ("VAR", "RAR"):
         groups = pd.Series([family_eval.source_group(s, l, family) for s, l in zip(meta["source"], meta["label"])], index=meta.index)
         for augmented in (False, True):
-            adapter = inv_decoder.load_inverse_decoder(load_family(family, args.weights_dir, device=device),
-                                                       inv_decoder.ensure_inverse_decoder(family, args.weights_dir, args.inv_root, augmented, device))
+            adapter = inv_decoder.inverse_adapter(family, args.weights_dir, args.inv_root, augmented, device)
             for attack in args.attacks:
                 gen = torch.Generator().manual_seed(args.seed)
                 images = clean if attack == "none" else apply_attack(clean, attack, ATTACK_DEFAULTS[attack], generator=gen)
