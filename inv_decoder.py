@@ -43,8 +43,10 @@ __all__ = ["DEFAULT_CONFIG", "encoder_state_prefixes", "generate_training_tokens
 
 DEFAULT_CONFIG: Dict[str, object] = dict(
     images=1536, epochs=6, batch_size=32, lr=1e-4, seed=0, augment=False, augment_p=0.5,
-    schedule=[["none", 1], ["weak", 1], ["medium", 2], ["strong", 2]],
+    schedule=[["none", 1], ["weak", 1], ["medium", 2], ["strong", 2]], init=None,
 )
+# ``init``: an inverse decoder file to start from instead of the tokenizer's encoder (e.g. the plain
+# one, to continue its curriculum with augmentation); the run's JSON records its name and sha256.
 SEED_OFFSET = 7_000_000  # generation seeds of fine-tuning data; make_demo_dataset uses small seeds
 SHIPPED_SUBDIR = "inv_decoders"  # inverse decoders shipped beside a zoo's weights
 
@@ -159,6 +161,12 @@ def finetune(adapter: FamilyAdapter, out_dir: Path | str, config: Optional[dict]
     opt = torch.optim.Adam(params, lr=float(cfg["lr"]))
     losses: List[float] = []
     start_epoch = 0
+    record = {k: v for k, v in cfg.items() if k != "init" or v}
+    if cfg.get("init"):
+        init = Path(str(cfg["init"]))
+        record["init"] = {"file": f"{init.parent.name}/{init.name}", "sha256": hashlib.sha256(init.read_bytes()).hexdigest()}
+        if not ckpt_path.is_file():  # a resumed run takes its encoder from the checkpoint
+            load_inverse_decoder(adapter, init)
     if ckpt_path.is_file():
         state = torch.load(ckpt_path, weights_only=True)
         adapter.tokenizer.load_state_dict(state["encoder"], strict=False)
@@ -201,7 +209,7 @@ def finetune(adapter: FamilyAdapter, out_dir: Path | str, config: Optional[dict]
     from safetensors.torch import save_file
 
     save_file(_encoder_state(adapter), str(out / "inv_decoder.safetensors"))
-    summary = {"family": adapter.family, "config": cfg, "losses": losses, "train_images": int(len(tokens))}
+    summary = {"family": adapter.family, "config": record, "losses": losses, "train_images": int(len(tokens))}
     (out / "inv_decoder.json").write_text(json.dumps(summary, indent=2))
     _save_loss_curve(losses, out / "loss_curve.png", f"{adapter.family} inverse decoder{' (augmented)' if cfg['augment'] else ''}")
     return summary
@@ -244,6 +252,7 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--lr", type=float, default=DEFAULT_CONFIG["lr"])
     parser.add_argument("--seed", type=int, default=DEFAULT_CONFIG["seed"])
     parser.add_argument("--augment", action="store_true", help="use the augmentation curriculum")
+    parser.add_argument("--init", type=Path, help="start from this inverse decoder (.safetensors) instead of the encoder")
     parser.add_argument("--exclude", type=Path, nargs="*", default=[], help="folders of images to be scored; fail on overlap")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     args = parser.parse_args(argv)
@@ -253,7 +262,7 @@ def main(argv: Optional[list] = None) -> int:
     adapter = load_family(args.family, args.weights_dir, device=device)
     out = default_output_dir(args.out, args.family, args.augment)
     summary = finetune(adapter, out, dict(images=args.images, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                          seed=args.seed, augment=args.augment), exclude_folders=args.exclude)
+                                          seed=args.seed, augment=args.augment, init=args.init), exclude_folders=args.exclude)
     print(f"{out}/inv_decoder.safetensors  final loss {summary['losses'][-1]:.4e}")
     return 0
 

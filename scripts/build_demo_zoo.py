@@ -92,10 +92,17 @@ FULL = dict(pool=6000, val=480, tok_steps={"VAR": 450, "RAR": 450, "OUTLIER": 25
 INV_DECODER_FULL = dict(images=1536, epochs=6, batch_size=32, lr=1e-4)
 # The plain inverse decoders train longer: their loss was still falling after 6 epochs on 1 536
 # images (2.5 % per epoch), and for RAR every further epoch found more of the generated tokens
-# again (26 → 37 % after 16 more epochs on 6 144 fresh images); see the README's diagnosis. The
-# augmented ones (robustness evaluation only) keep the short schedule.
+# again (26 → 37 % after 16 more epochs on 6 144 fresh images); see the README's diagnosis.
 INV_DECODER_LONG = dict(images=6144, epochs=18, lr=3e-4)
-INV_DECODER_OVERRIDES = {("VAR", False): INV_DECODER_LONG, ("RAR", False): INV_DECODER_LONG}
+# The augmented ones (robustness evaluation) continue the plain one's training with the rest of the
+# curriculum: its 18 epochs are the "none" stage, then 2 epochs each of weak, medium and strong
+# augmentation on the same 6 144 generations. Trained from the encoder on 1 536 images for 6 epochs
+# instead (until 2026-11-24), they ended far less trained than the plain ones (loss 5.4e-3 against
+# 2.3e-3 for VAR), which confounded the plain-vs-augmented comparison.
+INV_DECODER_AUG_CONTINUED = dict(images=6144, epochs=6, lr=1e-4, schedule=[["weak", 2], ["medium", 2], ["strong", 2]],
+                                 init_from_plain=True)
+INV_DECODER_OVERRIDES = {("VAR", False): INV_DECODER_LONG, ("RAR", False): INV_DECODER_LONG,
+                         ("VAR", True): INV_DECODER_AUG_CONTINUED, ("RAR", True): INV_DECODER_AUG_CONTINUED}
 INV_DECODER_QUICK = dict(images=16, epochs=2, batch_size=8, lr=1e-4)
 QUICK = dict(pool=96, val=32, tok_steps={"VAR": 6, "RAR": 6, "OUTLIER": 4},
              var_steps={"var16": 4, "var20": 4, "var24": 4, "var30": 4}, rar_steps=4, rar_select_every=2,
@@ -281,19 +288,23 @@ def write_sha256sums(out: Path) -> None:
 
 
 def build_inverse_decoders(out: Path, seed: int, quick: bool, progress: bool = True,
-                           families: Sequence[str] = ("VAR", "RAR")) -> Dict[str, dict]:
-    """Fine-tune and ship the inverse decoders of ``families``, plain and with the augmentation curriculum."""
+                           families: Sequence[str] = ("VAR", "RAR"), kinds: Sequence[str] = ("plain", "augmented")) -> Dict[str, dict]:
+    """Fine-tune and ship the inverse decoders of ``families``, plain and/or (``kinds``) with the
+    augmentation curriculum; an augmented one that continues the plain one starts from the plain
+    file in ``out`` (trained first when both kinds are built)."""
     import inv_decoder
     from models.zoo import load_family
 
     torch.set_num_threads(2)
     summaries = {}
     for family in families:
-        for augment in (False, True):
+        for augment in [kind == "augmented" for kind in ("plain", "augmented") if kind in kinds]:
             clock = time.perf_counter()
             target = inv_decoder.default_output_dir(out / inv_decoder.SHIPPED_SUBDIR, family, augment)
             config = dict(INV_DECODER_QUICK if quick else {**INV_DECODER_FULL, **INV_DECODER_OVERRIDES.get((family, augment), {})},
                           seed=seed, augment=augment)
+            if config.pop("init_from_plain", False):
+                config["init"] = inv_decoder.default_output_dir(out / inv_decoder.SHIPPED_SUBDIR, family, False) / "inv_decoder.safetensors"
             summary = inv_decoder.finetune(load_family(family, out), target, config, progress=progress)
             for scratch in ("checkpoint.pt", "train_tokens.pt"):
                 (target / scratch).unlink(missing_ok=True)
@@ -316,6 +327,8 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--stage", choices=["all", "models", "inv-decoders"], default="all",
                         help="models: tokenizers and generators; inv-decoders: fine-tune the shipped inverse decoders "
                              "of an existing zoo in --out; all (default): both")
+    parser.add_argument("--inv-kinds", nargs="+", choices=["plain", "augmented"], default=["plain", "augmented"],
+                        help="which inverse decoders to fine-tune (default: both)")
     args = parser.parse_args(argv)
     keep_freed_memory()  # same numbers, fewer page faults
     start = time.perf_counter()
@@ -323,7 +336,8 @@ def main(argv: list | None = None) -> int:
     # fine-tuned on the family's generations)
     families = [f for f in ("VAR", "RAR") if args.only is None or set(args.only) & set(ZOO_CONFIG[f]["variants"])]
     if args.stage == "inv-decoders":
-        build_inverse_decoders(args.out, args.seed, args.quick, progress=not args.no_progress, families=families)
+        build_inverse_decoders(args.out, args.seed, args.quick, progress=not args.no_progress, families=families,
+                               kinds=args.inv_kinds)
         print(f"total {time.perf_counter() - start:.0f}s → {args.out}")
         return 0
     manifest = build(args.out, args.seed, args.quick, progress=not args.no_progress, only=args.only)

@@ -124,9 +124,14 @@ def _run_job(job: Tuple[int, str, str, int, int, int]) -> List[Tuple[np.ndarray,
 
 
 def zoo_digest(zoo_dir: Path) -> str:
-    """sha256 of the zoo's ``SHA256SUMS``: names the exact weights a demo Dataset was made with."""
+    """sha256 of the zoo's ``SHA256SUMS`` lines of the tokenizers and generators: names the exact
+    weights a demo Dataset was made with. The inverse decoders (``inv_decoders/``) make no image,
+    so retraining them does not outdate a Dataset."""
     sums = zoo_dir / "SHA256SUMS"
-    return hashlib.sha256(sums.read_bytes()).hexdigest() if sums.is_file() else "unknown"
+    if not sums.is_file():
+        return "unknown"
+    lines = [line for line in sums.read_text().splitlines() if not line.split(maxsplit=1)[-1].startswith("inv_decoders/")]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 def build(out: Path, seed: int, counts: Dict[str, int], zoo_dir: Path | None = None, progress: bool = True,

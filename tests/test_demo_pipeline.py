@@ -87,6 +87,17 @@ def test_submission_end_to_end_and_warm_rerun(tiny_dataset, tmp_path):
     assert len(list((cache / "models").iterdir())) == 2
 
 
+def test_zoo_digest_names_the_generating_weights_only(tmp_path):
+    """Retraining an inverse decoder leaves a Dataset current; any tokenizer or generator change outdates it."""
+    sums = tmp_path / "SHA256SUMS"
+    sums.write_text("aa  var16.safetensors\nbb  inv_decoders/VAR/inv_decoder.safetensors\n")
+    first = make_demo_dataset.zoo_digest(tmp_path)
+    sums.write_text("aa  var16.safetensors\ncc  inv_decoders/VAR/inv_decoder.safetensors\n")
+    assert make_demo_dataset.zoo_digest(tmp_path) == first
+    sums.write_text("ab  var16.safetensors\ncc  inv_decoders/VAR/inv_decoder.safetensors\n")
+    assert make_demo_dataset.zoo_digest(tmp_path) != first
+
+
 def test_demo_dataset_is_rebuilt_when_the_zoo_changes(tiny_dataset, tmp_path):
     """``--demo`` reuses a Dataset only if the shipped zoo made it; it never replaces a folder that is not a demo Dataset."""
     assert submission.demo_dataset_outdated(tiny_dataset) is None

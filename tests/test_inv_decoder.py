@@ -43,3 +43,22 @@ def test_wrong_family_file_is_refused(small_zoo_dir, tmp_path):
     inv_decoder.finetune(adapter, tmp_path / "r", dict(CFG, epochs=1, images=6), progress=False)
     with pytest.raises(CheckpointError, match="not an inverse decoder"):
         inv_decoder.load_inverse_decoder(load_family("VAR", small_zoo_dir), tmp_path / "r" / "inv_decoder.safetensors")
+
+
+def test_init_continues_from_an_inverse_decoder(small_zoo_dir, tmp_path):
+    """``init`` starts from a fine-tuned file (the augmented zoo decoders continue the plain ones)."""
+    import hashlib
+    import json
+
+    first = inv_decoder.finetune(load_family("RAR", small_zoo_dir), tmp_path / "first", CFG, progress=False)
+    init = tmp_path / "first" / "inv_decoder.safetensors"
+    same = load_family("RAR", small_zoo_dir)
+    inv_decoder.finetune(same, tmp_path / "same", dict(CFG, epochs=0, init=init), progress=False)
+    for key, value in _weights(inv_decoder.load_inverse_decoder(load_family("RAR", small_zoo_dir), init)).items():
+        assert torch.equal(value, _weights(same)[key]), key
+    cont = inv_decoder.finetune(load_family("RAR", small_zoo_dir), tmp_path / "cont",
+                                dict(CFG, epochs=1, init=init, augment=True, schedule=[["weak", 1]]), progress=False)
+    assert cont["losses"][0] < first["losses"][0]  # it starts where the first run ended, not from the encoder
+    recorded = json.loads((tmp_path / "cont" / "inv_decoder.json").read_text())["config"]["init"]
+    assert recorded == {"file": "first/inv_decoder.safetensors", "sha256": hashlib.sha256(init.read_bytes()).hexdigest()}
+    assert "init" not in json.loads((tmp_path / "first" / "inv_decoder.json").read_text())["config"]
