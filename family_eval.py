@@ -18,7 +18,7 @@ import pandas as pd
 from metrics import roc_auc, tpr_at_fpr
 from models.registry import FAMILY_OF, VARIANT_NAMES
 
-__all__ = ["source_group", "evaluation_table", "paper_tables", "NON_BELONGING_GROUPS"]
+__all__ = ["source_group", "per_source_subset", "evaluation_table", "paper_tables", "NON_BELONGING_GROUPS"]
 
 NON_BELONGING_GROUPS = ("natural", "other_family", "outlier_iar", "all")
 
@@ -30,6 +30,12 @@ def source_group(source: str, label: str | None, family: str) -> str:
     if label in VARIANT_NAMES:
         return "belonging" if FAMILY_OF[label] == family else "other_family"
     return "outlier_iar" if "iar" in str(source).lower() else "natural"
+
+
+def per_source_subset(meta: pd.DataFrame, limit: int, seed: int) -> pd.Index:
+    """A fixed random subset of ``limit`` images per ``source`` (for the slow optimisation signals)."""
+    return (meta.groupby("source", group_keys=False)
+            .apply(lambda g: g.sample(min(len(g), limit), random_state=seed)).index)
 
 
 def evaluation_table(signals: pd.DataFrame, meta: pd.DataFrame, families: Iterable[str] = ("VAR", "RAR"),

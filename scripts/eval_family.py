@@ -66,18 +66,13 @@ def compute_signals(meta: pd.DataFrame, weights_dir, inv_root: Path, device: str
     return pd.concat(frames, axis=1).reindex(meta.index)
 
 
-def latent_tracer_subset(meta: pd.DataFrame, limit: int, seed: int) -> pd.Index:
-    """LatentTracer is slow (100 optimisation steps): a fixed random subset of ``limit`` images per source."""
-    return (meta.groupby("source", group_keys=False)
-            .apply(lambda g: g.sample(min(len(g), limit), random_state=seed)).index)
-
-
 def latent_tracer_frame(adapter, images: torch.Tensor, meta: pd.DataFrame, batch_size: int, limit: int, seed: int,
                         prefix: str) -> pd.DataFrame:
-    """``{prefix}latent_tracer`` on :func:`latent_tracer_subset` (the other images get no value)."""
+    """``{prefix}latent_tracer`` on :func:`family_eval.per_source_subset` (LatentTracer is slow: 100
+    optimisation steps; the other images get no value)."""
     from tqdm.auto import tqdm
 
-    subset = latent_tracer_subset(meta, limit, seed)
+    subset = family_eval.per_source_subset(meta, limit, seed)
     positions = [meta.index.get_loc(i) for i in subset]
     starts = tqdm(range(0, len(positions), batch_size), desc=f"{prefix}latent_tracer", leave=False)
     traced = torch.cat([latent_tracer(adapter, images[positions[s:s + batch_size]]) for s in starts])

@@ -1,6 +1,7 @@
 """Robustness of family attribution to post-processing: the analogue of the paper's Table 2.
 
     python scripts/eval_robustness.py [--dataset Dataset] [--split test] [--signals quant_loss combined]
+    python scripts/eval_robustness.py --signals enc_loss enc_loss_refined --inverse-decoders augmented --per-source 60
 
 Every image of the split (belonging and non-belonging alike) is post-processed by each of the
 seven attacks of ``augmentation.py`` at the paper's strengths (Gaussian noise 0.05, blur kernel
@@ -8,6 +9,12 @@ seven attacks of ``augmentation.py`` at the paper's strengths (Gaussian noise 0.
 with the inverse decoder fine-tuned without and with the augmentation curriculum (both are
 fine-tuned first if missing). Reports TPR@1%FPR against all non-belonging images pooled, per
 family, attack, inverse decoder and signal; saves ``robustness.csv``.
+
+``enc_loss_refined`` (refined EncLoss: 10 Adam steps of latent optimisation per image, see
+``signals.py``) costs about ten decoder passes with gradients per image; ``--per-source N`` scores
+a fixed random subset of N images per source instead of the whole split (the subset
+``scripts/eval_family.py`` uses for LatentTracer, with the same seed), and ``--inverse-decoders``
+restricts the run to one kind.
 """
 from __future__ import annotations
 
@@ -38,7 +45,11 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--weights-dir", type=Path)
     parser.add_argument("--inv-root", type=Path, default=ROOT / "runs" / "inv_decoder")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "eval_robustness")
-    parser.add_argument("--signals", nargs="+", default=["quant_loss", "quant_loss_searched", "combined"])
+    parser.add_argument("--signals", nargs="+", default=["quant_loss", "quant_loss_searched", "combined"],
+                        help="columns of signals.signal_frame: quant_loss, quant_loss_searched, enc_loss_raw, enc_loss, "
+                             "combined, reconstruction, aedr, enc_loss_refined (slow)")
+    parser.add_argument("--inverse-decoders", nargs="+", choices=["plain", "augmented"], default=["plain", "augmented"])
+    parser.add_argument("--per-source", type=int, default=0, help="score N images per source (default 0: all)")
     parser.add_argument("--attacks", nargs="+", default=["none"] + list(ATTACK_DEFAULTS))
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
@@ -48,18 +59,21 @@ def main(argv: list | None = None) -> int:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     args.out.mkdir(parents=True, exist_ok=True)
     meta = list_split(args.dataset, args.split)
+    if args.per_source > 0:
+        meta = meta.loc[family_eval.per_source_subset(meta, args.per_source, args.seed)]
     clean = load_images(meta["path"])
     rows = []
     for family in ("VAR", "RAR"):
         groups = pd.Series([family_eval.source_group(s, l, family) for s, l in zip(meta["source"], meta["label"])], index=meta.index)
-        for augmented in (False, True):
+        for augmented in [kind == "augmented" for kind in ("plain", "augmented") if kind in args.inverse_decoders]:
             adapter = inv_decoder.inverse_adapter(family, args.weights_dir, args.inv_root, augmented, device)
             for attack in args.attacks:
                 gen = torch.Generator().manual_seed(args.seed)
                 images = clean if attack == "none" else apply_attack(clean, attack, ATTACK_DEFAULTS[attack], generator=gen)
                 images = torch.round(images.clamp(0, 1) * 255) / 255
                 frame = signal_frame(adapter, images, list(meta.index), batch_size=args.batch_size,
-                                     token_search=search_tokens if family == "VAR" else None)
+                                     token_search=search_tokens if family == "VAR" else None,
+                                     with_refined_enc_loss="enc_loss_refined" in args.signals)
                 for signal in [s for s in args.signals if s in frame.columns]:
                     values = frame[signal]
                     tpr = tpr_at_fpr(values[groups == "belonging"].to_numpy(), values[groups != "belonging"].to_numpy())
