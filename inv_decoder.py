@@ -39,7 +39,7 @@ from models.adapter import FamilyAdapter
 from models.checkpoints import CheckpointError, read_state_dict
 
 __all__ = ["DEFAULT_CONFIG", "encoder_state_prefixes", "generate_training_tokens", "finetune", "load_inverse_decoder", "inverse_adapter",
-           "default_output_dir", "ensure_inverse_decoder", "SHIPPED_SUBDIR"]
+           "default_output_dir", "shipped_file", "ensure_inverse_decoder", "augment_flags", "SHIPPED_SUBDIR", "WEIGHTS_FILE", "KINDS"]
 
 DEFAULT_CONFIG: Dict[str, object] = dict(
     images=1536, epochs=6, batch_size=32, lr=1e-4, seed=0, augment=False, augment_p=0.5,
@@ -49,10 +49,22 @@ DEFAULT_CONFIG: Dict[str, object] = dict(
 # one, to continue its curriculum with augmentation); the run's JSON records its name and sha256.
 SEED_OFFSET = 7_000_000  # generation seeds of fine-tuning data; make_demo_dataset uses small seeds
 SHIPPED_SUBDIR = "inv_decoders"  # inverse decoders shipped beside a zoo's weights
+WEIGHTS_FILE = "inv_decoder.safetensors"
+KINDS = ("plain", "augmented")  # fine-tuned without / with the augmentation curriculum
 
 
 def default_output_dir(root: Path, family: str, augment: bool) -> Path:
     return Path(root) / (family.upper() + ("_aug" if augment else ""))
+
+
+def shipped_file(zoo_dir: Path | str, family: str, augment: bool) -> Path:
+    """Where a zoo (or an official weights folder) ships the family's inverse decoder."""
+    return default_output_dir(Path(zoo_dir) / SHIPPED_SUBDIR, family, augment) / WEIGHTS_FILE
+
+
+def augment_flags(kinds: Sequence[str]) -> List[bool]:
+    """The ``augment`` flags of the named :data:`KINDS`, plain first."""
+    return [kind == "augmented" for kind in KINDS if kind in kinds]
 
 
 def encoder_state_prefixes(adapter: FamilyAdapter) -> List[str]:
@@ -208,7 +220,7 @@ def finetune(adapter: FamilyAdapter, out_dir: Path | str, config: Optional[dict]
             m.eval().requires_grad_(False)
     from safetensors.torch import save_file
 
-    save_file(_encoder_state(adapter), str(out / "inv_decoder.safetensors"))
+    save_file(_encoder_state(adapter), str(out / WEIGHTS_FILE))
     summary = {"family": adapter.family, "config": record, "losses": losses, "train_images": int(len(tokens))}
     (out / "inv_decoder.json").write_text(json.dumps(summary, indent=2))
     _save_loss_curve(losses, out / "loss_curve.png", f"{adapter.family} inverse decoder{' (augmented)' if cfg['augment'] else ''}")
@@ -221,11 +233,11 @@ def ensure_inverse_decoder(family: str, weights_dir: Optional[Path], inv_root: P
     as the demo zoo has) if there is one, else the one under ``inv_root``, fine-tuned first if missing."""
     from models.zoo import DEMO_ZOO_DIR, load_family
 
-    shipped = default_output_dir(Path(weights_dir or DEMO_ZOO_DIR) / SHIPPED_SUBDIR, family, augment) / "inv_decoder.safetensors"
+    shipped = shipped_file(weights_dir or DEMO_ZOO_DIR, family, augment)
     if shipped.is_file():
         return shipped
     out = default_output_dir(Path(inv_root), family, augment)
-    path = out / "inv_decoder.safetensors"
+    path = out / WEIGHTS_FILE
     if not path.is_file():
         print(f"[{family}] no inverse decoder at {path}: fine-tuning one now", file=sys.stderr)
         finetune(load_family(family, weights_dir, device=device), out, dict(config or {}, augment=augment))

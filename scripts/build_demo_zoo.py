@@ -288,9 +288,9 @@ def write_sha256sums(out: Path) -> None:
 
 
 def build_inverse_decoders(out: Path, seed: int, quick: bool, progress: bool = True,
-                           families: Sequence[str] = ("VAR", "RAR"), kinds: Sequence[str] = ("plain", "augmented")) -> Dict[str, dict]:
-    """Fine-tune and ship the inverse decoders of ``families``, plain and/or (``kinds``) with the
-    augmentation curriculum; an augmented one that continues the plain one starts from the plain
+                           families: Sequence[str] = ("VAR", "RAR"), kinds: Optional[Sequence[str]] = None) -> Dict[str, dict]:
+    """Fine-tune and ship the inverse decoders of ``families``, plain and/or (``kinds``, default
+    both: ``inv_decoder.KINDS``) with the augmentation curriculum; an augmented one that continues the plain one starts from the plain
     file in ``out`` (trained first when both kinds are built)."""
     import inv_decoder
     from models.zoo import load_family
@@ -298,13 +298,13 @@ def build_inverse_decoders(out: Path, seed: int, quick: bool, progress: bool = T
     torch.set_num_threads(2)
     summaries = {}
     for family in families:
-        for augment in [kind == "augmented" for kind in ("plain", "augmented") if kind in kinds]:
+        for augment in inv_decoder.augment_flags(kinds or inv_decoder.KINDS):
             clock = time.perf_counter()
             target = inv_decoder.default_output_dir(out / inv_decoder.SHIPPED_SUBDIR, family, augment)
             config = dict(INV_DECODER_QUICK if quick else {**INV_DECODER_FULL, **INV_DECODER_OVERRIDES.get((family, augment), {})},
                           seed=seed, augment=augment)
             if config.pop("init_from_plain", False):
-                config["init"] = inv_decoder.default_output_dir(out / inv_decoder.SHIPPED_SUBDIR, family, False) / "inv_decoder.safetensors"
+                config["init"] = inv_decoder.shipped_file(out, family, False)
             summary = inv_decoder.finetune(load_family(family, out), target, config, progress=progress)
             for scratch in ("checkpoint.pt", "train_tokens.pt"):
                 (target / scratch).unlink(missing_ok=True)
@@ -316,6 +316,8 @@ def build_inverse_decoders(out: Path, seed: int, quick: bool, progress: bool = T
 
 
 def main(argv: list | None = None) -> int:
+    import inv_decoder
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "demo_zoo")
     parser.add_argument("--seed", type=int, default=0)
@@ -327,7 +329,7 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--stage", choices=["all", "models", "inv-decoders"], default="all",
                         help="models: tokenizers and generators; inv-decoders: fine-tune the shipped inverse decoders "
                              "of an existing zoo in --out; all (default): both")
-    parser.add_argument("--inv-kinds", nargs="+", choices=["plain", "augmented"], default=["plain", "augmented"],
+    parser.add_argument("--inv-kinds", nargs="+", choices=inv_decoder.KINDS, default=list(inv_decoder.KINDS),
                         help="which inverse decoders to fine-tune (default: both)")
     args = parser.parse_args(argv)
     keep_freed_memory()  # same numbers, fewer page faults

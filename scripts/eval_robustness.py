@@ -48,7 +48,7 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--signals", nargs="+", default=["quant_loss", "quant_loss_searched", "combined"],
                         help="columns of signals.signal_frame: quant_loss, quant_loss_searched, enc_loss_raw, enc_loss, "
                              "combined, reconstruction, aedr, enc_loss_refined (slow)")
-    parser.add_argument("--inverse-decoders", nargs="+", choices=["plain", "augmented"], default=["plain", "augmented"])
+    parser.add_argument("--inverse-decoders", nargs="+", choices=inv_decoder.KINDS, default=list(inv_decoder.KINDS))
     parser.add_argument("--per-source", type=int, default=0, help="score N images per source (default 0: all)")
     parser.add_argument("--attacks", nargs="+", default=["none"] + list(ATTACK_DEFAULTS))
     parser.add_argument("--batch-size", type=int, default=32)
@@ -65,7 +65,7 @@ def main(argv: list | None = None) -> int:
     rows = []
     for family in ("VAR", "RAR"):
         groups = pd.Series([family_eval.source_group(s, l, family) for s, l in zip(meta["source"], meta["label"])], index=meta.index)
-        for augmented in [kind == "augmented" for kind in ("plain", "augmented") if kind in args.inverse_decoders]:
+        for augmented in inv_decoder.augment_flags(args.inverse_decoders):
             adapter = inv_decoder.inverse_adapter(family, args.weights_dir, args.inv_root, augmented, device)
             for attack in args.attacks:
                 gen = torch.Generator().manual_seed(args.seed)

@@ -45,7 +45,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import demo_photos  # noqa: E402
-from inv_decoder import SEED_OFFSET  # noqa: E402
+from inv_decoder import SEED_OFFSET, SHIPPED_SUBDIR  # noqa: E402
 from models.registry import CLASS_NAMES, FAMILY_OF, VARIANT_NAMES  # noqa: E402
 from models.zoo import DEMO_ZOO_DIR, load_family  # noqa: E402
 from runtime import keep_freed_memory, usable_cores  # noqa: E402
@@ -130,7 +130,7 @@ def zoo_digest(zoo_dir: Path) -> str:
     sums = zoo_dir / "SHA256SUMS"
     if not sums.is_file():
         return "unknown"
-    lines = [line for line in sums.read_text().splitlines() if not line.split(maxsplit=1)[-1].startswith("inv_decoders/")]
+    lines = [line for line in sums.read_text().splitlines() if not line.split(maxsplit=1)[-1].startswith(f"{SHIPPED_SUBDIR}/")]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
