@@ -14,6 +14,12 @@ reports
   ``token_recovery_exact_fhat`` reads the tokens from the generator's own ``f̂`` — a perfect
   inverse decoder — so it separates what the encoder loses from what the token reader loses (for
   VAR a multi-scale ``f̂`` is a sum over scales that other token sets can approach, too);
+* **f-space fit** — median per-image MSE of the read tokens' ``f̂`` to the map they were read
+  from: ``fmse_exact_fhat_read`` from the generator's ``f̂`` (the true tokens fit it exactly, at
+  0, so anything above 0 is the reader stopping short of them), and
+  ``fmse_inverse_{true,recovered}_tokens`` against the inverse decoder's ``f``, for the true
+  tokens and for the ones the reader finds (when the true tokens fit ``f`` worse than the found
+  ones, no reader that minimises the ``f``-error can return them);
 * **variant accuracy with oracle tokens vs recovered tokens** — 3-fold cross-validated
   LightGBM over the likelihood features of :mod:`variant_features` computed on the generating
   tokens (an upper bound: what the transformers can tell apart at all) and on the tokens the
@@ -119,6 +125,7 @@ def diagnose_family(family: str, weights_dir, per_variant: int, batch: int, seed
     inverse = inv_decoder.load_inverse_decoder(load_family(family, weights_dir), path)
     frames = {"oracle": [], "recovered": []}
     labels, hits, err_true, err_found = [], {"original": [], "inverse": [], "exact_fhat": []}, [], []
+    fit: Dict[str, list] = {"exact_fhat_read": [], "inverse_true_tokens": [], "inverse_recovered_tokens": []}
     if refine_steps > 0:
         frames["refined"], hits["inverse_refined"] = [], []
     if reencode_iters > 0:
@@ -129,11 +136,16 @@ def diagnose_family(family: str, weights_dir, per_variant: int, batch: int, seed
         n = min(batch, per_variant - start)
         img, tokens, f_hat = original.generate(variant, original.random_labels(n, job_seed), job_seed)
         x = torch.round(img.clamp(0, 1) * 255) / 255
-        hits["exact_fhat"].append((quantize_exact(original, f_hat) == tokens).float())
+        read_exact = quantize_exact(original, f_hat)
+        hits["exact_fhat"].append((read_exact == tokens).float())
         found, evidence = recover_tokens(inverse, x)
         hits["inverse"].append((found == tokens).float())
         hits["original"].append((recover_tokens(original, x)[0] == tokens).float())
         with torch.no_grad():
+            f_inverse = inverse.encode(x)
+            fit["exact_fhat_read"].append(per_image_mse(original.tokens_to_fhat(read_exact), f_hat))
+            fit["inverse_true_tokens"].append(per_image_mse(original.tokens_to_fhat(tokens), f_inverse))
+            fit["inverse_recovered_tokens"].append(per_image_mse(original.tokens_to_fhat(found), f_inverse))
             err_true.append(per_image_mse(original.decode(original.tokens_to_fhat(tokens)), x))
             err_found.append(per_image_mse(original.decode(original.tokens_to_fhat(found)), x))
         frames["oracle"].append(_feature_frame(original, tokens))
@@ -156,6 +168,8 @@ def diagnose_family(family: str, weights_dir, per_variant: int, batch: int, seed
         sizes = [pn * pn for pn in original.patch_nums]
         for k, chunk in enumerate(torch.split(per_pos, sizes)):
             row[f"token_recovery_inverse_scale{k}"] = float(chunk.mean())
+    for name, values in fit.items():
+        row[f"fmse_{name}"] = float(torch.cat(values).median())
     row["image_mse_true_tokens"] = float(torch.cat(err_true).median())
     row["image_mse_recovered_tokens"] = float(torch.cat(err_found).median())
     for kind, parts in frames.items():
