@@ -107,6 +107,9 @@ def demo_dataset_outdated(root: Path) -> Optional[str]:
 def _labelled_split(root: Path, name: str):
     from dataset import list_split
 
+    if not root.is_dir():
+        raise SystemExit(f"{root}: no {name} folder; give --{name} DIR (one subfolder of images per class) "
+                         f"or put {name}/ beside the test folder")
     frame = list_split(root.parent, root.name)
     if frame.empty:
         raise SystemExit(f"{root}: no images; expected {root}/<class>/*.png")
@@ -173,13 +176,13 @@ def run(args: argparse.Namespace) -> int:
     for path in bad:
         print(f"warning: cannot decode {path}; it is labelled 'outlier'", file=sys.stderr)
 
+    train_meta, val_meta = _labelled_split(train_dir, "train"), _labelled_split(val_dir, "val")
     extractor = FeatureExtractor(weights_dir=args.weights_dir, inv_root=args.cache_dir / "inv_decoder",
                                  cache_dir=args.cache_dir / "features", use_cache=not args.no_cache, rebuild=args.rebuild,
                                  batch_size=args.batch_size, device=args.device,
                                  workers=args.workers or default_workers(args.weights_dir, args.device),
                                  inv_config={"images": args.inv_decoder_images, "epochs": args.inv_decoder_epochs},
                                  refine_steps=args.refine_steps)
-    train_meta, val_meta = _labelled_split(train_dir, "train"), _labelled_split(val_dir, "val")
     print(f"features: {len(train_meta)} train, {len(val_meta)} val, {len(good)} test images", file=sys.stderr)
     # one pass over all three splits: one progress bar, one pool of workers
     every = extractor.features(list(train_meta["path"]) + list(val_meta["path"]) + list(good))
@@ -272,4 +275,6 @@ def main(argv: Optional[list] = None) -> int:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
-    sys.exit(main())
+    from cli import run_main
+
+    sys.exit(run_main(main))

@@ -112,6 +112,28 @@ def test_demo_dataset_is_rebuilt_when_the_zoo_changes(tiny_dataset, tmp_path):
         submission.demo_dataset_outdated(foreign)
 
 
+def test_missing_training_split_is_named_before_any_model_loads(tmp_path, monkeypatch):
+    """``--test`` without train/ beside it stops with the folder and the fix, not a traceback."""
+    import feature_extractor
+    from PIL import Image
+
+    test_dir = tmp_path / "mine" / "test"
+    test_dir.mkdir(parents=True)
+    Image.new("RGB", (64, 64), (120, 30, 200)).save(test_dir / "x.png")
+
+    def no_models(*args, **kwargs):
+        raise AssertionError("models were loaded before the splits were checked")
+
+    monkeypatch.setattr(feature_extractor, "FeatureExtractor", no_models)
+    with pytest.raises(SystemExit, match=r"mine/train: no train folder; give --train DIR"):
+        submission.main(["--test", str(test_dir), "--out", str(tmp_path / "s.csv")])
+    (tmp_path / "mine" / "train" / "var16").mkdir(parents=True)
+    Image.new("RGB", (64, 64)).save(tmp_path / "mine" / "train" / "var16" / "y.png")
+    with pytest.raises(SystemExit, match=r"mine/val: no val folder; give --val DIR"):
+        submission.main(["--test", str(test_dir), "--out", str(tmp_path / "s.csv")])
+    assert not (tmp_path / "s.csv").exists()
+
+
 def test_worker_processes_match_one_process_and_fill_the_store(tiny_dataset, tmp_path):
     """``workers=2`` (the default on a 2-core machine) gives the one-process rows, in order, and caches each batch."""
     from feature_extractor import FeatureExtractor
