@@ -61,7 +61,7 @@ def compute_signals(meta: pd.DataFrame, weights_dir, inv_root: Path, device: str
         search = search_tokens if family == "VAR" else None
         frames.append(signal_frame(original, images, list(meta.index), batch_size=batch_size, token_search=search, prefix=f"{family}_orig_"))
         frames.append(signal_frame(inverse, images, list(meta.index), batch_size=batch_size, token_search=search,
-                                   with_refined_enc_loss=True, prefix=f"{family}_inv_"))
+                                   slow=["enc_loss_refined"], prefix=f"{family}_inv_"))
         frames.append(latent_tracer_frame(original, images, meta, batch_size, latent_tracer_limit, seed, f"{family}_orig_"))
     return pd.concat(frames, axis=1).reindex(meta.index)
 

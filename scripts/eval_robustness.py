@@ -11,7 +11,9 @@ fine-tuned first if missing). Reports TPR@1%FPR against all non-belonging images
 family, attack, inverse decoder and signal; saves ``robustness.csv``.
 
 ``enc_loss_refined`` (refined EncLoss: 10 Adam steps of latent optimisation per image, see
-``signals.py``) costs about ten decoder passes with gradients per image; ``--per-source N`` scores
+``signals.py``) and ``enc_loss_refined_colour`` (the same with a per-image affine colour map
+optimised alongside, which undoes brightness, contrast and saturation up to clipping) each cost
+about ten decoder passes with gradients per image; ``--per-source N`` scores
 a fixed random subset of N images per source instead of the whole split (the subset
 ``scripts/eval_family.py`` uses for LatentTracer, with the same seed), and ``--inverse-decoders``
 restricts the run to one kind.
@@ -35,7 +37,7 @@ from dataset import list_split, load_images  # noqa: E402
 from metrics import tpr_at_fpr  # noqa: E402
 from quantizer import search_tokens  # noqa: E402
 from runtime import keep_freed_memory  # noqa: E402
-from signals import signal_frame  # noqa: E402
+from signals import SLOW_SIGNALS, signal_frame  # noqa: E402
 
 
 def main(argv: list | None = None) -> int:
@@ -47,7 +49,7 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "eval_robustness")
     parser.add_argument("--signals", nargs="+", default=["quant_loss", "quant_loss_searched", "combined"],
                         help="columns of signals.signal_frame: quant_loss, quant_loss_searched, enc_loss_raw, enc_loss, "
-                             "combined, reconstruction, aedr, enc_loss_refined (slow)")
+                             "combined, reconstruction, aedr; slow: enc_loss_refined, enc_loss_refined_colour, latent_tracer")
     parser.add_argument("--inverse-decoders", nargs="+", choices=inv_decoder.KINDS, default=list(inv_decoder.KINDS))
     parser.add_argument("--per-source", type=int, default=0, help="score N images per source (default 0: all)")
     parser.add_argument("--attacks", nargs="+", default=["none"] + list(ATTACK_DEFAULTS))
@@ -73,7 +75,7 @@ def main(argv: list | None = None) -> int:
                 images = torch.round(images.clamp(0, 1) * 255) / 255
                 frame = signal_frame(adapter, images, list(meta.index), batch_size=args.batch_size,
                                      token_search=search_tokens if family == "VAR" else None,
-                                     with_refined_enc_loss="enc_loss_refined" in args.signals)
+                                     slow=[name for name in SLOW_SIGNALS if name in args.signals])
                 for signal in [s for s in args.signals if s in frame.columns]:
                     values = frame[signal]
                     tpr = tpr_at_fpr(values[groups == "belonging"].to_numpy(), values[groups != "belonging"].to_numpy())

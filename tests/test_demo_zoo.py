@@ -120,6 +120,22 @@ def test_refined_enc_loss_separates_own_generations_from_natural_photos(family):
     assert own.median() * 2 < one_step.median(), family
 
 
+@pytest.mark.parametrize("family", ["VAR", "RAR"])
+def test_colour_correction_brings_saturated_generations_back_into_range(family):
+    """After saturation ×2 (an affine colour map, up to clipping), the colour-corrected refined
+    EncLoss of the zoo's own generations is far below the plain refined one and far below that of
+    natural crops under the same attack."""
+    from augmentation import apply_attack
+    from signals import colour_refined_enc_loss, refined_enc_loss
+
+    adapter = _shipped_inverse_decoder(family)
+    saturate = lambda x: torch.round(apply_attack(x, "saturation", 2.0) * 255) / 255  # noqa: E731
+    own = saturate(_png_generations(adapter, 2, TEST_SEED + 2)[0])
+    corrected = colour_refined_enc_loss(adapter, own).median()
+    assert corrected * 5 < refined_enc_loss(adapter, own).median(), family
+    assert corrected * 5 < colour_refined_enc_loss(adapter, saturate(_natural_reserved(8))).median(), family
+
+
 def test_reencoding_recovers_more_of_rars_tokens():
     # The re-encoding correction the feature extractor applies to RAR (1 iteration): on 192 fresh
     # generations it recovers 52 % of the tokens instead of 41 % (scripts/diagnose_zoo.py).

@@ -92,3 +92,27 @@ def test_signals_reuse_their_decode_for_reencoding(small_zoo_dir, rar_fixture):
     assert torch.equal(tokens, expected_tokens) and torch.equal(target, expected_target)
     assert torch.equal(plain_tokens, adapter.quantize(f)[0])
     assert all(torch.equal(signals[k], plain_signals[k]) for k in plain_signals)
+
+
+def test_colour_fit_recovers_an_affine_colour_map():
+    from signals import apply_colour, colour_fit
+
+    gen = torch.Generator().manual_seed(0)
+    source = torch.rand(2, 3, 16, 16, generator=gen)
+    M = torch.tensor([[[1.6, 0.0, 0.0], [0.0, 1.6, 0.0], [0.0, 0.0, 1.6]],
+                      [[1.4, -0.2, -0.2], [-0.3, 1.5, -0.2], [-0.3, -0.2, 1.5]]])
+    b = torch.tensor([[0.0, 0.0, 0.0], [0.05, -0.1, 0.02]])
+    fitted_M, fitted_b = colour_fit(source, apply_colour(M, b, source))
+    assert torch.allclose(fitted_M, M, atol=1e-4) and torch.allclose(fitted_b, b, atol=1e-4)
+
+
+def test_slow_signals_are_named_and_checked(small_zoo_dir, rar_fixture):
+    import pytest
+
+    adapter = load_family("RAR", small_zoo_dir)
+    x = rar_fixture[1]["in.image"][:2]
+    frame = signal_frame(adapter, x, ["a", "b"], slow=["enc_loss_refined", "enc_loss_refined_colour"], progress=False)
+    assert {"enc_loss_refined", "enc_loss_refined_colour"} <= set(frame.columns)
+    assert (frame["enc_loss_refined_colour"] > 0).all()
+    with pytest.raises(ValueError, match="unknown slow signals"):
+        signal_frame(adapter, x, ["a", "b"], slow=["enc_loss_refind"], progress=False)
