@@ -275,7 +275,7 @@ def main(argv: Optional[list] = None) -> int:
     out = default_output_dir(args.out, args.family, args.augment)
     summary = finetune(adapter, out, dict(images=args.images, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                           seed=args.seed, augment=args.augment, init=args.init), exclude_folders=args.exclude)
-    print(f"{out}/inv_decoder.safetensors  final loss {summary['losses'][-1]:.4e}")
+    print(f"{out / WEIGHTS_FILE}  final loss {summary['losses'][-1]:.4e}")
     return 0
 
 

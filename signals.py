@@ -94,20 +94,45 @@ def family_signals(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, token_searc
     return family_signals_and_tokens(adapter, img01_B3HW, token_search)[0]
 
 
+def colour_fit(source_B3HW: torch.Tensor, target_B3HW: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per image, the affine colour map ``target ≈ M·source + b`` of least squares over the pixels:
+    ``M`` is ``B×3×3``, ``b`` is ``B×3``."""
+    B = source_B3HW.shape[0]
+    ones = torch.ones(B, 1, source_B3HW[0, 0].numel(), device=source_B3HW.device)
+    design_BN4 = torch.cat([source_B3HW.reshape(B, 3, -1), ones], 1).transpose(1, 2)
+    solution_B43 = torch.linalg.lstsq(design_BN4, target_B3HW.reshape(B, 3, -1).transpose(1, 2)).solution
+    return solution_B43[:, :3].transpose(1, 2), solution_B43[:, 3]
+
+
+def apply_colour(M_B33: torch.Tensor, b_B3: torch.Tensor, img_B3HW: torch.Tensor) -> torch.Tensor:
+    """``M·img + b`` per pixel (not clamped)."""
+    B = img_B3HW.shape[0]
+    return (torch.bmm(M_B33, img_B3HW.reshape(B, 3, -1)) + b_B3[:, :, None]).reshape_as(img_B3HW)
+
+
 def optimise_latent(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, init_BChw: torch.Tensor, iters: int = 100,
-                    lr: float = 0.01, halve_every: int = 50) -> Tuple[torch.Tensor, torch.Tensor]:
+                    lr: float = 0.01, halve_every: int = 50,
+                    colour: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Adam on a continuous latent, from ``init``, to minimise ``‖clamp(D(latent)) − x‖²`` per image.
 
+    With ``colour = (M, b)`` (see :func:`colour_fit`) the per-image affine colour map is optimised
+    too, from that start, and the error is ``‖clamp(M·clamp(D(latent)) + b) − x‖²``.
     Returns ``(latent, per-image error of the last step)``; the learning rate halves every
-    ``halve_every`` steps. The decoder is frozen; only the latent moves.
+    ``halve_every`` steps. The decoder is frozen; only the latent (and the colour map) moves.
     """
     x = img01_B3HW.to(adapter.device).float()
     latent = init_BChw.detach().clone().to(adapter.device).requires_grad_(True)
-    opt = torch.optim.Adam([latent], lr=lr)
+    # contiguous copies: colour_fit returns strided views, and the optimisation is sensitive to rounding
+    M, b = ((t.detach().to(adapter.device).clone(memory_format=torch.contiguous_format).requires_grad_(True) for t in colour)
+            if colour is not None else (None, None))
+    opt = torch.optim.Adam([latent] + ([M, b] if colour is not None else []), lr=lr)
     per_image = torch.zeros(x.shape[0])
     with torch.enable_grad():
         for step in range(1, iters + 1):
-            per_image = per_image_mse(adapter.decode_raw(latent).clamp(0, 1), x)
+            decoded = adapter.decode_raw(latent).clamp(0, 1)
+            if colour is not None:
+                decoded = apply_colour(M, b, decoded).clamp(0, 1)
+            per_image = per_image_mse(decoded, x)
             opt.zero_grad(set_to_none=True)
             per_image.sum().backward()
             opt.step()
@@ -181,22 +206,6 @@ def refined_enc_loss(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, steps: in
     return optimise_latent(adapter, img01_B3HW, f, steps, lr, halve_every=steps + 1)[1]
 
 
-def colour_fit(source_B3HW: torch.Tensor, target_B3HW: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per image, the affine colour map ``target ≈ M·source + b`` of least squares over the pixels:
-    ``M`` is ``B×3×3``, ``b`` is ``B×3``."""
-    B = source_B3HW.shape[0]
-    ones = torch.ones(B, 1, source_B3HW[0, 0].numel(), device=source_B3HW.device)
-    design_BN4 = torch.cat([source_B3HW.reshape(B, 3, -1), ones], 1).transpose(1, 2)
-    solution_B43 = torch.linalg.lstsq(design_BN4, target_B3HW.reshape(B, 3, -1).transpose(1, 2)).solution
-    return solution_B43[:, :3].transpose(1, 2), solution_B43[:, 3]
-
-
-def apply_colour(M_B33: torch.Tensor, b_B3: torch.Tensor, img_B3HW: torch.Tensor) -> torch.Tensor:
-    """``M·img + b`` per pixel (not clamped)."""
-    B = img_B3HW.shape[0]
-    return (torch.bmm(M_B33, img_B3HW.reshape(B, 3, -1)) + b_B3[:, :, None]).reshape_as(img_B3HW)
-
-
 def colour_refined_enc_loss(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, steps: int = REFINED_ENC_STEPS,
                             lr: float = 0.01) -> torch.Tensor:
     """Colour-corrected refined EncLoss: the per-image error ``‖clamp(M·clamp(D(f)) + b) − x‖²`` at
@@ -207,17 +216,8 @@ def colour_refined_enc_loss(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, st
         inverse_B33 = torch.linalg.inv(M + 1e-4 * torch.eye(3, device=x.device))
         undone = apply_colour(inverse_B33, -torch.bmm(inverse_B33, b.unsqueeze(-1)).squeeze(-1), x)  # M⁻¹(x − b)
         latent = adapter.encode(undone.clamp(0, 1))
-        M, b = colour_fit(adapter.decode_raw(latent).clamp(0, 1), x)
-    params = [latent.requires_grad_(True), M.requires_grad_(True), b.requires_grad_(True)]
-    opt = torch.optim.Adam(params, lr=lr)
-    per_image = torch.zeros(x.shape[0])
-    with torch.enable_grad():
-        for _ in range(steps):
-            per_image = per_image_mse(apply_colour(M, b, adapter.decode_raw(latent).clamp(0, 1)).clamp(0, 1), x)
-            opt.zero_grad(set_to_none=True)
-            per_image.sum().backward()
-            opt.step()
-    return per_image.detach().cpu()
+        colour = colour_fit(adapter.decode_raw(latent).clamp(0, 1), x)
+    return optimise_latent(adapter, x, latent, steps, lr, halve_every=steps + 1, colour=colour)[1]
 
 
 SLOW_SIGNALS: Dict[str, Callable[[FamilyAdapter, torch.Tensor], torch.Tensor]] = {

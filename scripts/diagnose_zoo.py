@@ -143,11 +143,12 @@ def diagnose_family(family: str, weights_dir, per_variant: int, batch: int, seed
         hits["original"].append((recover_tokens(original, x)[0] == tokens).float())
         with torch.no_grad():
             f_inverse = inverse.encode(x)
+            f_hat_true, f_hat_found = original.tokens_to_fhat(tokens), original.tokens_to_fhat(found)
             fit["exact_fhat_read"].append(per_image_mse(original.tokens_to_fhat(read_exact), f_hat))
-            fit["inverse_true_tokens"].append(per_image_mse(original.tokens_to_fhat(tokens), f_inverse))
-            fit["inverse_recovered_tokens"].append(per_image_mse(original.tokens_to_fhat(found), f_inverse))
-            err_true.append(per_image_mse(original.decode(original.tokens_to_fhat(tokens)), x))
-            err_found.append(per_image_mse(original.decode(original.tokens_to_fhat(found)), x))
+            fit["inverse_true_tokens"].append(per_image_mse(f_hat_true, f_inverse))
+            fit["inverse_recovered_tokens"].append(per_image_mse(f_hat_found, f_inverse))
+            err_true.append(per_image_mse(original.decode(f_hat_true), x))
+            err_found.append(per_image_mse(original.decode(f_hat_found), x))
         frames["oracle"].append(_feature_frame(original, tokens))
         frames["recovered"].append(_feature_frame(original, found, evidence))
         if refine_steps > 0:

@@ -55,8 +55,7 @@ def test_every_model_and_inverse_decoder_loads():
         if family == "OUTLIER":
             continue
         for augment in (False, True):
-            path = inv_decoder.default_output_dir(DEMO_ZOO_DIR / inv_decoder.SHIPPED_SUBDIR, family, augment)
-            inv_decoder.load_inverse_decoder(load_family(family), path / "inv_decoder.safetensors")
+            inv_decoder.load_inverse_decoder(load_family(family), inv_decoder.shipped_file(DEMO_ZOO_DIR, family, augment))
 
 
 def _natural_reserved(n: int) -> torch.Tensor:
@@ -70,8 +69,7 @@ def _natural_reserved(n: int) -> torch.Tensor:
 
 def _shipped_inverse_decoder(family: str):
     """The family's adapter with the zoo's shipped plain inverse decoder."""
-    shipped = inv_decoder.default_output_dir(DEMO_ZOO_DIR / inv_decoder.SHIPPED_SUBDIR, family, False)
-    return inv_decoder.load_inverse_decoder(load_family(family), shipped / "inv_decoder.safetensors")
+    return inv_decoder.load_inverse_decoder(load_family(family), inv_decoder.shipped_file(DEMO_ZOO_DIR, family, False))
 
 
 def _png_generations(adapter, per_variant: int, seed: int):
