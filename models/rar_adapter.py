@@ -39,7 +39,10 @@ class RARAdapter(FamilyAdapter):
     def tokens_to_fhat(self, tokens_BL: torch.Tensor) -> torch.Tensor:
         return self.tokenizer.codes_to_fhat(tokens_BL.to(self.device))
 
-    def decode_raw(self, f_hat_BChw: torch.Tensor) -> torch.Tensor:
+    def decoder_modules(self) -> List[nn.Module]:
+        return [self.tokenizer.decoder]
+
+    def _decode_native(self, f_hat_BChw: torch.Tensor) -> torch.Tensor:
         return self.tokenizer.decode_fhat_raw(f_hat_BChw)
 
     def token_logits(self, variant: str, tokens_BL: torch.Tensor, labels_B: Optional[torch.Tensor],

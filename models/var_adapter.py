@@ -47,8 +47,11 @@ class VARAdapter(FamilyAdapter):
     def tokens_to_fhat(self, tokens_BL: torch.Tensor) -> torch.Tensor:
         return self.tokenizer.quantize.tokens_to_fhat(self.split_scales(tokens_BL.to(self.device)))
 
-    def decode_raw(self, f_hat_BChw: torch.Tensor) -> torch.Tensor:
-        return self.to_unit_range(self.tokenizer.decode_fhat_raw(f_hat_BChw))
+    def decoder_modules(self) -> List[nn.Module]:
+        return [self.tokenizer.post_quant_conv, self.tokenizer.decoder]
+
+    def _decode_native(self, f_hat_BChw: torch.Tensor) -> torch.Tensor:
+        return self.tokenizer.decode_fhat_raw(f_hat_BChw)
 
     def token_logits(self, variant: str, tokens_BL: torch.Tensor, labels_B: Optional[torch.Tensor],
                      positions: Optional[int] = None) -> torch.Tensor:

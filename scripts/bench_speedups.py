@@ -1,0 +1,93 @@
+"""What the feature extractor's channels-last tokenizers save (``FamilyAdapter.use_channels_last``).
+
+    python scripts/bench_speedups.py [--dataset Dataset] [--rounds 8] [--threads 1]
+
+1. One decode plus one encode of a 32-image batch per family, NHWC against the default layout.
+2. ``features_for_batch`` on one 32-image batch of training images, as the extractor runs it
+   (channels-last) against the default layout.
+
+This machine's speed drifts by 10–20 % within minutes, more than the savings, so every
+comparison alternates the two paths in one process, ``--rounds`` times (the order flips every
+round; one warm-up run of each is dropped), and reports both medians and the median of the
+paired differences.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+import feature_extractor  # noqa: E402
+from dataset import images_under, load_images  # noqa: E402
+from runtime import keep_freed_memory  # noqa: E402
+
+
+def alternate(plain: Callable[[], object], fast: Callable[[], object], rounds: int) -> Dict[str, list]:
+    """Seconds per call of each, alternating (order flipped every round); a warm-up of each first."""
+    plain(), fast()
+    seconds: Dict[str, list] = {"plain": [], "fast": []}
+    for r in range(rounds):
+        for name in (("plain", "fast") if r % 2 == 0 else ("fast", "plain")):
+            start = time.perf_counter()
+            (plain if name == "plain" else fast)()
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
+
+
+def report(what: str, seconds: Dict[str, list]) -> None:
+    plain, fast = statistics.median(seconds["plain"]), statistics.median(seconds["fast"])
+    paired = statistics.median(p - f for p, f in zip(seconds["plain"], seconds["fast"]))
+    print(f"{what}: plain {plain * 1000:.1f} ms, fast {fast * 1000:.1f} ms (medians); "
+          f"paired saving {paired * 1000:.1f} ms = {100 * paired / plain:.1f} %")
+
+
+def default_layout(extractor: feature_extractor.FeatureExtractor) -> None:
+    for adapter in extractor.adapters.values():
+        for module in adapter.encoder_modules() + adapter.decoder_modules():
+            module.to(memory_format=torch.contiguous_format)
+        adapter._channels_last = False
+
+
+def main(argv: list | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", type=Path, default=ROOT / "Dataset")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    keep_freed_memory()
+    paths = images_under(args.dataset / "train")
+    if len(paths) < 32:
+        raise SystemExit(f"{args.dataset}/train has {len(paths)} images, 32 needed: build the demo Dataset "
+                         "(python scripts/make_demo_dataset.py)")
+    paths = paths[:: max(1, len(paths) // 32)][:32]  # spread over the classes
+
+    fast = feature_extractor.FeatureExtractor(use_cache=False, progress=False)
+    plain = feature_extractor.FeatureExtractor(use_cache=False, progress=False)
+    default_layout(plain)
+    images = load_images(paths, size=fast.image_size)
+    with torch.no_grad():
+        for family in ("VAR", "RAR"):
+            f = fast.adapters[family].encode(images)
+
+            def round_trip(adapter):
+                return lambda: (adapter.decode(f), adapter.encode(images))
+
+            report(f"{family} decode + encode, channels-last", alternate(
+                round_trip(plain.adapters[family]), round_trip(fast.adapters[family]), args.rounds))
+
+    report("features_for_batch (32 images)", alternate(
+        lambda: feature_extractor.features_for_batch(plain.adapters, images), lambda: feature_extractor.features_for_batch(fast.adapters, images), args.rounds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

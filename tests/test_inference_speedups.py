@@ -1,0 +1,25 @@
+"""The feature extractor's channels-last tokenizers (``FamilyAdapter.use_channels_last``, a CPU
+speed-up) compute what the official code computes."""
+from __future__ import annotations
+
+import torch
+
+from models.zoo import load_family
+
+
+def test_channels_last_reproduces_the_official_outputs(small_zoo_dir, var_fixture, rar_fixture):
+    var = load_family("VAR", small_zoo_dir).use_channels_last()
+    _, t = var_fixture
+    rec, tokens, f, f_hat = var.img_to_reconstructed_img((t["in.image"] + 1) / 2)
+    assert torch.equal(tokens, torch.cat([t[f"out.idx_scale{k}"] for k in range(4)], dim=1))
+    assert torch.allclose(f, t["out.f"], atol=1e-4)
+    assert torch.allclose(rec, (t["out.fhat_to_img"] + 1) / 2, atol=1e-4)
+    assert f.is_contiguous() and rec.is_contiguous()
+
+    rar = load_family("RAR", small_zoo_dir).use_channels_last()
+    _, t = rar_fixture
+    rec, tokens, f, f_hat = rar.img_to_reconstructed_img(t["in.image"])
+    assert torch.equal(tokens, t["out.codes"])
+    assert torch.allclose(rec, t["out.decode"], atol=1e-4)
+    assert f.is_contiguous() and rec.is_contiguous()
+    assert rar.decoder_modules()[0].conv_in.weight.is_contiguous(memory_format=torch.channels_last)
