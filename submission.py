@@ -225,8 +225,9 @@ def run(args: argparse.Namespace) -> int:
     for split in ("validation", "test"):
         if split in summary:
             s = summary[split]
-            print(f"{split:10s} accuracy {100 * s['accuracy']:6.2f} %   family accuracy {100 * s['family_accuracy']:6.2f} %   "
-                  f"outlier recall {100 * s['outlier_recall']:6.2f} %   (n={s['n']})")
+            low, high = s["accuracy_ci95"]
+            print(f"{split:10s} accuracy {100 * s['accuracy']:6.2f} % (95 % interval {100 * low:.1f}–{100 * high:.1f})   "
+                  f"family accuracy {100 * s['family_accuracy']:6.2f} %   outlier recall {100 * s['outlier_recall']:6.2f} %   (n={s['n']})")
     return 0
 
 

@@ -27,6 +27,15 @@ from dataset import images_under, load_images  # noqa: E402
 from runtime import keep_freed_memory  # noqa: E402
 
 
+def training_sample(dataset: Path, needed: int) -> list:
+    """``needed`` training images of ``dataset``, spread evenly over its classes."""
+    paths = images_under(dataset / "train")
+    if len(paths) < needed:
+        raise SystemExit(f"{dataset}/train has {len(paths)} images, {needed} needed: build the demo Dataset "
+                         "(python scripts/make_demo_dataset.py) or ask for fewer")
+    return paths[::max(1, len(paths) // needed)][:needed]
+
+
 def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", type=Path, default=ROOT / "Dataset")
@@ -36,12 +45,7 @@ def main(argv: list | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     keep_freed_memory()
-    paths = images_under(args.dataset / "train")
-    needed = (args.batches + 1) * args.batch_size
-    if len(paths) < needed:
-        raise SystemExit(f"{args.dataset}/train has {len(paths)} images, {needed} needed: build the demo Dataset "
-                         "(python scripts/make_demo_dataset.py) or lower --batches")
-    paths = paths[::max(1, len(paths) // needed)][:needed]  # spread over the classes
+    paths = training_sample(args.dataset, (args.batches + 1) * args.batch_size)
     extractor = feature_extractor.FeatureExtractor(use_cache=False, progress=False)
     images = load_images(paths, size=extractor.image_size)
     feature_extractor.features_for_batch(extractor.adapters, images[:args.batch_size])  # warm-up

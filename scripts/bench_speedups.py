@@ -26,7 +26,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import feature_extractor  # noqa: E402
-from dataset import images_under, load_images  # noqa: E402
+from bench_features import training_sample  # noqa: E402
+from dataset import load_images  # noqa: E402
 from runtime import keep_freed_memory  # noqa: E402
 
 
@@ -49,13 +50,6 @@ def report(what: str, seconds: Dict[str, list]) -> None:
           f"paired saving {paired * 1000:.1f} ms = {100 * paired / plain:.1f} %")
 
 
-def default_layout(extractor: feature_extractor.FeatureExtractor) -> None:
-    for adapter in extractor.adapters.values():
-        for module in adapter.encoder_modules() + adapter.decoder_modules():
-            module.to(memory_format=torch.contiguous_format)
-        adapter._channels_last = False
-
-
 def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", type=Path, default=ROOT / "Dataset")
@@ -64,15 +58,12 @@ def main(argv: list | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     keep_freed_memory()
-    paths = images_under(args.dataset / "train")
-    if len(paths) < 32:
-        raise SystemExit(f"{args.dataset}/train has {len(paths)} images, 32 needed: build the demo Dataset "
-                         "(python scripts/make_demo_dataset.py)")
-    paths = paths[:: max(1, len(paths) // 32)][:32]  # spread over the classes
+    paths = training_sample(args.dataset, 32)
 
     fast = feature_extractor.FeatureExtractor(use_cache=False, progress=False)
     plain = feature_extractor.FeatureExtractor(use_cache=False, progress=False)
-    default_layout(plain)
+    for adapter in plain.adapters.values():
+        adapter.use_channels_last(False)
     images = load_images(paths, size=fast.image_size)
     with torch.no_grad():
         for family in ("VAR", "RAR"):

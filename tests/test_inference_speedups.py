@@ -23,3 +23,13 @@ def test_channels_last_reproduces_the_official_outputs(small_zoo_dir, var_fixtur
     assert torch.allclose(rec, t["out.decode"], atol=1e-4)
     assert f.is_contiguous() and rec.is_contiguous()
     assert rar.decoder_modules()[0].conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_can_be_turned_off_again(small_zoo_dir, rar_fixture):
+    _, t = rar_fixture
+    default = load_family("RAR", small_zoo_dir)
+    toggled = load_family("RAR", small_zoo_dir).use_channels_last().use_channels_last(False)
+    weight = toggled.decoder_modules()[0].conv_in.weight
+    assert weight.is_contiguous() and not weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert torch.equal(toggled.encode(t["in.image"]), default.encode(t["in.image"]))

@@ -39,3 +39,15 @@ def test_bad_input_is_refused():
         tpr_at_fpr([np.nan, 1.0], [2.0])
     with pytest.raises(ValueError, match="non-empty"):
         roc_auc([], [1.0])
+
+
+def test_wilson_interval_matches_known_values():
+    from scoring import proportion_interval, summary
+
+    # the other closed form of Wilson's interval: (2np + z² ± z·√(z² + 4np(1 − p))) / (2(n + z²))
+    low, high = proportion_interval(632, 900)
+    assert abs(low - 0.671539) < 1e-5 and abs(high - 0.731187) < 1e-5
+    assert proportion_interval(0, 10)[0] == 0.0 and abs(proportion_interval(10, 10)[1] - 1.0) < 1e-12
+    assert proportion_interval(0, 10)[1] > 0.2  # not the degenerate normal-approximation interval [0, 0]
+    stats = summary(["var16", "rarb", "outlier", "outlier"], ["var16", "rarl", "outlier", "var16"])
+    assert stats["accuracy"] == 0.5 and stats["accuracy_ci95"][0] < 0.5 < stats["accuracy_ci95"][1]
