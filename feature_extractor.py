@@ -19,9 +19,9 @@ For every image, with each family's inverse decoder:
   extractor version 6; one since version 7, to bring the cold run under 10 minutes.
 
 Both tokenizers run in channels-last memory layout here (:meth:`FamilyAdapter.use_channels_last`):
-one decode plus one encode takes 12.7 % less time for either family and a 32-image batch of
-features 4.5 % less (``python scripts/bench_speedups.py --rounds 12``, paired medians, one thread);
-the values agree with the default layout to ~1e-5 (version 10; version 9 used the default layout).
+one decode plus one encode takes 9–13 % less time and a 32-image batch of features 1–5 % less
+(two runs of ``python scripts/bench_speedups.py --rounds 12``, paired medians, one thread); the
+values agree with the default layout to ~1e-5 (version 10; version 9 used the default layout).
 
 Rows are cached in a :class:`feature_store.FeatureStore` keyed by the sha256 of the image file,
 in a store named after this extractor's version and a digest of every weight file used (zoo or
