@@ -1,6 +1,6 @@
 """Speed and peak memory of the official-size models on this machine (random weights, 256×256, CPU).
 
-    python scripts/bench_models.py [--batch 4] [--repeats 3] [--threads 2]
+    python scripts/bench_models.py [--batch 4] [--repeats 3] [--threads 2] [--channels-last]
 
 Measures images/s for the VAR VQVAE encoder (``quant_conv ∘ encoder``), its decoder
 (``decoder ∘ post_quant_conv``), greedy multi-scale VAR quantization of the encoder output, the
@@ -8,7 +8,9 @@ MaskGIT-VQGAN encoder/decoder, and teacher-forced token likelihood — one condi
 unconditional pass, as the variant features need — for var16 and rarb. Each benchmark runs in a
 fresh subprocess, so its reported peak resident memory (``ru_maxrss``) is its own. Weights are
 random (the official files are not needed): speed and memory do not depend on their values.
-Timing = best of ``--repeats`` after one warm-up, under ``torch.no_grad()``.
+Timing = best of ``--repeats`` after one warm-up, under ``torch.no_grad()``. ``--channels-last``
+runs the four encoder/decoder benchmarks in NHWC layout, as the feature extractor does
+(``FamilyAdapter.use_channels_last``); the other benchmarks ignore it.
 """
 from __future__ import annotations
 
@@ -28,9 +30,15 @@ BENCHMARKS = ("var_vae_encode", "var_vae_decode", "var_greedy_quantize", "var16_
               "maskgit_encode", "maskgit_decode", "rarb_likelihood")
 
 
-def _setup(name: str, batch: int) -> Callable[[], object]:
+def _setup(name: str, batch: int, channels_last: bool = False) -> Callable[[], object]:
     """Build the model for ``name`` and return the closure to time."""
     import torch
+
+    def layout(*items):  # modules and tensors in the layout the benchmark asks for
+        if not channels_last:
+            return items
+        return tuple(i.to(memory_format=torch.channels_last) if isinstance(i, torch.nn.Module)
+                     else i.contiguous(memory_format=torch.channels_last) for i in items)
 
     from models.registry import (build_maskgit_vqgan, build_rar_generator, build_var_transformer, build_var_vae,
                                  official_variant)
@@ -43,9 +51,11 @@ def _setup(name: str, batch: int) -> Callable[[], object]:
         f = vae.encode_f(img * 2 - 1)
         idx, f_hats = vae.quantize.quantize_greedy(f)
         if name == "var_vae_encode":
-            return lambda: vae.encode_f(img * 2 - 1)
+            _, _, x = layout(vae.encoder, vae.quant_conv, img * 2 - 1)
+            return lambda: vae.encode_f(x)
         if name == "var_vae_decode":
-            return lambda: vae.decode_fhat(f_hats[-1])
+            _, _, f_hat = layout(vae.post_quant_conv, vae.decoder, f_hats[-1])
+            return lambda: vae.decode_fhat(f_hat)
         if name == "var_greedy_quantize":
             return lambda: vae.quantize.quantize_greedy(f)
         var = build_var_transformer(var_cfg["generator"], var_cfg["tokenizer"]).eval()
@@ -58,20 +68,22 @@ def _setup(name: str, batch: int) -> Callable[[], object]:
     tok = build_maskgit_vqgan(rar_cfg["tokenizer"]).eval()
     codes, f_hat = tok.quantize_f(tok.encode_f(img))
     if name == "maskgit_encode":
-        return lambda: tok.quantize_f(tok.encode_f(img))
+        _, x = layout(tok.encoder, img)
+        return lambda: tok.quantize_f(tok.encode_f(x))
     if name == "maskgit_decode":
+        _, f_hat = layout(tok.decoder, f_hat)
         return lambda: tok.decode_fhat(f_hat)
     rar = build_rar_generator(rar_cfg["generator"], rar_cfg["tokenizer"]).eval()
     labels = rar.condition_ids(torch.randint(0, 1000, (batch,)))
     return lambda: (rar(codes, labels), rar(codes, rar.none_condition(labels)))
 
 
-def _run_one(name: str, batch: int, repeats: int, threads: int, queue) -> None:
+def _run_one(name: str, batch: int, repeats: int, threads: int, channels_last: bool, queue) -> None:
     import torch
 
     torch.set_num_threads(threads)
     with torch.no_grad():
-        fn = _setup(name, batch)
+        fn = _setup(name, batch, channels_last)
         fn()
         best = float("inf")
         for _ in range(repeats):
@@ -82,12 +94,12 @@ def _run_one(name: str, batch: int, repeats: int, threads: int, queue) -> None:
     queue.put({"benchmark": name, "batch": batch, "seconds": best, "images_per_s": batch / best, "peak_rss_mib": peak_mib})
 
 
-def run(batch: int, repeats: int, threads: int, names: Tuple[str, ...] = BENCHMARKS) -> list:
+def run(batch: int, repeats: int, threads: int, names: Tuple[str, ...] = BENCHMARKS, channels_last: bool = False) -> list:
     ctx = mp.get_context("spawn")
     rows = []
     for name in names:
         queue = ctx.Queue()
-        proc = ctx.Process(target=_run_one, args=(name, batch, repeats, threads, queue))
+        proc = ctx.Process(target=_run_one, args=(name, batch, repeats, threads, channels_last, queue))
         proc.start()
         rows.append(queue.get())
         proc.join()
@@ -102,12 +114,14 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats after one warm-up (default 3)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--only", nargs="*", choices=BENCHMARKS, help="run only these benchmarks")
+    parser.add_argument("--channels-last", action="store_true", help="encoder/decoder benchmarks in NHWC layout")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args(argv)
     import platform
 
-    print(f"# CPU: {platform.processor() or platform.machine()}, threads={args.threads}, batch={args.batch}, 256×256, random weights")
-    rows = run(args.batch, args.repeats, args.threads, tuple(args.only or BENCHMARKS))
+    layout = ", channels-last" if args.channels_last else ""
+    print(f"# CPU: {platform.processor() or platform.machine()}, threads={args.threads}, batch={args.batch}, 256×256, random weights{layout}")
+    rows = run(args.batch, args.repeats, args.threads, tuple(args.only or BENCHMARKS), args.channels_last)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0
