@@ -7,10 +7,9 @@ so two methods or versions a point apart on one test split are not told apart by
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Dict, Sequence, Tuple
-
-import math
 
 import numpy as np
 import pandas as pd
@@ -18,7 +17,7 @@ import pandas as pd
 from models.registry import CLASS_NAMES
 from provenance import family_of_labels
 
-__all__ = ["proportion_interval", "summary", "per_class_table", "confusion", "write_report"]
+__all__ = ["proportion_interval", "interval_text", "summary", "per_class_table", "confusion", "write_report"]
 
 
 def proportion_interval(successes: int, n: int, z: float = 1.959964) -> Tuple[float, float]:
@@ -31,15 +30,20 @@ def proportion_interval(successes: int, n: int, z: float = 1.959964) -> Tuple[fl
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def interval_text(interval: Sequence[float]) -> str:
+    """A ``(low, high)`` proportion interval as percentages, ``"67.2–73.1"``."""
+    return f"{100 * interval[0]:.1f}–{100 * interval[1]:.1f}"
+
+
 def summary(y_true: Sequence[str], y_pred: Sequence[str]) -> Dict[str, float]:
     """``n``, 9-class ``accuracy`` with its 95 % interval ``accuracy_ci95``, ``family_accuracy``, ``outlier_recall``."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     outliers = y_true == "outlier"
-    correct = int(np.sum(y_true == y_pred))
+    hits = y_true == y_pred
     return {
         "n": int(len(y_true)),
-        "accuracy": float(np.mean(y_true == y_pred)),
-        "accuracy_ci95": list(proportion_interval(correct, len(y_true))),
+        "accuracy": float(np.mean(hits)),
+        "accuracy_ci95": list(proportion_interval(int(hits.sum()), len(y_true))),
         "family_accuracy": float(np.mean(family_of_labels(y_true) == family_of_labels(y_pred))),
         "outlier_recall": float(np.mean(y_pred[outliers] == "outlier")) if outliers.any() else float("nan"),
     }
@@ -93,16 +97,12 @@ def write_report(folder: Path | str, name: str, y_true: Sequence[str], y_pred: S
     table.to_csv(folder / f"{name}_per_class.csv")
     matrix.to_csv(folder / f"{name}_confusion.csv")
     _confusion_png(matrix, folder / f"{name}_confusion.png", title)
-    lines = [f"# {title}", "", f"- images: {stats['n']}", f"- 9-class accuracy: {100 * stats['accuracy']:.2f} % (95 % interval {_percent_range(stats['accuracy_ci95'])})",
+    lines = [f"# {title}", "", f"- images: {stats['n']}", f"- 9-class accuracy: {100 * stats['accuracy']:.2f} % (95 % interval {interval_text(stats['accuracy_ci95'])} %)",
              f"- family accuracy: {100 * stats['family_accuracy']:.2f} %", f"- outlier recall: {100 * stats['outlier_recall']:.2f} %",
              "", table.round(3).to_markdown() if _has_tabulate() else table.round(3).to_string(), "",
              f"![confusion matrix]({name}_confusion.png)", ""]
     (folder / f"{name}.md").write_text("\n".join(lines))
     return stats
-
-
-def _percent_range(interval) -> str:
-    return f"{100 * interval[0]:.1f}–{100 * interval[1]:.1f} %"
 
 
 def _has_tabulate() -> bool:

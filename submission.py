@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     from attribution import METHODS, pick_method, predict
     from dataset import IMAGE_SUFFIXES, read_label_csv
     from feature_extractor import FeatureExtractor
-    from scoring import summary as score_summary, write_report
+    from scoring import interval_text, summary as score_summary, write_report
 
     started = time.perf_counter()
     dataset_root = args.dataset
@@ -225,8 +225,7 @@ def run(args: argparse.Namespace) -> int:
     for split in ("validation", "test"):
         if split in summary:
             s = summary[split]
-            low, high = s["accuracy_ci95"]
-            print(f"{split:10s} accuracy {100 * s['accuracy']:6.2f} % (95 % interval {100 * low:.1f}–{100 * high:.1f})   "
+            print(f"{split:10s} accuracy {100 * s['accuracy']:6.2f} % (95 % interval {interval_text(s['accuracy_ci95'])})   "
                   f"family accuracy {100 * s['family_accuracy']:6.2f} %   outlier recall {100 * s['outlier_recall']:6.2f} %   (n={s['n']})")
     return 0
 

@@ -79,8 +79,8 @@ class FamilyAdapter(ABC):
         (``enabled=False`` goes back to the default layout).
 
         oneDNN's CPU convolutions are faster on NHWC tensors: on the demo zoo, one decode plus one
-        encode of a 32-image batch takes 12–14 % less time (median of 8 interleaved runs, one
-        thread), and the values agree with the default layout to ~1e-5. ``encode``/``decode``
+        encode of a 32-image batch takes 9–13 % less time (``scripts/bench_speedups.py``), and the
+        values agree with the default layout to ~1e-5. ``encode``/``decode``
         still return contiguous tensors. Training and generation keep the default layout (so zoo
         builds and the demo Dataset stay bit-reproducible); the feature extractor opts in.
         """
