@@ -18,7 +18,7 @@ import torch
 
 from models.registry import CLASS_NAMES
 
-__all__ = ["IMAGE_SUFFIXES", "REPORT_DIR", "list_split", "load_images", "read_label_csv", "read_feature_frame", "read_labelled_features", "add_labelled_split_arguments", "images_under"]
+__all__ = ["IMAGE_SUFFIXES", "REPORT_DIR", "list_split", "load_images", "inspect_images", "read_label_csv", "read_feature_frame", "read_labelled_features", "add_labelled_split_arguments", "images_under"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # where ``submission.py`` leaves each split's feature frame and labels (``--report-dir``)
@@ -113,6 +113,22 @@ def list_split(root: Path | str, split: str, labels_csv: Optional[Path | str] = 
         if "source" in meta.columns:
             frame.loc[known, "source"] = meta.loc[known, "source"]
     return frame
+
+
+def inspect_images(paths: Iterable[str | Path]) -> pd.DataFrame:
+    """Decode every image once: a frame indexed by path (as given) with ``readable`` and the image's
+    ``width`` and ``height`` (0 where PIL cannot decode the file)."""
+    from PIL import Image
+
+    rows = []
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                img.convert("RGB").load()
+                rows.append((str(path), True, *img.size))
+        except Exception:  # noqa: BLE001 - any decoding failure makes the file unusable
+            rows.append((str(path), False, 0, 0))
+    return pd.DataFrame(rows, columns=["path", "readable", "width", "height"]).set_index("path")
 
 
 def load_images(paths: Iterable[str | Path], size: Optional[int] = None) -> torch.Tensor:

@@ -12,8 +12,12 @@ validation accuracy (``--method auto``, the default; or name one), predicts the 
 writes ``submission.csv`` (``image_name,label``, one row per test image, sorted, written
 atomically and validated). A report folder gets validation accuracy, per-class precision and
 recall and a confusion-matrix PNG (and the same on test when labels are known: ``--labels`` or
-``--demo``'s hidden ``Dataset/test_labels.csv``). An unreadable test image is not dropped: it
-gets ``outlier`` and is listed in the report. Same inputs → byte-identical ``submission.csv``.
+``--demo``'s hidden ``Dataset/test_labels.csv``). Bad input loses no test row and
+stops nothing: an undecodable test image gets ``outlier``, an undecodable training or validation
+image is left out, an image of another size than the models' is resized (which weakens its
+signals), and entries of the test folder that are not image files directly in it get no row —
+each named in a warning and listed in the report's ``summary.json``. Same inputs →
+byte-identical ``submission.csv``.
 """
 from __future__ import annotations
 
@@ -25,28 +29,39 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parent
 
-__all__ = ["main", "write_submission", "validate_submission", "readable_images", "default_workers"]
+__all__ = ["main", "write_submission", "validate_submission", "test_folder_images", "default_workers"]
 
 
-def readable_images(paths: List[Path]) -> Tuple[List[Path], List[Path]]:
-    """Split paths into images PIL can decode and the rest."""
-    from PIL import Image
+def test_folder_images(folder: Path) -> Tuple[List[Path], List[Path]]:
+    """The image files directly in ``folder`` (sorted), and its other visible entries — subfolders,
+    files of other types — which get no row."""
+    from dataset import IMAGE_SUFFIXES
 
-    good, bad = [], []
-    for path in paths:
-        try:
-            with Image.open(path) as img:
-                img.convert("RGB").load()
-            good.append(path)
-        except Exception:  # noqa: BLE001 - any decoding failure makes the file unusable
-            bad.append(path)
-    return good, bad
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    images = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    return images, [p for p in entries if p not in images]
+
+
+def _warn(message: str, items: Sequence, show: int = 5) -> None:
+    """One line on stderr: ``message`` and the first ``show`` items."""
+    listed = ", ".join(str(item) for item in items[:show]) + (f", … ({len(items) - show} more)" if len(items) > show else "")
+    print(f"warning: {message}: {listed}", file=sys.stderr)
+
+
+def _readable_only(meta: pd.DataFrame, inputs: pd.DataFrame, name: str) -> pd.DataFrame:
+    """The labelled split without the images PIL cannot decode (each named in a warning)."""
+    readable = inputs.loc[meta["path"], "readable"].to_numpy(bool)
+    if not readable.all():
+        _warn(f"{(~readable).sum()} {name} image(s) cannot be decoded and are left out", list(meta["path"][~readable]))
+    if not readable.any():
+        raise SystemExit(f"no {name} image can be decoded; check the files under the {name} folder")
+    return meta[readable]
 
 
 def write_submission(labels: pd.Series, path: Path) -> None:
@@ -148,9 +163,44 @@ def _bundle(method: str, args: argparse.Namespace, weights_digest: str, train: p
                       gate_strategy=args.gate_strategy, seed=args.seed), model_dir
 
 
+def _gather_inputs(test_dir: Path, train_dir: Path, val_dir: Path):
+    """The labelled splits and the test images, each file decoded once: unreadable training and
+    validation images are left out, unreadable test images kept aside (they become ``outlier``),
+    and every such file is named in a warning and in ``notes`` (for the report's summary)."""
+    from dataset import IMAGE_SUFFIXES, inspect_images
+
+    test_paths, skipped = test_folder_images(test_dir) if test_dir.is_dir() else ([], [])
+    if not test_paths:
+        raise SystemExit(f"{test_dir}: no test images found ({', '.join(IMAGE_SUFFIXES)} files directly in the folder)")
+    if skipped:
+        _warn(f"{len(skipped)} entries of {test_dir} are not image files directly in it and get no row", skipped)
+    train_meta, val_meta = _labelled_split(train_dir, "train"), _labelled_split(val_dir, "val")
+    inputs = inspect_images(list(train_meta["path"]) + list(val_meta["path"]) + [str(p) for p in test_paths])
+    inputs = inputs[~inputs.index.duplicated()]
+    train_meta, val_meta = _readable_only(train_meta, inputs, "train"), _readable_only(val_meta, inputs, "val")
+    good = [p for p in test_paths if inputs.loc[str(p), "readable"]]
+    bad = [p for p in test_paths if not inputs.loc[str(p), "readable"]]
+    for path in bad:
+        print(f"warning: cannot decode {path}; it is labelled 'outlier'", file=sys.stderr)
+    unreadable = inputs.index[~inputs["readable"]]
+    notes = {"unreadable_test_images": [str(p) for p in bad], "skipped_test_entries": [str(p) for p in skipped],
+             "unreadable_labelled_images": [p for p in unreadable if p not in set(map(str, bad))], "inspected": inputs}
+    return train_meta, val_meta, test_paths, good, bad, notes
+
+
+def _resized_images(inputs: pd.DataFrame, size: int) -> List[str]:
+    """The readable images that are not ``size``×``size`` (named in a warning): they are resized."""
+    resized = inputs[inputs["readable"] & ((inputs["width"] != size) | (inputs["height"] != size))]
+    if len(resized):
+        _warn(f"{len(resized)} image(s) are not {size}×{size}, the models' input size; they are resized (bicubic) "
+              "first, and resampling weakens the provenance signals",
+              [f"{path} ({w}×{h})" for path, w, h in resized[["width", "height"]].itertuples()])
+    return list(resized.index)
+
+
 def run(args: argparse.Namespace) -> int:
     from attribution import METHODS, pick_method, predict
-    from dataset import IMAGE_SUFFIXES, read_label_csv
+    from dataset import read_label_csv
     from feature_extractor import FeatureExtractor
     from scoring import interval_text, summary as score_summary, write_report
 
@@ -169,20 +219,14 @@ def run(args: argparse.Namespace) -> int:
     test_dir = args.test
     train_dir = args.train or test_dir.parent / "train"
     val_dir = args.val or test_dir.parent / "val"
-    test_paths = sorted(p for p in test_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()) if test_dir.is_dir() else []
-    if not test_paths:
-        raise SystemExit(f"{test_dir}: no test images found")
-    good, bad = readable_images(test_paths)
-    for path in bad:
-        print(f"warning: cannot decode {path}; it is labelled 'outlier'", file=sys.stderr)
-
-    train_meta, val_meta = _labelled_split(train_dir, "train"), _labelled_split(val_dir, "val")
+    train_meta, val_meta, test_paths, good, bad, notes = _gather_inputs(test_dir, train_dir, val_dir)
     extractor = FeatureExtractor(weights_dir=args.weights_dir, inv_root=args.cache_dir / "inv_decoder",
                                  cache_dir=args.cache_dir / "features", use_cache=not args.no_cache, rebuild=args.rebuild,
                                  batch_size=args.batch_size, device=args.device,
                                  workers=args.workers or default_workers(args.weights_dir, args.device),
                                  inv_config={"images": args.inv_decoder_images, "epochs": args.inv_decoder_epochs},
                                  refine_steps=args.refine_steps)
+    notes["resized_images"] = _resized_images(notes.pop("inspected"), extractor.image_size)
     print(f"features: {len(train_meta)} train, {len(val_meta)} val, {len(good)} test images", file=sys.stderr)
     # one pass over all three splits: one progress bar, one pool of workers
     every = extractor.features(list(train_meta["path"]) + list(val_meta["path"]) + list(good))
@@ -215,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
     test.to_parquet(report_dir / "features_test.parquet")
     val_stats = write_report(report_dir, "val", val_meta["label"], val_predictions[method], f"Validation ({method})")
     summary = {"method": method, "requested_method": args.method, "validation_accuracy_by_method": val_accuracy,
-               "models": str(model_dirs[method]), "validation": val_stats, "unreadable_test_images": [str(p) for p in bad]}
+               "models": str(model_dirs[method]), "validation": val_stats, **notes}
     if args.labels:
         truth = read_label_csv(args.labels).set_index("image_name")["label"]
         summary["test"] = write_report(report_dir, "test", truth.reindex(labels.index), labels, f"Test ({method})")

@@ -164,3 +164,38 @@ def test_write_submission_sorted_into_a_new_folder(tmp_path):
     submission.write_submission(pd.Series(["var16", "outlier"], index=["b.png", "a.png"]), out)
     assert out.read_text() == "image_name,label\na.png,outlier\nb.png,var16\n"
     assert not list(out.parent.glob("*.tmp"))
+
+
+def test_bad_inputs_are_named_and_no_test_image_loses_its_row(tiny_dataset, tmp_path, capsys):
+    """An undecodable training image is left out, an undecodable test image becomes ``outlier``,
+    an image of another size is resized, entries that are not test images get no row: each is
+    named on stderr and in the report's summary, and the run completes."""
+    import shutil
+
+    from PIL import Image
+
+    root = tmp_path / "Dataset"
+    for split in ("train", "val", "test"):
+        shutil.copytree(tiny_dataset / split, root / split)
+    (root / "train" / "var16" / "broken.png").write_bytes(b"")
+    (root / "test" / "empty.png").write_bytes(b"")
+    first = sorted((root / "test").glob("*.png"))[0]
+    with Image.open(first) as img:
+        img.resize((96, 96)).save(root / "test" / "large.png")
+    (root / "test" / "notes.txt").write_text("not an image")
+    (root / "test" / "nested").mkdir()
+    shutil.copy(first, root / "test" / "nested" / "inner.png")
+
+    out = tmp_path / "s.csv"
+    assert submission.main(["--test", str(root / "test"), "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]) == 0
+    table = pd.read_csv(out).set_index("image_name")["label"]
+    assert sorted(table.index) == sorted(p.name for p in (root / "test").iterdir() if p.suffix == ".png")
+    assert table["empty.png"] == "outlier" and table["large.png"] in CLASS_NAMES
+    err = capsys.readouterr().err
+    for named in ("train/var16/broken.png", "test/empty.png", "test/large.png (96×96)", "test/notes.txt", "test/nested"):
+        assert named in err, named
+    summary = json.loads((tmp_path / "s_report" / "summary.json").read_text())
+    assert summary["unreadable_labelled_images"] == [str(root / "train" / "var16" / "broken.png")]
+    assert summary["unreadable_test_images"] == [str(root / "test" / "empty.png")]
+    assert summary["resized_images"] == [str(root / "test" / "large.png")]
+    assert summary["skipped_test_entries"] == [str(root / "test" / "nested"), str(root / "test" / "notes.txt")]
