@@ -6,8 +6,10 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from feature_store import FeatureStore, file_sha256
 
@@ -47,6 +49,53 @@ def test_leftover_temp_files_and_damaged_shards_are_ignored(tmp_path):
     (store.folder / "shard-1-2-3.parquet.tmp").write_bytes(b"half a file")
     (store.folder / "shard-9-9-9.parquet").write_bytes(b"not parquet")
     assert list(store.read().index) == ["k1"]
+
+
+def test_a_lookup_over_many_shards_merges_them_and_keeps_every_row(tmp_path, monkeypatch):
+    import feature_store
+
+    monkeypatch.setattr(feature_store, "COMPACT_AFTER", 3)
+    store = FeatureStore(tmp_path, "x", "1", "a" * 64)
+    for i in range(4):
+        store.write(_rows([f"k{i}", "shared"], float(i)))
+    damaged = store.folder / "shard-0-0-0.parquet"
+    damaged.write_bytes(b"not parquet")
+    before = store.read()
+    assert len(store.shards()) == 5
+    stored, missing = store.lookup(["k3", "k9", "shared"])
+    assert missing == ["k9"] and list(stored.index) == ["k3", "shared"]
+    assert damaged in store.shards() and len(store.shards()) == 2
+    pd.testing.assert_frame_equal(store.read().sort_index(), before.sort_index())  # first-wins values kept
+    store.lookup(["k0"])  # two shards (one damaged): nothing to merge
+    assert len(store.shards()) == 2 and damaged.exists()
+
+
+def test_a_compaction_cut_short_before_removing_shards_loses_nothing(tmp_path, monkeypatch):
+    """The merged shard is in place before any old one goes: a crash in between leaves duplicates only."""
+    store = FeatureStore(tmp_path, "x", "1", "a" * 64)
+    store.write(_rows(["k1"], 1.0))
+    store.write(_rows(["k2"], 2.0))
+    before = store.read()
+
+    def crash(self, missing_ok=False):
+        raise KeyboardInterrupt("killed while removing merged shards")
+
+    monkeypatch.setattr(Path, "unlink", crash)
+    with pytest.raises(KeyboardInterrupt):
+        store.compact()
+    monkeypatch.undo()
+    assert len(store.shards()) == 3
+    pd.testing.assert_frame_equal(store.read().sort_index(), before.sort_index())
+
+
+def test_compact_merges_on_request(tmp_path):
+    store = FeatureStore(tmp_path, "x", "1", "a" * 64)
+    assert store.compact() is None
+    store.write(_rows(["k1"], 1.0))
+    assert store.compact() is None  # one shard: nothing to merge
+    store.write(_rows(["k2"], 2.0))
+    merged = store.compact()
+    assert store.shards() == [merged] and sorted(store.read().index) == ["k1", "k2"]
 
 
 def test_kill_9_mid_run_keeps_every_finished_shard(tmp_path):
