@@ -28,14 +28,15 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parent
 
-__all__ = ["main", "write_submission", "validate_submission", "test_folder_images", "default_workers"]
+__all__ = ["main", "write_submission", "validate_submission", "test_folder_images", "gather_inputs", "Inputs", "default_workers"]
 
 
 def test_folder_images(folder: Path) -> Tuple[List[Path], List[Path]]:
@@ -163,10 +164,23 @@ def _bundle(method: str, args: argparse.Namespace, weights_digest: str, train: p
                       gate_strategy=args.gate_strategy, seed=args.seed), model_dir
 
 
-def _gather_inputs(test_dir: Path, train_dir: Path, val_dir: Path):
-    """The labelled splits and the test images, each file decoded once: unreadable training and
-    validation images are left out, unreadable test images kept aside (they become ``outlier``),
-    and every such file is named in a warning and in ``notes`` (for the report's summary)."""
+@dataclass
+class Inputs:
+    """What a run reads, each file decoded once (:func:`gather_inputs`)."""
+
+    train: pd.DataFrame  # the labelled splits (dataset.list_split), undecodable images left out
+    val: pd.DataFrame
+    test_paths: List[Path]  # every test image file: one row each in submission.csv
+    test_readable: List[Path]
+    test_unreadable: List[Path]  # labelled ``outlier``
+    inspected: pd.DataFrame  # dataset.inspect_images of all of them
+    notes: Dict[str, List[str]]  # the files named in warnings, for the report's summary
+
+
+def gather_inputs(test_dir: Path, train_dir: Path, val_dir: Path) -> Inputs:
+    """The labelled splits and the test images, each file decoded once: undecodable training and
+    validation images are left out, undecodable test images kept aside (they become ``outlier``),
+    entries of the test folder that are not images skipped; each such file is named in a warning."""
     from dataset import IMAGE_SUFFIXES, inspect_images
 
     test_paths, skipped = test_folder_images(test_dir) if test_dir.is_dir() else ([], [])
@@ -175,17 +189,17 @@ def _gather_inputs(test_dir: Path, train_dir: Path, val_dir: Path):
     if skipped:
         _warn(f"{len(skipped)} entries of {test_dir} are not image files directly in it and get no row", skipped)
     train_meta, val_meta = _labelled_split(train_dir, "train"), _labelled_split(val_dir, "val")
-    inputs = inspect_images(list(train_meta["path"]) + list(val_meta["path"]) + [str(p) for p in test_paths])
-    inputs = inputs[~inputs.index.duplicated()]
-    train_meta, val_meta = _readable_only(train_meta, inputs, "train"), _readable_only(val_meta, inputs, "val")
-    good = [p for p in test_paths if inputs.loc[str(p), "readable"]]
-    bad = [p for p in test_paths if not inputs.loc[str(p), "readable"]]
-    for path in bad:
-        print(f"warning: cannot decode {path}; it is labelled 'outlier'", file=sys.stderr)
-    unreadable = inputs.index[~inputs["readable"]]
+    inspected = inspect_images(list(train_meta["path"]) + list(val_meta["path"]) + [str(p) for p in test_paths])
+    inspected = inspected[~inspected.index.duplicated()]
+    labelled_unreadable = [p for p in list(train_meta["path"]) + list(val_meta["path"]) if not inspected.loc[p, "readable"]]
+    train_meta, val_meta = _readable_only(train_meta, inspected, "train"), _readable_only(val_meta, inspected, "val")
+    good = [p for p in test_paths if inspected.loc[str(p), "readable"]]
+    bad = [p for p in test_paths if not inspected.loc[str(p), "readable"]]
+    if bad:
+        _warn(f"{len(bad)} test image(s) cannot be decoded and are labelled 'outlier'", bad)
     notes = {"unreadable_test_images": [str(p) for p in bad], "skipped_test_entries": [str(p) for p in skipped],
-             "unreadable_labelled_images": [p for p in unreadable if p not in set(map(str, bad))], "inspected": inputs}
-    return train_meta, val_meta, test_paths, good, bad, notes
+             "unreadable_labelled_images": labelled_unreadable}
+    return Inputs(train_meta, val_meta, test_paths, good, bad, inspected, notes)
 
 
 def _resized_images(inputs: pd.DataFrame, size: int) -> List[str]:
@@ -219,14 +233,15 @@ def run(args: argparse.Namespace) -> int:
     test_dir = args.test
     train_dir = args.train or test_dir.parent / "train"
     val_dir = args.val or test_dir.parent / "val"
-    train_meta, val_meta, test_paths, good, bad, notes = _gather_inputs(test_dir, train_dir, val_dir)
+    inputs = gather_inputs(test_dir, train_dir, val_dir)
+    train_meta, val_meta, good, bad = inputs.train, inputs.val, inputs.test_readable, inputs.test_unreadable
     extractor = FeatureExtractor(weights_dir=args.weights_dir, inv_root=args.cache_dir / "inv_decoder",
                                  cache_dir=args.cache_dir / "features", use_cache=not args.no_cache, rebuild=args.rebuild,
                                  batch_size=args.batch_size, device=args.device,
                                  workers=args.workers or default_workers(args.weights_dir, args.device),
                                  inv_config={"images": args.inv_decoder_images, "epochs": args.inv_decoder_epochs},
                                  refine_steps=args.refine_steps)
-    notes["resized_images"] = _resized_images(notes.pop("inspected"), extractor.image_size)
+    notes = dict(inputs.notes, resized_images=_resized_images(inputs.inspected, extractor.image_size))
     print(f"features: {len(train_meta)} train, {len(val_meta)} val, {len(good)} test images", file=sys.stderr)
     # one pass over all three splits: one progress bar, one pool of workers
     every = extractor.features(list(train_meta["path"]) + list(val_meta["path"]) + list(good))
@@ -249,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
     labels = predict(bundle, test)
     labels = pd.concat([labels, pd.Series("outlier", index=[p.name for p in bad], name="label")])
     write_submission(labels, args.out)
-    validate_submission(args.out, [p.name for p in test_paths])
+    validate_submission(args.out, [p.name for p in inputs.test_paths])
 
     report_dir = args.report_dir or args.out.with_name(args.out.stem + "_report")
     report_dir.mkdir(parents=True, exist_ok=True)
