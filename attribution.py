@@ -7,11 +7,15 @@ image as ``outlier`` when its calibrated top probability is too low. Flat: one 9
 :class:`variant_classifier.FlatClassifier`. Models are fitted on train features; thresholds
 (gate, rejection) are tuned on validation features. A fitted bundle is saved to and loaded from
 one folder (``learned_gate.joblib`` or ``gate.json``, ``VAR.joblib``/``RAR.joblib`` or ``flat.joblib``, each
-with a JSON). ``auto`` (:func:`pick_method`) fits both and keeps the one of higher validation
+with a JSON). The folder appears whole or not at all: the models are saved into a staging folder
+beside it, which is renamed into place last, so a run killed while fitting or saving leaves no
+half-written bundle for the next run to load (it fits again). ``auto`` (:func:`pick_method`) fits both and keeps the one of higher validation
 accuracy: which wins depends on the models, so it is measured, not assumed.
 """
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Dict, Sequence
 
@@ -40,17 +44,62 @@ def _two_stage_predict(gate, classifiers: dict, features: pd.DataFrame) -> pd.Se
 
 def fit_bundle(method: str, train: pd.DataFrame, train_labels: Sequence[str], val: pd.DataFrame, val_labels: Sequence[str],
                folder: Path | str, *, gate_strategy: str = "learned", seed: int = 0) -> dict:
-    """Fit, tune on validation and save the models of ``method``; returns the loaded bundle."""
+    """Fit, tune on validation and save the models of ``method`` in ``folder`` (which appears only
+    once every file is written); returns the bundle."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_staging(folder)
+    staging = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    staging.mkdir(parents=True)
     train_labels, val_labels = np.asarray(train_labels), np.asarray(val_labels)
     if method == "flat":
-        flat = FlatClassifier(seed).fit(train, train_labels)
-        flat.tune_rejection(flat.predict_proba(val), val_labels)
-        flat.save(folder / "flat.joblib")
-        return {"method": method, "flat": flat}
-    if method != "two-stage":
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        bundle = _fit_flat(train, train_labels, val, val_labels, staging, seed)
+    else:
+        bundle = _fit_two_stage(train, train_labels, val, val_labels, staging, gate_strategy, seed)
+    _publish(staging, folder)
+    return bundle
+
+
+def _remove_abandoned_staging(folder: Path) -> None:
+    """Delete the staging folders of ``folder`` whose process is gone (killed mid-fit), and this
+    process's own; another live process's staging folder is left alone."""
+    for staging in folder.parent.glob(f"{folder.name}.partial-*"):
+        pid = staging.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and (int(pid) == os.getpid() or not _process_alive(int(pid))):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _publish(staging: Path, folder: Path) -> None:
+    """Move a fully written bundle folder into place (replacing an older one of the same key)."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    try:
+        os.rename(staging, folder)
+    except OSError:  # another process published the same bundle (same key: same inputs) meanwhile
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _fit_flat(train: pd.DataFrame, train_labels: np.ndarray, val: pd.DataFrame, val_labels: np.ndarray, folder: Path,
+              seed: int) -> dict:
+    flat = FlatClassifier(seed).fit(train, train_labels)
+    flat.tune_rejection(flat.predict_proba(val), val_labels)
+    flat.save(folder / "flat.joblib")
+    return {"method": "flat", "flat": flat}
+
+
+def _fit_two_stage(train: pd.DataFrame, train_labels: np.ndarray, val: pd.DataFrame, val_labels: np.ndarray, folder: Path,
+                   gate_strategy: str, seed: int) -> dict:
     gate = make_gate(gate_strategy, seed).fit(train, train_labels, val, val_labels)
     save_gate(gate, folder)
     classifiers = {}
@@ -65,7 +114,7 @@ def fit_bundle(method: str, train: pd.DataFrame, train_labels: Sequence[str], va
         clf.config["val_routed_from_family"] = int((routed & (val_families == family)).sum())
         clf.save(folder / f"{family}.joblib")
         classifiers[family] = clf
-    return {"method": method, "gate": gate, "classifiers": classifiers}
+    return {"method": "two-stage", "gate": gate, "classifiers": classifiers}
 
 
 def bundle_exists(method: str, folder: Path | str) -> bool:

@@ -133,3 +133,28 @@ def test_features_and_labels_must_name_the_same_images(data, tmp_path):
         read_labelled_features(tmp_path / "missing.parquet", tmp_path / "short.csv")
     frame, labels = read_labelled_features(tmp_path / "features_train.parquet", tmp_path / "labels_train.csv")
     assert frame.equals(train) and list(labels) == list(ytr)
+
+
+def test_a_fit_killed_while_saving_leaves_no_bundle_to_load(data, tmp_path, monkeypatch):
+    """The bundle folder appears only once complete: a crash mid-save means the next run fits again."""
+    from variant_classifier import VariantClassifier
+
+    (train, ytr), (val, yva), _ = data
+    real_save, saved = VariantClassifier.save, []
+
+    def crash_on_second(self, path):
+        if saved:
+            raise KeyboardInterrupt("killed while saving")
+        saved.append(path)
+        real_save(self, path)
+
+    monkeypatch.setattr(VariantClassifier, "save", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        fit_bundle("two-stage", train, ytr, val, yva, tmp_path / "bundle")
+    assert saved and not bundle_exists("two-stage", tmp_path / "bundle") and not (tmp_path / "bundle").exists()
+    monkeypatch.undo()
+    abandoned = tmp_path / "bundle.partial-999999999"  # left by a process that no longer exists
+    abandoned.mkdir()
+    fit_bundle("two-stage", train, ytr, val, yva, tmp_path / "bundle")
+    assert bundle_exists("two-stage", tmp_path / "bundle")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"], "staging folders were not cleaned up"
