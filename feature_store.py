@@ -25,6 +25,8 @@ from typing import Iterable, List, Optional, Tuple
 
 import pandas as pd
 
+from atomic import atomic_path
+
 __all__ = ["file_sha256", "FeatureStore", "COMPACT_AFTER"]
 
 # A lookup over more shards than this merges them into one. Reading 142 shards (one demo run,
@@ -98,13 +100,10 @@ class FeatureStore:
         if not self.enabled or rows.empty:
             return None
         name = f"shard-{os.getpid()}-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
-        tmp = self.folder / (name + ".tmp")
         rows = rows.copy()
         rows.index.name = "key"
-        rows.to_parquet(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.folder / name)
+        with atomic_path(self.folder / name) as tmp:
+            rows.to_parquet(tmp)
         return self.folder / name
 
     def lookup(self, keys: Iterable[str]) -> Tuple[pd.DataFrame, List[str]]:

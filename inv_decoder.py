@@ -35,6 +35,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from atomic import atomic_path
 from models.adapter import FamilyAdapter
 from models.checkpoints import CheckpointError, read_state_dict
 
@@ -160,7 +161,8 @@ def finetune(adapter: FamilyAdapter, out_dir: Path | str, config: Optional[dict]
         tokens = torch.load(tokens_path, weights_only=True)
     else:
         tokens = generate_training_tokens(adapter, int(cfg["images"]), int(cfg["seed"]), progress=progress)
-        torch.save(tokens, tokens_path)
+        with atomic_path(tokens_path) as tmp:
+            torch.save(tokens, tmp)
     if exclude_folders:
         with torch.no_grad():
             train_hashes = set().union(*(_pixel_hashes(_to_png_levels(adapter.decode(adapter.tokens_to_fhat(tokens[i:i + 64]))))
@@ -211,8 +213,9 @@ def finetune(adapter: FamilyAdapter, out_dir: Path | str, config: Optional[dict]
                 count += len(batch_tokens)
                 bar.set_postfix(loss=f"{total / count:.3e}")
             losses.append(total / max(count, 1))
-            torch.save({"encoder": _encoder_state(adapter), "optimizer": opt.state_dict(), "losses": losses,
-                        "epoch": epoch + 1, "rng": torch.get_rng_state()}, ckpt_path)
+            with atomic_path(ckpt_path) as tmp:  # a run killed while saving resumes from the previous epoch
+                torch.save({"encoder": _encoder_state(adapter), "optimizer": opt.state_dict(), "losses": losses,
+                            "epoch": epoch + 1, "rng": torch.get_rng_state()}, tmp)
             if progress:
                 print(f"epoch {epoch + 1}: loss {losses[-1]:.4e}", file=sys.stderr)
     finally:
@@ -220,9 +223,10 @@ def finetune(adapter: FamilyAdapter, out_dir: Path | str, config: Optional[dict]
             m.eval().requires_grad_(False)
     from safetensors.torch import save_file
 
-    save_file(_encoder_state(adapter), str(out / WEIGHTS_FILE))
     summary = {"family": adapter.family, "config": record, "losses": losses, "train_images": int(len(tokens))}
     (out / "inv_decoder.json").write_text(json.dumps(summary, indent=2))
+    with atomic_path(out / WEIGHTS_FILE) as tmp:  # last: its presence means the fine-tuning finished
+        save_file(_encoder_state(adapter), str(tmp))
     _save_loss_curve(losses, out / "loss_curve.png", f"{adapter.family} inverse decoder{' (augmented)' if cfg['augment'] else ''}")
     return summary
 

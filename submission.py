@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import time
@@ -33,6 +32,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
+
+from atomic import atomic_path
 
 ROOT = Path(__file__).resolve().parent
 
@@ -68,10 +69,8 @@ def _readable_only(meta: pd.DataFrame, inputs: pd.DataFrame, name: str) -> pd.Da
 def write_submission(labels: pd.Series, path: Path) -> None:
     """``image_name,label`` sorted by name, written to a temporary file and renamed into place."""
     frame = pd.DataFrame({"image_name": labels.index.astype(str), "label": labels.to_numpy()}).sort_values("image_name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_csv(tmp, index=False, lineterminator="\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, lineterminator="\n")
 
 
 def validate_submission(path: Path, expected_names: List[str]) -> None:

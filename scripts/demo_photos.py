@@ -14,7 +14,7 @@ token NLL) from the right 25 %, so validation content is never trained on.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Dict, List, Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 from PIL import Image

@@ -2,7 +2,6 @@
 stronger with strength; the curriculum maps epochs to stages and augments the right share."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 

@@ -1,7 +1,6 @@
 """Our models reproduce the official code's outputs (fixtures in tests/reference/) to 1e-4."""
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 

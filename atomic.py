@@ -1,0 +1,35 @@
+"""Files that appear whole or not at all.
+
+A process killed while writing (``kill -9``, a full disk, a lost node) must not leave a
+truncated file that a later run takes for a finished one. :func:`atomic_path` hands out a
+temporary name beside the target; when the block ends without an error the file is flushed to
+disk and renamed over the target (``os.replace``, atomic on POSIX within one file system), else
+the temporary file is removed. Readers therefore see the old file or the new one, never part
+of one. Used for ``submission.csv``, feature-store shards and inverse-decoder checkpoints.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+__all__ = ["atomic_path"]
+
+
+@contextmanager
+def atomic_path(path: Path | str, *, durable: bool = True) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces ``path`` (fsynced first if ``durable``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield tmp
+        if durable:
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
