@@ -37,7 +37,7 @@ from atomic import atomic_path
 
 ROOT = Path(__file__).resolve().parent
 
-__all__ = ["main", "write_submission", "validate_submission", "test_folder_images", "gather_inputs", "Inputs", "default_workers"]
+__all__ = ["main", "write_submission", "validate_submission", "test_folder_images", "gather_inputs", "Inputs", "read_test_labels", "default_workers"]
 
 
 def test_folder_images(folder: Path) -> Tuple[List[Path], List[Path]]:
@@ -201,6 +201,26 @@ def gather_inputs(test_dir: Path, train_dir: Path, val_dir: Path) -> Inputs:
     return Inputs(train_meta, val_meta, test_paths, good, bad, inspected, notes)
 
 
+def read_test_labels(path: Path, test_paths: List[Path]) -> pd.Series:
+    """The known labels of the test images (to score the submission), read before any model runs:
+    a malformed file stops the run here; test images without a label, and labels of images that
+    are not in the test folder, are named in a warning and left out of the score."""
+    from dataset import read_label_csv
+
+    try:
+        frame = read_label_csv(path)
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        raise SystemExit(f"--labels: {err}") from None
+    truth = frame.drop_duplicates("image_name").set_index("image_name")["label"]
+    names = [p.name for p in test_paths]
+    unlabelled, unknown = [n for n in names if n not in truth.index], sorted(set(truth.index) - set(names))
+    if unlabelled:
+        _warn(f"{len(unlabelled)} test image(s) have no label in {path} and are not scored", unlabelled)
+    if unknown:
+        _warn(f"{len(unknown)} label(s) in {path} name no image of the test folder", unknown)
+    return truth.reindex([n for n in names if n in truth.index])
+
+
 def _resized_images(inputs: pd.DataFrame, size: int) -> List[str]:
     """The readable images that are not ``size``×``size`` (named in a warning): they are resized."""
     resized = inputs[inputs["readable"] & ((inputs["width"] != size) | (inputs["height"] != size))]
@@ -211,9 +231,13 @@ def _resized_images(inputs: pd.DataFrame, size: int) -> List[str]:
     return list(resized.index)
 
 
+def _percent(value: float) -> str:
+    """``' 70.22 %'``; ``'   n/a  '`` where the rate is undefined (e.g. outlier recall without outliers)."""
+    return "   n/a  " if value != value else f"{100 * value:6.2f} %"
+
+
 def run(args: argparse.Namespace) -> int:
     from attribution import METHODS, pick_method, predict
-    from dataset import read_label_csv
     from feature_extractor import FeatureExtractor
     from scoring import interval_text, summary as score_summary, write_report
 
@@ -234,6 +258,7 @@ def run(args: argparse.Namespace) -> int:
     val_dir = args.val or test_dir.parent / "val"
     inputs = gather_inputs(test_dir, train_dir, val_dir)
     train_meta, val_meta, good, bad = inputs.train, inputs.val, inputs.test_readable, inputs.test_unreadable
+    truth = read_test_labels(args.labels, inputs.test_paths) if args.labels else None
     extractor = FeatureExtractor(weights_dir=args.weights_dir, inv_root=args.cache_dir / "inv_decoder",
                                  cache_dir=args.cache_dir / "features", use_cache=not args.no_cache, rebuild=args.rebuild,
                                  batch_size=args.batch_size, device=args.device,
@@ -274,17 +299,16 @@ def run(args: argparse.Namespace) -> int:
     val_stats = write_report(report_dir, "val", val_meta["label"], val_predictions[method], f"Validation ({method})")
     summary = {"method": method, "requested_method": args.method, "validation_accuracy_by_method": val_accuracy,
                "models": str(model_dirs[method]), "validation": val_stats, **notes}
-    if args.labels:
-        truth = read_label_csv(args.labels).set_index("image_name")["label"]
-        summary["test"] = write_report(report_dir, "test", truth.reindex(labels.index), labels, f"Test ({method})")
+    if truth is not None and len(truth):
+        summary["test"] = write_report(report_dir, "test", truth, labels.reindex(truth.index), f"Test ({method})")
     summary["seconds"] = round(time.perf_counter() - started, 1)
     (report_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"wrote {args.out} ({len(labels)} rows); report in {report_dir}")
     for split in ("validation", "test"):
         if split in summary:
             s = summary[split]
-            print(f"{split:10s} accuracy {100 * s['accuracy']:6.2f} % (95 % interval {interval_text(s['accuracy_ci95'])})   "
-                  f"family accuracy {100 * s['family_accuracy']:6.2f} %   outlier recall {100 * s['outlier_recall']:6.2f} %   (n={s['n']})")
+            print(f"{split:10s} accuracy {_percent(s['accuracy'])} (95 % interval {interval_text(s['accuracy_ci95'])})   "
+                  f"family accuracy {_percent(s['family_accuracy'])}   outlier recall {_percent(s['outlier_recall'])}   (n={s['n']})")
     return 0
 
 

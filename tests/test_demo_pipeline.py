@@ -186,16 +186,36 @@ def test_bad_inputs_are_named_and_no_test_image_loses_its_row(tiny_dataset, tmp_
     (root / "test" / "nested").mkdir()
     shutil.copy(first, root / "test" / "nested" / "inner.png")
 
+    truth = pd.read_csv(tiny_dataset / "test_labels.csv")
+    partial = pd.concat([truth.iloc[:3], pd.DataFrame({"image_name": ["ghost.png"], "label": ["var16"]})])
+    partial.to_csv(tmp_path / "some_labels.csv", index=False)
+
     out = tmp_path / "s.csv"
-    assert submission.main(["--test", str(root / "test"), "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]) == 0
+    assert submission.main(["--test", str(root / "test"), "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
+                            "--labels", str(tmp_path / "some_labels.csv")]) == 0
     table = pd.read_csv(out).set_index("image_name")["label"]
     assert sorted(table.index) == sorted(p.name for p in (root / "test").iterdir() if p.suffix == ".png")
     assert table["empty.png"] == "outlier" and table["large.png"] in CLASS_NAMES
     err = capsys.readouterr().err
-    for named in ("train/var16/broken.png", "test/empty.png", "test/large.png (96×96)", "test/notes.txt", "test/nested"):
+    for named in ("train/var16/broken.png", "test/empty.png", "test/large.png (96×96)", "test/notes.txt", "test/nested",
+                  "name no image of the test folder: ghost.png", f"{len(table) - 3} test image(s) have no label"):
         assert named in err, named
     summary = json.loads((tmp_path / "s_report" / "summary.json").read_text())
     assert summary["unreadable_labelled_images"] == [str(root / "train" / "var16" / "broken.png")]
     assert summary["unreadable_test_images"] == [str(root / "test" / "empty.png")]
     assert summary["resized_images"] == [str(root / "test" / "large.png")]
     assert summary["skipped_test_entries"] == [str(root / "test" / "nested"), str(root / "test" / "notes.txt")]
+    assert summary["test"]["n"] == 3  # only the labelled test images are scored
+
+
+def test_a_malformed_labels_file_stops_the_run_before_any_model_loads(tiny_dataset, tmp_path, monkeypatch):
+    import feature_extractor
+
+    def no_models(*args, **kwargs):
+        raise AssertionError("models were loaded before --labels was checked")
+
+    monkeypatch.setattr(feature_extractor, "FeatureExtractor", no_models)
+    (tmp_path / "labels.csv").write_text("name,class\nx.png,var16\n")
+    with pytest.raises(SystemExit, match=r"--labels: .*labels.csv: missing column\(s\) \['image_name', 'label'\]"):
+        submission.main(["--test", str(tiny_dataset / "test"), "--labels", str(tmp_path / "labels.csv"),
+                         "--out", str(tmp_path / "s.csv")])
