@@ -48,7 +48,7 @@ import inv_decoder
 from dataset import load_images
 from feature_store import FeatureStore, file_sha256
 from models.adapter import FamilyAdapter
-from models.zoo import DEMO_ZOO_DIR, is_zoo_dir, load_family
+from models.zoo import check_weights_dir, is_zoo_dir, load_family
 from quantizer import search_tokens
 from runtime import keep_freed_memory
 from signals import family_signals_and_tokens, refine_tokens
@@ -112,7 +112,7 @@ def features_for_batch(adapters: Dict[str, FamilyAdapter], img01_B3HW: torch.Ten
 
 def weight_files(weights_dir: Optional[Path]) -> List[Path]:
     """The weight files a run with ``weights_dir`` (default: the demo zoo) depends on."""
-    folder = Path(weights_dir) if weights_dir is not None else DEMO_ZOO_DIR
+    folder = check_weights_dir(weights_dir)
     if is_zoo_dir(folder):
         return sorted(folder.glob("*.safetensors")) + [folder / "zoo.json"]
     return sorted(p for p in folder.iterdir() if p.suffix in (".pth", ".bin", ".safetensors"))

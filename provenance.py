@@ -206,6 +206,7 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--predict", type=Path, help="a feature frame to gate (e.g. the test split's)")
     parser.add_argument("--predictions", type=Path, default=Path("families.csv"), help="CSV image_name,family (default: %(default)s)")
     args = parser.parse_args(argv)
+    to_gate = read_feature_frame(args.predict) if args.predict else None  # a wrong path fails before the fit
     train, train_labels = read_labelled_features(args.train_features, args.train_labels)
     val, val_labels = read_labelled_features(args.val_features, args.val_labels)
     gate = make_gate(args.strategy, args.seed).fit(train, train_labels, val, val_labels)
@@ -220,12 +221,14 @@ def main(argv: Optional[list] = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         save_gate(gate, args.out)
         print(f"gate → {saved_gate_path(args.out)}")
-    if args.predict:
-        families = gate.predict(read_feature_frame(args.predict))
+    if to_gate is not None:
+        families = gate.predict(to_gate)
         families.rename_axis("image_name").reset_index().to_csv(args.predictions, index=False)
         print(f"{len(families)} images gated → {args.predictions}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from cli import run_main
+
+    sys.exit(run_main(main))

@@ -125,7 +125,10 @@ def _labelled_split(root: Path, name: str):
     if not root.is_dir():
         raise SystemExit(f"{root}: no {name} folder; give --{name} DIR (one subfolder of images per class) "
                          f"or put {name}/ beside the test folder")
-    frame = list_split(root.parent, root.name)
+    try:
+        frame = list_split(root.parent, root.name)
+    except ValueError as err:  # a class folder with an unknown name
+        raise SystemExit(f"--{name}: {err}") from None
     if frame.empty:
         raise SystemExit(f"{root}: no images; expected {root}/<class>/*.png")
     if frame["label"].isna().any():

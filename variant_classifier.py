@@ -209,4 +209,6 @@ def main(argv: Optional[list] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from cli import run_main
+
+    sys.exit(run_main(main))

@@ -28,7 +28,7 @@ from .registry import (OFFICIAL_VARIANTS, build_maskgit_vqgan, build_rar_generat
 from .var_adapter import VARAdapter
 from .var_vqvae import VARVQVAE
 
-__all__ = ["DEMO_ZOO_DIR", "load_family", "read_zoo_manifest", "is_zoo_dir"]
+__all__ = ["DEMO_ZOO_DIR", "load_family", "read_zoo_manifest", "is_zoo_dir", "check_weights_dir"]
 
 DEMO_ZOO_DIR = Path(__file__).resolve().parent.parent / "demo_zoo"
 _VAE_STATS_KEY = "quantize.ema_vocab_hit_SV"
@@ -70,9 +70,20 @@ def _make_adapter(family: str, tok_cfg: dict, tok_path: Path, variants: Dict[str
     return adapter_cls(tokenizer, loaders, sampling, image_size, num_classes, device)
 
 
+def check_weights_dir(weights_dir: Optional[Path | str]) -> Path:
+    """``weights_dir`` as a path (the demo zoo for ``None``); a :class:`CheckpointError` naming it
+    if it is not a folder."""
+    folder = Path(weights_dir) if weights_dir is not None else DEMO_ZOO_DIR
+    if not folder.is_dir():
+        raise CheckpointError(f"--weights-dir {folder}: no such folder; give the folder that holds the official "
+                              "checkpoint files (or a zoo folder with zoo.json)")
+    return folder
+
+
 def load_family(family: str, weights_dir: Optional[Path | str] = None, device: str = "cpu") -> FamilyAdapter:
     """Adapter for ``family`` from the demo zoo, a zoo folder, or a folder of official files."""
     family = family.upper()
+    check_weights_dir(weights_dir)
     zoo_dir = Path(weights_dir) if weights_dir is not None else DEMO_ZOO_DIR
     if weights_dir is None or is_zoo_dir(zoo_dir):
         manifest = read_zoo_manifest(zoo_dir)

@@ -13,6 +13,15 @@ from models.checkpoints import CheckpointError
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _tiny_layout(root: Path, train_class: str = "var16") -> Path:
+    from PIL import Image
+
+    for split in (f"train/{train_class}", "val/var16", "test"):
+        (root / split).mkdir(parents=True)
+        Image.new("RGB", (64, 64)).save(root / split / "x.png")
+    return root / "test"
+
+
 def test_checkpoint_errors_become_one_line(capsys):
     def main(argv):
         raise CheckpointError(f"weight file not found: {argv[0]} (check --weights-dir and the file name)")
@@ -30,13 +39,9 @@ def test_other_errors_keep_their_traceback():
 
 
 def test_submission_with_an_empty_weights_dir_names_the_missing_file(tmp_path):
-    from PIL import Image
-
-    for split in ("train/var16", "val/var16", "test"):
-        (tmp_path / "data" / split).mkdir(parents=True)
-        Image.new("RGB", (64, 64)).save(tmp_path / "data" / split / "x.png")
+    test_dir = _tiny_layout(tmp_path / "data")
     (tmp_path / "weights").mkdir()
-    done = subprocess.run([sys.executable, str(ROOT / "submission.py"), "--test", str(tmp_path / "data" / "test"),
+    done = subprocess.run([sys.executable, str(ROOT / "submission.py"), "--test", str(test_dir),
                            "--weights-dir", str(tmp_path / "weights"), "--out", str(tmp_path / "s.csv"),
                            "--cache-dir", str(tmp_path / "cache")],
                           capture_output=True, text=True, cwd=tmp_path)
@@ -44,3 +49,30 @@ def test_submission_with_an_empty_weights_dir_names_the_missing_file(tmp_path):
     assert "Traceback" not in done.stderr
     assert f"error: weight file not found: {tmp_path / 'weights'}" in done.stderr
     assert not (tmp_path / "s.csv").exists()
+
+
+def test_a_missing_input_file_becomes_one_line(capsys):
+    def main(argv):
+        raise FileNotFoundError(f"{argv[0]}: no such feature file")
+
+    assert run_main(main, ["/x/features.parquet"]) == USER_ERROR_STATUS
+    assert capsys.readouterr().err == "error: /x/features.parquet: no such feature file\n"
+
+
+def test_a_weights_dir_that_is_not_a_folder_is_named(tmp_path, capsys):
+    import submission
+
+    test_dir = _tiny_layout(tmp_path / "data")
+    args = ["--test", str(test_dir), "--weights-dir", str(tmp_path / "absent"), "--out", str(tmp_path / "s.csv"),
+            "--cache-dir", str(tmp_path / "cache")]
+    assert run_main(submission.main, args) == USER_ERROR_STATUS
+    assert f"error: --weights-dir {tmp_path / 'absent'}: no such folder" in capsys.readouterr().err
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_an_unknown_class_folder_is_named_without_a_traceback(tmp_path):
+    import submission
+
+    test_dir = _tiny_layout(tmp_path / "data", train_class="cats")
+    with pytest.raises(SystemExit, match=r"--train: .*train/cats: unknown class folder; expected one of var16"):
+        submission.main(["--test", str(test_dir), "--out", str(tmp_path / "s.csv")])
