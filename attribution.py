@@ -6,14 +6,18 @@ gated family's :class:`variant_classifier.VariantClassifier` names the variant o
 image as ``outlier`` when its calibrated top probability is too low. Flat: one 9-class
 :class:`variant_classifier.FlatClassifier`. Models are fitted on train features; thresholds
 (gate, rejection) are tuned on validation features. A fitted bundle is saved to and loaded from
-one folder (``learned_gate.joblib`` or ``gate.json``, ``VAR.joblib``/``RAR.joblib`` or ``flat.joblib``, each
-with a JSON). The folder appears whole or not at all: the models are saved into a staging folder
-beside it, which is renamed into place last, so a run killed while fitting or saving leaves no
-half-written bundle for the next run to load (it fits again). ``auto`` (:func:`pick_method`) fits both and keeps the one of higher validation
-accuracy: which wins depends on the models, so it is measured, not assumed.
+one folder: ``learned_gate.joblib`` or ``gate.json``, ``VAR.joblib``/``RAR.joblib`` or
+``flat.joblib``, each with a JSON, and ``bundle.json`` naming what it holds. The folder appears
+whole or not at all: the models are saved into a staging folder beside it, which is renamed into
+place last, so a run killed while fitting or saving leaves no half-written bundle for the next
+run to load (it fits again). Classes absent from the training data are never predicted: a
+family without training images gets no variant classifier, and a family with one variant always
+names it. ``auto`` (:func:`pick_method`) fits both methods and keeps the one of higher
+validation accuracy: which wins depends on the models, so it is measured, not assumed.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -23,13 +27,14 @@ import numpy as np
 import pandas as pd
 
 from models.registry import CLASS_NAMES
-from provenance import family_of_labels, load_gate, make_gate, save_gate, saved_gate_path
+from provenance import family_of_labels, load_gate, make_gate, save_gate
 from variant_classifier import FlatClassifier, VariantClassifier
 
 __all__ = ["METHODS", "METHOD_CHOICES", "fit_bundle", "load_bundle", "predict", "bundle_exists", "pick_method"]
 
 METHODS = ("two-stage", "flat")
 METHOD_CHOICES = ("auto",) + METHODS  # auto: fit both, keep the one of higher validation accuracy
+MANIFEST = "bundle.json"  # what a bundle folder holds; written last
 
 
 def _two_stage_predict(gate, classifiers: dict, features: pd.DataFrame) -> pd.Series:
@@ -57,6 +62,8 @@ def fit_bundle(method: str, train: pd.DataFrame, train_labels: Sequence[str], va
         bundle = _fit_flat(train, train_labels, val, val_labels, staging, seed)
     else:
         bundle = _fit_two_stage(train, train_labels, val, val_labels, staging, gate_strategy, seed)
+    contents = {"method": method, "variant_classifiers": sorted(bundle.get("classifiers", {}))}
+    (staging / MANIFEST).write_text(json.dumps(contents, indent=2))
     _publish(staging, folder)
     return bundle
 
@@ -104,7 +111,10 @@ def _fit_two_stage(train: pd.DataFrame, train_labels: np.ndarray, val: pd.DataFr
     save_gate(gate, folder)
     classifiers = {}
     val_families = family_of_labels(val_labels)
+    train_families = family_of_labels(train_labels)
     for family in ("VAR", "RAR"):
+        if not (train_families == family).any():
+            continue  # no training image of this family: the gate never routes to it
         clf = VariantClassifier(family, seed).fit(train, train_labels)
         # the rejection threshold is tuned on what the gate actually sends to this family
         routed = (gate.predict(val) == family).to_numpy()
@@ -118,18 +128,18 @@ def _fit_two_stage(train: pd.DataFrame, train_labels: np.ndarray, val: pd.DataFr
 
 
 def bundle_exists(method: str, folder: Path | str) -> bool:
-    folder = Path(folder)
-    if method == "flat":
-        return (folder / "flat.joblib").is_file()
-    return saved_gate_path(folder) is not None and all((folder / f"{family}.joblib").is_file() for family in ("VAR", "RAR"))
+    """Whether ``folder`` holds a finished bundle of ``method`` (its manifest is written last)."""
+    manifest = Path(folder) / MANIFEST
+    return manifest.is_file() and json.loads(manifest.read_text()).get("method") == method
 
 
 def load_bundle(method: str, folder: Path | str) -> dict:
     folder = Path(folder)
     if method == "flat":
         return {"method": method, "flat": FlatClassifier.load(folder / "flat.joblib")}
+    families = json.loads((folder / MANIFEST).read_text())["variant_classifiers"]
     return {"method": method, "gate": load_gate(folder),
-            "classifiers": {f: VariantClassifier.load(folder / f"{f}.joblib") for f in ("VAR", "RAR")}}
+            "classifiers": {f: VariantClassifier.load(folder / f"{f}.joblib") for f in families}}
 
 
 def pick_method(val_accuracy: Dict[str, float]) -> str:

@@ -242,6 +242,7 @@ def _percent(value: float) -> str:
 def run(args: argparse.Namespace) -> int:
     from attribution import METHODS, pick_method, predict
     from feature_extractor import FeatureExtractor
+    from models.registry import CLASS_NAMES
     from scoring import interval_text, summary as score_summary, write_report
 
     started = time.perf_counter()
@@ -262,6 +263,9 @@ def run(args: argparse.Namespace) -> int:
     inputs = gather_inputs(test_dir, train_dir, val_dir)
     train_meta, val_meta, good, bad = inputs.train, inputs.val, inputs.test_readable, inputs.test_unreadable
     truth = read_test_labels(args.labels, inputs.test_paths) if args.labels else None
+    absent = [c for c in CLASS_NAMES if c not in set(train_meta["label"])]
+    if absent:
+        _warn(f"{len(absent)} of the {len(CLASS_NAMES)} classes have no training image and are never predicted", absent, show=9)
     extractor = FeatureExtractor(weights_dir=args.weights_dir, inv_root=args.cache_dir / "inv_decoder",
                                  cache_dir=args.cache_dir / "features", use_cache=not args.no_cache, rebuild=args.rebuild,
                                  batch_size=args.batch_size, device=args.device,

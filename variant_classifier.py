@@ -32,7 +32,7 @@ import pandas as pd
 
 from models.registry import CLASS_NAMES, FAMILY_OF, VARIANT_NAMES
 
-__all__ = ["FEATURE_STEMS", "family_feature_frame", "tune_lightgbm", "CalibratedLGBM", "VariantClassifier", "FlatClassifier"]
+__all__ = ["FEATURE_STEMS", "family_feature_frame", "tune_lightgbm", "CalibratedLGBM", "OneClass", "VariantClassifier", "FlatClassifier"]
 
 FEATURE_STEMS = ("nll_marginal", "nll_topk", "nll_best", "nll_uncond", "cfg_gap", "mink", "minkpp", "hinge", "zlib",
                  "nll_sampling", "nll_sampling_best", "support_miss", "nll_evidence", "nll_evidence_best")
@@ -71,7 +71,8 @@ def family_feature_frame(features: pd.DataFrame, family: str) -> pd.DataFrame:
 def _lgbm(params: dict, seed: int):
     from lightgbm import LGBMClassifier
 
-    return LGBMClassifier(objective="multiclass", subsample=0.9, subsample_freq=1, colsample_bytree=0.8,
+    # the objective follows the number of classes: multiclass, or binary for two
+    return LGBMClassifier(subsample=0.9, subsample_freq=1, colsample_bytree=0.8,
                           reg_lambda=1.0, random_state=seed, n_jobs=2, deterministic=True, force_row_wise=True, max_bin=MAX_BIN,
                           verbose=-1, **params)
 
@@ -94,6 +95,16 @@ def tune_lightgbm(X: pd.DataFrame, y: np.ndarray, seed: int = 0, folds: int = 3)
     return {"params": best, "cv_log_loss": best_loss, "grid": [{"params": p, "cv_log_loss": l} for l, p in results]}
 
 
+class OneClass:
+    """The model of training data with a single class: that class, with probability 1."""
+
+    def __init__(self, label: str) -> None:
+        self.classes_ = np.array([label])
+
+    def predict_proba(self, X) -> np.ndarray:
+        return np.ones((len(X), 1))
+
+
 class CalibratedLGBM:
     """Tuned LightGBM + cross-validated sigmoid calibration + a rejection threshold."""
 
@@ -109,6 +120,11 @@ class CalibratedLGBM:
         from sklearn.calibration import CalibratedClassifierCV
 
         self.columns = list(X.columns)
+        if len(np.unique(y)) == 1:  # e.g. a family with one variant in the training data
+            self.model = OneClass(str(y[0]))
+            self.config = {"seed": self.seed, "n_train": int(len(y)), "classes": [str(y[0])], "tuning": None,
+                           "features": self.columns, "note": "one class in the training data: always predicted"}
+            return
         tuned = tune_lightgbm(X, y, self.seed)
         self.model = CalibratedClassifierCV(_lgbm(tuned["params"], self.seed), method="sigmoid", cv=3).fit(X, y)
         self.config = {"seed": self.seed, "n_train": int(len(y)), "classes": [str(c) for c in self.model.classes_],

@@ -208,6 +208,23 @@ def test_bad_inputs_are_named_and_no_test_image_loses_its_row(tiny_dataset, tmp_
     assert summary["test"]["n"] == 3  # only the labelled test images are scored
 
 
+def test_training_data_of_some_classes_only(tiny_dataset, tmp_path, capsys):
+    """One variant of each family plus outliers: every fit works (one-variant families always name
+    their variant) and only the trained classes are predicted."""
+    import shutil
+
+    kept = ("var16", "rarb", "outlier")
+    for split in ("train", "val"):
+        for cls in kept:
+            shutil.copytree(tiny_dataset / split / cls, tmp_path / "Dataset" / split / cls)
+    shutil.copytree(tiny_dataset / "test", tmp_path / "Dataset" / "test")
+    out = tmp_path / "s.csv"
+    assert submission.main(["--test", str(tmp_path / "Dataset" / "test"), "--cache-dir", str(tmp_path / "cache"),
+                            "--out", str(out)]) == 0
+    assert set(pd.read_csv(out)["label"]) <= set(kept)
+    assert "6 of the 9 classes have no training image and are never predicted: var20, var24, var30, rarl" in capsys.readouterr().err
+
+
 def test_a_malformed_labels_file_stops_the_run_before_any_model_loads(tiny_dataset, tmp_path, monkeypatch):
     import feature_extractor
 
