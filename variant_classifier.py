@@ -106,7 +106,8 @@ class OneClass:
 
 
 class CalibratedLGBM:
-    """Tuned LightGBM + cross-validated sigmoid calibration + a rejection threshold."""
+    """Tuned LightGBM + cross-validated sigmoid calibration + a rejection threshold (3 folds, fewer
+    where a class has fewer than 3 training images)."""
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
@@ -125,10 +126,17 @@ class CalibratedLGBM:
             self.config = {"seed": self.seed, "n_train": int(len(y)), "classes": [str(y[0])], "tuning": None,
                            "features": self.columns, "note": "one class in the training data: always predicted"}
             return
-        tuned = tune_lightgbm(X, y, self.seed)
-        self.model = CalibratedClassifierCV(_lgbm(tuned["params"], self.seed), method="sigmoid", cv=3).fit(X, y)
+        # 3-fold tuning and calibration need 3 images of every class; fewer get fewer folds, and
+        # a class with a single image leaves the first grid point, uncalibrated
+        folds = min(3, int(pd.Series(y).value_counts().min()))
+        if folds >= 2:
+            tuned = tune_lightgbm(X, y, self.seed, folds=folds)
+            self.model = CalibratedClassifierCV(_lgbm(tuned["params"], self.seed), method="sigmoid", cv=folds).fit(X, y)
+        else:
+            tuned = {"params": PARAM_GRID[0], "cv_log_loss": None, "grid": [], "note": "a class with one image: not tuned or calibrated"}
+            self.model = _lgbm(tuned["params"], self.seed).fit(X, y)
         self.config = {"seed": self.seed, "n_train": int(len(y)), "classes": [str(c) for c in self.model.classes_],
-                       "tuning": tuned, "features": self.columns}
+                       "tuning": tuned, "folds": folds, "features": self.columns}
 
     def proba(self, X: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(self.model.predict_proba(X[self.columns]), index=X.index, columns=self.model.classes_)

@@ -158,3 +158,16 @@ def test_a_fit_killed_while_saving_leaves_no_bundle_to_load(data, tmp_path, monk
     fit_bundle("two-stage", train, ytr, val, yva, tmp_path / "bundle")
     assert bundle_exists("two-stage", tmp_path / "bundle")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"], "staging folders were not cleaned up"
+
+
+@pytest.mark.parametrize("per_class", [1, 2])
+def test_both_methods_fit_on_a_handful_of_training_images(per_class, tmp_path):
+    """Fewer than 3 images of a class: fewer folds (2), or neither tuning nor calibration (1)."""
+    train, ytr = synthetic_features(per_class, 3)
+    val, yva = synthetic_features(5, 4)
+    for method in ("two-stage", "flat"):
+        bundle = fit_bundle(method, train, ytr, val, yva, tmp_path / method)
+        assert set(predict(bundle, val)) <= set(CLASS_NAMES)
+    flat = load_bundle("flat", tmp_path / "flat")["flat"]
+    assert flat.config["folds"] == min(per_class, 3)
+    assert (flat.config["tuning"]["cv_log_loss"] is None) == (per_class == 1)
