@@ -200,8 +200,27 @@ def gather_inputs(test_dir: Path, train_dir: Path, val_dir: Path) -> Inputs:
     if bad:
         _warn(f"{len(bad)} test image(s) cannot be decoded and are labelled 'outlier'", bad)
     notes = {"unreadable_test_images": [str(p) for p in bad], "skipped_test_entries": [str(p) for p in skipped],
-             "unreadable_labelled_images": labelled_unreadable}
+             "unreadable_labelled_images": labelled_unreadable,
+             "images_in_two_splits": _shared_across_splits(train_meta["path"], val_meta["path"], good)}
     return Inputs(train_meta, val_meta, test_paths, good, bad, inspected, notes)
+
+
+def _shared_across_splits(train_paths: Sequence, val_paths: Sequence, test_paths: Sequence) -> List[str]:
+    """Files whose bytes also stand in an earlier split (train, then val, then test), named in a
+    warning: scores on them say nothing about unseen images, and the splits should be disjoint."""
+    from feature_store import file_sha256
+
+    first_split: Dict[str, str] = {}
+    shared: List[str] = []
+    for split, paths in (("train", train_paths), ("val", val_paths), ("test", test_paths)):
+        for path in paths:
+            digest = file_sha256(path)
+            if first_split.setdefault(digest, split) != split:
+                shared.append(f"{path} (= a {first_split[digest]} image)")
+    if shared:
+        _warn(f"{len(shared)} image(s) are byte-identical to an image of another split; keep train, val and test "
+              "disjoint", shared)
+    return shared
 
 
 def read_test_labels(path: Path, test_paths: List[Path]) -> pd.Series:

@@ -168,8 +168,9 @@ def test_write_submission_sorted_into_a_new_folder(tmp_path):
 
 def test_bad_inputs_are_named_and_no_test_image_loses_its_row(tiny_dataset, tmp_path, capsys):
     """An undecodable training image is left out, an undecodable test image becomes ``outlier``,
-    an image of another size is resized, entries that are not test images get no row: each is
-    named on stderr and in the report's summary, and the run completes."""
+    an image of another size is resized, entries that are not test images get no row, a test image
+    copied from train is flagged, a partial labels file scores what it covers: each is named on
+    stderr and in the report's summary, and the run completes."""
     import shutil
 
     from PIL import Image
@@ -183,6 +184,7 @@ def test_bad_inputs_are_named_and_no_test_image_loses_its_row(tiny_dataset, tmp_
     with Image.open(first) as img:
         img.resize((96, 96)).save(root / "test" / "large.png")
     (root / "test" / "notes.txt").write_text("not an image")
+    shutil.copy(sorted((root / "train" / "rarb").glob("*.png"))[0], root / "test" / "copied.png")
     (root / "test" / "nested").mkdir()
     shutil.copy(first, root / "test" / "nested" / "inner.png")
 
@@ -198,7 +200,8 @@ def test_bad_inputs_are_named_and_no_test_image_loses_its_row(tiny_dataset, tmp_
     assert table["empty.png"] == "outlier" and table["large.png"] in CLASS_NAMES
     err = capsys.readouterr().err
     for named in ("train/var16/broken.png", "test/empty.png", "test/large.png (96×96)", "test/notes.txt", "test/nested",
-                  "name no image of the test folder: ghost.png", f"{len(table) - 3} test image(s) have no label"):
+                  "name no image of the test folder: ghost.png", f"{len(table) - 3} test image(s) have no label",
+                  "test/copied.png (= a train image)"):
         assert named in err, named
     summary = json.loads((tmp_path / "s_report" / "summary.json").read_text())
     assert summary["unreadable_labelled_images"] == [str(root / "train" / "var16" / "broken.png")]
@@ -206,6 +209,7 @@ def test_bad_inputs_are_named_and_no_test_image_loses_its_row(tiny_dataset, tmp_
     assert summary["resized_images"] == [str(root / "test" / "large.png")]
     assert summary["skipped_test_entries"] == [str(root / "test" / "nested"), str(root / "test" / "notes.txt")]
     assert summary["test"]["n"] == 3  # only the labelled test images are scored
+    assert summary["images_in_two_splits"] == [f"{root / 'test' / 'copied.png'} (= a train image)"]
 
 
 def test_training_data_of_some_classes_only(tiny_dataset, tmp_path, capsys):
