@@ -27,9 +27,8 @@ import json
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import pandas as pd
 
@@ -37,33 +36,7 @@ from atomic import atomic_path
 
 ROOT = Path(__file__).resolve().parent
 
-__all__ = ["main", "write_submission", "validate_submission", "test_folder_images", "gather_inputs", "Inputs", "read_test_labels", "default_workers"]
-
-
-def test_folder_images(folder: Path) -> Tuple[List[Path], List[Path]]:
-    """The image files directly in ``folder`` (sorted), and its other visible entries — subfolders,
-    files of other types — which get no row."""
-    from dataset import IMAGE_SUFFIXES
-
-    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
-    images = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-    return images, [p for p in entries if p not in images]
-
-
-def _warn(message: str, items: Sequence, show: int = 5) -> None:
-    """One line on stderr: ``message`` and the first ``show`` items."""
-    listed = ", ".join(str(item) for item in items[:show]) + (f", … ({len(items) - show} more)" if len(items) > show else "")
-    print(f"warning: {message}: {listed}", file=sys.stderr)
-
-
-def _readable_only(meta: pd.DataFrame, inputs: pd.DataFrame, name: str) -> pd.DataFrame:
-    """The labelled split without the images PIL cannot decode (each named in a warning)."""
-    readable = inputs.loc[meta["path"], "readable"].to_numpy(bool)
-    if not readable.all():
-        _warn(f"{(~readable).sum()} {name} image(s) cannot be decoded and are left out", list(meta["path"][~readable]))
-    if not readable.any():
-        raise SystemExit(f"no {name} image can be decoded; check the files under the {name} folder")
-    return meta[readable]
+__all__ = ["main", "write_submission", "validate_submission", "default_workers"]
 
 
 def write_submission(labels: pd.Series, path: Path) -> None:
@@ -119,23 +92,6 @@ def demo_dataset_outdated(root: Path) -> Optional[str]:
     return None
 
 
-def _labelled_split(root: Path, name: str):
-    from dataset import list_split
-
-    if not root.is_dir():
-        raise SystemExit(f"{root}: no {name} folder; give --{name} DIR (one subfolder of images per class) "
-                         f"or put {name}/ beside the test folder")
-    try:
-        frame = list_split(root.parent, root.name)
-    except ValueError as err:  # a class folder with an unknown name
-        raise SystemExit(f"--{name}: {err}") from None
-    if frame.empty:
-        raise SystemExit(f"{root}: no images; expected {root}/<class>/*.png")
-    if frame["label"].isna().any():
-        raise SystemExit(f"{root}: the {name} split must be labelled by class folders")
-    return frame
-
-
 def default_workers(weights_dir: Optional[Path], device: str) -> int:
     """One single-threaded feature process per usable core for a (small) zoo on the CPU; else 1.
 
@@ -166,93 +122,6 @@ def _bundle(method: str, args: argparse.Namespace, weights_digest: str, train: p
                       gate_strategy=args.gate_strategy, seed=args.seed), model_dir
 
 
-@dataclass
-class Inputs:
-    """What a run reads, each file decoded once (:func:`gather_inputs`)."""
-
-    train: pd.DataFrame  # the labelled splits (dataset.list_split), undecodable images left out
-    val: pd.DataFrame
-    test_paths: List[Path]  # every test image file: one row each in submission.csv
-    test_readable: List[Path]
-    test_unreadable: List[Path]  # labelled ``outlier``
-    inspected: pd.DataFrame  # dataset.inspect_images of all of them
-    notes: Dict[str, List[str]]  # the files named in warnings, for the report's summary
-
-
-def gather_inputs(test_dir: Path, train_dir: Path, val_dir: Path) -> Inputs:
-    """The labelled splits and the test images, each file decoded once: undecodable training and
-    validation images are left out, undecodable test images kept aside (they become ``outlier``),
-    entries of the test folder that are not images skipped; each such file is named in a warning."""
-    from dataset import IMAGE_SUFFIXES, inspect_images
-
-    test_paths, skipped = test_folder_images(test_dir) if test_dir.is_dir() else ([], [])
-    if not test_paths:
-        raise SystemExit(f"{test_dir}: no test images found ({', '.join(IMAGE_SUFFIXES)} files directly in the folder)")
-    if skipped:
-        _warn(f"{len(skipped)} entries of {test_dir} are not image files directly in it and get no row", skipped)
-    train_meta, val_meta = _labelled_split(train_dir, "train"), _labelled_split(val_dir, "val")
-    inspected = inspect_images(list(train_meta["path"]) + list(val_meta["path"]) + [str(p) for p in test_paths])
-    inspected = inspected[~inspected.index.duplicated()]
-    labelled_unreadable = [p for p in list(train_meta["path"]) + list(val_meta["path"]) if not inspected.loc[p, "readable"]]
-    train_meta, val_meta = _readable_only(train_meta, inspected, "train"), _readable_only(val_meta, inspected, "val")
-    good = [p for p in test_paths if inspected.loc[str(p), "readable"]]
-    bad = [p for p in test_paths if not inspected.loc[str(p), "readable"]]
-    if bad:
-        _warn(f"{len(bad)} test image(s) cannot be decoded and are labelled 'outlier'", bad)
-    notes = {"unreadable_test_images": [str(p) for p in bad], "skipped_test_entries": [str(p) for p in skipped],
-             "unreadable_labelled_images": labelled_unreadable,
-             "images_in_two_splits": _shared_across_splits(train_meta["path"], val_meta["path"], good)}
-    return Inputs(train_meta, val_meta, test_paths, good, bad, inspected, notes)
-
-
-def _shared_across_splits(train_paths: Sequence, val_paths: Sequence, test_paths: Sequence) -> List[str]:
-    """Files whose bytes also stand in an earlier split (train, then val, then test), named in a
-    warning: scores on them say nothing about unseen images, and the splits should be disjoint."""
-    from feature_store import file_sha256
-
-    first_split: Dict[str, str] = {}
-    shared: List[str] = []
-    for split, paths in (("train", train_paths), ("val", val_paths), ("test", test_paths)):
-        for path in paths:
-            digest = file_sha256(path)
-            if first_split.setdefault(digest, split) != split:
-                shared.append(f"{path} (= a {first_split[digest]} image)")
-    if shared:
-        _warn(f"{len(shared)} image(s) are byte-identical to an image of another split; keep train, val and test "
-              "disjoint", shared)
-    return shared
-
-
-def read_test_labels(path: Path, test_paths: List[Path]) -> pd.Series:
-    """The known labels of the test images (to score the submission), read before any model runs:
-    a malformed file stops the run here; test images without a label, and labels of images that
-    are not in the test folder, are named in a warning and left out of the score."""
-    from dataset import read_label_csv
-
-    try:
-        frame = read_label_csv(path)
-    except (OSError, ValueError, pd.errors.ParserError) as err:
-        raise SystemExit(f"--labels: {err}") from None
-    truth = frame.drop_duplicates("image_name").set_index("image_name")["label"]
-    names = [p.name for p in test_paths]
-    unlabelled, unknown = [n for n in names if n not in truth.index], sorted(set(truth.index) - set(names))
-    if unlabelled:
-        _warn(f"{len(unlabelled)} test image(s) have no label in {path} and are not scored", unlabelled)
-    if unknown:
-        _warn(f"{len(unknown)} label(s) in {path} name no image of the test folder", unknown)
-    return truth.reindex([n for n in names if n in truth.index])
-
-
-def _resized_images(inputs: pd.DataFrame, size: int) -> List[str]:
-    """The readable images that are not ``size``×``size`` (named in a warning): they are resized."""
-    resized = inputs[inputs["readable"] & ((inputs["width"] != size) | (inputs["height"] != size))]
-    if len(resized):
-        _warn(f"{len(resized)} image(s) are not {size}×{size}, the models' input size; they are resized (bicubic) "
-              "first, and resampling weakens the provenance signals",
-              [f"{path} ({w}×{h})" for path, w, h in resized[["width", "height"]].itertuples()])
-    return list(resized.index)
-
-
 def _percent(value: float) -> str:
     """``' 70.22 %'``; ``'   n/a  '`` where the rate is undefined (e.g. outlier recall without outliers)."""
     return "   n/a  " if value != value else f"{100 * value:6.2f} %"
@@ -262,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
     from attribution import METHODS, pick_method, predict
     from feature_extractor import FeatureExtractor
     from models.registry import CLASS_NAMES
+    from run_inputs import gather_inputs, read_test_labels, resized_images, warn
     from scoring import interval_text, summary as score_summary, write_report
 
     started = time.perf_counter()
@@ -284,14 +154,14 @@ def run(args: argparse.Namespace) -> int:
     truth = read_test_labels(args.labels, inputs.test_paths) if args.labels else None
     absent = [c for c in CLASS_NAMES if c not in set(train_meta["label"])]
     if absent:
-        _warn(f"{len(absent)} of the {len(CLASS_NAMES)} classes have no training image and are never predicted", absent, show=9)
+        warn(f"{len(absent)} of the {len(CLASS_NAMES)} classes have no training image and are never predicted", absent, show=9)
     extractor = FeatureExtractor(weights_dir=args.weights_dir, inv_root=args.cache_dir / "inv_decoder",
                                  cache_dir=args.cache_dir / "features", use_cache=not args.no_cache, rebuild=args.rebuild,
                                  batch_size=args.batch_size, device=args.device,
                                  workers=args.workers or default_workers(args.weights_dir, args.device),
                                  inv_config={"images": args.inv_decoder_images, "epochs": args.inv_decoder_epochs},
                                  refine_steps=args.refine_steps)
-    notes = dict(inputs.notes, resized_images=_resized_images(inputs.inspected, extractor.image_size))
+    notes = dict(inputs.notes, resized_images=resized_images(inputs.inspected, extractor.image_size))
     print(f"features: {len(train_meta)} train, {len(val_meta)} val, {len(good)} test images", file=sys.stderr)
     # one pass over all three splits: one progress bar, one pool of workers
     every = extractor.features(list(train_meta["path"]) + list(val_meta["path"]) + list(good))

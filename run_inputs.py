@@ -1,0 +1,159 @@
+"""What a ``submission.py`` run reads, checked before any model loads.
+
+The labelled ``train/`` and ``val/`` splits (one folder per class) and the test folder's images
+are listed and every file is decoded once (:func:`dataset.inspect_images`). Nothing odd stops a
+run or costs a test row; each oddity is named in a warning on stderr and listed in the report's
+``summary.json``:
+
+* an undecodable training or validation image is left out; an undecodable test image is kept
+  aside and labelled ``outlier``;
+* entries of the test folder that are not image files directly in it get no row;
+* an image of another size than the models' is resized before its features (which weakens its
+  signals);
+* an image whose bytes stand in two splits is named (the splits should be disjoint);
+* with ``--labels``, test images without a label are not scored, and labels naming no test image
+  are reported.
+
+A missing or empty split folder, a class folder of an unknown name and a malformed labels file
+stop the run at once with one line naming the path and the fix.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+import pandas as pd
+
+__all__ = ["Inputs", "gather_inputs", "read_test_labels", "resized_images", "test_folder_images", "warn"]
+
+
+def test_folder_images(folder: Path) -> Tuple[List[Path], List[Path]]:
+    """The image files directly in ``folder`` (sorted), and its other visible entries — subfolders,
+    files of other types — which get no row."""
+    from dataset import IMAGE_SUFFIXES
+
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    images = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    return images, [p for p in entries if p not in images]
+
+
+def warn(message: str, items: Sequence, show: int = 5) -> None:
+    """One line on stderr: ``message`` and the first ``show`` items."""
+    listed = ", ".join(str(item) for item in items[:show]) + (f", … ({len(items) - show} more)" if len(items) > show else "")
+    print(f"warning: {message}: {listed}", file=sys.stderr)
+
+
+def _readable_only(meta: pd.DataFrame, inputs: pd.DataFrame, name: str) -> pd.DataFrame:
+    """The labelled split without the images PIL cannot decode (each named in a warning)."""
+    readable = inputs.loc[meta["path"], "readable"].to_numpy(bool)
+    if not readable.all():
+        warn(f"{(~readable).sum()} {name} image(s) cannot be decoded and are left out", list(meta["path"][~readable]))
+    if not readable.any():
+        raise SystemExit(f"no {name} image can be decoded; check the files under the {name} folder")
+    return meta[readable]
+
+
+def _labelled_split(root: Path, name: str):
+    from dataset import list_split
+
+    if not root.is_dir():
+        raise SystemExit(f"{root}: no {name} folder; give --{name} DIR (one subfolder of images per class) "
+                         f"or put {name}/ beside the test folder")
+    try:
+        frame = list_split(root.parent, root.name)
+    except ValueError as err:  # a class folder with an unknown name
+        raise SystemExit(f"--{name}: {err}") from None
+    if frame.empty:
+        raise SystemExit(f"{root}: no images; expected {root}/<class>/*.png")
+    if frame["label"].isna().any():
+        raise SystemExit(f"{root}: the {name} split must be labelled by class folders")
+    return frame
+
+
+@dataclass
+class Inputs:
+    """What a run reads, each file decoded once (:func:`gather_inputs`)."""
+
+    train: pd.DataFrame  # the labelled splits (dataset.list_split), undecodable images left out
+    val: pd.DataFrame
+    test_paths: List[Path]  # every test image file: one row each in submission.csv
+    test_readable: List[Path]
+    test_unreadable: List[Path]  # labelled ``outlier``
+    inspected: pd.DataFrame  # dataset.inspect_images of all of them
+    notes: Dict[str, List[str]]  # the files named in warnings, for the report's summary
+
+
+def gather_inputs(test_dir: Path, train_dir: Path, val_dir: Path) -> Inputs:
+    """The labelled splits and the test images, each file decoded once: undecodable training and
+    validation images are left out, undecodable test images kept aside (they become ``outlier``),
+    entries of the test folder that are not images skipped; each such file is named in a warning."""
+    from dataset import IMAGE_SUFFIXES, inspect_images
+
+    test_paths, skipped = test_folder_images(test_dir) if test_dir.is_dir() else ([], [])
+    if not test_paths:
+        raise SystemExit(f"{test_dir}: no test images found ({', '.join(IMAGE_SUFFIXES)} files directly in the folder)")
+    if skipped:
+        warn(f"{len(skipped)} entries of {test_dir} are not image files directly in it and get no row", skipped)
+    train_meta, val_meta = _labelled_split(train_dir, "train"), _labelled_split(val_dir, "val")
+    inspected = inspect_images(list(train_meta["path"]) + list(val_meta["path"]) + [str(p) for p in test_paths])
+    inspected = inspected[~inspected.index.duplicated()]
+    labelled_unreadable = [p for p in list(train_meta["path"]) + list(val_meta["path"]) if not inspected.loc[p, "readable"]]
+    train_meta, val_meta = _readable_only(train_meta, inspected, "train"), _readable_only(val_meta, inspected, "val")
+    good = [p for p in test_paths if inspected.loc[str(p), "readable"]]
+    bad = [p for p in test_paths if not inspected.loc[str(p), "readable"]]
+    if bad:
+        warn(f"{len(bad)} test image(s) cannot be decoded and are labelled 'outlier'", bad)
+    notes = {"unreadable_test_images": [str(p) for p in bad], "skipped_test_entries": [str(p) for p in skipped],
+             "unreadable_labelled_images": labelled_unreadable,
+             "images_in_two_splits": _shared_across_splits(train_meta["path"], val_meta["path"], good)}
+    return Inputs(train_meta, val_meta, test_paths, good, bad, inspected, notes)
+
+
+def _shared_across_splits(train_paths: Sequence, val_paths: Sequence, test_paths: Sequence) -> List[str]:
+    """Files whose bytes also stand in an earlier split (train, then val, then test), named in a
+    warning: scores on them say nothing about unseen images, and the splits should be disjoint."""
+    from feature_store import file_sha256
+
+    first_split: Dict[str, str] = {}
+    shared: List[str] = []
+    for split, paths in (("train", train_paths), ("val", val_paths), ("test", test_paths)):
+        for path in paths:
+            digest = file_sha256(path)
+            if first_split.setdefault(digest, split) != split:
+                shared.append(f"{path} (= a {first_split[digest]} image)")
+    if shared:
+        warn(f"{len(shared)} image(s) are byte-identical to an image of another split; keep train, val and test "
+              "disjoint", shared)
+    return shared
+
+
+def read_test_labels(path: Path, test_paths: List[Path]) -> pd.Series:
+    """The known labels of the test images (to score the submission), read before any model runs:
+    a malformed file stops the run here; test images without a label, and labels of images that
+    are not in the test folder, are named in a warning and left out of the score."""
+    from dataset import read_label_csv
+
+    try:
+        frame = read_label_csv(path)
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        raise SystemExit(f"--labels: {err}") from None
+    truth = frame.drop_duplicates("image_name").set_index("image_name")["label"]
+    names = [p.name for p in test_paths]
+    unlabelled, unknown = [n for n in names if n not in truth.index], sorted(set(truth.index) - set(names))
+    if unlabelled:
+        warn(f"{len(unlabelled)} test image(s) have no label in {path} and are not scored", unlabelled)
+    if unknown:
+        warn(f"{len(unknown)} label(s) in {path} name no image of the test folder", unknown)
+    return truth.reindex([n for n in names if n in truth.index])
+
+
+def resized_images(inputs: pd.DataFrame, size: int) -> List[str]:
+    """The readable images that are not ``size``×``size`` (named in a warning): they are resized."""
+    resized = inputs[inputs["readable"] & ((inputs["width"] != size) | (inputs["height"] != size))]
+    if len(resized):
+        warn(f"{len(resized)} image(s) are not {size}×{size}, the models' input size; they are resized (bicubic) "
+              "first, and resampling weakens the provenance signals",
+              [f"{path} ({w}×{h})" for path, w, h in resized[["width", "height"]].itertuples()])
+    return list(resized.index)
