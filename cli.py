@@ -6,15 +6,19 @@ missing, unreadable, or not the architecture it should be — and a ``FileNotFou
 input path that does not exist — are printed as ``error: …`` (the message names the file and
 what to check) and the command exits with status 2, as argparse does for a bad option. Every
 other exception is a bug and keeps its traceback.
+
+:func:`warn` names files in one line on stderr; :func:`folder_images` gives the commands that read
+a folder the images in it that can be decoded, naming the others.
 """
 from __future__ import annotations
 
 import sys
-from typing import Callable, Optional, Sequence
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
 
 from models.checkpoints import CheckpointError
 
-__all__ = ["run_main", "USER_ERROR_STATUS"]
+__all__ = ["run_main", "warn", "folder_images", "USER_ERROR_STATUS"]
 
 USER_ERROR_STATUS = 2
 
@@ -26,3 +30,26 @@ def run_main(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequ
     except (CheckpointError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return USER_ERROR_STATUS
+
+
+def warn(message: str, items: Sequence, show: int = 5) -> None:
+    """One line on stderr: ``warning: message: `` and the first ``show`` items."""
+    listed = ", ".join(str(item) for item in items[:show]) + (f", … ({len(items) - show} more)" if len(items) > show else "")
+    print(f"warning: {message}: {listed}", file=sys.stderr)
+
+
+def folder_images(folder: Path) -> List[Path]:
+    """The images below ``folder`` (recursively, sorted) that can be decoded; the others are named
+    in a warning and left out. Ends the command with status 2 when none is left."""
+    from dataset import images_under, inspect_images
+
+    paths = images_under(folder)
+    readable = inspect_images(paths)["readable"].to_numpy(bool) if paths else []
+    undecodable = [p for p, ok in zip(paths, readable) if not ok]
+    if undecodable:
+        warn(f"{len(undecodable)} image(s) under {folder} cannot be decoded and are left out", undecodable)
+    good = [p for p, ok in zip(paths, readable) if ok]
+    if not good:
+        print(f"error: no decodable images under {folder}", file=sys.stderr)
+        raise SystemExit(USER_ERROR_STATUS)
+    return good

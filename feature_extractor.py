@@ -207,12 +207,9 @@ def main(argv: Optional[list] = None) -> int:
                         help="latent-refinement steps before RAR's tokens are read (default 0: off; slower)")
     args = parser.parse_args(argv)
     keep_freed_memory()
-    from dataset import images_under
+    from cli import folder_images
 
-    paths = images_under(args.folder)
-    if not paths:
-        print(f"no images under {args.folder}", file=sys.stderr)
-        return 2
+    paths = folder_images(args.folder)
     extractor = FeatureExtractor(weights_dir=args.weights_dir, inv_root=args.inv_root, cache_dir=args.cache_dir,
                                  use_cache=not args.no_cache, rebuild=args.rebuild, batch_size=args.batch_size,
                                  workers=args.workers, refine_steps=args.refine_steps)

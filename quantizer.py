@@ -210,7 +210,8 @@ def main(argv: Optional[list] = None) -> int:
     from tqdm.auto import tqdm
 
     import inv_decoder
-    from dataset import images_under, load_images
+    from cli import folder_images
+    from dataset import load_images
     from models.zoo import load_family
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -224,10 +225,7 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--inv-root", type=Path, default=Path("runs/inv_decoder"))
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)
-    paths = images_under(args.folder)
-    if not paths:
-        print(f"no images under {args.folder}", file=sys.stderr)
-        return 2
+    paths = folder_images(args.folder)
     adapter = load_family("VAR", args.weights_dir)
     if args.encoder == "inverse":
         adapter = inv_decoder.load_inverse_decoder(adapter, inv_decoder.ensure_inverse_decoder("VAR", args.weights_dir, args.inv_root))

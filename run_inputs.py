@@ -19,14 +19,15 @@ stop the run at once with one line naming the path and the fix.
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import pandas as pd
 
-__all__ = ["Inputs", "gather_inputs", "read_test_labels", "resized_images", "test_folder_images", "warn"]
+from cli import warn
+
+__all__ = ["Inputs", "gather_inputs", "read_test_labels", "resized_images", "test_folder_images"]
 
 
 def test_folder_images(folder: Path) -> Tuple[List[Path], List[Path]]:
@@ -37,12 +38,6 @@ def test_folder_images(folder: Path) -> Tuple[List[Path], List[Path]]:
     entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     images = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     return images, [p for p in entries if p not in images]
-
-
-def warn(message: str, items: Sequence, show: int = 5) -> None:
-    """One line on stderr: ``message`` and the first ``show`` items."""
-    listed = ", ".join(str(item) for item in items[:show]) + (f", … ({len(items) - show} more)" if len(items) > show else "")
-    print(f"warning: {message}: {listed}", file=sys.stderr)
 
 
 def _readable_only(meta: pd.DataFrame, inputs: pd.DataFrame, name: str) -> pd.DataFrame:

@@ -131,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
     from attribution import METHODS, pick_method, predict
     from feature_extractor import FeatureExtractor
     from models.registry import CLASS_NAMES
-    from run_inputs import gather_inputs, read_test_labels, resized_images, warn
+    from cli import warn
+    from run_inputs import gather_inputs, read_test_labels, resized_images
     from scoring import interval_text, summary as score_summary, write_report
 
     started = time.perf_counter()

@@ -76,3 +76,16 @@ def test_an_unknown_class_folder_is_named_without_a_traceback(tmp_path):
     test_dir = _tiny_layout(tmp_path / "data", train_class="cats")
     with pytest.raises(SystemExit, match=r"--train: .*train/cats: unknown class folder; expected one of var16"):
         submission.main(["--test", str(test_dir), "--out", str(tmp_path / "s.csv")])
+
+
+def test_folder_images_leaves_out_and_names_undecodable_files(tmp_path, capsys):
+    from cli import folder_images
+
+    test_dir = _tiny_layout(tmp_path)
+    (test_dir / "broken.png").write_bytes(b"\x89PNG not really")
+    assert folder_images(test_dir) == [test_dir / "x.png"]
+    assert f"cannot be decoded and are left out: {test_dir / 'broken.png'}" in capsys.readouterr().err
+    (test_dir / "x.png").unlink()
+    with pytest.raises(SystemExit) as stopped:
+        folder_images(test_dir)
+    assert stopped.value.code == USER_ERROR_STATUS
