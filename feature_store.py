@@ -29,8 +29,9 @@ from atomic import atomic_path
 
 __all__ = ["file_sha256", "FeatureStore", "COMPACT_AFTER"]
 
-# A lookup over more shards than this merges them into one. Reading 142 shards (one demo run,
-# 4 504 rows) took 1.7 s, one merged shard of the same rows a small fraction of it.
+# A lookup over more shards than this merges them into one. `python scripts/bench_feature_store.py`
+# (the rows of one cold demo run: 142 shards, 4 504 rows × 157 features) read them in 1.38 / 1.29 s
+# sharded and 0.029 / 0.031 s merged, in two runs.
 COMPACT_AFTER = 32
 
 
