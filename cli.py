@@ -7,18 +7,20 @@ input path that does not exist — are printed as ``error: …`` (the message na
 what to check) and the command exits with status 2, as argparse does for a bad option. Every
 other exception is a bug and keeps its traceback.
 
-:func:`warn` names files in one line on stderr; :func:`folder_images` gives the commands that read
+:func:`at_least` is the argparse type of count options (``--batch-size 0`` is refused at once,
+not after the feature pass); :func:`warn` names files in one line on stderr; :func:`folder_images` gives the commands that read
 a folder the images in it that can be decoded, naming the others.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 from models.checkpoints import CheckpointError
 
-__all__ = ["run_main", "warn", "folder_images", "USER_ERROR_STATUS"]
+__all__ = ["run_main", "warn", "folder_images", "at_least", "USER_ERROR_STATUS"]
 
 USER_ERROR_STATUS = 2
 
@@ -53,3 +55,18 @@ def folder_images(folder: Path) -> List[Path]:
         print(f"error: no decodable images under {folder}", file=sys.stderr)
         raise SystemExit(USER_ERROR_STATUS)
     return good
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer no smaller than ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer ≥ {minimum}"
+    return parse

@@ -193,6 +193,8 @@ def _worker_batch(job) -> pd.DataFrame:
 
 
 def main(argv: Optional[list] = None) -> int:
+    from cli import at_least, folder_images
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, help="a folder of images (searched recursively)")
     parser.add_argument("--out", type=Path, required=True, help="output .parquet or .csv")
@@ -201,14 +203,12 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=Path("cache/features"))
     parser.add_argument("--no-cache", action="store_true")
     parser.add_argument("--rebuild", action="store_true", help="discard this extractor's cached rows first")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=1, help="processes with one thread each (default 1: one process)")
-    parser.add_argument("--refine-steps", type=int, default=0,
+    parser.add_argument("--batch-size", type=at_least(1), default=32)
+    parser.add_argument("--workers", type=at_least(1), default=1, help="processes with one thread each (default 1: one process)")
+    parser.add_argument("--refine-steps", type=at_least(0), default=0,
                         help="latent-refinement steps before RAR's tokens are read (default 0: off; slower)")
     args = parser.parse_args(argv)
     keep_freed_memory()
-    from cli import folder_images
-
     paths = folder_images(args.folder)
     extractor = FeatureExtractor(weights_dir=args.weights_dir, inv_root=args.inv_root, cache_dir=args.cache_dir,
                                  use_cache=not args.no_cache, rebuild=args.rebuild, batch_size=args.batch_size,

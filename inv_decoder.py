@@ -258,13 +258,15 @@ def inverse_adapter(family: str, weights_dir: Optional[Path], inv_root: Path | s
 
 
 def main(argv: Optional[list] = None) -> int:
+    from cli import at_least
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", required=True, choices=["VAR", "RAR", "var", "rar"])
     parser.add_argument("--weights-dir", type=Path, help="official checkpoints or a zoo folder (default: demo zoo)")
     parser.add_argument("--out", type=Path, default=Path("runs/inv_decoder"), help="output root (default runs/inv_decoder)")
-    parser.add_argument("--images", type=int, default=DEFAULT_CONFIG["images"], help="fresh generations to fine-tune on")
-    parser.add_argument("--epochs", type=int, default=DEFAULT_CONFIG["epochs"])
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_CONFIG["batch_size"])
+    parser.add_argument("--images", type=at_least(1), default=DEFAULT_CONFIG["images"], help="fresh generations to fine-tune on")
+    parser.add_argument("--epochs", type=at_least(1), default=DEFAULT_CONFIG["epochs"])
+    parser.add_argument("--batch-size", type=at_least(1), default=DEFAULT_CONFIG["batch_size"])
     parser.add_argument("--lr", type=float, default=DEFAULT_CONFIG["lr"])
     parser.add_argument("--seed", type=int, default=DEFAULT_CONFIG["seed"])
     parser.add_argument("--augment", action="store_true", help="use the augmentation curriculum")

@@ -210,7 +210,7 @@ def main(argv: Optional[list] = None) -> int:
     from tqdm.auto import tqdm
 
     import inv_decoder
-    from cli import folder_images
+    from cli import at_least, folder_images
     from dataset import load_images
     from models.zoo import load_family
 
@@ -223,7 +223,7 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--tokens", type=Path, help="also save the tokens (torch file: image_ids, tokens N×L, patch_nums)")
     parser.add_argument("--weights-dir", type=Path, help="official checkpoints or a zoo folder (default: the demo zoo)")
     parser.add_argument("--inv-root", type=Path, default=Path("runs/inv_decoder"))
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=at_least(1), default=32)
     args = parser.parse_args(argv)
     paths = folder_images(args.folder)
     adapter = load_family("VAR", args.weights_dir)

@@ -211,6 +211,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[list] = None) -> int:
     from attribution import METHOD_CHOICES
+    from cli import at_least
     from provenance import STRATEGIES
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -234,18 +235,20 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--retrain", action="store_true", help="refit the models even if a matching bundle exists")
     parser.add_argument("--demo", action="store_true", help="run on the demo Dataset (built if missing) and score the test split")
     parser.add_argument("--dataset", type=Path, default=Path("Dataset"), help="Dataset root for --demo")
-    parser.add_argument("--inv-decoder-images", type=int, default=1536, help="fresh generations per family to fine-tune on")
-    parser.add_argument("--inv-decoder-epochs", type=int, default=6)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=0,
+    parser.add_argument("--inv-decoder-images", type=at_least(1), default=1536, help="fresh generations per family to fine-tune on")
+    parser.add_argument("--inv-decoder-epochs", type=at_least(1), default=6)
+    parser.add_argument("--batch-size", type=at_least(1), default=32)
+    parser.add_argument("--workers", type=at_least(0), default=0,
                         help="feature processes, one thread each; 0 (default): one per CPU core for a zoo on the CPU "
                              "(faster than one process with that many threads), 1 for official weights or a GPU")
-    parser.add_argument("--refine-steps", type=int, default=0,
+    parser.add_argument("--refine-steps", type=at_least(0), default=0,
                         help="latent-refinement steps before RAR's tokens are read for the variant features "
                              "(default 0: off; 25 is a good trade-off, at extra cost per image)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
+    if args.out.is_dir():
+        parser.error(f"--out {args.out} is a folder; give a file name, e.g. {args.out / 'submission.csv'}")
     from runtime import keep_freed_memory
 
     keep_freed_memory()  # allocator tuning for this process; worker processes apply it themselves

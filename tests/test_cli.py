@@ -89,3 +89,24 @@ def test_folder_images_leaves_out_and_names_undecodable_files(tmp_path, capsys):
     with pytest.raises(SystemExit) as stopped:
         folder_images(test_dir)
     assert stopped.value.code == USER_ERROR_STATUS
+
+
+def test_count_options_are_checked_when_parsed():
+    import argparse
+
+    from cli import at_least
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batch-size", type=at_least(1))
+    assert parser.parse_args(["--batch-size", "8"]).batch_size == 8
+    for bad in ("0", "-3", "x"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--batch-size", bad])
+
+
+def test_submission_refuses_a_folder_as_out_before_any_work(tmp_path, capsys):
+    import submission
+
+    with pytest.raises(SystemExit):
+        submission.main(["--test", str(tmp_path), "--out", str(tmp_path)])
+    assert "is a folder; give a file name" in capsys.readouterr().err
