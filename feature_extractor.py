@@ -143,13 +143,15 @@ class FeatureExtractor:
         name = EXTRACTOR_NAME if not self.refine_steps else f"{EXTRACTOR_NAME}_refine{self.refine_steps}"
         self.store = FeatureStore(cache_dir, name, EXTRACTOR_VERSION, digest, enabled=use_cache, rebuild=rebuild)
 
-    def features(self, paths: Sequence[Path | str], ids: Optional[Sequence[str]] = None) -> pd.DataFrame:
-        """Feature frame indexed by ``ids`` (default: the paths), computing only uncached images."""
+    def features(self, paths: Sequence[Path | str], ids: Optional[Sequence[str]] = None,
+                 keys: Optional[Sequence[str]] = None) -> pd.DataFrame:
+        """Feature frame indexed by ``ids`` (default: the paths), computing only uncached images.
+        ``keys``: the files' sha256, when the caller has them already (else they are computed)."""
         from tqdm.auto import tqdm
 
         paths = [Path(p) for p in paths]
         ids = list(ids) if ids is not None else [str(p) for p in paths]
-        keys = [file_sha256(p) for p in paths]
+        keys = list(keys) if keys is not None else [file_sha256(p) for p in paths]
         stored, todo = self.store.lookup(keys)  # one pass over the shards, which are many
         first_path = {k: p for k, p in zip(keys, paths)}
         jobs = [(todo[s:s + self.batch_size], [first_path[k] for k in todo[s:s + self.batch_size]])

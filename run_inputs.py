@@ -40,14 +40,15 @@ def test_folder_images(folder: Path) -> Tuple[List[Path], List[Path]]:
     return images, [p for p in entries if p not in images]
 
 
-def _readable_only(meta: pd.DataFrame, inputs: pd.DataFrame, name: str) -> pd.DataFrame:
-    """The labelled split without the images PIL cannot decode (each named in a warning)."""
-    readable = inputs.loc[meta["path"], "readable"].to_numpy(bool)
-    if not readable.all():
-        warn(f"{(~readable).sum()} {name} image(s) cannot be decoded and are left out", list(meta["path"][~readable]))
+def _readable_only(meta: pd.DataFrame, inspected: pd.DataFrame, name: str) -> Tuple[pd.DataFrame, List[str]]:
+    """The labelled split without the images PIL cannot decode, and those images (named in a warning)."""
+    readable = inspected.loc[meta["path"], "readable"].to_numpy(bool)
+    dropped = list(meta["path"][~readable])
+    if dropped:
+        warn(f"{len(dropped)} {name} image(s) cannot be decoded and are left out", dropped)
     if not readable.any():
         raise SystemExit(f"no {name} image can be decoded; check the files under the {name} folder")
-    return meta[readable]
+    return meta[readable], dropped
 
 
 def _labelled_split(root: Path, name: str):
@@ -76,7 +77,7 @@ class Inputs:
     test_paths: List[Path]  # every test image file: one row each in submission.csv
     test_readable: List[Path]
     test_unreadable: List[Path]  # labelled ``outlier``
-    inspected: pd.DataFrame  # dataset.inspect_images of all of them
+    inspected: pd.DataFrame  # dataset.inspect_images of all of them (sha256, readable, size)
     notes: Dict[str, List[str]]  # the files named in warnings, for the report's summary
 
 
@@ -94,28 +95,27 @@ def gather_inputs(test_dir: Path, train_dir: Path, val_dir: Path) -> Inputs:
     train_meta, val_meta = _labelled_split(train_dir, "train"), _labelled_split(val_dir, "val")
     inspected = inspect_images(list(train_meta["path"]) + list(val_meta["path"]) + [str(p) for p in test_paths])
     inspected = inspected[~inspected.index.duplicated()]
-    labelled_unreadable = [p for p in list(train_meta["path"]) + list(val_meta["path"]) if not inspected.loc[p, "readable"]]
-    train_meta, val_meta = _readable_only(train_meta, inspected, "train"), _readable_only(val_meta, inspected, "val")
+    (train_meta, train_dropped), (val_meta, val_dropped) = (_readable_only(train_meta, inspected, "train"),
+                                                            _readable_only(val_meta, inspected, "val"))
     good = [p for p in test_paths if inspected.loc[str(p), "readable"]]
     bad = [p for p in test_paths if not inspected.loc[str(p), "readable"]]
     if bad:
         warn(f"{len(bad)} test image(s) cannot be decoded and are labelled 'outlier'", bad)
     notes = {"unreadable_test_images": [str(p) for p in bad], "skipped_test_entries": [str(p) for p in skipped],
-             "unreadable_labelled_images": labelled_unreadable,
-             "images_in_two_splits": _shared_across_splits(train_meta["path"], val_meta["path"], good)}
+             "unreadable_labelled_images": train_dropped + val_dropped,
+             "images_in_two_splits": _shared_across_splits(inspected, train_meta["path"], val_meta["path"], good)}
     return Inputs(train_meta, val_meta, test_paths, good, bad, inspected, notes)
 
 
-def _shared_across_splits(train_paths: Sequence, val_paths: Sequence, test_paths: Sequence) -> List[str]:
+def _shared_across_splits(inspected: pd.DataFrame, train_paths: Sequence, val_paths: Sequence,
+                          test_paths: Sequence) -> List[str]:
     """Files whose bytes also stand in an earlier split (train, then val, then test), named in a
     warning: scores on them say nothing about unseen images, and the splits should be disjoint."""
-    from feature_store import file_sha256
-
     first_split: Dict[str, str] = {}
     shared: List[str] = []
     for split, paths in (("train", train_paths), ("val", val_paths), ("test", test_paths)):
         for path in paths:
-            digest = file_sha256(path)
+            digest = inspected.loc[str(path), "sha256"]
             if first_split.setdefault(digest, split) != split:
                 shared.append(f"{path} (= a {first_split[digest]} image)")
     if shared:
@@ -144,9 +144,9 @@ def read_test_labels(path: Path, test_paths: List[Path]) -> pd.Series:
     return truth.reindex([n for n in names if n in truth.index])
 
 
-def resized_images(inputs: pd.DataFrame, size: int) -> List[str]:
+def resized_images(inspected: pd.DataFrame, size: int) -> List[str]:
     """The readable images that are not ``size``×``size`` (named in a warning): they are resized."""
-    resized = inputs[inputs["readable"] & ((inputs["width"] != size) | (inputs["height"] != size))]
+    resized = inspected[inspected["readable"] & ((inspected["width"] != size) | (inspected["height"] != size))]
     if len(resized):
         warn(f"{len(resized)} image(s) are not {size}×{size}, the models' input size; they are resized (bicubic) "
               "first, and resampling weakens the provenance signals",

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import subprocess
 import sys
 import time
@@ -124,14 +125,14 @@ def _bundle(method: str, args: argparse.Namespace, weights_digest: str, train: p
 
 def _percent(value: float) -> str:
     """``' 70.22 %'``; ``'   n/a  '`` where the rate is undefined (e.g. outlier recall without outliers)."""
-    return "   n/a  " if value != value else f"{100 * value:6.2f} %"
+    return "   n/a  " if math.isnan(value) else f"{100 * value:6.2f} %"
 
 
 def run(args: argparse.Namespace) -> int:
     from attribution import METHODS, pick_method, predict
+    from cli import warn
     from feature_extractor import FeatureExtractor
     from models.registry import CLASS_NAMES
-    from cli import warn
     from run_inputs import gather_inputs, read_test_labels, resized_images
     from scoring import interval_text, summary as score_summary, write_report
 
@@ -165,7 +166,8 @@ def run(args: argparse.Namespace) -> int:
     notes = dict(inputs.notes, resized_images=resized_images(inputs.inspected, extractor.image_size))
     print(f"features: {len(train_meta)} train, {len(val_meta)} val, {len(good)} test images", file=sys.stderr)
     # one pass over all three splits: one progress bar, one pool of workers
-    every = extractor.features(list(train_meta["path"]) + list(val_meta["path"]) + list(good))
+    paths = list(train_meta["path"]) + list(val_meta["path"]) + [str(p) for p in good]
+    every = extractor.features(paths, keys=list(inputs.inspected.loc[paths, "sha256"]))
     n_train, n_val = len(train_meta), len(val_meta)
     train = every.iloc[:n_train].set_axis(pd.Index(train_meta.index, name="image_id"))
     val = every.iloc[n_train:n_train + n_val].set_axis(pd.Index(val_meta.index, name="image_id"))

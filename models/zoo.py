@@ -83,8 +83,7 @@ def check_weights_dir(weights_dir: Optional[Path | str]) -> Path:
 def load_family(family: str, weights_dir: Optional[Path | str] = None, device: str = "cpu") -> FamilyAdapter:
     """Adapter for ``family`` from the demo zoo, a zoo folder, or a folder of official files."""
     family = family.upper()
-    check_weights_dir(weights_dir)
-    zoo_dir = Path(weights_dir) if weights_dir is not None else DEMO_ZOO_DIR
+    zoo_dir = check_weights_dir(weights_dir)
     if weights_dir is None or is_zoo_dir(zoo_dir):
         manifest = read_zoo_manifest(zoo_dir)
         if family not in manifest["families"]:

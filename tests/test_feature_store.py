@@ -123,3 +123,16 @@ def test_file_sha256(tmp_path):
     path = tmp_path / "f.bin"
     path.write_bytes(b"abc")
     assert file_sha256(path) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_inspected_images_carry_the_store_key(tmp_path):
+    """submission.py hands dataset.inspect_images' digests to the extractor as store keys."""
+    from PIL import Image
+
+    from dataset import inspect_images
+
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "a.png")
+    (tmp_path / "b.png").write_bytes(b"not an image")
+    frame = inspect_images([tmp_path / "a.png", tmp_path / "b.png"])
+    assert frame.loc[str(tmp_path / "a.png"), "sha256"] == file_sha256(tmp_path / "a.png")
+    assert frame["readable"].tolist() == [True, False]
