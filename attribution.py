@@ -14,6 +14,8 @@ run to load (it fits again). Classes absent from the training data are never pre
 family without training images gets no variant classifier, and a family with one variant always
 names it. ``auto`` (:func:`pick_method`) fits both methods and keeps the one of higher
 validation accuracy: which wins depends on the models, so it is measured, not assumed.
+A third method, ``prada`` (:mod:`flat_prada`), is fitted only when asked for by name: it reads the
+per-token log-likelihood frames instead of the feature frames, and tunes nothing on validation.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,10 +32,13 @@ from models.registry import CLASS_NAMES
 from provenance import family_of_labels, load_gate, make_gate, save_gate
 from variant_classifier import FlatClassifier, VariantClassifier
 
-__all__ = ["METHODS", "METHOD_CHOICES", "fit_bundle", "load_bundle", "predict", "bundle_exists", "pick_method"]
+__all__ = ["METHODS", "ALL_METHODS", "METHOD_CHOICES", "TOKEN_METHODS", "fit_bundle", "load_bundle", "predict",
+           "bundle_exists", "pick_method"]
 
-METHODS = ("two-stage", "flat")
-METHOD_CHOICES = ("auto",) + METHODS  # auto: fit both, keep the one of higher validation accuracy
+METHODS = ("two-stage", "flat")  # what auto chooses between
+ALL_METHODS = METHODS + ("prada",)
+TOKEN_METHODS = ("prada",)  # methods that read per-token log-likelihood frames, not feature frames
+METHOD_CHOICES = ("auto",) + ALL_METHODS  # auto: fit both METHODS, keep the one of higher validation accuracy
 MANIFEST = "bundle.json"  # what a bundle folder holds; written last
 
 
@@ -48,11 +53,15 @@ def _two_stage_predict(gate, classifiers: dict, features: pd.DataFrame) -> pd.Se
 
 
 def fit_bundle(method: str, train: pd.DataFrame, train_labels: Sequence[str], val: pd.DataFrame, val_labels: Sequence[str],
-               folder: Path | str, *, gate_strategy: str = "learned", seed: int = 0) -> dict:
+               folder: Path | str, *, gate_strategy: str = "learned", seed: int = 0,
+               stage_sizes: Optional[Dict[str, Sequence[int]]] = None) -> dict:
     """Fit, tune on validation and save the models of ``method`` in ``folder`` (which appears only
-    once every file is written); returns the bundle."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    once every file is written); returns the bundle. ``prada`` takes per-token frames and the
+    scales of each variant's tokens (``stage_sizes``)."""
+    if method not in ALL_METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(ALL_METHODS)}")
+    if method == "prada" and not stage_sizes:
+        raise ValueError("prada needs the scales of each variant's tokens (stage_sizes)")
     folder = Path(folder)
     _remove_abandoned_staging(folder)
     staging = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
@@ -60,6 +69,12 @@ def fit_bundle(method: str, train: pd.DataFrame, train_labels: Sequence[str], va
     train_labels, val_labels = np.asarray(train_labels), np.asarray(val_labels)
     if method == "flat":
         bundle = _fit_flat(train, train_labels, val, val_labels, staging, seed)
+    elif method == "prada":
+        from flat_prada import PradaClassifier  # torch: imported only for this method
+
+        prada = PradaClassifier(stage_sizes, seed).fit(train, train_labels)
+        prada.save(staging / "prada.joblib")
+        bundle = {"method": "prada", "prada": prada}
     else:
         bundle = _fit_two_stage(train, train_labels, val, val_labels, staging, gate_strategy, seed)
     contents = {"method": method, "variant_classifiers": sorted(bundle.get("classifiers", {}))}
@@ -137,6 +152,10 @@ def load_bundle(method: str, folder: Path | str) -> dict:
     folder = Path(folder)
     if method == "flat":
         return {"method": method, "flat": FlatClassifier.load(folder / "flat.joblib")}
+    if method == "prada":
+        from flat_prada import PradaClassifier
+
+        return {"method": method, "prada": PradaClassifier.load(folder / "prada.joblib")}
     families = json.loads((folder / MANIFEST).read_text())["variant_classifiers"]
     return {"method": method, "gate": load_gate(folder),
             "classifiers": {f: VariantClassifier.load(folder / f"{f}.joblib") for f in families}}
@@ -156,8 +175,10 @@ def pick_method(val_accuracy: Dict[str, float]) -> str:
 
 
 def predict(bundle: dict, features: pd.DataFrame) -> pd.Series:
-    """One class name of :data:`CLASS_NAMES` per image."""
-    if bundle["method"] == "flat":
+    """One class name of :data:`CLASS_NAMES` per image (``prada``: from a per-token frame)."""
+    if bundle["method"] == "prada":
+        labels = bundle["prada"].predict(features)
+    elif bundle["method"] == "flat":
         flat = bundle["flat"]
         labels = flat.predict_from_proba(flat.predict_proba(features))
     else:

@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from models.checkpoints import CheckpointError
 
-__all__ = ["run_main", "warn", "folder_images", "at_least", "USER_ERROR_STATUS"]
+__all__ = ["run_main", "warn", "folder_images", "at_least", "shard_spec", "USER_ERROR_STATUS"]
 
 USER_ERROR_STATUS = 2
 
@@ -70,3 +70,15 @@ def at_least(minimum: int) -> Callable[[str], int]:
 
     parse.__name__ = f"integer ≥ {minimum}"
     return parse
+
+
+def shard_spec(text: str) -> Tuple[int, int]:
+    """An argparse ``type``: ``K/N``, shard ``K`` (counted from 0) of ``N`` — what a Slurm array task
+    gets as ``$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT``."""
+    index, sep, count = text.partition("/")
+    if not sep or not index.strip().isdigit() or not count.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected K/N (shard K of N, K from 0), got {text!r}")
+    index_, count_ = int(index), int(count)
+    if count_ < 1 or index_ >= count_:
+        raise argparse.ArgumentTypeError(f"shard {index_} of {count_} does not exist: K runs from 0 to N-1")
+    return index_, count_

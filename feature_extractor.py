@@ -23,6 +23,10 @@ one decode plus one encode takes 9–13 % less time and a 32-image batch of feat
 (two runs of ``python scripts/bench_speedups.py --rounds 12``, paired medians, one thread); the
 values agree with the default layout to ~1e-5 (version 10; version 9 used the default layout).
 
+Besides the features, each image's per-token log-likelihoods under every variant (conditional at
+the best label, and unconditional) are kept for PRADA's score functions (:mod:`flat_prada`), in a
+second store beside the first (:meth:`FeatureExtractor.token_log_likelihoods`).
+
 Rows are cached in a :class:`feature_store.FeatureStore` keyed by the sha256 of the image file,
 in a store named after this extractor's version and a digest of every weight file used (zoo or
 official files and inverse decoders), so a rerun computes only new images and a change of
@@ -39,8 +43,9 @@ import hashlib
 import sys
 from functools import partial
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -50,14 +55,15 @@ from feature_store import FeatureStore, file_sha256
 from models.adapter import FamilyAdapter
 from models.zoo import check_weights_dir, is_zoo_dir, load_family
 from quantizer import search_tokens
-from runtime import keep_freed_memory
+from runtime import keep_freed_memory, use_usable_cores
 from signals import family_signals_and_tokens, refine_tokens
 from variant_features import token_evidence, variant_features
 
-__all__ = ["EXTRACTOR_NAME", "EXTRACTOR_VERSION", "FeatureExtractor", "features_for_batch", "weight_files"]
+__all__ = ["EXTRACTOR_NAME", "EXTRACTOR_VERSION", "TOKEN_LL_SUFFIX", "FeatureExtractor", "features_for_batch", "weight_files"]
 
 EXTRACTOR_NAME = "iar_features"
-EXTRACTOR_VERSION = "10"
+EXTRACTOR_VERSION = "11"  # 11: the same features as 10, with per-token log-likelihoods stored beside them
+TOKEN_LL_SUFFIX = "_token_ll"  # the per-token store: <name>_token_ll-v<version>-<weights digest>
 SHARED_CANDIDATES = 1  # labels the larger variants of a family are evaluated under
 # VAR's token search anneals over 10 iterations here instead of ``search_tokens``' default 20, at
 # half the cost; ``scripts/bench_token_search.py`` prints both (time, QuantLoss TPR, mean f-MSE).
@@ -78,8 +84,11 @@ REENCODE_ITERS = 1
 
 
 @torch.no_grad()
-def features_for_batch(adapters: Dict[str, FamilyAdapter], img01_B3HW: torch.Tensor, refine_steps: int = 0) -> pd.DataFrame:
-    """Feature columns for one batch of images (rows in input order).
+def features_for_batch(adapters: Dict[str, FamilyAdapter], img01_B3HW: torch.Tensor,
+                       refine_steps: int = 0) -> Tuple[pd.DataFrame, pd.DataFrame]:
+    """Feature columns for one batch of images (rows in input order), and its per-token
+    log-likelihoods: ``{variant}_cond`` (at the best label) and ``{variant}_uncond``, one float32
+    array per image and column, the input of PRADA's score functions (:mod:`flat_prada`).
 
     The variant features of the :data:`REENCODE_FAMILIES` use tokens recovered after
     :data:`REENCODE_ITERS` re-encoding corrections (:func:`signals.reencode_tokens`);
@@ -88,6 +97,7 @@ def features_for_batch(adapters: Dict[str, FamilyAdapter], img01_B3HW: torch.Ten
     use the inverse decoder's own ``f``.
     """
     columns: Dict[str, object] = {}
+    token_columns: Dict[str, List[np.ndarray]] = {}
     for family, adapter in adapters.items():
         refine = refine_steps > 0 and family in REFINE_FAMILIES
         reencode_iters = REENCODE_ITERS if family in REENCODE_FAMILIES and not refine else 0
@@ -105,9 +115,11 @@ def features_for_batch(adapters: Dict[str, FamilyAdapter], img01_B3HW: torch.Ten
             if candidates is None:
                 candidates = feats.pop("label_ranking")[:, :SHARED_CANDIDATES]
             feats.pop("label_ranking", None)
+            for kind in ("cond", "uncond"):
+                token_columns[f"{variant}_{kind}"] = list(feats.pop(f"token_ll_{kind}"))
             for name, values in feats.items():
                 columns[f"{variant}_{name}"] = values
-    return pd.DataFrame(columns)
+    return pd.DataFrame(columns), pd.DataFrame(token_columns)
 
 
 def weight_files(weights_dir: Optional[Path]) -> List[Path]:
@@ -124,7 +136,7 @@ class FeatureExtractor:
     def __init__(self, *, weights_dir: Optional[Path] = None, inv_root: Path = Path("runs/inv_decoder"),
                  cache_dir: Path = Path("cache/features"), use_cache: bool = True, rebuild: bool = False,
                  batch_size: int = 32, device: str = "cpu", progress: bool = True, inv_config: Optional[dict] = None,
-                 workers: int = 1, refine_steps: int = 0) -> None:
+                 workers: int = 1, refine_steps: int = 0, fine_tune_missing: bool = True) -> None:
         self.batch_size, self.progress, self.workers = batch_size, progress, max(1, int(workers))
         self.refine_steps = max(0, int(refine_steps))
         self._worker_kwargs = dict(weights_dir=weights_dir, inv_root=inv_root, cache_dir=cache_dir, use_cache=use_cache,
@@ -133,7 +145,7 @@ class FeatureExtractor:
         self.adapters: Dict[str, FamilyAdapter] = {}
         files = weight_files(weights_dir)
         for family in ("VAR", "RAR"):
-            path = inv_decoder.ensure_inverse_decoder(family, weights_dir, inv_root, False, device, inv_config)
+            path = inv_decoder.ensure_inverse_decoder(family, weights_dir, inv_root, False, device, inv_config, fine_tune_missing)
             adapter = inv_decoder.load_inverse_decoder(load_family(family, weights_dir, device=device), path)
             self.adapters[family] = adapter.use_channels_last()
             files.append(path)
@@ -142,6 +154,8 @@ class FeatureExtractor:
         self.weights_digest = digest
         name = EXTRACTOR_NAME if not self.refine_steps else f"{EXTRACTOR_NAME}_refine{self.refine_steps}"
         self.store = FeatureStore(cache_dir, name, EXTRACTOR_VERSION, digest, enabled=use_cache, rebuild=rebuild)
+        self.token_store = FeatureStore(cache_dir, f"{name}{TOKEN_LL_SUFFIX}", EXTRACTOR_VERSION, digest,
+                                        enabled=use_cache, rebuild=rebuild)
 
     def features(self, paths: Sequence[Path | str], ids: Optional[Sequence[str]] = None,
                  keys: Optional[Sequence[str]] = None) -> pd.DataFrame:
@@ -153,6 +167,12 @@ class FeatureExtractor:
         ids = list(ids) if ids is not None else [str(p) for p in paths]
         keys = list(keys) if keys is not None else [file_sha256(p) for p in paths]
         stored, todo = self.store.lookup(keys)  # one pass over the shards, which are many
+        if todo != list(dict.fromkeys(keys)):  # an image whose token log-likelihoods are missing is computed again
+            without_tokens = set(self.token_store.missing(keys))
+            todo = [k for k in dict.fromkeys(keys) if k in set(todo) | without_tokens]
+            stored = stored.drop(index=[k for k in stored.index if k in without_tokens])
+        if self.progress:
+            print(f"features: {len(set(keys)) - len(todo)} images cached, {len(todo)} to compute", file=sys.stderr)
         first_path = {k: p for k, p in zip(keys, paths)}
         jobs = [(todo[s:s + self.batch_size], [first_path[k] for k in todo[s:s + self.batch_size]])
                 for s in range(0, len(todo), self.batch_size)]
@@ -170,12 +190,27 @@ class FeatureExtractor:
         out.index = pd.Index(ids, name="image_id")
         return out
 
+    def token_log_likelihoods(self, paths: Sequence[Path | str], ids: Optional[Sequence[str]] = None,
+                              keys: Optional[Sequence[str]] = None) -> pd.DataFrame:
+        """Per-token log-likelihood frame (see :func:`features_for_batch`) indexed by ``ids``,
+        computing what is missing (with the features, which are cached alongside)."""
+        paths = [Path(p) for p in paths]
+        ids = list(ids) if ids is not None else [str(p) for p in paths]
+        keys = list(keys) if keys is not None else [file_sha256(p) for p in paths]
+        if not self.token_store.enabled:
+            raise ValueError("per-token log-likelihoods are read from the cache: do not turn it off (--no-cache) for them")
+        if self.token_store.missing(keys):
+            self.features(paths, ids, keys)
+        out = self.token_store.read(keys).reindex(keys)
+        out.index = pd.Index(ids, name="image_id")
+        return out
 
     def _batch(self, keys: List[str], paths: List[Path]) -> pd.DataFrame:
-        """Compute, store and return the rows of one batch."""
-        rows = features_for_batch(self.adapters, load_images(paths, size=self.image_size), self.refine_steps)
-        rows.index = pd.Index(keys, name="key")
+        """Compute, store and return the feature rows of one batch (its token rows are stored too)."""
+        rows, token_rows = features_for_batch(self.adapters, load_images(paths, size=self.image_size), self.refine_steps)
+        rows.index = token_rows.index = pd.Index(keys, name="key")
         self.store.write(rows)
+        self.token_store.write(token_rows)
         return rows
 
 
@@ -211,6 +246,7 @@ def main(argv: Optional[list] = None) -> int:
                         help="latent-refinement steps before RAR's tokens are read (default 0: off; slower)")
     args = parser.parse_args(argv)
     keep_freed_memory()
+    use_usable_cores()
     paths = folder_images(args.folder)
     extractor = FeatureExtractor(weights_dir=args.weights_dir, inv_root=args.inv_root, cache_dir=args.cache_dir,
                                  use_cache=not args.no_cache, rebuild=args.rebuild, batch_size=args.batch_size,

@@ -12,6 +12,11 @@ shard is written and made durable before the shards it replaces are removed, so 
 second process at any moment leaves every row readable, at worst twice), which keeps a store
 that many runs have added to as quick to read as a fresh one. ``rebuild`` empties the store;
 ``enabled=False`` turns caching off.
+
+Because rows are keyed by content and every process writes its own shards, any number of jobs
+can fill one store at once: :func:`shard_keys` splits the images into disjoint, balanced parts
+by their keys (what ``submission.py --stage features --shard K/N`` computes; see
+``scripts/slurm_submit.py``), whatever order each job lists them in.
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ import pandas as pd
 
 from atomic import atomic_path
 
-__all__ = ["file_sha256", "FeatureStore", "COMPACT_AFTER"]
+__all__ = ["file_sha256", "shard_keys", "FeatureStore", "COMPACT_AFTER"]
 
 # A lookup over more shards than this merges them into one. `python scripts/bench_feature_store.py`
 # (the rows of one cold demo run: 142 shards, 4 504 rows × 157 features) read them in 1.38 / 1.29 s
@@ -41,6 +46,16 @@ def file_sha256(path: Path | str, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: handle.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def shard_keys(keys: Iterable[str], index: int, count: int) -> List[str]:
+    """Part ``index`` of ``count`` of the distinct ``keys``: every ``count``-th of them in sorted
+    order, from the ``index``-th. The parts are disjoint, cover every key, differ in size by at most
+    one, and do not depend on the order the keys come in (every job of an array computes the same
+    split from its own listing)."""
+    if not 0 <= index < count:
+        raise ValueError(f"shard {index} of {count} does not exist")
+    return sorted(set(keys))[index::count]
 
 
 class FeatureStore:

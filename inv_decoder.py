@@ -232,9 +232,11 @@ def finetune(adapter: FamilyAdapter, out_dir: Path | str, config: Optional[dict]
 
 
 def ensure_inverse_decoder(family: str, weights_dir: Optional[Path], inv_root: Path | str, augment: bool = False,
-                           device: str = "cpu", config: Optional[dict] = None) -> Path:
+                           device: str = "cpu", config: Optional[dict] = None, fine_tune_missing: bool = True) -> Path:
     """Path of the family's inverse decoder: the one shipped beside the weights (``<weights>/inv_decoders/``,
-    as the demo zoo has) if there is one, else the one under ``inv_root``, fine-tuned first if missing."""
+    as the demo zoo has) if there is one, else the one under ``inv_root``, fine-tuned first if missing
+    (or, with ``fine_tune_missing=False``, a :class:`FileNotFoundError` — for jobs that run side by
+    side and must not each fine-tune the same one)."""
     from models.zoo import DEMO_ZOO_DIR, load_family
 
     shipped = shipped_file(weights_dir or DEMO_ZOO_DIR, family, augment)
@@ -242,6 +244,9 @@ def ensure_inverse_decoder(family: str, weights_dir: Optional[Path], inv_root: P
         return shipped
     out = default_output_dir(Path(inv_root), family, augment)
     path = out / WEIGHTS_FILE
+    if not path.is_file() and not fine_tune_missing:
+        raise FileNotFoundError(f"no {family} inverse decoder at {path}: fine-tune it first "
+                                f"(submission.py --stage prepare, or inv_decoder.py --family {family})")
     if not path.is_file():
         print(f"[{family}] no inverse decoder at {path}: fine-tuning one now", file=sys.stderr)
         finetune(load_family(family, weights_dir, device=device), out, dict(config or {}, augment=augment))

@@ -1,7 +1,9 @@
 """How the toolkit uses a CPU machine: how many cores it may use, and how the C heap is tuned for them.
 
 Worker pools (feature extraction, demo Dataset generation) run one single-threaded process per
-core returned by :func:`usable_cores`.
+core returned by :func:`usable_cores`: the cores the process may run on, and inside a Slurm job
+no more than the job's ``--cpus-per-task`` (a cluster without CPU binding leaves the whole node in
+the affinity mask, and every job on it would start a worker per core).
 
 Small models on the CPU allocate and free many tensors of tens of megabytes per batch.
 glibc serves blocks that large with ``mmap`` and returns them with ``munmap`` on every free, so
@@ -16,7 +18,7 @@ import ctypes
 import ctypes.util
 import os
 
-__all__ = ["usable_cores", "keep_freed_memory"]
+__all__ = ["usable_cores", "use_usable_cores", "keep_freed_memory"]
 
 _M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
 _M_MMAP_MAX = -4
@@ -24,8 +26,22 @@ _applied = False
 
 
 def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """CPU cores this process may run on (its affinity mask where the OS has one), capped by
+    ``SLURM_CPUS_PER_TASK`` inside a Slurm job."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    allotted = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    return max(1, min(cores, int(allotted))) if allotted.isdigit() and int(allotted) > 0 else cores
+
+
+def use_usable_cores() -> int:
+    """Size torch's thread pool to :func:`usable_cores` and return it. torch sizes it by the machine,
+    so a Slurm job given 4 of a node's 64 cores would otherwise run 64 threads on them."""
+    import torch
+
+    cores = usable_cores()
+    if torch.get_num_threads() != cores:
+        torch.set_num_threads(cores)
+    return cores
 
 
 def keep_freed_memory() -> bool:

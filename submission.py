@@ -18,6 +18,12 @@ image is left out, an image of another size than the models' is resized (which w
 signals), and entries of the test folder that are not image files directly in it get no row —
 each named in a warning and listed in the report's ``summary.json``. Same inputs →
 byte-identical ``submission.csv``.
+
+The feature pass can be spread over many jobs (``python scripts/slurm_submit.py`` does it on a
+Slurm cluster): ``--stage prepare`` checks the inputs, builds the demo Dataset and fine-tunes
+missing inverse decoders once; ``--stage features --shard K/N`` caches the features of part K of
+N of the images (jobs side by side, one shared ``--cache-dir``); the plain run afterwards finds
+them all cached.
 """
 from __future__ import annotations
 
@@ -37,7 +43,9 @@ from atomic import atomic_path
 
 ROOT = Path(__file__).resolve().parent
 
-__all__ = ["main", "write_submission", "validate_submission", "default_workers"]
+__all__ = ["main", "build_parser", "write_submission", "validate_submission", "default_workers", "STAGES"]
+
+STAGES = ("all", "prepare", "features")
 
 
 def write_submission(labels: pd.Series, path: Path) -> None:
@@ -107,9 +115,12 @@ def default_workers(weights_dir: Optional[Path], device: str) -> int:
 
 
 def _bundle(method: str, args: argparse.Namespace, weights_digest: str, train: pd.DataFrame, train_meta: pd.DataFrame,
-            val: pd.DataFrame, val_meta: pd.DataFrame) -> Tuple[dict, Path]:
+            val: pd.DataFrame, val_meta: pd.DataFrame, inputs: Optional[Tuple[pd.DataFrame, pd.DataFrame]] = None,
+            stage_sizes: Optional[dict] = None) -> Tuple[dict, Path]:
     """The fitted models of ``method``, loaded from the cache when the same features, labels and
-    settings made them, else fitted on train, tuned on val and saved there."""
+    settings made them, else fitted on train, tuned on val and saved there. ``inputs``: the
+    method's own train and val frames when they are not the feature frames (``prada``'s per-token
+    frames, which the same images, weights and extractor version determine as they do the features)."""
     from attribution import bundle_exists, fit_bundle, load_bundle
 
     gate_strategy = args.gate_strategy if method == "two-stage" else None  # flat has no gate: one bundle for any strategy
@@ -119,8 +130,17 @@ def _bundle(method: str, args: argparse.Namespace, weights_digest: str, train: p
     if bundle_exists(method, model_dir) and not args.retrain:
         return load_bundle(method, model_dir), model_dir
     print(f"training {method} models → {model_dir}", file=sys.stderr)
-    return fit_bundle(method, train, train_meta["label"], val, val_meta["label"], model_dir,
-                      gate_strategy=args.gate_strategy, seed=args.seed), model_dir
+    fit_train, fit_val = inputs or (train, val)
+    return fit_bundle(method, fit_train, train_meta["label"], fit_val, val_meta["label"], model_dir,
+                      gate_strategy=args.gate_strategy, seed=args.seed, stage_sizes=stage_sizes), model_dir
+
+
+def _by_split(frame: pd.DataFrame, train_meta: pd.DataFrame, val_meta: pd.DataFrame, test_paths: List[Path]):
+    """``(train, val, test)`` of a frame with one row per input image, in that order, indexed by image id."""
+    n_train, n_val = len(train_meta), len(val_meta)
+    return (frame.iloc[:n_train].set_axis(pd.Index(train_meta.index, name="image_id")),
+            frame.iloc[n_train:n_train + n_val].set_axis(pd.Index(val_meta.index, name="image_id")),
+            frame.iloc[n_train + n_val:].set_axis(pd.Index([p.name for p in test_paths], name="image_id")))
 
 
 def _percent(value: float) -> str:
@@ -128,8 +148,20 @@ def _percent(value: float) -> str:
     return "   n/a  " if math.isnan(value) else f"{100 * value:6.2f} %"
 
 
+def _features_of_shard(extractor, paths: List[str], keys: List[str], shard: Tuple[int, int]) -> int:
+    """``--stage features``: compute and cache the features of part ``K`` of ``N`` of the images."""
+    from feature_store import shard_keys
+
+    index, count = shard
+    mine = set(shard_keys(keys, index, count))
+    chosen = [(path, key) for path, key in zip(paths, keys) if key in mine]
+    extractor.features([path for path, _ in chosen], keys=[key for _, key in chosen])
+    print(f"shard {index}/{count}: the features of {len(mine)} of {len(set(keys))} images are in {extractor.store.folder}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    from attribution import METHODS, pick_method, predict
+    from attribution import METHODS, TOKEN_METHODS, pick_method, predict
     from cli import warn
     from feature_extractor import FeatureExtractor
     from models.registry import CLASS_NAMES
@@ -140,6 +172,9 @@ def run(args: argparse.Namespace) -> int:
     dataset_root = args.dataset
     if args.demo:
         why = demo_dataset_outdated(dataset_root)
+        if why and args.stage == "features":
+            raise SystemExit(f"the demo Dataset in {dataset_root} is {why}: build it once first (--stage prepare), "
+                             "not in every job of an array")
         if why:
             print(f"building the demo Dataset in {dataset_root} ({why}) …", file=sys.stderr)
             subprocess.run([sys.executable, str(ROOT / "scripts" / "make_demo_dataset.py"), "--out", str(dataset_root), "--force"],
@@ -162,29 +197,40 @@ def run(args: argparse.Namespace) -> int:
                                  batch_size=args.batch_size, device=args.device,
                                  workers=args.workers or default_workers(args.weights_dir, args.device),
                                  inv_config={"images": args.inv_decoder_images, "epochs": args.inv_decoder_epochs},
-                                 refine_steps=args.refine_steps)
+                                 refine_steps=args.refine_steps, fine_tune_missing=args.stage != "features")
     notes = dict(inputs.notes, resized_images=resized_images(inputs.inspected, extractor.image_size))
+    paths = list(train_meta["path"]) + list(val_meta["path"]) + [str(p) for p in good]
+    keys = list(inputs.inspected.loc[paths, "sha256"])
+    if args.stage == "prepare":
+        print(f"prepared: {len(paths)} images checked, inverse decoders in place; features go to {extractor.store.folder}")
+        return 0
+    if args.stage == "features":
+        return _features_of_shard(extractor, paths, keys, args.shard or (0, 1))
     print(f"features: {len(train_meta)} train, {len(val_meta)} val, {len(good)} test images", file=sys.stderr)
     # one pass over all three splits: one progress bar, one pool of workers
-    paths = list(train_meta["path"]) + list(val_meta["path"]) + [str(p) for p in good]
-    every = extractor.features(paths, keys=list(inputs.inspected.loc[paths, "sha256"]))
-    n_train, n_val = len(train_meta), len(val_meta)
-    train = every.iloc[:n_train].set_axis(pd.Index(train_meta.index, name="image_id"))
-    val = every.iloc[n_train:n_train + n_val].set_axis(pd.Index(val_meta.index, name="image_id"))
-    test = every.iloc[n_train + n_val:].set_axis(pd.Index([p.name for p in good], name="image_id"))
+    train, val, test = _by_split(extractor.features(paths, keys=keys), train_meta, val_meta, good)
+    inputs_of = {}  # method → its own (train, val, test) frames where they are not the features
+    stage_sizes = None
+    if args.method in TOKEN_METHODS:
+        from flat_prada import stage_sizes_of
+
+        inputs_of[args.method] = _by_split(extractor.token_log_likelihoods(paths, keys=keys), train_meta, val_meta, good)
+        stage_sizes = stage_sizes_of(inputs_of[args.method][0], extractor.adapters["VAR"].patch_nums)
 
     bundles, model_dirs, val_predictions = {}, {}, {}
     for method in (METHODS if args.method == "auto" else (args.method,)):
-        bundles[method], model_dirs[method] = _bundle(method, args, extractor.weights_digest, train, train_meta, val, val_meta)
-        val_predictions[method] = predict(bundles[method], val)
+        own = inputs_of.get(method)
+        bundles[method], model_dirs[method] = _bundle(method, args, extractor.weights_digest, train, train_meta, val, val_meta,
+                                                      own[:2] if own else None, stage_sizes)
+        val_predictions[method] = predict(bundles[method], own[1] if own else val)
     val_accuracy = {m: score_summary(val_meta["label"], p)["accuracy"] for m, p in val_predictions.items()}
-    method = pick_method(val_accuracy)
+    method = pick_method(val_accuracy) if args.method == "auto" else args.method
     if args.method == "auto":
         print("validation accuracy: " + ", ".join(f"{m} {100 * a:.2f} %" for m, a in val_accuracy.items()) + f" → {method}",
               file=sys.stderr)
     bundle = bundles[method]
 
-    labels = predict(bundle, test)
+    labels = predict(bundle, inputs_of[method][2] if method in inputs_of else test)
     labels = pd.concat([labels, pd.Series("outlier", index=[p.name for p in bad], name="label")])
     write_submission(labels, args.out)
     validate_submission(args.out, [p.name for p in inputs.test_paths])
@@ -195,6 +241,8 @@ def run(args: argparse.Namespace) -> int:
         frame.to_parquet(report_dir / f"features_{split}.parquet")
         pd.DataFrame({"image_name": meta.index, "label": meta["label"].to_numpy()}).to_csv(report_dir / f"labels_{split}.csv", index=False)
     test.to_parquet(report_dir / "features_test.parquet")
+    for split, frame in zip(("train", "val", "test"), inputs_of.get(method, ())):
+        frame.to_parquet(report_dir / f"tokens_{split}.parquet")  # flat_prada.py's command-line input
     val_stats = write_report(report_dir, "val", val_meta["label"], val_predictions[method], f"Validation ({method})")
     summary = {"method": method, "requested_method": args.method, "validation_accuracy_by_method": val_accuracy,
                "models": str(model_dirs[method]), "validation": val_stats, **notes}
@@ -211,9 +259,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Optional[list] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     from attribution import METHOD_CHOICES
-    from cli import at_least
+    from cli import at_least, shard_spec
     from provenance import STRATEGIES
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -227,7 +275,8 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=Path("cache"), help="features, inverse decoders, models")
     parser.add_argument("--method", choices=list(METHOD_CHOICES), default="auto",
                         help="two-stage: family gate, then a variant classifier per family; flat: one 9-class "
-                             "LightGBM; auto (default): fit both, keep the one of higher validation accuracy")
+                             "LightGBM; auto (default): fit both, keep the one of higher validation accuracy; prada: "
+                             "PRADA's calibrated probability-ratio score per variant, one step (flat_prada.py)")
     parser.add_argument("--gate-strategy", choices=list(STRATEGIES), default="learned",
                         help="stage-one gate: learned (LightGBM over all family signals, default) or a threshold on one "
                              "signal per family at a fixed validation FPR (fpr), best balanced accuracy (balanced) or a "
@@ -248,12 +297,31 @@ def main(argv: Optional[list] = None) -> int:
                              "(default 0: off; 25 is a good trade-off, at extra cost per image)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--stage", choices=STAGES, default="all",
+                        help="all (default): the whole job; prepare: check the inputs, build the demo Dataset if needed "
+                             "and fine-tune missing inverse decoders, then stop; features: compute and cache the "
+                             "features of one --shard, then stop (jobs of an array, see scripts/slurm_submit.py)")
+    parser.add_argument("--shard", type=shard_spec, metavar="K/N",
+                        help="with --stage features: part K (from 0) of N of the images, split by content hash")
+    return parser
+
+
+def main(argv: Optional[list] = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.out.is_dir():
         parser.error(f"--out {args.out} is a folder; give a file name, e.g. {args.out / 'submission.csv'}")
-    from runtime import keep_freed_memory
+    if args.shard is not None and args.stage != "features":
+        parser.error("--shard goes with --stage features")
+    if args.method == "prada" and args.no_cache:
+        parser.error("--method prada reads the per-token log-likelihoods from the feature cache: leave out --no-cache")
+    if args.stage == "features" and (args.no_cache or args.rebuild):
+        parser.error("--stage features fills the feature cache: --no-cache would throw its work away and --rebuild "
+                     "would delete what the other shards wrote (rebuild once, with --stage prepare)")
+    from runtime import keep_freed_memory, use_usable_cores
 
     keep_freed_memory()  # allocator tuning for this process; worker processes apply it themselves
+    use_usable_cores()  # inside a Slurm job: its allocation, not the whole node
     return run(args)
 
 

@@ -31,7 +31,9 @@ tokens: ``−Σᵢ log Σ_c p_sampler(c | t<ᵢ) q_i(c)`` per token, marginal ov
 (``nll_evidence_best``: best label). A position whose token was missed still counts through the
 codes the image finds likely. The result also
 carries ``label_ranking`` (``B×K`` candidate labels, likeliest first — not a feature) so a caller
-can evaluate larger variants under a smaller one's best labels via ``candidates_BK``.
+can evaluate larger variants under a smaller one's best labels via ``candidates_BK``, and, per token
+(``B×L``, not features either), ``token_ll_cond`` (at the best label) and ``token_ll_uncond``: what
+PRADA's score function reads (:mod:`flat_prada`).
 """
 from __future__ import annotations
 
@@ -174,5 +176,8 @@ def variant_features(adapter: FamilyAdapter, variant: str, tokens_BL: torch.Tens
     compressed = torch.tensor([len(zlib.compress(row.tobytes(), 9)) for row in token_bytes], dtype=torch.float32)
     out["zlib"] = (-ll_BK.max(1).values).cpu() / compressed
     features = {name: value.detach().cpu().double().numpy() for name, value in out.items()}
-    features["label_ranking"] = torch.gather(cand, 1, ll_BK.argsort(1, descending=True)).cpu()  # not a feature: labels, best first
+    # not features: labels, best first; and the per-token log-likelihoods PRADA scores (flat_prada.py)
+    features["label_ranking"] = torch.gather(cand, 1, ll_BK.argsort(1, descending=True)).cpu()
+    features["token_ll_cond"] = best_positions.detach().cpu().float().numpy()
+    features["token_ll_uncond"] = uncond.detach().cpu().float().numpy()
     return features

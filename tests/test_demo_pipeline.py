@@ -87,6 +87,24 @@ def test_submission_end_to_end_and_warm_rerun(tiny_dataset, tmp_path):
     assert len(list((cache / "models").iterdir())) == 2
 
 
+def test_prada_method_end_to_end(tiny_dataset, tmp_path):
+    """``--method prada`` reads the per-token store the feature pass filled, writes a valid
+    submission and leaves its per-token frames in the report for ``flat_prada.py``."""
+    out = tmp_path / "prada.csv"
+    args = ["--test", str(tiny_dataset / "test"), "--cache-dir", str(tmp_path / "cache"), "--batch-size", "64", "--out", str(out)]
+    assert submission.main(args + ["--method", "prada"]) == 0
+    table = pd.read_csv(out)
+    assert sorted(table["image_name"]) == sorted(p.name for p in (tiny_dataset / "test").iterdir())
+    assert set(table["label"]) <= set(CLASS_NAMES)
+    report = json.loads((tmp_path / "prada_report" / "summary.json").read_text())
+    assert report["method"] == "prada" and list(report["validation_accuracy_by_method"]) == ["prada"]
+    tokens = pd.read_parquet(tmp_path / "prada_report" / "tokens_test.parquet")
+    assert sorted(tokens.index) == sorted(table["image_name"]) and len(tokens.columns) == 16
+    assert len(tokens["var16_cond"].iloc[0]) == 155 and len(tokens["rarb_uncond"].iloc[0]) == 64
+    with pytest.raises(SystemExit):
+        submission.main(args + ["--method", "prada", "--no-cache"])
+
+
 def test_zoo_digest_names_the_generating_weights_only(tmp_path):
     """Retraining an inverse decoder leaves a Dataset current; any tokenizer or generator change outdates it."""
     sums = tmp_path / "SHA256SUMS"
@@ -149,7 +167,7 @@ def test_worker_processes_match_one_process_and_fill_the_store(tiny_dataset, tmp
     assert not two.isna().any().any()
     # one thread per worker vs two in one process: the same numbers up to float reassociation
     pd.testing.assert_frame_equal(two, one, rtol=1e-3, atol=1e-6)
-    assert len(list((tmp_path / "two").rglob("*.parquet"))) == 3, "each batch is its own shard"
+    assert len(pooled.store.shards()) == len(pooled.token_store.shards()) == 3, "each batch is its own shard, in both stores"
     assert pooled.store.missing([file_sha256(p) for p in paths]) == [], "a worker's rows did not reach the shared store"
 
 

@@ -50,3 +50,26 @@ def test_keep_freed_memory_reuses_pages():
 
 def test_usable_cores():
     assert 1 <= runtime.usable_cores() <= (os.cpu_count() or 1)
+
+
+def test_usable_cores_keep_to_a_slurm_allocation(monkeypatch):
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    everything = runtime.usable_cores()
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    assert runtime.usable_cores() == 1
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", str(everything + 8))  # more than the machine has: the mask wins
+    assert runtime.usable_cores() == everything
+    for junk in ("", "0", "two"):
+        monkeypatch.setenv("SLURM_CPUS_PER_TASK", junk)
+        assert runtime.usable_cores() == everything
+
+
+def test_torch_threads_follow_the_usable_cores(monkeypatch):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+        assert runtime.use_usable_cores() == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
