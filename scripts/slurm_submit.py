@@ -23,7 +23,8 @@ Each job starts when the one before has ended well (``afterok``); if one fails, 
 are cancelled, and a resubmission computes only the features still missing. ``--rebuild`` goes to
 the prepare job only (it empties the store once); ``--no-cache`` is refused. Batch scripts and logs
 go to ``--logs``; ``--dry-run`` writes the scripts and prints the ``sbatch`` commands without
-submitting anything. Jobs run in the current directory with this Python interpreter.
+submitting anything; if ``sbatch`` refuses a job, the ones already queued are cancelled. Jobs run
+in the current directory with this Python interpreter.
 """
 from __future__ import annotations
 
@@ -136,7 +137,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                   + f" {script}")
             previous = job["name"]
             continue
-        previous = ids[job["name"]] = submit(script, previous)
+        try:
+            previous = ids[job["name"]] = submit(script, previous)
+        except SystemExit:
+            if ids:  # no half-submitted pipeline: cancel the jobs already queued
+                subprocess.run(["scancel", *ids.values()], capture_output=True)
+                print(f"cancelled the jobs already submitted ({', '.join(ids.values())})", file=sys.stderr)
+            raise
     if not args.dry_run:
         print(f"submitted: prepare {ids['prepare']}, features {ids['features']} ({args.shards} tasks), "
               f"submission {ids['submission']}; logs in {logs}")

@@ -5,7 +5,8 @@ The cluster test needs Debian's ``slurmctld``, ``slurmd`` and ``slurm-client`` a
 installs them); it is skipped, with the reason, where they are missing. It submits the three jobs
 for a tiny demo Dataset and checks that the array computed each image's features exactly once,
 the same rows as one local process, and that the last job wrote the same ``submission.csv`` as the
-same command run here on the filled cache, which computes nothing more.
+same command run here on the filled cache, which computes nothing more; and that a failed job, or a
+job ``sbatch`` refuses, leaves nothing behind in the queue.
 """
 from __future__ import annotations
 
@@ -210,3 +211,14 @@ def test_a_failed_prepare_job_cancels_the_jobs_after_it(slurm_cluster, tmp_path,
     states = _job_states(_submitted(printed), slurm_cluster, timeout_s=120)  # dependents left pending would time out
     assert states[0] == ["FAILED"] and set(states[1]) == {"CANCELLED"} and states[2] == ["CANCELLED"], states
     assert "no_such_folder" in next(logs.glob("prepare-*.out")).read_text()
+
+
+def test_a_refused_job_leaves_nothing_queued(slurm_cluster, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "slurm_submit.py"), "--shards", "5000", "--cpus-per-task", "1",
+                           "--logs", str(tmp_path / "logs"), "--", "--test", str(tmp_path)],  # an array over MaxArraySize
+                          env=slurm_cluster, capture_output=True, text=True)
+    assert done.returncode != 0 and "sbatch refused" in done.stderr, done.stderr
+    cancelled = re.search(r"cancelled the jobs already submitted \((\d+)\)", done.stderr)
+    assert cancelled, done.stderr
+    assert _job_states([cancelled[1]], slurm_cluster, timeout_s=60) == [["CANCELLED"]]
