@@ -171,6 +171,26 @@ def test_worker_processes_match_one_process_and_fill_the_store(tiny_dataset, tmp
     assert pooled.store.missing([file_sha256(p) for p in paths]) == [], "a worker's rows did not reach the shared store"
 
 
+def test_missing_token_rows_are_computed_again_only_when_asked_for(tiny_dataset, tmp_path):
+    """A run killed between a batch's feature shard and its token shard: the features stay served
+    from the cache, and the per-token rows are computed again when PRADA asks for them."""
+    from feature_extractor import FeatureExtractor
+    from feature_store import file_sha256
+
+    paths = sorted((tiny_dataset / "test").glob("*.png"))[:3]
+    extractor = FeatureExtractor(inv_root=tmp_path / "inv", cache_dir=tmp_path / "cache", batch_size=4, progress=False)
+    first = extractor.features(paths)
+    for shard in extractor.token_store.shards():
+        shard.unlink()
+    feature_shards = extractor.store.shards()
+    pd.testing.assert_frame_equal(extractor.features(paths), first)
+    assert extractor.store.shards() == feature_shards, "features were computed again though cached"
+    tokens = extractor.token_log_likelihoods(paths)
+    assert not tokens.isna().any().any() and len(tokens) == 3
+    assert extractor.token_store.missing([file_sha256(p) for p in paths]) == []
+    assert len(extractor.token_store.shards()) == 1
+
+
 def test_default_workers():
     assert submission.default_workers(None, "cpu") >= 1
     assert submission.default_workers(None, "cuda") == 1
