@@ -3,7 +3,7 @@
 
 The cluster test needs Debian's ``slurmctld``, ``slurmd`` and ``slurm-client`` and root (``.ci/run``
 installs them); it is skipped, with the reason, where they are missing. It submits the three jobs
-for a tiny demo Dataset and checks that the array computed each image's features exactly once,
+for a tiny demo Dataset and checks that each array job computed as many images as its part holds,
 the same rows as one local process, and that the last job wrote the same ``submission.csv`` as the
 same command run here on the filled cache, which computes nothing more; and that a failed job, or a
 job ``sbatch`` refuses, leaves nothing behind in the queue.
