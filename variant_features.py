@@ -46,9 +46,11 @@ import torch
 
 from models.adapter import FamilyAdapter
 
-__all__ = ["token_statistics", "sampling_statistics", "token_evidence", "candidate_labels", "variant_features", "MINK_FRACTION"]
+__all__ = ["token_statistics", "sampling_statistics", "token_evidence", "candidate_labels", "variant_features", "MINK_FRACTION",
+           "NOT_FEATURES"]
 
 MINK_FRACTION = 0.2
+NOT_FEATURES = ("label_ranking", "token_ll_cond", "token_ll_uncond")  # outputs of variant_features that are no feature columns
 
 
 def token_statistics(logits_NLV: torch.Tensor, tokens_NL: torch.Tensor) -> Dict[str, torch.Tensor]:

@@ -58,7 +58,7 @@ from models.zoo import load_family  # noqa: E402
 from quantizer import per_image_mse, search_tokens  # noqa: E402
 from runtime import keep_freed_memory  # noqa: E402
 from signals import reencode_tokens, refine_tokens  # noqa: E402
-from variant_features import token_evidence, variant_features  # noqa: E402
+from variant_features import NOT_FEATURES, token_evidence, variant_features  # noqa: E402
 
 DIAGNOSIS_SEED = 8_000_000  # disjoint from make_demo_dataset (< 7e6) and inv_decoder.SEED_OFFSET (7e6 … 8e6)
 
@@ -96,8 +96,8 @@ def _feature_frame(adapter: FamilyAdapter, tokens_BL: torch.Tensor, evidence_BLV
     columns: Dict[str, np.ndarray] = {}
     for variant in adapter.variant_names:
         feats = variant_features(adapter, variant, tokens_BL, scale_sizes=sizes, evidence_BLV=evidence_BLV)
-        feats.pop("label_ranking")
-        feats.pop("best_label")
+        for name in NOT_FEATURES + ("best_label",):
+            feats.pop(name)
         columns.update({f"{variant}_{name}": values for name, values in feats.items()})
     return pd.DataFrame(columns)
 
