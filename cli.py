@@ -16,11 +16,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
 
 from models.checkpoints import CheckpointError
 
-__all__ = ["run_main", "warn", "folder_images", "at_least", "shard_spec", "USER_ERROR_STATUS"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["run_main", "warn", "readable_folder_images", "folder_images", "at_least", "shard_spec", "USER_ERROR_STATUS"]
 
 USER_ERROR_STATUS = 2
 
@@ -40,21 +43,26 @@ def warn(message: str, items: Sequence, show: int = 5) -> None:
     print(f"warning: {message}: {listed}", file=sys.stderr)
 
 
-def folder_images(folder: Path) -> List[Path]:
-    """The images below ``folder`` (recursively, sorted) that can be decoded; the others are named
-    in a warning and left out. Ends the command with status 2 when none is left."""
+def readable_folder_images(folder: Path) -> "pd.DataFrame":
+    """:func:`dataset.inspect_images` of the images below ``folder`` (recursively, sorted) that can
+    be decoded — indexed by path, with each file's ``sha256`` — the others named in a warning and
+    left out. Ends the command with status 2 when none is left."""
     from dataset import images_under, inspect_images
 
     paths = images_under(folder)
-    readable = inspect_images(paths)["readable"].to_numpy(bool) if paths else []
-    undecodable = [p for p, ok in zip(paths, readable) if not ok]
+    inspected = inspect_images(paths) if paths else None
+    undecodable = [] if inspected is None else list(inspected.index[~inspected["readable"].to_numpy(bool)])
     if undecodable:
         warn(f"{len(undecodable)} image(s) under {folder} cannot be decoded and are left out", undecodable)
-    good = [p for p, ok in zip(paths, readable) if ok]
-    if not good:
+    if inspected is None or len(undecodable) == len(inspected):
         print(f"error: no decodable images under {folder}", file=sys.stderr)
         raise SystemExit(USER_ERROR_STATUS)
-    return good
+    return inspected[inspected["readable"].to_numpy(bool)]
+
+
+def folder_images(folder: Path) -> List[Path]:
+    """The images below ``folder`` that can be decoded (:func:`readable_folder_images`)."""
+    return [Path(p) for p in readable_folder_images(folder).index]
 
 
 def at_least(minimum: int) -> Callable[[str], int]:

@@ -170,10 +170,10 @@ class FeatureExtractor:
         ids = list(ids) if ids is not None else [str(p) for p in paths]
         keys = list(keys) if keys is not None else [file_sha256(p) for p in paths]
         stored, todo = self.store.lookup(keys)  # one pass over the shards, which are many
-        if with_tokens and todo != list(dict.fromkeys(keys)):
-            without_tokens = set(self.token_store.missing(keys))
-            todo = [k for k in dict.fromkeys(keys) if k in set(todo) | without_tokens]
-            stored = stored.drop(index=[k for k in stored.index if k in without_tokens])
+        if with_tokens:
+            redo = set(todo) | set(self.token_store.missing(keys))
+            todo = [k for k in dict.fromkeys(keys) if k in redo]
+            stored = stored.drop(index=[k for k in stored.index if k in redo])
         if self.progress:
             print(f"features: {len(set(keys)) - len(todo)} images cached, {len(todo)} to compute", file=sys.stderr)
         first_path = {k: p for k, p in zip(keys, paths)}
@@ -202,9 +202,11 @@ class FeatureExtractor:
         keys = list(keys) if keys is not None else [file_sha256(p) for p in paths]
         if not self.token_store.enabled:
             raise ValueError("per-token log-likelihoods are read from the cache: do not turn it off (--no-cache) for them")
-        if self.token_store.missing(keys):
+        stored, missing = self.token_store.lookup(keys)
+        if missing:
             self.features(paths, ids, keys, with_tokens=True)
-        out = self.token_store.read(keys).reindex(keys)
+            stored = self.token_store.read(keys)
+        out = stored.reindex(keys)
         out.index = pd.Index(ids, name="image_id")
         return out
 
@@ -233,7 +235,7 @@ def _worker_batch(job) -> pd.DataFrame:
 
 
 def main(argv: Optional[list] = None) -> int:
-    from cli import at_least, folder_images
+    from cli import at_least, readable_folder_images
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, help="a folder of images (searched recursively)")
@@ -250,11 +252,12 @@ def main(argv: Optional[list] = None) -> int:
     args = parser.parse_args(argv)
     keep_freed_memory()
     use_usable_cores()
-    paths = folder_images(args.folder)
+    readable = readable_folder_images(args.folder)  # each file read and hashed once
+    paths = [Path(p) for p in readable.index]
     extractor = FeatureExtractor(weights_dir=args.weights_dir, inv_root=args.inv_root, cache_dir=args.cache_dir,
                                  use_cache=not args.no_cache, rebuild=args.rebuild, batch_size=args.batch_size,
                                  workers=args.workers, refine_steps=args.refine_steps)
-    frame = extractor.features(paths, [str(p.relative_to(args.folder)) for p in paths])
+    frame = extractor.features(paths, [str(p.relative_to(args.folder)) for p in paths], keys=list(readable["sha256"]))
     frame.to_parquet(args.out) if args.out.suffix == ".parquet" else frame.to_csv(args.out)
     print(f"{len(frame)} rows × {frame.shape[1]} features → {args.out}")
     return 0
