@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from models.registry import CLASS_NAMES, FAMILY_OF, VARIANT_NAMES
+from runtime import usable_cores
 
 __all__ = ["FEATURE_STEMS", "family_feature_frame", "tune_lightgbm", "CalibratedLGBM", "OneClass", "VariantClassifier", "FlatClassifier"]
 
@@ -69,12 +70,16 @@ def family_feature_frame(features: pd.DataFrame, family: str) -> pd.DataFrame:
 
 
 def _lgbm(params: dict, seed: int):
+    """A LightGBM classifier of ``params`` on every usable core (:func:`runtime.usable_cores`: one in
+    a one-CPU Slurm job). ``deterministic`` with row-wise histograms makes its fits the same for any
+    number of threads (``tests/test_attribution.py`` checks 1 against 2), so the thread count
+    never changes a ``submission.csv``."""
     from lightgbm import LGBMClassifier
 
     # the objective follows the number of classes: multiclass, or binary for two
     return LGBMClassifier(subsample=0.9, subsample_freq=1, colsample_bytree=0.8,
-                          reg_lambda=1.0, random_state=seed, n_jobs=2, deterministic=True, force_row_wise=True, max_bin=MAX_BIN,
-                          verbose=-1, **params)
+                          reg_lambda=1.0, random_state=seed, n_jobs=usable_cores(), deterministic=True, force_row_wise=True,
+                          max_bin=MAX_BIN, verbose=-1, **params)
 
 
 def tune_lightgbm(X: pd.DataFrame, y: np.ndarray, seed: int = 0, folds: int = 3) -> Dict[str, object]:
