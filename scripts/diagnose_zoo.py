@@ -14,9 +14,13 @@ reports
   ``token_recovery_exact_fhat`` reads the tokens from the generator's own ``f̂`` — a perfect
   inverse decoder — so it separates what the encoder loses from what the token reader loses (for
   VAR a multi-scale ``f̂`` is a sum over scales that other token sets can approach, too);
+  ``token_recovery_exact_fhat_natural`` does the same for tokens no transformer chose: the
+  tokenizer's own greedy tokens of held-out natural crops (as many crops as generations), read
+  back from their ``f̂`` — whether the reader's losses are a property of the tokenizer or of the
+  generated tokens;
 * **f-space fit** — median per-image MSE of the read tokens' ``f̂`` to the map they were read
   from: ``fmse_exact_fhat_read`` from the generator's ``f̂`` (the true tokens fit it exactly, at
-  0, so anything above 0 is the reader stopping short of them), and
+  0, so anything above 0 is the reader stopping short of them; ``…_natural`` for the crops), and
   ``fmse_inverse_{true,recovered}_tokens`` against the inverse decoder's ``f``, for the true
   tokens and for the ones the reader finds (when the true tokens fit ``f`` worse than the found
   ones, no reader that minimises the ``f``-error can return them);
@@ -47,6 +51,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -89,6 +94,23 @@ def quantize_exact(adapter: FamilyAdapter, f_hat_BChw: torch.Tensor) -> torch.Te
     the token reader (nearest codes for RAR, our multi-scale search for VAR): the pipeline's
     reader with no re-encoding step."""
     return reencode_tokens(adapter, f_hat_BChw, 0, search_tokens)[0]
+
+
+@torch.no_grad()
+def natural_round_trip(adapter: FamilyAdapter, n: int, batch: int, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Read back the tokenizer's own greedy tokens of ``n`` held-out natural crops from their
+    ``f̂`` with :func:`quantize_exact`: per-token hits ``n×L`` and the per-image f-MSE of the read
+    tokens' ``f̂`` to the exact one (0 when every token is found, or another token set fits as well)."""
+    from demo_photos import MODEL_PHOTOS, crops_tensor, random_crops
+
+    crops, _ = random_crops(MODEL_PHOTOS, n, DIAGNOSIS_SEED + seed, "val", size=adapter.image_size)
+    hits, fmse = [], []
+    for start in range(0, n, batch):
+        tokens, f_hat = adapter.quantize(adapter.encode(crops_tensor(crops[start:start + batch]).to(adapter.device)))
+        read = quantize_exact(adapter, f_hat)
+        hits.append((read == tokens).float())
+        fmse.append(per_image_mse(adapter.tokens_to_fhat(read), f_hat))
+    return torch.cat(hits), torch.cat(fmse)
 
 
 def _feature_frame(adapter: FamilyAdapter, tokens_BL: torch.Tensor, evidence_BLV: Optional[torch.Tensor] = None) -> pd.DataFrame:
@@ -164,6 +186,8 @@ def diagnose_family(family: str, weights_dir, per_variant: int, batch: int, seed
     row: Dict[str, float] = {"family": family, "images": len(labels)}
     for encoder, values in hits.items():
         row[f"token_recovery_{encoder}"] = float(torch.cat(values).mean())
+    natural_hits, natural_fmse = natural_round_trip(original, len(labels), batch, seed)
+    row["token_recovery_exact_fhat_natural"] = float(natural_hits.mean())
     if family == "VAR":
         per_pos = torch.cat(hits["inverse"]).mean(0)
         sizes = [pn * pn for pn in original.patch_nums]
@@ -171,6 +195,7 @@ def diagnose_family(family: str, weights_dir, per_variant: int, batch: int, seed
             row[f"token_recovery_inverse_scale{k}"] = float(chunk.mean())
     for name, values in fit.items():
         row[f"fmse_{name}"] = float(torch.cat(values).median())
+    row["fmse_exact_fhat_read_natural"] = float(natural_fmse.median())
     row["image_mse_true_tokens"] = float(torch.cat(err_true).median())
     row["image_mse_recovered_tokens"] = float(torch.cat(err_found).median())
     for kind, parts in frames.items():

@@ -214,3 +214,5 @@ def test_diagnose_zoo_command_runs_and_writes_every_row(tmp_path):
                 "argmin_nll_evidence_recovered_tokens", "variant_accuracy_recovered_tokens"):
         assert 0 <= table.loc[row, "RAR"] <= 1, row
     assert table.loc["token_recovery_exact_fhat", "RAR"] == 1, "RAR's nearest-code reader gets every token from the exact f̂"
+    assert table.loc["token_recovery_exact_fhat_natural", "RAR"] == 1, "… and every greedy token of a natural crop"
+    assert table.loc["fmse_exact_fhat_read_natural", "RAR"] == 0
