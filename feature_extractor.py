@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
+import time
 from functools import partial
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -86,7 +87,7 @@ REENCODE_ITERS = 1
 
 @torch.no_grad()
 def features_for_batch(adapters: Dict[str, FamilyAdapter], img01_B3HW: torch.Tensor,
-                       refine_steps: int = 0) -> Tuple[pd.DataFrame, pd.DataFrame]:
+                       refine_steps: int = 0, timings: Optional[Dict[str, float]] = None) -> Tuple[pd.DataFrame, pd.DataFrame]:
     """Feature columns for one batch of images (rows in input order), and its per-token
     log-likelihoods: ``{variant}_cond`` (at the best label) and ``{variant}_uncond``, one float32
     array per image and column, the input of PRADA's score functions (:mod:`flat_prada`).
@@ -96,7 +97,12 @@ def features_for_batch(adapters: Dict[str, FamilyAdapter], img01_B3HW: torch.Ten
     ``refine_steps > 0`` replaces them, for the :data:`REFINE_FAMILIES`, by tokens recovered after
     that many latent-refinement steps (:func:`signals.refine_tokens`). The family signals always
     use the inverse decoder's own ``f``.
+
+    ``timings``, when given, gets the seconds each part took added to it: ``{family}_signals``
+    (inverse decoder, round trips and token reading, with the code posterior) and one entry per
+    variant (its likelihood features); ``scripts/bench_features.py --breakdown`` prints them.
     """
+    clock = _Stopwatch(timings)
     columns: Dict[str, object] = {}
     token_columns: Dict[str, List[np.ndarray]] = {}
     for family, adapter in adapters.items():
@@ -107,6 +113,7 @@ def features_for_batch(adapters: Dict[str, FamilyAdapter], img01_B3HW: torch.Ten
         if refine:
             tokens, f = refine_tokens(adapter, img01_B3HW, f, refine_steps, REFINE_LR, search)
         evidence = token_evidence(adapter.token_distances(f, tokens))
+        clock.lap(f"{family}_signals")
         for name, values in signals.items():
             columns[f"{family}_{name}"] = values.detach().cpu().double().numpy()
         scale_sizes = [pn * pn for pn in adapter.patch_nums] if family == "VAR" else None
@@ -120,7 +127,21 @@ def features_for_batch(adapters: Dict[str, FamilyAdapter], img01_B3HW: torch.Ten
                 token_columns[f"{variant}_{kind}"] = list(feats.pop(f"token_ll_{kind}"))
             for name, values in feats.items():
                 columns[f"{variant}_{name}"] = values
+            clock.lap(variant)
     return pd.DataFrame(columns), pd.DataFrame(token_columns)
+
+
+class _Stopwatch:
+    """Adds the seconds since the last lap to ``timings[part]``; does nothing without ``timings``."""
+
+    def __init__(self, timings: Optional[Dict[str, float]]) -> None:
+        self.timings, self.last = timings, time.perf_counter()
+
+    def lap(self, part: str) -> None:
+        if self.timings is not None:
+            now = time.perf_counter()
+            self.timings[part] = self.timings.get(part, 0.0) + now - self.last
+            self.last = now
 
 
 def weight_files(weights_dir: Optional[Path]) -> List[Path]:

@@ -1,6 +1,6 @@
 """Feature-extraction cost per batch: what one worker of ``submission.py`` spends on an image batch.
 
-    python scripts/bench_features.py [--dataset Dataset] [--batches 4] [--batch-size 32] [--threads 1]
+    python scripts/bench_features.py [--dataset Dataset] [--batches 4] [--batch-size 32] [--threads 1] [--breakdown]
 
 Times :func:`feature_extractor.features_for_batch` on ``--batches`` batches of the Dataset's
 training images (one warm-up batch first, not counted), with ``--threads`` threads — one, as in
@@ -8,6 +8,10 @@ the cold run's worker processes — and no cache. Prints the extractor version, 
 (each, and the median) and milliseconds per image. Machine speed drifts between sessions, so
 compare two versions by running this script on both checkouts back to back, not against a figure
 from another day.
+
+``--breakdown`` also prints where a batch's time goes (medians over the batches, and their share
+of the median batch): each family's signals (inverse decoder, round trips, token reading) and each
+variant's likelihood features.
 """
 from __future__ import annotations
 
@@ -42,6 +46,7 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--breakdown", action="store_true", help="also print the seconds per part of the extractor")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     keep_freed_memory()
@@ -49,15 +54,22 @@ def main(argv: list | None = None) -> int:
     extractor = feature_extractor.FeatureExtractor(use_cache=False, progress=False)
     images = load_images(paths, size=extractor.image_size)
     feature_extractor.features_for_batch(extractor.adapters, images[:args.batch_size])  # warm-up
-    seconds = []
+    seconds, parts = [], []
     for b in range(1, args.batches + 1):
+        timings: dict = {}
         start = time.perf_counter()
-        feature_extractor.features_for_batch(extractor.adapters, images[b * args.batch_size:(b + 1) * args.batch_size])
+        feature_extractor.features_for_batch(extractor.adapters, images[b * args.batch_size:(b + 1) * args.batch_size],
+                                             timings=timings)
         seconds.append(time.perf_counter() - start)
+        parts.append(timings)
     median = statistics.median(seconds)
     print(f"extractor version {feature_extractor.EXTRACTOR_VERSION}, {args.threads} thread(s): "
           f"{' '.join(f'{s:.2f}' for s in seconds)} s per {args.batch_size}-image batch; "
           f"median {median:.2f} s ({1000 * median / args.batch_size:.0f} ms/image)")
+    if args.breakdown:
+        for part in parts[0]:
+            part_median = statistics.median(t[part] for t in parts)
+            print(f"  {part:<12} {part_median:6.2f} s  {100 * part_median / median:5.1f} %")
     return 0
 
 

@@ -189,3 +189,27 @@ def test_lightgbm_uses_the_allotted_cores_and_fits_the_same_on_any_number(data, 
         assert fitted.n_jobs == min(int(cores), len(os.sched_getaffinity(0)))
         probabilities[cores] = flat.predict_proba(val).to_numpy()
     np.testing.assert_array_equal(probabilities["1"], probabilities["2"])
+
+
+def test_every_feature_ablation_group_names_columns_the_extractor_writes(monkeypatch):
+    """``scripts/ablate_features.py``: a renamed feature must not leave a group silently empty, and
+    a group's refit must lose exactly its columns."""
+    import sys
+    from pathlib import Path
+
+    from signals import SIGNALS
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import ablate_features
+
+    columns = [f"{family}_{name}" for family in ("VAR", "RAR") for name in SIGNALS]
+    columns += [f"{variant}_{stem}" for variant in VARIANT_NAMES for stem in FEATURE_STEMS]
+    for group, in_group in ablate_features.GROUPS.items():
+        assert any(in_group(c) for c in columns) == (group != "nothing"), group
+    (train, train_labels), (val, val_labels) = synthetic_features(10, 3), synthetic_features(5, 4)
+    larger_var = "larger VAR variants (var20, var24, var30)"
+    monkeypatch.setattr(ablate_features, "GROUPS", {k: ablate_features.GROUPS[k] for k in ("nothing", larger_var)})
+    table = ablate_features.ablate(train, train_labels, val, val_labels)
+    assert table.loc["nothing", "features"] == train.shape[1]
+    assert table.loc[larger_var, "features"] == train.shape[1] - 3 * len(FEATURE_STEMS)
+    assert table["val_accuracy"].between(0, 1).all()

@@ -171,6 +171,24 @@ def test_worker_processes_match_one_process_and_fill_the_store(tiny_dataset, tmp
     assert pooled.store.missing([file_sha256(p) for p in paths]) == [], "a worker's rows did not reach the shared store"
 
 
+def test_batch_timings_name_every_part_and_change_no_feature(tiny_dataset, tmp_path):
+    """``features_for_batch(timings=…)`` (``bench_features.py --breakdown``) times each family's
+    signals and each variant, and computes the same rows as without it."""
+    from dataset import load_images
+    from feature_extractor import FeatureExtractor, features_for_batch
+    from models.registry import VARIANT_NAMES
+
+    extractor = FeatureExtractor(inv_root=tmp_path / "inv", use_cache=False, progress=False)
+    images = load_images(sorted((tiny_dataset / "test").glob("*.png"))[:2], size=extractor.image_size)
+    timings: dict = {}
+    timed, timed_tokens = features_for_batch(extractor.adapters, images, timings=timings)
+    plain, plain_tokens = features_for_batch(extractor.adapters, images)
+    pd.testing.assert_frame_equal(timed, plain)
+    pd.testing.assert_frame_equal(timed_tokens, plain_tokens)
+    assert set(timings) == {"VAR_signals", "RAR_signals", *VARIANT_NAMES}
+    assert all(seconds > 0 for seconds in timings.values())
+
+
 def test_missing_token_rows_are_computed_again_only_when_asked_for(tiny_dataset, tmp_path):
     """A run killed between a batch's feature shard and its token shard: the features stay served
     from the cache, and the per-token rows are computed again when PRADA asks for them."""
