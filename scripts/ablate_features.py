@@ -2,8 +2,9 @@
 
     python scripts/ablate_features.py [--train-features … --val-features …] [--test-labels Dataset/test_labels.csv]
 
-Every feature costs extraction time, and some groups cost much more than others (a family's larger
-variants are a third of a batch's time: ``python scripts/bench_features.py --breakdown``). Before
+Every feature costs extraction time, and some groups cost much more than others (the larger
+variants of both families take about a third of a batch's time: ``python scripts/bench_features.py
+--breakdown``). Before
 trading a group for time, see what it buys: for each group below, the flat 9-class classifier of
 ``submission.py`` (:class:`variant_classifier.FlatClassifier`: LightGBM tuned by cross-validation
 on train, outlier rejection tuned on validation) is refitted on the frames a run wrote without
