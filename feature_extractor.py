@@ -131,6 +131,15 @@ def features_for_batch(adapters: Dict[str, FamilyAdapter], img01_B3HW: torch.Ten
     return pd.DataFrame(columns), pd.DataFrame(token_columns)
 
 
+def _paths_ids_keys(paths: Sequence[Path | str], ids: Optional[Sequence[str]],
+                    keys: Optional[Sequence[str]]) -> Tuple[List[Path], List[str], List[str]]:
+    """The images as paths, their ids (default: the paths) and their keys (default: each file's sha256)."""
+    paths = [Path(p) for p in paths]
+    ids = list(ids) if ids is not None else [str(p) for p in paths]
+    keys = list(keys) if keys is not None else [file_sha256(p) for p in paths]
+    return paths, ids, keys
+
+
 class _Stopwatch:
     """Adds the seconds since the last lap to ``timings[part]``; does nothing without ``timings``."""
 
@@ -187,9 +196,7 @@ class FeatureExtractor:
         killed between writing a batch's two shards), for :meth:`token_log_likelihoods`."""
         from tqdm.auto import tqdm
 
-        paths = [Path(p) for p in paths]
-        ids = list(ids) if ids is not None else [str(p) for p in paths]
-        keys = list(keys) if keys is not None else [file_sha256(p) for p in paths]
+        paths, ids, keys = _paths_ids_keys(paths, ids, keys)
         stored, todo = self.store.lookup(keys)  # one pass over the shards, which are many
         if with_tokens:
             redo = set(todo) | set(self.token_store.missing(keys))
@@ -218,9 +225,7 @@ class FeatureExtractor:
                               keys: Optional[Sequence[str]] = None) -> pd.DataFrame:
         """Per-token log-likelihood frame (see :func:`features_for_batch`) indexed by ``ids``,
         computing what is missing (with the features, which are cached alongside)."""
-        paths = [Path(p) for p in paths]
-        ids = list(ids) if ids is not None else [str(p) for p in paths]
-        keys = list(keys) if keys is not None else [file_sha256(p) for p in paths]
+        paths, ids, keys = _paths_ids_keys(paths, ids, keys)
         if not self.token_store.enabled:
             raise ValueError("per-token log-likelihoods are read from the cache: do not turn it off (--no-cache) for them")
         stored, missing = self.token_store.lookup(keys)

@@ -68,9 +68,10 @@ def ablate(train: pd.DataFrame, train_labels: np.ndarray, val: pd.DataFrame, val
     for group, in_group in tqdm(GROUPS.items(), desc="ablations"):
         kept = [c for c in train.columns if not in_group(c)]
         model = FlatClassifier(seed).fit(train[kept], train_labels)
-        model.tune_rejection(model.predict_proba(val[kept]), val_labels)
+        val_proba = model.predict_proba(val[kept])
+        model.tune_rejection(val_proba, val_labels)
         row = {"dropped": group, "features": len(kept),
-               "val_accuracy": float(np.mean(model.predict_from_proba(model.predict_proba(val[kept])).to_numpy() == val_labels))}
+               "val_accuracy": float(np.mean(model.predict_from_proba(val_proba).to_numpy() == val_labels))}
         if test is not None:
             row["test_accuracy"] = float(np.mean(model.predict_from_proba(model.predict_proba(test[kept])).to_numpy() == test_labels))
         rows.append(row)
