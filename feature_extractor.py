@@ -18,6 +18,14 @@ For every image, with each family's inverse decoder:
   grid) gave 60.8 % at 4.8 s before the allocator fix of :mod:`runtime`. Two were used up to
   extractor version 6; one since version 7, to bring the cold run under 10 minutes.
 
+Variant likelihoods are most of the cost (about 55 % of a batch: ``python scripts/bench_features.py
+--breakdown``), and an image needs only those of the families it may come from. With a
+``variant_gate`` (:class:`provenance.ScoringGate`, which ``submission.py`` fits on the full features
+of a sample of training images), each image gets the variant features of the families the gate
+gives a probability of at least 3 % (NaN for the others; family signals always); stored rows mark
+what they hold (``scored_{family}``), and a row that lacks a family a later call needs is computed
+again in full.
+
 Both tokenizers run in channels-last memory layout here (:meth:`FamilyAdapter.use_channels_last`):
 one decode plus one encode takes 9–13 % less time and a 32-image batch of features 1–5 % less
 (two runs of ``python scripts/bench_speedups.py --rounds 12``, paired medians, one thread); the
@@ -53,7 +61,7 @@ import torch
 
 import inv_decoder
 from dataset import load_images
-from feature_store import FeatureStore, file_sha256
+from feature_store import COMPLETENESS_PREFIX, FeatureStore, file_sha256
 from models.adapter import FamilyAdapter
 from models.zoo import check_weights_dir, is_zoo_dir, load_family
 from quantizer import search_tokens
@@ -64,7 +72,9 @@ from variant_features import token_evidence, variant_features
 __all__ = ["EXTRACTOR_NAME", "EXTRACTOR_VERSION", "TOKEN_LL_SUFFIX", "FeatureExtractor", "features_for_batch", "weight_files"]
 
 EXTRACTOR_NAME = "iar_features"
-EXTRACTOR_VERSION = "11"  # 11: the same features as 10, with per-token log-likelihoods stored beside them
+# 12: rows carry scored_{family} markers, and a ScoringGate may leave a family's variant features out (NaN)
+EXTRACTOR_VERSION = "12"  # 11: the same features as 10, with per-token log-likelihoods stored beside them
+SCORED_PREFIX = COMPLETENESS_PREFIX  # marker columns of stored rows (not features): which families' variant features a row has
 TOKEN_LL_SUFFIX = "_token_ll"  # the per-token store: <name>_token_ll-v<version>-<weights digest>
 SHARED_CANDIDATES = 1  # labels the larger variants of a family are evaluated under
 # VAR's token search anneals over 10 iterations here instead of ``search_tokens``' default 20, at
@@ -86,8 +96,9 @@ REENCODE_ITERS = 1
 
 
 @torch.no_grad()
-def features_for_batch(adapters: Dict[str, FamilyAdapter], img01_B3HW: torch.Tensor,
-                       refine_steps: int = 0, timings: Optional[Dict[str, float]] = None) -> Tuple[pd.DataFrame, pd.DataFrame]:
+def features_for_batch(adapters: Dict[str, FamilyAdapter], img01_B3HW: torch.Tensor, refine_steps: int = 0,
+                       timings: Optional[Dict[str, float]] = None, variant_gate=None,
+                       forced: Optional[Dict[str, np.ndarray]] = None) -> Tuple[pd.DataFrame, pd.DataFrame]:
     """Feature columns for one batch of images (rows in input order), and its per-token
     log-likelihoods: ``{variant}_cond`` (at the best label) and ``{variant}_uncond``, one float32
     array per image and column, the input of PRADA's score functions (:mod:`flat_prada`).
@@ -98,13 +109,21 @@ def features_for_batch(adapters: Dict[str, FamilyAdapter], img01_B3HW: torch.Ten
     that many latent-refinement steps (:func:`signals.refine_tokens`). The family signals always
     use the inverse decoder's own ``f``.
 
+    ``variant_gate`` (a :class:`provenance.ScoringGate`), when given, decides from the batch's
+    family signals which families' variant features each image gets; the others are NaN (their
+    per-token arrays empty). ``forced`` (family → boolean array over the batch) adds images that
+    get a family's variant features whatever the gate says. Without a gate every image gets all.
+    Both frames carry ``scored_{family}`` (1.0 / 0.0, not features): whether the image got them.
+
     ``timings``, when given, gets the seconds each part took added to it: ``{family}_signals``
     (inverse decoder, round trips and token reading, with the code posterior) and one entry per
     variant (its likelihood features); ``scripts/bench_features.py --breakdown`` prints them.
     """
     clock = _Stopwatch(timings)
-    columns: Dict[str, object] = {}
+    B = img01_B3HW.shape[0]
+    columns: Dict[str, Dict[str, object]] = {family: {} for family in adapters}  # per family: signals, then variants
     token_columns: Dict[str, List[np.ndarray]] = {}
+    read: Dict[str, tuple] = {}
     for family, adapter in adapters.items():
         refine = refine_steps > 0 and family in REFINE_FAMILIES
         reencode_iters = REENCODE_ITERS if family in REENCODE_FAMILIES and not refine else 0
@@ -112,10 +131,18 @@ def features_for_batch(adapters: Dict[str, FamilyAdapter], img01_B3HW: torch.Ten
         signals, tokens, f = family_signals_and_tokens(adapter, img01_B3HW, search, reencode_iters)
         if refine:
             tokens, f = refine_tokens(adapter, img01_B3HW, f, refine_steps, REFINE_LR, search)
-        evidence = token_evidence(adapter.token_distances(f, tokens))
+        read[family] = (tokens, token_evidence(adapter.token_distances(f, tokens)))
         clock.lap(f"{family}_signals")
         for name, values in signals.items():
-            columns[f"{family}_{name}"] = values.detach().cpu().double().numpy()
+            columns[family][f"{family}_{name}"] = values.detach().cpu().double().numpy()
+    needs = _needed(variant_gate, pd.DataFrame({k: v for part in columns.values() for k, v in part.items()}), adapters, forced, B)
+    for family, adapter in adapters.items():
+        tokens, evidence = read[family]
+        chosen = np.flatnonzero(needs[family])
+        # with none chosen, one image is scored anyway so the columns exist (then set to NaN)
+        rows = torch.as_tensor(chosen if len(chosen) else [0], dtype=torch.long)
+        if len(rows) < B:
+            tokens, evidence = tokens[rows.to(tokens.device)], evidence[rows.to(evidence.device)]
         scale_sizes = [pn * pn for pn in adapter.patch_nums] if family == "VAR" else None
         candidates = None  # the first (smallest) variant scores every label; the others reuse its best ones
         for variant in adapter.variant_names:
@@ -124,11 +151,40 @@ def features_for_batch(adapters: Dict[str, FamilyAdapter], img01_B3HW: torch.Ten
                 candidates = feats.pop("label_ranking")[:, :SHARED_CANDIDATES]
             feats.pop("label_ranking", None)
             for kind in ("cond", "uncond"):
-                token_columns[f"{variant}_{kind}"] = list(feats.pop(f"token_ll_{kind}"))
+                token_columns[f"{variant}_{kind}"] = _scatter_arrays(list(feats.pop(f"token_ll_{kind}")), chosen, B)
             for name, values in feats.items():
-                columns[f"{variant}_{name}"] = values
+                columns[family][f"{variant}_{name}"] = values if len(chosen) == B else _scatter(values, chosen, B)
             clock.lap(variant)
-    return pd.DataFrame(columns), pd.DataFrame(token_columns)
+        columns[family][f"{SCORED_PREFIX}{family}"] = token_columns[f"{SCORED_PREFIX}{family}"] = needs[family].astype(np.float64)
+    return pd.DataFrame({k: v for part in columns.values() for k, v in part.items()}), pd.DataFrame(token_columns)
+
+
+def _needed(variant_gate, signals: pd.DataFrame, adapters: Dict[str, FamilyAdapter],
+            forced: Optional[Dict[str, np.ndarray]], B: int) -> Dict[str, np.ndarray]:
+    """Family → which images of the batch get its variant features (see :func:`features_for_batch`)."""
+    if variant_gate is None:
+        return {family: np.ones(B, dtype=bool) for family in adapters}
+    gated = variant_gate.needs(signals)
+    forced = forced or {}
+    return {family: gated[family].to_numpy(dtype=bool) | np.asarray(forced.get(family, np.zeros(B, dtype=bool)), dtype=bool)
+            for family in adapters}
+
+
+def _scatter(values: np.ndarray, chosen: np.ndarray, B: int) -> np.ndarray:
+    """A batch-long float column with ``values`` at the ``chosen`` rows and NaN elsewhere."""
+    out = np.full(B, np.nan)
+    out[chosen] = np.asarray(values, dtype=np.float64)[:len(chosen)]
+    return out
+
+
+def _scatter_arrays(arrays: List[np.ndarray], chosen: np.ndarray, B: int) -> List[np.ndarray]:
+    """Per-image arrays at the ``chosen`` rows; empty float32 arrays elsewhere."""
+    if len(chosen) == B:
+        return arrays
+    out = [np.zeros(0, dtype=np.float32) for _ in range(B)]
+    for i, row in enumerate(chosen):
+        out[row] = arrays[i]
+    return out
 
 
 def _paths_ids_keys(paths: Sequence[Path | str], ids: Optional[Sequence[str]],
@@ -151,6 +207,29 @@ class _Stopwatch:
             now = time.perf_counter()
             self.timings[part] = self.timings.get(part, 0.0) + now - self.last
             self.last = now
+
+
+def _only_needed(rows: pd.DataFrame, needs: pd.DataFrame, adapters: Dict[str, FamilyAdapter]) -> pd.DataFrame:
+    """``rows`` with each family's variant columns set to NaN where ``needs`` says no."""
+    rows = rows.copy()
+    for family, adapter in adapters.items():
+        columns = [c for c in rows.columns if c.split("_", 1)[0] in adapter.variant_names]
+        left_out = ~needs[family].to_numpy()
+        if left_out.any():
+            rows[columns] = rows[columns].astype(np.float64)
+            rows.loc[left_out, columns] = np.nan
+    return rows
+
+
+def _marker_columns(frame: pd.DataFrame) -> List[str]:
+    return [c for c in frame.columns if c.startswith(SCORED_PREFIX)]
+
+
+def _scored(rows: pd.DataFrame, families: Sequence[str]) -> pd.DataFrame:
+    """Boolean frame (rows × families): which families' variant features each stored row has."""
+    return pd.DataFrame({family: rows[f"{SCORED_PREFIX}{family}"].fillna(0).to_numpy() > 0
+                         if f"{SCORED_PREFIX}{family}" in rows.columns else np.zeros(len(rows), dtype=bool)
+                         for family in families}, index=rows.index)
 
 
 def weight_files(weights_dir: Optional[Path]) -> List[Path]:
@@ -189,24 +268,45 @@ class FeatureExtractor:
                                         enabled=use_cache, rebuild=rebuild)
 
     def features(self, paths: Sequence[Path | str], ids: Optional[Sequence[str]] = None,
-                 keys: Optional[Sequence[str]] = None, with_tokens: bool = False) -> pd.DataFrame:
-        """Feature frame indexed by ``ids`` (default: the paths), computing only uncached images.
+                 keys: Optional[Sequence[str]] = None, with_tokens: bool = False, variant_gate=None) -> pd.DataFrame:
+        """Feature frame indexed by ``ids`` (default: the paths), computing only what is not cached.
         ``keys``: the files' sha256, when the caller has them already (else they are computed).
-        ``with_tokens``: compute again the images whose per-token rows are missing too (a run
-        killed between writing a batch's two shards), for :meth:`token_log_likelihoods`."""
+        ``variant_gate`` (a :class:`provenance.ScoringGate`): each image gets the variant features
+        of the families the gate names for it (NaN for the others, even where the cache holds
+        them, so the frame does not depend on what earlier runs cached); without one, of every
+        family. A cached row that lacks a family now needed is computed again with it.
+        ``with_tokens``: every family, and compute again the images whose per-token rows are
+        missing or lack a family too (a run killed between writing a batch's two shards), for
+        :meth:`token_log_likelihoods`."""
         from tqdm.auto import tqdm
 
         paths, ids, keys = _paths_ids_keys(paths, ids, keys)
-        stored, todo = self.store.lookup(keys)  # one pass over the shards, which are many
         if with_tokens:
-            redo = set(todo) | set(self.token_store.missing(keys))
+            variant_gate = None
+        stored, todo = self.store.lookup(keys)  # one pass over the shards, which are many
+        families = list(self.adapters)
+        scored = _scored(stored, families)
+        wanted = variant_gate.needs(stored) if variant_gate is not None and len(stored) else scored | True
+        if with_tokens:
+            token_rows, token_missing = self.token_store.lookup(keys)
+            scored &= _scored(token_rows, families).reindex(scored.index, fill_value=False)
+            scored.loc[scored.index.isin(token_missing)] = False
+        short = (wanted & ~scored).any(axis=1)
+        forced = (wanted | scored)[short]  # a row computed again keeps every family it had
+        if short.any():
+            redo = set(forced.index) | set(todo)
             todo = [k for k in dict.fromkeys(keys) if k in redo]
-            stored = stored.drop(index=[k for k in stored.index if k in redo])
+            stored = stored.drop(index=list(forced.index))
         if self.progress:
-            print(f"features: {len(set(keys)) - len(todo)} images cached, {len(todo)} to compute", file=sys.stderr)
+            print(f"features: {len(set(keys)) - len(todo)} images cached, {len(todo)} to compute"
+                  + (f" ({int(short.sum())} of them to complete)" if short.any() else ""), file=sys.stderr)
         first_path = {k: p for k, p in zip(keys, paths)}
-        jobs = [(todo[s:s + self.batch_size], [first_path[k] for k in todo[s:s + self.batch_size]])
-                for s in range(0, len(todo), self.batch_size)]
+        jobs = []
+        for s in range(0, len(todo), self.batch_size):
+            batch = todo[s:s + self.batch_size]
+            must = {family: np.array([bool(forced.at[k, family]) if k in forced.index else False for k in batch])
+                    for family in families}
+            jobs.append((batch, [first_path[k] for k in batch], must, variant_gate))
         bar = dict(desc="features", disable=not self.progress or not todo, unit="batch", total=len(jobs))
         if self.workers > 1 and len(jobs) > 1:
             import multiprocessing
@@ -214,31 +314,35 @@ class FeatureExtractor:
             with multiprocessing.get_context("spawn").Pool(min(self.workers, len(jobs)), _worker_init, (self._worker_kwargs,)) as pool:
                 computed = list(tqdm(pool.imap(_worker_batch, jobs), **bar))
         else:
-            computed = [self._batch(keys_, paths_) for keys_, paths_ in tqdm(jobs, **bar)]
+            computed = [self._batch(*job) for job in tqdm(jobs, **bar)]
         table = pd.concat([stored] + computed) if computed else stored
-        table = table[~table.index.duplicated(keep="first")]
-        out = table.reindex(keys)
+        table = table[~table.index.duplicated(keep="first")].reindex(keys)
+        if variant_gate is not None:  # what the gate needs, whatever else the cache holds: the same frame either way
+            table = _only_needed(table, variant_gate.needs(table), self.adapters)
+        out = table.drop(columns=_marker_columns(table))
         out.index = pd.Index(ids, name="image_id")
         return out
 
     def token_log_likelihoods(self, paths: Sequence[Path | str], ids: Optional[Sequence[str]] = None,
                               keys: Optional[Sequence[str]] = None) -> pd.DataFrame:
-        """Per-token log-likelihood frame (see :func:`features_for_batch`) indexed by ``ids``,
-        computing what is missing (with the features, which are cached alongside)."""
+        """Per-token log-likelihood frame (see :func:`features_for_batch`) indexed by ``ids``, of
+        every variant, computing what is missing (with the features, which are cached alongside)."""
         paths, ids, keys = _paths_ids_keys(paths, ids, keys)
         if not self.token_store.enabled:
             raise ValueError("per-token log-likelihoods are read from the cache: do not turn it off (--no-cache) for them")
         stored, missing = self.token_store.lookup(keys)
-        if missing:
+        if missing or not _scored(stored, list(self.adapters)).all(axis=None):
             self.features(paths, ids, keys, with_tokens=True)
             stored = self.token_store.read(keys)
-        out = stored.reindex(keys)
+        out = stored.reindex(keys).drop(columns=_marker_columns(stored))
         out.index = pd.Index(ids, name="image_id")
         return out
 
-    def _batch(self, keys: List[str], paths: List[Path]) -> pd.DataFrame:
+    def _batch(self, keys: List[str], paths: List[Path], forced: Optional[Dict[str, np.ndarray]] = None,
+               variant_gate=None) -> pd.DataFrame:
         """Compute, store and return the feature rows of one batch (its token rows are stored too)."""
-        rows, token_rows = features_for_batch(self.adapters, load_images(paths, size=self.image_size), self.refine_steps)
+        rows, token_rows = features_for_batch(self.adapters, load_images(paths, size=self.image_size), self.refine_steps,
+                                              variant_gate=variant_gate, forced=forced)
         rows.index = token_rows.index = pd.Index(keys, name="key")
         self.store.write(rows)
         self.token_store.write(token_rows)

@@ -6,7 +6,9 @@ weights starts a fresh store and never mixes rows. Rows are written as parquet *
 file per flush and process (``shard-<pid>-<time>-<random>.parquet``), first to a temporary name
 and then atomically renamed: parallel jobs never write the same file, and a process killed at
 any moment (even ``kill -9``) leaves only whole shards plus, at worst, a ``.tmp`` file that
-readers ignore. Reading merges all shards (first row per key wins). A lookup that finds more
+readers ignore. Reading merges all shards: of the rows of one key, the most complete wins — the
+one with most of its :data:`COMPLETENESS_PREFIX` marker columns set (a row the feature extractor
+computed again with more parts), then the first. A lookup that finds more
 than :data:`COMPACT_AFTER` shards merges them into one (:meth:`FeatureStore.compact`: the merged
 shard is written and made durable before the shards it replaces are removed, so a crash or a
 second process at any moment leaves every row readable, at worst twice), which keeps a store
@@ -28,16 +30,18 @@ import uuid
 from pathlib import Path
 from typing import Iterable, List, Optional, Tuple
 
+import numpy as np
 import pandas as pd
 
 from atomic import atomic_path
 
-__all__ = ["file_sha256", "shard_keys", "FeatureStore", "COMPACT_AFTER"]
+__all__ = ["file_sha256", "shard_keys", "FeatureStore", "COMPACT_AFTER", "COMPLETENESS_PREFIX"]
 
 # A lookup over more shards than this merges them into one. `python scripts/bench_feature_store.py`
 # (the rows of one cold demo run: 142 shards, 4 504 rows × 157 features) read them in 1.38 / 1.29 s
 # sharded and 0.029 / 0.031 s merged, in two runs.
 COMPACT_AFTER = 32
+COMPLETENESS_PREFIX = "scored_"  # marker columns (1.0 / 0.0): which optional parts a row holds
 
 
 def file_sha256(path: Path | str, chunk: int = 1 << 20) -> str:
@@ -74,7 +78,7 @@ class FeatureStore:
         return sorted(self.folder.glob("shard-*.parquet")) if self.enabled else []
 
     def _read_shards(self) -> Tuple[pd.DataFrame, List[Path]]:
-        """All stored rows merged (first row per key wins), and the shards that could be read."""
+        """All stored rows merged (the most complete row per key wins, else the first), and the shards that could be read."""
         frames, read = [], []
         for shard in self.shards():
             try:
@@ -85,6 +89,10 @@ class FeatureStore:
         if not frames:
             return pd.DataFrame(index=pd.Index([], name="key")), read
         merged = pd.concat(frames)
+        markers = [c for c in merged.columns if c.startswith(COMPLETENESS_PREFIX)]
+        if markers and merged.index.duplicated().any():  # most complete first, else in shard order
+            parts = merged[markers].fillna(0).sum(axis=1).to_numpy()
+            merged = merged.iloc[np.argsort(-parts, kind="stable")]
         merged = merged[~merged.index.duplicated(keep="first")]
         merged.index.name = "key"
         return merged, read

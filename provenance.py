@@ -12,6 +12,16 @@ signal is the family's most separating one on validation (highest TPR@1%FPR, tie
 An image accepted by both families goes to the one whose score is lowest relative to its
 threshold (``log score − log threshold``); an image accepted by neither is ``outlier``.
 
+**Scoring gate.** Stage two's likelihoods are the expensive part of the features, and an image
+needs only those of the families it might come from. :class:`ScoringGate` is the learned gate fitted
+on a small sample of the training images (:func:`scoring_gate_sample`, whose features are computed
+in full first): the feature extractor computes a family's variant likelihoods for an image only when
+the gate gives that family a probability of at least ``min_probability``
+(:data:`SCORING_MIN_PROBABILITY`), and leaves them missing (NaN) otherwise; LightGBM routes missing
+values as it learned to. Both are chosen on validation only (a simulation on extractor version 11's
+frames: 40 images per class and 0.03 kept every validation image's own family and cost about three
+quarters of the full features).
+
 Thresholds on one signal per family are what the paper does, and they need signals that
 separate cleanly. Where they don't (the demo zoo's small tokenizers cannot be inverted exactly,
 so QuantLoss does not collapse for their own images), :class:`LearnedGate` — strategy
@@ -42,13 +52,15 @@ from metrics import roc_auc, tpr_at_fpr
 from models.registry import FAMILY_OF
 from variant_classifier import CalibratedLGBM
 
-__all__ = ["CANDIDATE_SIGNALS", "STRATEGIES", "FamilyGate", "LearnedGate", "family_of_labels", "family_signal_frame",
-           "make_gate", "save_gate", "load_gate", "saved_gate_path"]
+__all__ = ["CANDIDATE_SIGNALS", "STRATEGIES", "FamilyGate", "LearnedGate", "ScoringGate", "family_of_labels",
+           "family_signal_frame", "make_gate", "save_gate", "load_gate", "saved_gate_path", "scoring_gate_sample"]
 
 CANDIDATE_SIGNALS = ("combined", "quant_loss_searched", "quant_loss", "enc_loss")
 STRATEGIES = ("learned", "fpr", "balanced", "train_quantile")
 THRESHOLD_STRATEGIES = STRATEGIES[1:]
 FAMILIES = ("VAR", "RAR")
+SCORING_GATE_PER_CLASS = 40  # training images per class whose features are all computed, to fit the scoring gate on
+SCORING_MIN_PROBABILITY = 0.03  # a family's variant likelihoods are computed when the gate gives it at least this
 
 
 def family_of_labels(labels: Sequence[str]) -> np.ndarray:
@@ -162,6 +174,34 @@ class LearnedGate(CalibratedLGBM):
 
     def predict(self, features: pd.DataFrame) -> pd.Series:
         return self.proba(family_signal_frame(features)).idxmax(axis=1).rename("family")
+
+
+class ScoringGate:
+    """Which families' variant likelihoods an image needs (see the module doc): a calibrated
+    LightGBM over every family signal, answering VAR / RAR / ``outlier`` with probabilities."""
+
+    def __init__(self, seed: int = 0, min_probability: float = SCORING_MIN_PROBABILITY) -> None:
+        self.model = CalibratedLGBM(seed)
+        self.min_probability = float(min_probability)
+
+    def fit(self, signals: pd.DataFrame, labels: Sequence[str]) -> "ScoringGate":
+        """Fit on the family signals (``VAR_*``, ``RAR_*`` columns) of images with class ``labels``."""
+        self.model.fit_frame(family_signal_frame(signals), family_of_labels(labels))
+        return self
+
+    def needs(self, signals: pd.DataFrame) -> pd.DataFrame:
+        """Boolean frame (index of ``signals``, one column per family): compute that family's
+        variant likelihoods. A family the gate never saw in training is never needed."""
+        proba = self.model.proba(family_signal_frame(signals))
+        return pd.DataFrame({family: (proba[family] >= self.min_probability) if family in proba.columns else False
+                             for family in FAMILIES}, index=signals.index).astype(bool)
+
+
+def scoring_gate_sample(labels: pd.Series, per_class: int = SCORING_GATE_PER_CLASS) -> list:
+    """The ids of the first ``per_class`` images of every class, by sorted id (``labels``: class
+    label indexed by image id): the sample the :class:`ScoringGate` is fitted on."""
+    ordered = labels.sort_index(kind="stable")
+    return list(ordered.groupby(ordered.to_numpy(), sort=True).head(per_class).sort_index(kind="stable").index)
 
 
 def make_gate(strategy: str, seed: int = 0):

@@ -10,11 +10,13 @@ Submits three jobs, each a ``submission.py`` run with the same SUBMISSION_ARGS (
 ``submission.py`` takes; they are checked before anything is submitted):
 
 1. **prepare** (``--stage prepare``): checks the inputs, builds the demo Dataset if ``--demo``
-   needs it and fine-tunes missing inverse decoders — once, not in every job of the array;
+   needs it, fine-tunes missing inverse decoders and computes the full features of the scoring
+   gate's sample of training images (``provenance.ScoringGate``) — once, not in every job of the array;
 2. **features** (``--stage features --shard K/N``), an array of ``--shards`` tasks: task K
    computes the features of part K of the images, split by content hash
    (:func:`feature_store.shard_keys`), into the shared content-addressed feature store under
-   ``--cache-dir``. Every task writes shards of its own, so they never touch the same file; the
+   ``--cache-dir`` (each task fits the same scoring gate on the cached sample first and leaves out
+   what it does not need). Every task writes shards of its own, so they never touch the same file; the
    cache folder must be on a filesystem all nodes see;
 3. **submission** (the plain run): every feature is cached, so it only trains, predicts and writes
    ``submission.csv`` and the report — the same bytes as the same command run on one machine.

@@ -83,6 +83,29 @@ def test_learned_gate_separates_families_and_round_trips(data, tmp_path):
         make_gate("nonsense")
 
 
+def test_scoring_gate_needs_the_likely_families_only(data):
+    from provenance import ScoringGate
+
+    (train, ytr), _, (test, yte) = data
+    needs = ScoringGate().fit(train, ytr).needs(test)
+    assert list(needs.columns) == ["VAR", "RAR"] and needs.index.equals(test.index) and needs.dtypes.eq(bool).all()
+    truth = np.array([FAMILY_OF.get(l, "outlier") for l in yte])
+    for family in ("VAR", "RAR"):
+        assert needs[family].to_numpy()[truth == family].mean() > 0.95, f"{family} images would lose their own family"
+        assert needs[family].to_numpy()[truth != family].mean() < 0.2, f"{family} features would be computed for most others"
+    assert ScoringGate(min_probability=0.0).fit(train, ytr).needs(test).all(axis=None), "probability ≥ 0 needs everything"
+    no_rar = np.array([FAMILY_OF.get(l, "outlier") != "RAR" for l in ytr])
+    assert not ScoringGate().fit(train[no_rar], ytr[no_rar]).needs(test)["RAR"].any(), "a family never trained on is never needed"
+
+
+def test_scoring_gate_sample_takes_the_first_ids_of_every_class():
+    from provenance import scoring_gate_sample
+
+    labels = pd.Series(["var16", "rarb", "var16", "var16", "rarb", "outlier"], index=["e", "a", "c", "b", "d", "f"])
+    assert scoring_gate_sample(labels, 2) == ["a", "b", "c", "d", "f"]
+    assert scoring_gate_sample(labels, 10) == sorted(labels.index)
+
+
 def test_pick_method_takes_the_higher_validation_accuracy():
     assert pick_method({"two-stage": 0.60, "flat": 0.61}) == "flat"
     assert pick_method({"two-stage": 0.62, "flat": 0.61}) == "two-stage"

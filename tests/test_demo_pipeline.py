@@ -85,6 +85,13 @@ def test_submission_end_to_end_and_warm_rerun(tiny_dataset, tmp_path):
     assert report["method"] == pick_method(report["validation_accuracy_by_method"])
     assert report["validation"]["accuracy"] == pytest.approx(report["validation_accuracy_by_method"][report["method"]])
     assert len(list((cache / "models").iterdir())) == 2
+    # the scoring gate left some family's variant features out somewhere, and the report says how many
+    computed = report["variant_features_computed"]
+    assert set(computed) == {"VAR", "RAR"} and all(0 < n <= 9 * sum(COUNTS.values()) for n in computed.values())
+    features = pd.concat([pd.read_parquet(tmp_path / "a_report" / f"features_{s}.parquet") for s in ("train", "val", "test")])
+    assert computed == {"VAR": int(features["var16_nll_marginal"].notna().sum()), "RAR": int(features["rarb_nll_marginal"].notna().sum())}
+    assert not features.filter(regex="^(VAR|RAR)_").isna().any().any(), "family signals are never left out"
+    assert not any(c.startswith("scored_") for c in features.columns), "store markers leaked into the features"
 
 
 def test_prada_method_end_to_end(tiny_dataset, tmp_path):
@@ -207,6 +214,69 @@ def test_missing_token_rows_are_computed_again_only_when_asked_for(tiny_dataset,
     assert not tokens.isna().any().any() and len(tokens) == 3
     assert extractor.token_store.missing([file_sha256(p) for p in paths]) == []
     assert len(extractor.token_store.shards()) == 1
+
+
+class _FixedGate:
+    """A stand-in :class:`provenance.ScoringGate` with fixed answers per image of the batch."""
+
+    def __init__(self, var, rar):
+        self.answers = {"VAR": list(var), "RAR": list(rar)}
+
+    def needs(self, signals):
+        n = len(signals)
+        return pd.DataFrame({f: (a * n)[:n] for f, a in self.answers.items()}, index=signals.index).astype(bool)
+
+
+def test_a_gated_batch_scores_only_the_needed_families(tiny_dataset, tmp_path):
+    """Per image, the variant features of the families the gate (or ``forced``) names, NaN for the
+    others, empty per-token arrays and a 0 marker; what is computed matches the ungated batch."""
+    import numpy as np
+
+    from dataset import load_images
+    from feature_extractor import FeatureExtractor, features_for_batch
+
+    extractor = FeatureExtractor(inv_root=tmp_path / "inv", use_cache=False, progress=False)
+    images = load_images(sorted((tiny_dataset / "test").glob("*.png"))[:3], size=extractor.image_size)
+    full, full_tokens = features_for_batch(extractor.adapters, images)
+    gate = _FixedGate(var=[True, False, False], rar=[False, True, False])
+    forced = {"RAR": np.array([False, False, True])}
+    gated, gated_tokens = features_for_batch(extractor.adapters, images, variant_gate=gate, forced=forced)
+    assert list(gated.columns) == list(full.columns) and list(gated_tokens.columns) == list(full_tokens.columns)
+    assert list(gated["scored_VAR"]) == [1.0, 0.0, 0.0] and list(gated["scored_RAR"]) == [0.0, 1.0, 1.0]
+    assert list(full["scored_VAR"]) == list(full["scored_RAR"]) == [1.0, 1.0, 1.0]
+    for family, prefixes, rows in (("VAR", ("var",), [0]), ("RAR", ("rar",), [1, 2])):
+        columns = [c for c in full.columns if c.startswith(prefixes)]
+        skipped = [i for i in range(3) if i not in rows]
+        assert gated.loc[skipped, columns].isna().all().all()
+        pd.testing.assert_frame_equal(gated.loc[rows, columns], full.loc[rows, columns].astype(float), rtol=1e-3, atol=1e-6)
+        assert all(len(gated_tokens.at[i, f"{prefixes[0]}{'16' if family == 'VAR' else 'b'}_cond"]) == 0 for i in skipped)
+    signals = [c for c in full.columns if c.startswith(("VAR_", "RAR_"))]
+    pd.testing.assert_frame_equal(gated[signals], full[signals])
+
+
+def test_a_cached_row_lacking_a_needed_family_is_completed(tiny_dataset, tmp_path):
+    """Rows cached without a family's variant features are computed again when a later call needs
+    them (no gate, or PRADA's per-token rows); calls that need no more are served from the cache."""
+    from feature_extractor import FeatureExtractor
+    from feature_store import file_sha256
+
+    paths = sorted((tiny_dataset / "test").glob("*.png"))[:3]
+    extractor = FeatureExtractor(inv_root=tmp_path / "inv", cache_dir=tmp_path / "cache", batch_size=4, progress=False)
+    nothing = _FixedGate(var=[False], rar=[False])
+    sparse = extractor.features(paths, variant_gate=nothing)
+    assert sparse.filter(regex="^(var|rar)").isna().all().all() and not sparse.filter(regex="^(VAR|RAR)_").isna().any().any()
+    shards = extractor.store.shards()
+    pd.testing.assert_frame_equal(extractor.features(paths, variant_gate=nothing), sparse)
+    assert extractor.store.shards() == shards, "a gated rerun recomputed rows it had"
+    full = extractor.features(paths)
+    assert not full.isna().any().any() and len(extractor.store.shards()) == len(shards) + 1
+    pd.testing.assert_frame_equal(full.filter(regex="^(VAR|RAR)_"), sparse.filter(regex="^(VAR|RAR)_"), rtol=1e-6)
+    # the store now serves the complete rows, and a gated call still gets only what its gate needs
+    assert extractor.store.read([file_sha256(p) for p in paths])[["scored_VAR", "scored_RAR"]].eq(1.0).all(axis=None)
+    pd.testing.assert_frame_equal(extractor.features(paths, variant_gate=nothing), sparse, rtol=1e-6)
+    tokens = extractor.token_log_likelihoods(paths)
+    assert len(tokens.columns) == 16 and all(len(tokens.at[str(p), "var16_cond"]) == 155 for p in paths)
+    assert len(extractor.store.shards()) == len(shards) + 1, "the token rows were complete already"
 
 
 def test_default_workers():

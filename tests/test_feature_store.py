@@ -29,6 +29,21 @@ def test_write_read_merge_and_missing(tmp_path):
     assert len(store.shards()) == 2
 
 
+@pytest.mark.parametrize("complete_first", [True, False])
+def test_the_most_complete_row_of_a_key_wins_whatever_the_shard_order(tmp_path, complete_first):
+    """A row computed again with more parts (``scored_*`` markers set) replaces the older one on read."""
+    store = FeatureStore(tmp_path, "x", "1", "d" * 64)
+    partial = pd.DataFrame({"a": [1.0, 5.0], "scored_A": [1.0, 1.0], "scored_B": [0.0, 1.0]}, index=pd.Index(["k", "j"], name="key"))
+    complete = pd.DataFrame({"a": [2.0], "scored_A": [1.0], "scored_B": [1.0]}, index=pd.Index(["k"], name="key"))
+    for rows in ((complete, partial) if complete_first else (partial, complete)):
+        store.write(rows)
+    merged = store.read()
+    assert merged.loc["k", "a"] == 2.0 and merged.loc["j", "a"] == 5.0 and len(merged) == 2
+    assert store.read(["k"]).loc["k", "scored_B"] == 1.0
+    store.compact()
+    assert store.read().loc["k", "a"] == 2.0 and len(store.shards()) == 1
+
+
 def test_versions_and_weights_are_separate_stores(tmp_path):
     FeatureStore(tmp_path, "x", "1", "a" * 64).write(_rows(["k"], 1.0))
     assert FeatureStore(tmp_path, "x", "2", "a" * 64).read().empty
