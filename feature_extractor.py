@@ -12,11 +12,8 @@ For every image, with each family's inverse decoder:
   The family's first (smallest) variant is evaluated under every class label; the others only
   under its ``SHARED_CANDIDATES`` most likely label(s) (and unconditionally), which keeps the cost
   at two teacher-forced passes per larger variant — labels the smallest model finds unlikely
-  carry little mass in the others' marginals too. On the demo zoo (cold ``submission.py --demo``,
-  2 cores), 1 and 2 shared labels gave 59.0 and 58.8 % test accuracy at 2.9 and 3.4 s per
-  32-image batch of features (an earlier zoo and extractor); 3 labels (with the earlier LightGBM
-  grid) gave 60.8 % at 4.8 s before the allocator fix of :mod:`runtime`. Two were used up to
-  extractor version 6; one since version 7, to bring the cold run under 10 minutes.
+  carry little mass in the others' marginals too (one label since version 7, two before; on an
+  earlier zoo 1 and 2 gave the same test accuracy, 59.0 and 58.8 %, at 2.9 and 3.4 s per batch).
 
 Variant likelihoods are most of the cost (about 55 % of a batch: ``python scripts/bench_features.py
 --breakdown``), and an image needs only those of the families it may come from. With a
@@ -64,6 +61,7 @@ from dataset import load_images
 from feature_store import COMPLETENESS_PREFIX, FeatureStore, file_sha256
 from models.adapter import FamilyAdapter
 from models.zoo import check_weights_dir, is_zoo_dir, load_family
+from provenance import leave_out_unneeded
 from quantizer import search_tokens
 from runtime import keep_freed_memory, use_usable_cores
 from signals import family_signals_and_tokens, refine_tokens
@@ -72,11 +70,18 @@ from variant_features import token_evidence, variant_features
 __all__ = ["EXTRACTOR_NAME", "EXTRACTOR_VERSION", "TOKEN_LL_SUFFIX", "FeatureExtractor", "features_for_batch", "weight_files"]
 
 EXTRACTOR_NAME = "iar_features"
-# 12: rows carry scored_{family} markers, and a ScoringGate may leave a family's variant features out (NaN)
-EXTRACTOR_VERSION = "12"  # 11: the same features as 10, with per-token log-likelihoods stored beside them
+# 11: the same features as 10, with per-token log-likelihoods stored beside them; 12: rows carry
+# scored_{family} markers, and a ScoringGate may leave a family's variant features out (NaN);
+# 13: variant features in fixed-size chunks (VARIANT_CHUNK), whatever the batch mates
+EXTRACTOR_VERSION = "13"
 SCORED_PREFIX = COMPLETENESS_PREFIX  # marker columns of stored rows (not features): which families' variant features a row has
 TOKEN_LL_SUFFIX = "_token_ll"  # the per-token store: <name>_token_ll-v<version>-<weights digest>
 SHARED_CANDIDATES = 1  # labels the larger variants of a family are evaluated under
+# Variant features are computed this many images at a time, always (the last chunk padded): the
+# passes then have the same shapes whichever images share a batch, so an image's features do not
+# depend on its batch mates (with the scoring gate, the images a family is computed for vary per
+# batch; matrix products of other sizes round differently, ~1e-6, enough to move a LightGBM split).
+VARIANT_CHUNK = 8
 # VAR's token search anneals over 10 iterations here instead of ``search_tokens``' default 20, at
 # half the cost; ``scripts/bench_token_search.py`` prints both (time, QuantLoss TPR, mean f-MSE).
 SEARCH_ITERS = 10
@@ -137,13 +142,29 @@ def features_for_batch(adapters: Dict[str, FamilyAdapter], img01_B3HW: torch.Ten
             columns[family][f"{family}_{name}"] = values.detach().cpu().double().numpy()
     needs = _needed(variant_gate, pd.DataFrame({k: v for part in columns.values() for k, v in part.items()}), adapters, forced, B)
     for family, adapter in adapters.items():
-        tokens, evidence = read[family]
         chosen = np.flatnonzero(needs[family])
         # with none chosen, one image is scored anyway so the columns exist (then set to NaN)
-        rows = torch.as_tensor(chosen if len(chosen) else [0], dtype=torch.long)
-        if len(rows) < B:
-            tokens, evidence = tokens[rows.to(tokens.device)], evidence[rows.to(evidence.device)]
-        scale_sizes = [pn * pn for pn in adapter.patch_nums] if family == "VAR" else None
+        feats, token_lists = _variant_columns(adapter, *read[family], chosen if len(chosen) else np.zeros(1, dtype=int), clock)
+        for name, values in feats.items():
+            columns[family][name] = values if len(chosen) == B else _scatter(values, chosen, B)
+        for name, arrays in token_lists.items():
+            token_columns[name] = _scatter_arrays(arrays, chosen, B)
+        columns[family][f"{SCORED_PREFIX}{family}"] = token_columns[f"{SCORED_PREFIX}{family}"] = needs[family].astype(np.float64)
+    return pd.DataFrame({k: v for part in columns.values() for k, v in part.items()}), pd.DataFrame(token_columns)
+
+
+def _variant_columns(adapter: FamilyAdapter, tokens_BL: torch.Tensor, evidence_BLV: torch.Tensor, rows: np.ndarray,
+                     clock: "_Stopwatch") -> Tuple[Dict[str, np.ndarray], Dict[str, List[np.ndarray]]]:
+    """The family's variant feature columns (``{variant}_{name}``, one value per image of ``rows``)
+    and per-token arrays, computed :data:`VARIANT_CHUNK` images at a time (the last chunk padded
+    with copies of its first image)."""
+    scale_sizes = [pn * pn for pn in adapter.patch_nums] if adapter.family == "VAR" else None
+    features: Dict[str, List[np.ndarray]] = {}
+    token_lists: Dict[str, List[np.ndarray]] = {}
+    for start in range(0, len(rows), VARIANT_CHUNK):
+        chunk = rows[start:start + VARIANT_CHUNK]
+        index = torch.as_tensor(np.concatenate([chunk, np.repeat(chunk[:1], VARIANT_CHUNK - len(chunk))]), dtype=torch.long)
+        tokens, evidence = tokens_BL[index.to(tokens_BL.device)], evidence_BLV[index.to(evidence_BLV.device)]
         candidates = None  # the first (smallest) variant scores every label; the others reuse its best ones
         for variant in adapter.variant_names:
             feats = variant_features(adapter, variant, tokens, scale_sizes=scale_sizes, candidates_BK=candidates, evidence_BLV=evidence)
@@ -151,12 +172,11 @@ def features_for_batch(adapters: Dict[str, FamilyAdapter], img01_B3HW: torch.Ten
                 candidates = feats.pop("label_ranking")[:, :SHARED_CANDIDATES]
             feats.pop("label_ranking", None)
             for kind in ("cond", "uncond"):
-                token_columns[f"{variant}_{kind}"] = _scatter_arrays(list(feats.pop(f"token_ll_{kind}")), chosen, B)
+                token_lists.setdefault(f"{variant}_{kind}", []).extend(list(feats.pop(f"token_ll_{kind}"))[:len(chunk)])
             for name, values in feats.items():
-                columns[family][f"{variant}_{name}"] = values if len(chosen) == B else _scatter(values, chosen, B)
+                features.setdefault(f"{variant}_{name}", []).append(np.asarray(values)[:len(chunk)])
             clock.lap(variant)
-        columns[family][f"{SCORED_PREFIX}{family}"] = token_columns[f"{SCORED_PREFIX}{family}"] = needs[family].astype(np.float64)
-    return pd.DataFrame({k: v for part in columns.values() for k, v in part.items()}), pd.DataFrame(token_columns)
+    return {name: np.concatenate(parts) for name, parts in features.items()}, token_lists
 
 
 def _needed(variant_gate, signals: pd.DataFrame, adapters: Dict[str, FamilyAdapter],
@@ -207,18 +227,6 @@ class _Stopwatch:
             now = time.perf_counter()
             self.timings[part] = self.timings.get(part, 0.0) + now - self.last
             self.last = now
-
-
-def _only_needed(rows: pd.DataFrame, needs: pd.DataFrame, adapters: Dict[str, FamilyAdapter]) -> pd.DataFrame:
-    """``rows`` with each family's variant columns set to NaN where ``needs`` says no."""
-    rows = rows.copy()
-    for family, adapter in adapters.items():
-        columns = [c for c in rows.columns if c.split("_", 1)[0] in adapter.variant_names]
-        left_out = ~needs[family].to_numpy()
-        if left_out.any():
-            rows[columns] = rows[columns].astype(np.float64)
-            rows.loc[left_out, columns] = np.nan
-    return rows
 
 
 def _marker_columns(frame: pd.DataFrame) -> List[str]:
@@ -318,7 +326,7 @@ class FeatureExtractor:
         table = pd.concat([stored] + computed) if computed else stored
         table = table[~table.index.duplicated(keep="first")].reindex(keys)
         if variant_gate is not None:  # what the gate needs, whatever else the cache holds: the same frame either way
-            table = _only_needed(table, variant_gate.needs(table), self.adapters)
+            table = leave_out_unneeded(table, variant_gate.needs(table))
         out = table.drop(columns=_marker_columns(table))
         out.index = pd.Index(ids, name="image_id")
         return out

@@ -53,7 +53,8 @@ from models.registry import FAMILY_OF
 from variant_classifier import CalibratedLGBM
 
 __all__ = ["CANDIDATE_SIGNALS", "STRATEGIES", "FamilyGate", "LearnedGate", "ScoringGate", "family_of_labels",
-           "family_signal_frame", "make_gate", "save_gate", "load_gate", "saved_gate_path", "scoring_gate_sample"]
+           "family_signal_frame", "leave_out_unneeded", "make_gate", "save_gate", "load_gate", "saved_gate_path",
+           "scoring_gate_sample"]
 
 CANDIDATE_SIGNALS = ("combined", "quant_loss_searched", "quant_loss", "enc_loss")
 STRATEGIES = ("learned", "fpr", "balanced", "train_quantile")
@@ -195,6 +196,19 @@ class ScoringGate:
         proba = self.model.proba(family_signal_frame(signals))
         return pd.DataFrame({family: (proba[family] >= self.min_probability) if family in proba.columns else False
                              for family in FAMILIES}, index=signals.index).astype(bool)
+
+
+def leave_out_unneeded(features: pd.DataFrame, needs: pd.DataFrame) -> pd.DataFrame:
+    """``features`` with each family's variant columns (``{variant}_*``) set to NaN for the images
+    ``needs`` (from :meth:`ScoringGate.needs`) leaves that family out of."""
+    features = features.copy()
+    for family in needs.columns:
+        columns = [c for c in features.columns if FAMILY_OF.get(c.split("_", 1)[0]) == family]
+        left_out = ~needs[family].to_numpy(dtype=bool)
+        if left_out.any() and columns:
+            features[columns] = features[columns].astype(np.float64)
+            features.loc[left_out, columns] = np.nan
+    return features
 
 
 def scoring_gate_sample(labels: pd.Series, per_class: int = SCORING_GATE_PER_CLASS) -> list:

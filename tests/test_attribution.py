@@ -235,3 +235,31 @@ def test_every_feature_ablation_group_names_columns_the_extractor_writes(monkeyp
     assert table.loc["nothing", "features"] == train.shape[1]
     assert table.loc[larger_var, "features"] == train.shape[1] - 3 * len(FEATURE_STEMS)
     assert table["val_accuracy"].between(0, 1).all()
+
+
+def test_scoring_gate_simulation_blanks_what_the_gate_skips_and_counts_the_work(data, monkeypatch):
+    """``scripts/simulate_scoring_gate.py``: a threshold of 0 keeps all the work, a gate that finds
+    the families (the synthetic signals separate them) saves some and loses no validation image's
+    own family; frames that already miss variant features are refused."""
+    import sys
+    from pathlib import Path
+
+    from provenance import ScoringGate, leave_out_unneeded
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import simulate_scoring_gate
+
+    (train, train_labels), (val, val_labels), _ = data
+    everything = simulate_scoring_gate.simulate(train, train_labels, val, val_labels, per_class=10, min_probability=0.0)
+    assert everything["work"] == pytest.approx(1.0) and everything["val_lost"] == 0
+    # a small, softly calibrated synthetic gate: a higher threshold than the product's to skip anything
+    gated = simulate_scoring_gate.simulate(train, train_labels, val, val_labels, per_class=10, min_probability=0.2)
+    assert 0.4 < gated["work"] < 0.9 and gated["val_lost"] == 0
+    assert all(0 <= gated[k] <= 1 for k in ("val_flat", "val_two_stage", "val_family_flat"))
+    needs = ScoringGate(min_probability=0.2).fit(train, train_labels).needs(val)
+    blanked = leave_out_unneeded(val, needs)
+    assert blanked["var16_nll_marginal"].isna().to_numpy().tolist() == (~needs["VAR"]).tolist()
+    assert not blanked.filter(regex="^(VAR|RAR)_").isna().any(axis=None), "family signals are never blanked"
+    with pytest.raises(ValueError, match="score-all-variants"):
+        simulate_scoring_gate.simulate(leave_out_unneeded(train, needs.reindex(train.index, fill_value=False)),
+                                       train_labels, val, val_labels, per_class=10, min_probability=0.03)

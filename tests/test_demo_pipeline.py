@@ -254,6 +254,35 @@ def test_a_gated_batch_scores_only_the_needed_families(tiny_dataset, tmp_path):
     pd.testing.assert_frame_equal(gated[signals], full[signals])
 
 
+def test_an_images_variant_features_do_not_depend_on_its_batch_mates(tiny_dataset, tmp_path):
+    """Variant features are computed in fixed-size chunks, so in a batch of the same size an image
+    gets exactly the same ones whatever the gate asks of the others and in whichever order: rows are
+    keyed by image content in the store, and a Slurm array batches images differently from a local run."""
+    import numpy as np
+    import torch
+
+    from dataset import load_images
+    from feature_extractor import FeatureExtractor, features_for_batch
+    from models.registry import VARIANT_NAMES
+
+    extractor = FeatureExtractor(inv_root=tmp_path / "inv", use_cache=False, progress=False)
+    images = load_images(sorted((tiny_dataset / "test").glob("*.png"))[:12], size=extractor.image_size)
+    var_needed = [False, True, False, False, False, False, False, False, False, True, False, False]  # 2 images: a small pass
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the feature workers: with more, reductions split work by tensor size
+    try:
+        gated = features_for_batch(extractor.adapters, images, variant_gate=_FixedGate(var=var_needed, rar=[True]))[0]
+        order = list(np.random.default_rng(0).permutation(12))
+        everything = features_for_batch(extractor.adapters, images[order])[0].set_axis(order).sort_index()
+    finally:
+        torch.set_num_threads(threads)
+    variants = [c for c in gated.columns if c.split("_", 1)[0] in VARIANT_NAMES]
+    for i in range(12):
+        scored = [c for c in variants if var_needed[i] or not c.startswith("var")]
+        pd.testing.assert_series_equal(gated.loc[i, scored].astype(float), everything.loc[i, scored].astype(float),
+                                       check_names=False, rtol=0, atol=0)
+
+
 def test_a_cached_row_lacking_a_needed_family_is_completed(tiny_dataset, tmp_path):
     """Rows cached without a family's variant features are computed again when a later call needs
     them (no gate, or PRADA's per-token rows); calls that need no more are served from the cache."""
