@@ -18,9 +18,9 @@ on a small sample of the training images (:func:`scoring_gate_sample`, whose fea
 in full first): the feature extractor computes a family's variant likelihoods for an image only when
 the gate gives that family a probability of at least ``min_probability``
 (:data:`SCORING_MIN_PROBABILITY`), and leaves them missing (NaN) otherwise; LightGBM routes missing
-values as it learned to. Both are chosen on validation only (a simulation on extractor version 11's
-frames: 40 images per class and 0.03 kept every validation image's own family and cost about three
-quarters of the full features).
+values as it learned to. Both were chosen on validation only: ``scripts/simulate_scoring_gate.py``
+fits the gate on the frames of a run that scored everything, blanks what it would skip and refits
+(the README gives its table for the demo zoo).
 
 Thresholds on one signal per family are what the paper does, and they need signals that
 separate cleanly. Where they don't (the demo zoo's small tokenizers cannot be inverted exactly,
