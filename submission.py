@@ -320,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--score-all-variants", action="store_true",
                         help="compute every variant's likelihood features for every image; by default a scoring gate, "
                              "fitted on the full features of 40 training images per class, leaves out a family's "
-                             "when the image is unlikely to be of it (about a quarter less work; --method prada "
+                             "when the image is unlikely to be of it (about a fifth less feature time; --method prada "
                              "always scores all)")
     parser.add_argument("--refine-steps", type=at_least(0), default=0,
                         help="latent-refinement steps before RAR's tokens are read for the variant features "
