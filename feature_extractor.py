@@ -58,7 +58,7 @@ import torch
 
 import inv_decoder
 from dataset import load_images
-from feature_store import COMPLETENESS_PREFIX, FeatureStore, file_sha256
+from feature_store import COMPLETENESS_PREFIX, FeatureStore, file_sha256, marker_columns
 from models.adapter import FamilyAdapter
 from models.zoo import check_weights_dir, is_zoo_dir, load_family
 from provenance import leave_out_unneeded
@@ -74,7 +74,6 @@ EXTRACTOR_NAME = "iar_features"
 # scored_{family} markers, and a ScoringGate may leave a family's variant features out (NaN);
 # 13: variant features in fixed-size chunks (VARIANT_CHUNK), whatever the batch mates
 EXTRACTOR_VERSION = "13"
-SCORED_PREFIX = COMPLETENESS_PREFIX  # marker columns of stored rows (not features): which families' variant features a row has
 TOKEN_LL_SUFFIX = "_token_ll"  # the per-token store: <name>_token_ll-v<version>-<weights digest>
 SHARED_CANDIDATES = 1  # labels the larger variants of a family are evaluated under
 # Variant features are computed this many images at a time, always (the last chunk padded): the
@@ -143,27 +142,29 @@ def features_for_batch(adapters: Dict[str, FamilyAdapter], img01_B3HW: torch.Ten
     needs = _needed(variant_gate, pd.DataFrame({k: v for part in columns.values() for k, v in part.items()}), adapters, forced, B)
     for family, adapter in adapters.items():
         chosen = np.flatnonzero(needs[family])
-        # with none chosen, one image is scored anyway so the columns exist (then set to NaN)
-        feats, token_lists = _variant_columns(adapter, *read[family], chosen if len(chosen) else np.zeros(1, dtype=int), clock)
+        # with none chosen, one image is scored anyway (unpadded) so the columns exist; then set to NaN
+        feats, token_lists = (_variant_columns(adapter, *read[family], chosen, clock) if len(chosen)
+                              else _variant_columns(adapter, *read[family], np.zeros(1, dtype=int), clock, chunk_size=1))
         for name, values in feats.items():
             columns[family][name] = values if len(chosen) == B else _scatter(values, chosen, B)
         for name, arrays in token_lists.items():
             token_columns[name] = _scatter_arrays(arrays, chosen, B)
-        columns[family][f"{SCORED_PREFIX}{family}"] = token_columns[f"{SCORED_PREFIX}{family}"] = needs[family].astype(np.float64)
+        # which images got them (not a feature): the store's completeness marker
+        columns[family][f"{COMPLETENESS_PREFIX}{family}"] = token_columns[f"{COMPLETENESS_PREFIX}{family}"] = needs[family].astype(np.float64)
     return pd.DataFrame({k: v for part in columns.values() for k, v in part.items()}), pd.DataFrame(token_columns)
 
 
 def _variant_columns(adapter: FamilyAdapter, tokens_BL: torch.Tensor, evidence_BLV: torch.Tensor, rows: np.ndarray,
-                     clock: "_Stopwatch") -> Tuple[Dict[str, np.ndarray], Dict[str, List[np.ndarray]]]:
+                     clock: "_Stopwatch", chunk_size: int = VARIANT_CHUNK) -> Tuple[Dict[str, np.ndarray], Dict[str, List[np.ndarray]]]:
     """The family's variant feature columns (``{variant}_{name}``, one value per image of ``rows``)
-    and per-token arrays, computed :data:`VARIANT_CHUNK` images at a time (the last chunk padded
-    with copies of its first image)."""
+    and per-token arrays, computed ``chunk_size`` images at a time (the last chunk padded with
+    copies of its first image)."""
     scale_sizes = [pn * pn for pn in adapter.patch_nums] if adapter.family == "VAR" else None
     features: Dict[str, List[np.ndarray]] = {}
     token_lists: Dict[str, List[np.ndarray]] = {}
-    for start in range(0, len(rows), VARIANT_CHUNK):
-        chunk = rows[start:start + VARIANT_CHUNK]
-        index = torch.as_tensor(np.concatenate([chunk, np.repeat(chunk[:1], VARIANT_CHUNK - len(chunk))]), dtype=torch.long)
+    for start in range(0, len(rows), chunk_size):
+        chunk = rows[start:start + chunk_size]
+        index = torch.as_tensor(np.concatenate([chunk, np.repeat(chunk[:1], chunk_size - len(chunk))]), dtype=torch.long)
         tokens, evidence = tokens_BL[index.to(tokens_BL.device)], evidence_BLV[index.to(evidence_BLV.device)]
         candidates = None  # the first (smallest) variant scores every label; the others reuse its best ones
         for variant in adapter.variant_names:
@@ -229,14 +230,10 @@ class _Stopwatch:
             self.last = now
 
 
-def _marker_columns(frame: pd.DataFrame) -> List[str]:
-    return [c for c in frame.columns if c.startswith(SCORED_PREFIX)]
-
-
 def _scored(rows: pd.DataFrame, families: Sequence[str]) -> pd.DataFrame:
     """Boolean frame (rows × families): which families' variant features each stored row has."""
-    return pd.DataFrame({family: rows[f"{SCORED_PREFIX}{family}"].fillna(0).to_numpy() > 0
-                         if f"{SCORED_PREFIX}{family}" in rows.columns else np.zeros(len(rows), dtype=bool)
+    return pd.DataFrame({family: rows[f"{COMPLETENESS_PREFIX}{family}"].fillna(0).to_numpy() > 0
+                         if f"{COMPLETENESS_PREFIX}{family}" in rows.columns else np.zeros(len(rows), dtype=bool)
                          for family in families}, index=rows.index)
 
 
@@ -294,7 +291,8 @@ class FeatureExtractor:
         stored, todo = self.store.lookup(keys)  # one pass over the shards, which are many
         families = list(self.adapters)
         scored = _scored(stored, families)
-        wanted = variant_gate.needs(stored) if variant_gate is not None and len(stored) else scored | True
+        wanted = (variant_gate.needs(stored) if variant_gate is not None and len(stored)
+                  else pd.DataFrame(True, index=scored.index, columns=scored.columns))
         if with_tokens:
             token_rows, token_missing = self.token_store.lookup(keys)
             scored &= _scored(token_rows, families).reindex(scored.index, fill_value=False)
@@ -327,7 +325,7 @@ class FeatureExtractor:
         table = table[~table.index.duplicated(keep="first")].reindex(keys)
         if variant_gate is not None:  # what the gate needs, whatever else the cache holds: the same frame either way
             table = leave_out_unneeded(table, variant_gate.needs(table))
-        out = table.drop(columns=_marker_columns(table))
+        out = table.drop(columns=marker_columns(table))
         out.index = pd.Index(ids, name="image_id")
         return out
 
@@ -342,7 +340,7 @@ class FeatureExtractor:
         if missing or not _scored(stored, list(self.adapters)).all(axis=None):
             self.features(paths, ids, keys, with_tokens=True)
             stored = self.token_store.read(keys)
-        out = stored.reindex(keys).drop(columns=_marker_columns(stored))
+        out = stored.reindex(keys).drop(columns=marker_columns(stored))
         out.index = pd.Index(ids, name="image_id")
         return out
 

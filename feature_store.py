@@ -35,13 +35,18 @@ import pandas as pd
 
 from atomic import atomic_path
 
-__all__ = ["file_sha256", "shard_keys", "FeatureStore", "COMPACT_AFTER", "COMPLETENESS_PREFIX"]
+__all__ = ["file_sha256", "shard_keys", "FeatureStore", "COMPACT_AFTER", "COMPLETENESS_PREFIX", "marker_columns"]
 
 # A lookup over more shards than this merges them into one. `python scripts/bench_feature_store.py`
 # (the rows of one cold demo run: 142 shards, 4 504 rows × 157 features) read them in 1.38 / 1.29 s
 # sharded and 0.029 / 0.031 s merged, in two runs.
 COMPACT_AFTER = 32
 COMPLETENESS_PREFIX = "scored_"  # marker columns (1.0 / 0.0): which optional parts a row holds
+
+
+def marker_columns(rows: pd.DataFrame) -> List[str]:
+    """The :data:`COMPLETENESS_PREFIX` marker columns of ``rows`` (not features)."""
+    return [c for c in rows.columns if c.startswith(COMPLETENESS_PREFIX)]
 
 
 def file_sha256(path: Path | str, chunk: int = 1 << 20) -> str:
@@ -89,7 +94,7 @@ class FeatureStore:
         if not frames:
             return pd.DataFrame(index=pd.Index([], name="key")), read
         merged = pd.concat(frames)
-        markers = [c for c in merged.columns if c.startswith(COMPLETENESS_PREFIX)]
+        markers = marker_columns(merged)
         if markers and merged.index.duplicated().any():  # most complete first, else in shard order
             parts = merged[markers].fillna(0).sum(axis=1).to_numpy()
             merged = merged.iloc[np.argsort(-parts, kind="stable")]

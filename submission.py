@@ -145,15 +145,15 @@ def _by_split(frame: pd.DataFrame, train_meta: pd.DataFrame, val_meta: pd.DataFr
             frame.iloc[n_train + n_val:].set_axis(pd.Index([p.name for p in test_paths], name="image_id")))
 
 
-def _scoring_gate(extractor, train_meta: pd.DataFrame, inspected: pd.DataFrame, seed: int):
-    """The :class:`provenance.ScoringGate`, fitted on the full features of a sample of the training
-    images (computed first; they are part of the training features anyway)."""
-    from provenance import ScoringGate, scoring_gate_sample
+def _scoring_gate_sample(extractor, train_meta: pd.DataFrame, inspected: pd.DataFrame) -> Tuple[pd.DataFrame, pd.Series]:
+    """The full features of the training images the :class:`provenance.ScoringGate` is fitted on,
+    and their labels (computed first; they are part of the training features anyway)."""
+    from provenance import scoring_gate_sample
 
     sample = train_meta.loc[scoring_gate_sample(train_meta["label"])]
     print(f"scoring gate: all features of {len(sample)} training images first", file=sys.stderr)
     paths = list(sample["path"])
-    return ScoringGate(seed).fit(extractor.features(paths, keys=list(inspected.loc[paths, "sha256"])), sample["label"])
+    return extractor.features(paths, keys=list(inspected.loc[paths, "sha256"])), sample["label"]
 
 
 def _percent(value: float) -> str:
@@ -179,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
     from cli import warn
     from feature_extractor import FeatureExtractor
     from models.registry import CLASS_NAMES
+    from provenance import ScoringGate
     from run_inputs import gather_inputs, read_test_labels, resized_images
     from scoring import interval_text, summary as score_summary, write_report
 
@@ -216,12 +217,11 @@ def run(args: argparse.Namespace) -> int:
     paths = list(train_meta["path"]) + list(val_meta["path"]) + [str(p) for p in good]
     keys = list(inputs.inspected.loc[paths, "sha256"])
     gated = not (args.score_all_variants or args.method in TOKEN_METHODS)
-    if args.stage == "prepare":
-        if gated:  # the scoring gate's sample, once, before the jobs of an array each fit the gate on it
-            _scoring_gate(extractor, train_meta, inputs.inspected, args.seed)
+    sample = _scoring_gate_sample(extractor, train_meta, inputs.inspected) if gated else None
+    if args.stage == "prepare":  # the gate's sample is computed once, before the jobs of an array each fit the gate on it
         print(f"prepared: {len(paths)} images checked, inverse decoders in place; features go to {extractor.store.folder}")
         return 0
-    gate = _scoring_gate(extractor, train_meta, inputs.inspected, args.seed) if gated else None
+    gate = ScoringGate(args.seed).fit(*sample) if gated else None
     if args.stage == "features":
         return _features_of_shard(extractor, paths, keys, args.shard or (0, 1), gate)
     print(f"features: {len(train_meta)} train, {len(val_meta)} val, {len(good)} test images", file=sys.stderr)
