@@ -87,7 +87,10 @@ def gather_inputs(test_dir: Path, train_dir: Path, val_dir: Path) -> Inputs:
     entries of the test folder that are not images skipped; each such file is named in a warning."""
     from dataset import IMAGE_SUFFIXES, inspect_images
 
-    test_paths, skipped = test_folder_images(test_dir) if test_dir.is_dir() else ([], [])
+    if not test_dir.is_dir():
+        raise SystemExit(f"{test_dir}: no such folder; give --test DIR, the folder of images to attribute"
+                         + (" (this is a file)" if test_dir.exists() else ""))
+    test_paths, skipped = test_folder_images(test_dir)
     if not test_paths:
         raise SystemExit(f"{test_dir}: no test images found ({', '.join(IMAGE_SUFFIXES)} files directly in the folder)")
     if skipped:

@@ -78,6 +78,17 @@ def test_an_unknown_class_folder_is_named_without_a_traceback(tmp_path):
         submission.main(["--test", str(test_dir), "--out", str(tmp_path / "s.csv")])
 
 
+def test_a_test_folder_that_does_not_exist_is_named_as_missing(tmp_path):
+    import submission
+
+    test_dir = _tiny_layout(tmp_path / "data")
+    with pytest.raises(SystemExit, match=r"tset: no such folder; give --test DIR"):
+        submission.main(["--test", str(test_dir.with_name("tset")), "--out", str(tmp_path / "s.csv")])
+    with pytest.raises(SystemExit, match=r"x\.png: no such folder; give --test DIR.*\(this is a file\)"):
+        submission.main(["--test", str(test_dir / "x.png"), "--out", str(tmp_path / "s.csv")])
+    assert not (tmp_path / "s.csv").exists()
+
+
 def test_folder_images_leaves_out_and_names_undecodable_files(tmp_path, capsys):
     from cli import folder_images
 
