@@ -17,7 +17,9 @@ reports
   ``token_recovery_exact_fhat_natural`` does the same for tokens no transformer chose: the
   tokenizer's own greedy tokens of held-out natural crops (as many crops as generations), read
   back from their ``f̂`` — whether the reader's losses are a property of the tokenizer or of the
-  generated tokens;
+  generated tokens; ``token_recovery_{exact_fhat,inverse}_variant{i}`` split both by variant,
+  smallest (``variant1``) to largest — whether a better-trained transformer's tokens read back
+  better;
 * **f-space fit** — median per-image MSE of the read tokens' ``f̂`` to the map they were read
   from: ``fmse_exact_fhat_read`` from the generator's ``f̂`` (the true tokens fit it exactly, at
   0, so anything above 0 is the reader stopping short of them; ``…_natural`` for the crops), and
@@ -188,6 +190,10 @@ def diagnose_family(family: str, weights_dir, per_variant: int, batch: int, seed
         row[f"token_recovery_{encoder}"] = float(torch.cat(values).mean())
     natural_hits, natural_fmse = natural_round_trip(original, len(labels), batch, seed)
     row["token_recovery_exact_fhat_natural"] = float(natural_hits.mean())
+    for v_i, variant in enumerate(original.variant_names):  # smallest first: does a better transformer's output read back better?
+        mine = torch.from_numpy(labels_arr == variant)
+        for encoder in ("exact_fhat", "inverse"):
+            row[f"token_recovery_{encoder}_variant{v_i + 1}"] = float(torch.cat(hits[encoder])[mine].mean())
     if family == "VAR":
         per_pos = torch.cat(hits["inverse"]).mean(0)
         sizes = [pn * pn for pn in original.patch_nums]

@@ -216,3 +216,6 @@ def test_diagnose_zoo_command_runs_and_writes_every_row(tmp_path):
     assert table.loc["token_recovery_exact_fhat", "RAR"] == 1, "RAR's nearest-code reader gets every token from the exact f̂"
     assert table.loc["token_recovery_exact_fhat_natural", "RAR"] == 1, "… and every greedy token of a natural crop"
     assert table.loc["fmse_exact_fhat_read_natural", "RAR"] == 0
+    per_variant = table.loc[[f"token_recovery_inverse_variant{i}" for i in range(1, 5)], "RAR"]
+    assert per_variant.mean() == pytest.approx(table.loc["token_recovery_inverse", "RAR"]), "the variants' rows split the family's"
+    assert (table.loc[[f"token_recovery_exact_fhat_variant{i}" for i in range(1, 5)], "RAR"] == 1).all()
