@@ -28,8 +28,9 @@ reports
   ones, no reader that minimises the ``f``-error can return them);
 * **variant accuracy with oracle tokens vs recovered tokens** — 3-fold cross-validated
   LightGBM over the likelihood features of :mod:`variant_features` computed on the generating
-  tokens (an upper bound: what the transformers can tell apart at all) and on the tokens the
-  inverse decoder recovers (what the pipeline gets);
+  tokens (an upper bound: what the transformers can tell apart at all), on the tokens read from
+  the generator's exact ``f̂`` (``…_exact_fhat_tokens``: the most a better inverse decoder could give
+  this reader) and on the tokens the inverse decoder recovers (what the pipeline gets);
 * **the likelihood-ratio rule** — ``argmin_{stem}_{kind}_tokens``: the accuracy of naming the
   variant whose transformer gives the tokens the lowest NLL (``nll_marginal``: plain conditional;
   ``nll_sampling``: under the variant's own sampler; ``nll_evidence``: mixed with the image's code
@@ -147,7 +148,7 @@ def diagnose_family(family: str, weights_dir, per_variant: int, batch: int, seed
     original = load_family(family, weights_dir)
     path = inv_decoder.ensure_inverse_decoder(family, weights_dir, ROOT / "runs" / "inv_decoder")
     inverse = inv_decoder.load_inverse_decoder(load_family(family, weights_dir), path)
-    frames = {"oracle": [], "recovered": []}
+    frames = {"oracle": [], "exact_fhat": [], "recovered": []}
     labels, hits, err_true, err_found = [], {"original": [], "inverse": [], "exact_fhat": []}, [], []
     fit: Dict[str, list] = {"exact_fhat_read": [], "inverse_true_tokens": [], "inverse_recovered_tokens": []}
     if refine_steps > 0:
@@ -174,6 +175,7 @@ def diagnose_family(family: str, weights_dir, per_variant: int, batch: int, seed
             err_true.append(per_image_mse(original.decode(f_hat_true), x))
             err_found.append(per_image_mse(original.decode(f_hat_found), x))
         frames["oracle"].append(_feature_frame(original, tokens))
+        frames["exact_fhat"].append(_feature_frame(original, read_exact))
         frames["recovered"].append(_feature_frame(original, found, evidence))
         if refine_steps > 0:
             refined, refined_evidence = recover_tokens(inverse, x, refine_steps, refine_lr)
@@ -207,7 +209,7 @@ def diagnose_family(family: str, weights_dir, per_variant: int, batch: int, seed
     for kind, parts in frames.items():
         table = pd.concat(parts, ignore_index=True)
         row[f"variant_accuracy_{kind}_tokens"] = _cv_accuracy(table, labels_arr, seed)
-        for stem in ("nll_marginal", "nll_sampling") + (("nll_evidence",) if kind != "oracle" else ()):
+        for stem in ("nll_marginal", "nll_sampling") + (("nll_evidence",) if kind not in ("oracle", "exact_fhat") else ()):
             row[f"argmin_{stem}_{kind}_tokens"] = _argmin_accuracy(table, labels_arr, original.variant_names, stem)
     row["chance"] = 1.0 / len(original.variant_names)
     return row

@@ -211,11 +211,14 @@ def test_diagnose_zoo_command_runs_and_writes_every_row(tmp_path):
     assert diagnose_zoo.main(["--per-variant", "3", "--batch-size", "12", "--families", "RAR", "--out", str(tmp_path)]) == 0
     table = pd.read_csv(tmp_path / "diagnosis.csv", index_col=0)
     for row in ("token_recovery_inverse", "token_recovery_exact_fhat", "argmin_nll_sampling_oracle_tokens",
-                "argmin_nll_evidence_recovered_tokens", "variant_accuracy_recovered_tokens"):
+                "argmin_nll_evidence_recovered_tokens", "variant_accuracy_recovered_tokens",
+                "variant_accuracy_exact_fhat_tokens", "argmin_nll_sampling_exact_fhat_tokens"):
         assert 0 <= table.loc[row, "RAR"] <= 1, row
     assert table.loc["token_recovery_exact_fhat", "RAR"] == 1, "RAR's nearest-code reader gets every token from the exact f̂"
     assert table.loc["token_recovery_exact_fhat_natural", "RAR"] == 1, "… and every greedy token of a natural crop"
     assert table.loc["fmse_exact_fhat_read_natural", "RAR"] == 0
+    for stem in ("nll_marginal", "nll_sampling"):  # RAR's exact reader gives the true tokens, so the same scores
+        assert table.loc[f"argmin_{stem}_exact_fhat_tokens", "RAR"] == table.loc[f"argmin_{stem}_oracle_tokens", "RAR"]
     per_variant = table.loc[[f"token_recovery_inverse_variant{i}" for i in range(1, 5)], "RAR"]
     assert per_variant.mean() == pytest.approx(table.loc["token_recovery_inverse", "RAR"]), "the variants' rows split the family's"
     assert (table.loc[[f"token_recovery_exact_fhat_variant{i}" for i in range(1, 5)], "RAR"] == 1).all()
