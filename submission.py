@@ -119,15 +119,16 @@ def default_workers(weights_dir: Optional[Path], device: str) -> int:
 def _bundle(method: str, args: argparse.Namespace, weights_digest: str, train: pd.DataFrame, train_meta: pd.DataFrame,
             val: pd.DataFrame, val_meta: pd.DataFrame, inputs: Optional[Tuple[pd.DataFrame, pd.DataFrame]] = None,
             stage_sizes: Optional[dict] = None) -> Tuple[dict, Path]:
-    """The fitted models of ``method``, loaded from the cache when the same features, labels and
-    settings made them, else fitted on train, tuned on val and saved there. ``inputs``: the
+    """The fitted models of ``method``, loaded from the cache when the same features, labels,
+    settings and classifier code (:data:`variant_classifier.CLASSIFIER_VERSION`) made them, else fitted on train, tuned on val and saved there. ``inputs``: the
     method's own train and val frames when they are not the feature frames (``prada``'s per-token
     frames, which the same images, weights and extractor version determine as they do the features)."""
     from attribution import bundle_exists, fit_bundle, load_bundle
+    from variant_classifier import CLASSIFIER_VERSION
 
     gate_strategy = args.gate_strategy if method == "two-stage" else None  # flat has no gate: one bundle for any strategy
-    key = _frame_digest(method, args.seed, gate_strategy, weights_digest, train, list(train_meta["label"]),
-                        val, list(val_meta["label"]))[:20]
+    key = _frame_digest(method, CLASSIFIER_VERSION, args.seed, gate_strategy, weights_digest, train,
+                        list(train_meta["label"]), val, list(val_meta["label"]))[:20]
     model_dir = args.cache_dir / "models" / f"{method}-{key}"
     if bundle_exists(method, model_dir) and not args.retrain:
         return load_bundle(method, model_dir), model_dir

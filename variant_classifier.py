@@ -2,8 +2,8 @@
 
 Within a family the variants share the tokenizer, so the features are the transformers'
 likelihoods of the recovered tokens (:mod:`variant_features`) plus, per feature, each variant's
-value relative to the family mean (what separates d16 from d20 is *which* model finds the tokens
-likelier). A LightGBM multiclass model is tuned by stratified cross-validation on the training
+value relative to the family mean and its margin over the likeliest other variant (what separates
+d16 from d20 is *which* model finds the tokens likelier). A LightGBM multiclass model is tuned by stratified cross-validation on the training
 split only, its probabilities calibrated (sigmoid, cross-validated), and an image whose top
 probability is below a threshold tuned on validation is rejected as ``outlier``. The flat
 alternative (:class:`FlatClassifier`) is one 9-class LightGBM over every feature.
@@ -33,8 +33,12 @@ import pandas as pd
 from models.registry import CLASS_NAMES, FAMILY_OF, VARIANT_NAMES
 from runtime import usable_cores
 
-__all__ = ["FEATURE_STEMS", "family_feature_frame", "tune_lightgbm", "CalibratedLGBM", "OneClass", "VariantClassifier", "FlatClassifier"]
+__all__ = ["FEATURE_STEMS", "CLASSIFIER_VERSION", "family_feature_frame", "margins_over_others", "tune_lightgbm", "CalibratedLGBM", "OneClass", "VariantClassifier", "FlatClassifier"]
 
+# Part of a cached model bundle's key (submission.py): a change to what the classifiers are fitted
+# on or how, with the same feature frames, must not load models fitted the old way.
+# 2: the per-variant margins over the other variants (``_margin``).
+CLASSIFIER_VERSION = "2"
 FEATURE_STEMS = ("nll_marginal", "nll_topk", "nll_best", "nll_uncond", "cfg_gap", "mink", "minkpp", "hinge", "zlib",
                  "nll_sampling", "nll_sampling_best", "support_miss", "nll_evidence", "nll_evidence_best")
 # Small trees: on the demo zoo 7 leaves beat 15 in every model's CV (gate, VAR, RAR), then 4
@@ -54,19 +58,36 @@ def family_variants(family: str) -> List[str]:
 
 
 def family_feature_frame(features: pd.DataFrame, family: str) -> pd.DataFrame:
-    """The family's variant features plus each variant's deviation from the family mean."""
+    """The family's variant features, each variant's deviation from the family mean (``_rel``) and
+    its margin over the other variants (``_margin``, :func:`margins_over_others`), and the family's
+    signals (log)."""
     variants = family_variants(family)
     cols = [c for c in features.columns if any(c.startswith(f"{v}_") for v in variants) and not c.endswith("best_label")]
-    out = features[cols].copy()
+    out = [features[cols]]
     for stem in FEATURE_STEMS:
         names = [f"{v}_{stem}" for v in variants if f"{v}_{stem}" in features.columns]
         if len(names) > 1:
             block = features[names]
             centred = block.sub(block.mean(axis=1), axis=0)
             centred.columns = [f"{n}_rel" for n in names]
-            out = pd.concat([out, centred], axis=1)
+            out += [centred, margins_over_others(block)]
     signal_cols = [c for c in features.columns if c.startswith(f"{family}_")]
-    return pd.concat([out, np.log(features[signal_cols].clip(lower=1e-30))], axis=1)
+    return pd.concat(out + [np.log(features[signal_cols].clip(lower=1e-30))], axis=1)
+
+
+def margins_over_others(block: pd.DataFrame) -> pd.DataFrame:
+    """Each column minus the lowest of the *other* columns, row by row (``{column}_margin``; NaN
+    where the others are all missing). For one statistic across a family's variants, mostly NLLs
+    (lower = likelier), a margin below 0 says this variant finds the tokens likelier than every
+    other one: the likelihood-ratio rule as a feature, which a tree cannot build from per-variant
+    values or deviations from the mean without splitting on every variant in turn."""
+    values = block.to_numpy(dtype=np.float64)
+    margins = np.full_like(values, np.nan)
+    for j in range(values.shape[1]):
+        others = np.delete(values, j, axis=1)
+        present = ~np.isnan(others).all(axis=1)
+        margins[present, j] = values[present, j] - np.nanmin(others[present], axis=1)
+    return pd.DataFrame(margins, index=block.index, columns=[f"{c}_margin" for c in block.columns])
 
 
 def _lgbm(params: dict, seed: int):

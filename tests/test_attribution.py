@@ -9,7 +9,7 @@ from attribution import bundle_exists, fit_bundle, load_bundle, pick_method, pre
 from models.registry import CLASS_NAMES, FAMILY_OF, VARIANT_NAMES
 from provenance import FamilyGate
 from scoring import summary, write_report
-from variant_classifier import FEATURE_STEMS
+from variant_classifier import FEATURE_STEMS, family_feature_frame, margins_over_others
 
 
 def synthetic_features(n_per_class: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
@@ -104,6 +104,26 @@ def test_scoring_gate_sample_takes_the_first_ids_of_every_class():
     labels = pd.Series(["var16", "rarb", "var16", "var16", "rarb", "outlier"], index=["e", "a", "c", "b", "d", "f"])
     assert scoring_gate_sample(labels, 2) == ["a", "b", "c", "d", "f"]
     assert scoring_gate_sample(labels, 10) == sorted(labels.index)
+
+
+def test_margins_over_others_mark_the_likeliest_variant():
+    block = pd.DataFrame({"a_nll": [1.0, 2.0, np.nan], "b_nll": [1.5, 1.0, 2.0], "c_nll": [3.0, 1.2, np.nan]}, index=["x", "y", "z"])
+    margins = margins_over_others(block)
+    assert list(margins.columns) == ["a_nll_margin", "b_nll_margin", "c_nll_margin"]
+    expected = np.array([[-0.5, 0.5, 2.0], [1.0, -0.2, 0.2], [np.nan, np.nan, np.nan]])  # z: b has no other value
+    np.testing.assert_allclose(margins.to_numpy(), expected)
+    # below 0 exactly where the likelihood-ratio rule names the variant
+    complete = block.iloc[:2]
+    assert ((margins.iloc[:2] < 0).to_numpy() == (complete.to_numpy() == complete.min(axis=1).to_numpy()[:, None])).all()
+
+
+def test_family_frame_has_every_variants_margin_and_none_of_the_other_family():
+    features, _ = synthetic_features(3, 5)
+    frame = family_feature_frame(features, "RAR")
+    for stem in FEATURE_STEMS:
+        for variant in ("rarb", "rarl", "rarxl", "rarxxl"):
+            assert f"{variant}_{stem}_margin" in frame.columns and f"{variant}_{stem}_rel" in frame.columns
+    assert not any(c.startswith("var") for c in frame.columns)
 
 
 def test_pick_method_takes_the_higher_validation_accuracy():
