@@ -251,10 +251,16 @@ def test_every_feature_ablation_group_names_columns_the_extractor_writes(monkeyp
     (train, train_labels), (val, val_labels) = synthetic_features(10, 3), synthetic_features(5, 4)
     larger_var = "larger VAR variants (var20, var24, var30)"
     monkeypatch.setattr(ablate_features, "GROUPS", {k: ablate_features.GROUPS[k] for k in ("nothing", larger_var)})
-    table = ablate_features.ablate(train, train_labels, val, val_labels)
-    assert table.loc["nothing", "features"] == train.shape[1]
+    table = ablate_features.ablate(train, train_labels, val, val_labels, only=("nothing", "larger VAR", "margins"),
+                                   train_cv_repeats=2)
+    margins = "margins over the other variants (derived: _margin)"
+    assert list(table.index) == ["nothing", larger_var, margins]
+    assert table.loc["nothing", "features"] == table.loc[margins, "features"] == train.shape[1]
     assert table.loc[larger_var, "features"] == train.shape[1] - 3 * len(FEATURE_STEMS)
-    assert table["val_accuracy"].between(0, 1).all()
+    # every variant's margin of every statistic is one classifier column
+    assert table.loc["nothing", "classifier_columns"] - table.loc[margins, "classifier_columns"] == len(VARIANT_NAMES) * len(FEATURE_STEMS)
+    assert table[["val_accuracy", "train_cv_accuracy"]].stack().between(0, 1).all()
+    assert (table["train_cv_splits"].str.split().str.len() == 2).all()
 
 
 def test_scoring_gate_simulation_blanks_what_the_gate_skips_and_counts_the_work(data, monkeypatch):
