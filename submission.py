@@ -120,9 +120,10 @@ def _bundle(method: str, args: argparse.Namespace, weights_digest: str, train: p
             val: pd.DataFrame, val_meta: pd.DataFrame, inputs: Optional[Tuple[pd.DataFrame, pd.DataFrame]] = None,
             stage_sizes: Optional[dict] = None) -> Tuple[dict, Path]:
     """The fitted models of ``method``, loaded from the cache when the same features, labels,
-    settings and classifier code (:data:`variant_classifier.CLASSIFIER_VERSION`) made them, else fitted on train, tuned on val and saved there. ``inputs``: the
-    method's own train and val frames when they are not the feature frames (``prada``'s per-token
-    frames, which the same images, weights and extractor version determine as they do the features)."""
+    settings and classifier code (:data:`variant_classifier.CLASSIFIER_VERSION`) made them, else
+    fitted on train, tuned on val and saved there. ``inputs``: the method's own train and val
+    frames when they are not the feature frames (``prada``'s per-token frames, which the same
+    images, weights and extractor version determine as they do the features)."""
     from attribution import bundle_exists, fit_bundle, load_bundle
     from variant_classifier import CLASSIFIER_VERSION
 

@@ -3,10 +3,11 @@
 Within a family the variants share the tokenizer, so the features are the transformers'
 likelihoods of the recovered tokens (:mod:`variant_features`) plus, per feature, each variant's
 value relative to the family mean and its margin over the likeliest other variant (what separates
-d16 from d20 is *which* model finds the tokens likelier). A LightGBM multiclass model is tuned by stratified cross-validation on the training
-split only, its probabilities calibrated (sigmoid, cross-validated), and an image whose top
-probability is below a threshold tuned on validation is rejected as ``outlier``. The flat
-alternative (:class:`FlatClassifier`) is one 9-class LightGBM over every feature.
+d16 from d20 is *which* model finds the tokens likelier). A LightGBM multiclass model is tuned by
+stratified cross-validation on the training split only, its probabilities calibrated (sigmoid,
+cross-validated), and an image whose top probability is below a threshold tuned on validation is
+rejected as ``outlier``. The flat alternative (:class:`FlatClassifier`) is one 9-class LightGBM
+over every feature.
 
 Models persist with joblib next to a JSON of their training configuration.
 
@@ -33,7 +34,8 @@ import pandas as pd
 from models.registry import CLASS_NAMES, FAMILY_OF, VARIANT_NAMES
 from runtime import usable_cores
 
-__all__ = ["FEATURE_STEMS", "CLASSIFIER_VERSION", "family_feature_frame", "margins_over_others", "tune_lightgbm", "CalibratedLGBM", "OneClass", "VariantClassifier", "FlatClassifier"]
+__all__ = ["FEATURE_STEMS", "CLASSIFIER_VERSION", "family_feature_frame", "margins_over_others", "tune_lightgbm",
+           "CalibratedLGBM", "OneClass", "VariantClassifier", "FlatClassifier"]
 
 # Part of a cached model bundle's key (submission.py): a change to what the classifiers are fitted
 # on or how, with the same feature frames, must not load models fitted the old way.

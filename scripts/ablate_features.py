@@ -4,18 +4,17 @@
 
 Every feature costs extraction time, and some groups cost much more than others (the larger
 variants of both families take about a third of a batch's time: ``python scripts/bench_features.py
---breakdown``). Before
-trading a group for time, see what it buys: for each group below, the flat 9-class classifier of
-``submission.py`` (:class:`variant_classifier.FlatClassifier`: LightGBM tuned by cross-validation
-on train, outlier rejection tuned on validation) is refitted on the frames a run wrote without
-that group's columns, and scored on validation — and on test when ``--test-labels`` is given (for
-scoring only; nothing is chosen on it), and with ``--train-cv N`` over 3 folds of train alone (N
-different splits), which
-neither threshold tuning nor model choice has seen. The *derived* groups (:data:`DERIVED`) cost no
-extraction time: they are columns the classifier computes from the features, and a refit without
-them shows what they add. The first row drops nothing: it reproduces the run's own
-flat model. A point or two of difference is within the noise of one LightGBM fit on 900
-validation images (95 % interval about ±3 points); a group matters when dropping it costs more.
+--breakdown``). Before trading a group for time, see what it buys: for each group below, the flat
+9-class classifier of ``submission.py`` (:class:`variant_classifier.FlatClassifier`: LightGBM
+tuned by cross-validation on train, outlier rejection tuned on validation) is refitted on the
+frames a run wrote without that group's columns, and scored on validation — and on test when
+``--test-labels`` is given (for scoring only; nothing is chosen on it) — and, with ``--train-cv
+N``, over 3 folds of train alone in N different splits, which neither threshold tuning nor model
+choice has seen. The *derived* groups (:data:`DERIVED`) cost no extraction time: they are columns
+the classifier computes from the features, and a refit without them shows what they add. The first
+row drops nothing: it reproduces the run's own flat model. A point or two of difference is within
+the noise of one LightGBM fit on 900 validation images (95 % interval about ±3 points); a group
+matters when dropping it costs more.
 
 Defaults read what ``python submission.py --demo`` wrote to ``submission_report/``. Prints a table
 and writes it to ``--out`` (CSV).
