@@ -33,7 +33,7 @@ from provenance import family_of_labels, load_gate, make_gate, save_gate
 from variant_classifier import FlatClassifier, VariantClassifier
 
 __all__ = ["METHODS", "ALL_METHODS", "METHOD_CHOICES", "TOKEN_METHODS", "fit_bundle", "load_bundle", "predict",
-           "bundle_exists", "pick_method"]
+           "bundle_exists", "pick_method", "model_version"]
 
 METHODS = ("two-stage", "flat")  # what auto chooses between
 ALL_METHODS = METHODS + ("prada",)
@@ -159,6 +159,22 @@ def load_bundle(method: str, folder: Path | str) -> dict:
     families = json.loads((folder / MANIFEST).read_text())["variant_classifiers"]
     return {"method": method, "gate": load_gate(folder),
             "classifiers": {f: VariantClassifier.load(folder / f"{f}.joblib") for f in families}}
+
+
+def model_version(method: str) -> str:
+    """The version of the code that fits ``method``'s models, part of a cached bundle's key: the
+    classifiers' (:data:`variant_classifier.CLASSIFIER_VERSION`) for the feature-frame methods,
+    PRADA's own (:data:`flat_prada.PRADA_VERSION`) for ``prada``, so a change to one refits only
+    the methods it touches."""
+    if method == "prada":
+        from flat_prada import PRADA_VERSION
+
+        return f"prada-{PRADA_VERSION}"
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {ALL_METHODS}")
+    from variant_classifier import CLASSIFIER_VERSION
+
+    return CLASSIFIER_VERSION
 
 
 def pick_method(val_accuracy: Dict[str, float]) -> str:

@@ -40,11 +40,14 @@ from torch import nn
 
 from models.registry import VARIANT_NAMES
 
-__all__ = ["PradaScore", "PradaClassifier", "token_arrays", "EPOCHS"]
+__all__ = ["PradaScore", "PradaClassifier", "token_arrays", "EPOCHS", "PRADA_VERSION"]
 
 # PRADA's own script trains 3000 full-batch epochs. On the demo Dataset (python flat_prada.py on the
 # report frames of submission.py --method prada) 300 / 1000 / 3000 epochs gave 41.56 / 42.11 /
 # 41.67 % validation accuracy in 53 / 163 / 512 s: a third of the cost for the same accuracy.
+# Part of a cached model bundle's key (attribution.model_version): a change to how the scores are
+# fitted, with the same per-token frames, must not load models fitted the old way.
+PRADA_VERSION = "1"
 EPOCHS = 1000
 HIDDEN = 16
 LR = 1e-3

@@ -120,15 +120,14 @@ def _bundle(method: str, args: argparse.Namespace, weights_digest: str, train: p
             val: pd.DataFrame, val_meta: pd.DataFrame, inputs: Optional[Tuple[pd.DataFrame, pd.DataFrame]] = None,
             stage_sizes: Optional[dict] = None) -> Tuple[dict, Path]:
     """The fitted models of ``method``, loaded from the cache when the same features, labels,
-    settings and classifier code (:data:`variant_classifier.CLASSIFIER_VERSION`) made them, else
+    settings and model code (:func:`attribution.model_version`) made them, else
     fitted on train, tuned on val and saved there. ``inputs``: the method's own train and val
     frames when they are not the feature frames (``prada``'s per-token frames, which the same
     images, weights and extractor version determine as they do the features)."""
-    from attribution import bundle_exists, fit_bundle, load_bundle
-    from variant_classifier import CLASSIFIER_VERSION
+    from attribution import bundle_exists, fit_bundle, load_bundle, model_version
 
     gate_strategy = args.gate_strategy if method == "two-stage" else None  # flat has no gate: one bundle for any strategy
-    key = _frame_digest(method, CLASSIFIER_VERSION, args.seed, gate_strategy, weights_digest, train,
+    key = _frame_digest(method, model_version(method), args.seed, gate_strategy, weights_digest, train,
                         list(train_meta["label"]), val, list(val_meta["label"]))[:20]
     model_dir = args.cache_dir / "models" / f"{method}-{key}"
     if bundle_exists(method, model_dir) and not args.retrain:

@@ -137,7 +137,7 @@ class MultiScaleQuantizer(nn.Module):
         return self.embedding(idx_Bl).transpose(1, 2).reshape(B, self.Cvae, ph, pw)
 
     # ------------------------------------------------------------------ greedy quantization
-    def _residual_walk(
+    def residual_walk(
         self, f_BChw: torch.Tensor, choose: Callable[[int, torch.Tensor], torch.Tensor], patch_nums: Optional[Sequence[int]] = None,
     ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
         """The coarse-to-fine residual walk: at scale ``si`` the residual ``f − f̂`` is
@@ -174,7 +174,7 @@ class MultiScaleQuantizer(nn.Module):
         if pns[-1] != H or H != W:
             raise ValueError(f"feature map is {H}×{W} but the last patch number is {pns[-1]}")
         codebook_VC = self.embedding.weight.detach()
-        return self._residual_walk(f_BChw, lambda si, rest_NC: nearest_code_indices(rest_NC, codebook_VC), pns)
+        return self.residual_walk(f_BChw, lambda si, rest_NC: nearest_code_indices(rest_NC, codebook_VC), pns)
 
     @torch.no_grad()
     def residual_code_distances(self, f_BChw: torch.Tensor, idx_per_scale: Sequence[torch.Tensor]) -> List[torch.Tensor]:
@@ -189,7 +189,7 @@ class MultiScaleQuantizer(nn.Module):
             out.append(code_distances(rest_NC, codebook_VC).view(B, -1, codebook_VC.shape[0]))
             return idx_per_scale[si]
 
-        self._residual_walk(f_BChw, given_tokens)
+        self.residual_walk(f_BChw, given_tokens)
         return out
 
     def quantize_for_training(self, f_BChw: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, List[torch.Tensor]]:

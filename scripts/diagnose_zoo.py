@@ -1,6 +1,7 @@
 """Where a zoo's attribution accuracy is lost: token recovery vs the transformers themselves.
 
-    python scripts/diagnose_zoo.py [--weights-dir DIR] [--per-variant 96] [--refine-steps 0] [--out runs/diagnose_zoo]
+    python scripts/diagnose_zoo.py [--weights-dir DIR] [--per-variant 96] [--refine-steps 0] [--reencode-iters 0]
+                                   [--guided-weight W] [--out runs/diagnose_zoo]
 
 For each family (VAR, RAR), fresh PNG-rounded generations of every variant (seeds from a range
 no Dataset image and no fine-tuning image uses) are mapped back to tokens with the tokenizer's
@@ -39,7 +40,13 @@ reports
   features by latent optimisation through the frozen decoder (``token_recovery_inverse_refined``,
   ``variant_accuracy_refined_tokens``): does the image error lead back to the true tokens?
 * with ``--reencode-iters N``, the same for tokens recovered after N re-encoding corrections of
-  the inverse decoder's bias (``…_reencoded…``; :func:`signals.reencode_tokens`).
+  the inverse decoder's bias (``…_reencoded…``; :func:`signals.reencode_tokens`);
+* with ``--guided-weight W`` (VAR), **prior-guided reading**: the tokens read from the exact
+  ``f̂`` and from the inverse decoder's ``f`` with each variant's own sampler (true label given)
+  as the prior of :func:`quantizer.prior_guided_tokens` — ``token_recovery_guided_{exact_fhat,inverse}``
+  for the generating variant's prior, and ``argmax_guided_objective_{…}``, the accuracy of naming
+  the variant whose prior explains ``f`` best. Does knowing what the transformer would sample
+  resolve the multi-scale ambiguity?
 
 A low oracle accuracy means the variants' transformers are too alike (a zoo property); a high
 oracle accuracy with a low recovered one means the tokenizer cannot be inverted well enough.
@@ -63,7 +70,7 @@ import torch  # noqa: E402
 import inv_decoder  # noqa: E402
 from models.adapter import FamilyAdapter  # noqa: E402
 from models.zoo import load_family  # noqa: E402
-from quantizer import per_image_mse, search_tokens  # noqa: E402
+from quantizer import LogPrior, per_image_mse, prior_guided_tokens, search_tokens  # noqa: E402
 from runtime import keep_freed_memory  # noqa: E402
 from signals import reencode_tokens, refine_tokens  # noqa: E402
 from variant_features import NOT_FEATURES, token_evidence, variant_features  # noqa: E402
@@ -97,6 +104,31 @@ def quantize_exact(adapter: FamilyAdapter, f_hat_BChw: torch.Tensor) -> torch.Te
     the token reader (nearest codes for RAR, our multi-scale search for VAR): the pipeline's
     reader with no re-encoding step."""
     return reencode_tokens(adapter, f_hat_BChw, 0, search_tokens)[0]
+
+
+def sampler_log_prior(adapter: FamilyAdapter, variant: str, labels_B: torch.Tensor) -> LogPrior:
+    """The log-probabilities ``variant``'s sampler gives each scale's tokens, for
+    :func:`quantizer.prior_guided_tokens`: classifier-free guidance for ``labels_B`` and the
+    top-k / top-p filter of the variant's sampling settings (−inf outside it), given the
+    coarser scales' tokens chosen so far (one teacher-forced pass of the prefix per scale)."""
+    from models.var_sampler import filter_top_k_top_p
+
+    sizes = [pn * pn for pn in adapter.patch_nums]
+    settings = adapter.sampling[variant]
+
+    def log_prior(si: int, coarser: list) -> torch.Tensor:
+        B, start = labels_B.shape[0], sum(sizes[:si])
+        tokens_BL = torch.zeros(B, sum(sizes), dtype=torch.long, device=adapter.device)
+        if coarser:
+            tokens_BL[:, :start] = torch.cat(coarser, dim=1)
+        end = start + sizes[si]
+        cond = adapter.token_logits(variant, tokens_BL, labels_B, positions=end)
+        uncond = adapter.token_logits(variant, tokens_BL, None, positions=end)
+        sampling_BlV = adapter.sampling_logits(variant, cond, uncond)[:, start:end]
+        top_k = settings["top_k"] if settings["top_k"] < sampling_BlV.shape[-1] else 0
+        return filter_top_k_top_p(sampling_BlV, top_k=top_k, top_p=settings["top_p"]).log_softmax(-1)
+
+    return log_prior
 
 
 @torch.no_grad()
@@ -141,8 +173,24 @@ def _cv_accuracy(features: pd.DataFrame, labels: np.ndarray, seed: int) -> float
     return float(cross_val_score(model, features, labels, cv=StratifiedKFold(3, shuffle=True, random_state=seed)).mean())
 
 
+def _guided_reading(adapter: FamilyAdapter, variant: str, f_BChw: torch.Tensor, tokens_BL: torch.Tensor,
+                    labels_B: torch.Tensor, weight: float, out: Dict[str, list]) -> None:
+    """Read ``f`` once with each variant's sampler as the prior (:func:`quantizer.prior_guided_tokens`,
+    given the true labels); append to ``out`` the per-token hits of the generating ``variant``'s
+    reading and, per image, whether the highest objective names ``variant``."""
+    objectives = []
+    for candidate in adapter.variant_names:
+        read, objective_B = prior_guided_tokens(adapter.tokenizer.quantize, f_BChw,
+                                                sampler_log_prior(adapter, candidate, labels_B), weight)
+        objectives.append(objective_B)
+        if candidate == variant:
+            out["hits"].append((read.tokens == tokens_BL).float())
+    named = [adapter.variant_names[i] for i in torch.stack(objectives, 1).argmax(1).tolist()]
+    out["named"].append(torch.tensor([name == variant for name in named], dtype=torch.float32))
+
+
 def diagnose_family(family: str, weights_dir, per_variant: int, batch: int, seed: int, refine_steps: int = 0,
-                    refine_lr: float = 0.01, reencode_iters: int = 0) -> Dict[str, float]:
+                    refine_lr: float = 0.01, reencode_iters: int = 0, guided_weight: Optional[float] = None) -> Dict[str, float]:
     from tqdm.auto import tqdm
 
     original = load_family(family, weights_dir)
@@ -151,6 +199,7 @@ def diagnose_family(family: str, weights_dir, per_variant: int, batch: int, seed
     frames = {"oracle": [], "exact_fhat": [], "recovered": []}
     labels, hits, err_true, err_found = [], {"original": [], "inverse": [], "exact_fhat": []}, [], []
     fit: Dict[str, list] = {"exact_fhat_read": [], "inverse_true_tokens": [], "inverse_recovered_tokens": []}
+    guided: Dict[str, Dict[str, list]] = {source: {"hits": [], "named": []} for source in ("exact_fhat", "inverse")}
     if refine_steps > 0:
         frames["refined"], hits["inverse_refined"] = [], []
     if reencode_iters > 0:
@@ -159,7 +208,8 @@ def diagnose_family(family: str, weights_dir, per_variant: int, batch: int, seed
     for v_i, variant, start in tqdm(jobs, desc=f"{family} diagnosis"):
         job_seed = DIAGNOSIS_SEED + seed * 10_000 + 100 * v_i + start // batch
         n = min(batch, per_variant - start)
-        img, tokens, f_hat = original.generate(variant, original.random_labels(n, job_seed), job_seed)
+        labels_B = original.random_labels(n, job_seed)
+        img, tokens, f_hat = original.generate(variant, labels_B, job_seed)
         x = torch.round(img.clamp(0, 1) * 255) / 255
         read_exact = quantize_exact(original, f_hat)
         hits["exact_fhat"].append((read_exact == tokens).float())
@@ -174,6 +224,9 @@ def diagnose_family(family: str, weights_dir, per_variant: int, batch: int, seed
             fit["inverse_recovered_tokens"].append(per_image_mse(f_hat_found, f_inverse))
             err_true.append(per_image_mse(original.decode(f_hat_true), x))
             err_found.append(per_image_mse(original.decode(f_hat_found), x))
+        if family == "VAR" and guided_weight is not None:
+            for source, f_source in (("exact_fhat", f_hat), ("inverse", f_inverse)):
+                _guided_reading(original, variant, f_source, tokens, labels_B, guided_weight, guided[source])
         frames["oracle"].append(_feature_frame(original, tokens))
         frames["exact_fhat"].append(_feature_frame(original, read_exact))
         frames["recovered"].append(_feature_frame(original, found, evidence))
@@ -197,10 +250,14 @@ def diagnose_family(family: str, weights_dir, per_variant: int, batch: int, seed
         for encoder in ("exact_fhat", "inverse"):
             row[f"token_recovery_{encoder}_variant{v_i + 1}"] = float(torch.cat(hits[encoder])[mine].mean())
     if family == "VAR":
-        per_pos = torch.cat(hits["inverse"]).mean(0)
         sizes = [pn * pn for pn in original.patch_nums]
-        for k, chunk in enumerate(torch.split(per_pos, sizes)):
-            row[f"token_recovery_inverse_scale{k}"] = float(chunk.mean())
+        for encoder in ("inverse", "exact_fhat"):
+            for k, chunk in enumerate(torch.split(torch.cat(hits[encoder]).mean(0), sizes)):
+                row[f"token_recovery_{encoder}_scale{k}"] = float(chunk.mean())
+        for source, parts in guided.items():
+            if parts["hits"]:
+                row[f"token_recovery_guided_{source}"] = float(torch.cat(parts["hits"]).mean())
+                row[f"argmax_guided_objective_{source}"] = float(torch.cat(parts["named"]).mean())
     for name, values in fit.items():
         row[f"fmse_{name}"] = float(torch.cat(values).median())
     row["fmse_exact_fhat_read_natural"] = float(natural_fmse.median())
@@ -228,12 +285,15 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--refine-lr", type=float, default=0.01, help="Adam learning rate of --refine-steps (halved at the middle)")
     parser.add_argument("--reencode-iters", type=int, default=0,
                         help="also recover tokens after this many re-encoding bias corrections (signals.reencode_tokens; 0: off)")
+    parser.add_argument("--guided-weight", type=float, default=None,
+                        help="also read VAR's tokens with each variant's sampler as the prior (quantizer.prior_guided_tokens, "
+                             "true labels given) at this weight on the code distance, e.g. 30 (default: off)")
     parser.add_argument("--out", type=Path, default=Path("runs/diagnose_zoo"))
     args = parser.parse_args(argv)
     keep_freed_memory()
     torch.set_num_threads(2)
     rows = [diagnose_family(f, args.weights_dir, args.per_variant, args.batch_size, args.seed, args.refine_steps, args.refine_lr,
-                            args.reencode_iters) for f in args.families]
+                            args.reencode_iters, args.guided_weight) for f in args.families]
     table = pd.DataFrame(rows).set_index("family").T
     args.out.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out / "diagnosis.csv")

@@ -289,3 +289,22 @@ def test_scoring_gate_simulation_blanks_what_the_gate_skips_and_counts_the_work(
     with pytest.raises(ValueError, match="score-all-variants"):
         simulate_scoring_gate.simulate(leave_out_unneeded(train, needs.reindex(train.index, fill_value=False)),
                                        train_labels, val, val_labels, per_class=10, min_probability=0.03)
+
+
+def test_model_version_keys_each_method_to_its_own_code(monkeypatch):
+    """A cached bundle's key holds the version of the code that fits it: a classifier change refits
+    flat and two-stage but not PRADA, and a PRADA change only PRADA."""
+    import flat_prada
+    import variant_classifier
+    from attribution import model_version
+
+    before = {m: model_version(m) for m in ("flat", "two-stage", "prada")}
+    monkeypatch.setattr(variant_classifier, "CLASSIFIER_VERSION", "test-changed")
+    assert model_version("flat") != before["flat"] and model_version("two-stage") != before["two-stage"]
+    assert model_version("prada") == before["prada"]
+    monkeypatch.undo()
+    monkeypatch.setattr(flat_prada, "PRADA_VERSION", "test-changed")
+    assert model_version("prada") != before["prada"]
+    assert model_version("flat") == before["flat"]
+    with pytest.raises(ValueError, match="unknown method"):
+        model_version("auto")

@@ -222,3 +222,25 @@ def test_diagnose_zoo_command_runs_and_writes_every_row(tmp_path):
     per_variant = table.loc[[f"token_recovery_inverse_variant{i}" for i in range(1, 5)], "RAR"]
     assert per_variant.mean() == pytest.approx(table.loc["token_recovery_inverse", "RAR"]), "the variants' rows split the family's"
     assert (table.loc[[f"token_recovery_exact_fhat_variant{i}" for i in range(1, 5)], "RAR"] == 1).all()
+
+
+def test_diagnose_zoo_var_rows_per_scale_and_prior_guided(tmp_path):
+    """``scripts/diagnose_zoo.py --families VAR --guided-weight``: the per-scale rows of both
+    readers split the overall recovery, and the prior-guided rows are there and in range."""
+    import sys
+
+    import pandas as pd
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import diagnose_zoo
+
+    assert diagnose_zoo.main(["--per-variant", "3", "--batch-size", "12", "--families", "VAR", "--guided-weight", "30",
+                              "--out", str(tmp_path)]) == 0
+    table = pd.read_csv(tmp_path / "diagnosis.csv", index_col=0)["VAR"]
+    sizes = [pn * pn for pn in load_family("VAR").patch_nums]
+    for reader in ("inverse", "exact_fhat"):
+        per_scale = table[[f"token_recovery_{reader}_scale{k}" for k in range(len(sizes))]].to_numpy()
+        assert (per_scale * sizes).sum() / sum(sizes) == pytest.approx(table[f"token_recovery_{reader}"]), reader
+    for row in ("token_recovery_guided_exact_fhat", "token_recovery_guided_inverse",
+                "argmax_guided_objective_exact_fhat", "argmax_guided_objective_inverse"):
+        assert 0 <= table[row] <= 1, row

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from models.registry import build_var_vae
-from quantizer import greedy_tokens, per_image_mse, search_tokens, search_tokens_reference
+from quantizer import greedy_tokens, per_image_mse, prior_guided_tokens, search_tokens, search_tokens_reference
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +63,41 @@ def test_reference_runs_and_improves(quant, generated_f):
     assert ref.iterations == 90
     assert [t.shape for t in ref.idx_per_scale] == [(6, pn * pn) for pn in quant.patch_nums]
     assert ref.mse.mean() < greedy_tokens(quant, generated_f).mse.mean()
+
+
+def test_prior_guided_reading_is_greedy_under_a_flat_prior(quant, generated_f):
+    """A prior that prefers no code leaves greedy's choice at every scale; the callback sees the
+    coarser scales' tokens it has chosen so far."""
+    seen = []
+
+    def flat_prior(si, coarser):
+        seen.append([c.shape[1] for c in coarser])
+        pn = quant.patch_nums[si]
+        return torch.zeros(generated_f.shape[0], pn * pn, quant.vocab_size)
+
+    read, objective = prior_guided_tokens(quant, generated_f, flat_prior, weight=1.0)
+    greedy = greedy_tokens(quant, generated_f)
+    assert torch.equal(read.tokens, greedy.tokens)
+    assert torch.allclose(read.mse, greedy.mse)
+    assert seen == [[pn * pn for pn in quant.patch_nums[:si]] for si in range(len(quant.patch_nums))]
+    assert torch.all(objective <= 0)
+
+
+def test_prior_guided_reading_follows_a_confident_prior(quant, generated_f):
+    """A prior that allows one code per position (−inf elsewhere, as a sampler's top-p filter can)
+    returns those codes whatever the distances, and its objective is −weight·Σ distance to them."""
+    gen = torch.Generator().manual_seed(1)
+    B = generated_f.shape[0]
+    wanted = [torch.randint(0, quant.vocab_size, (B, pn * pn), generator=gen) for pn in quant.patch_nums]
+
+    def only_wanted(si, coarser):
+        for c, w in zip(coarser, wanted):
+            assert torch.equal(c, w)
+        log_p = torch.full((B, quant.patch_nums[si] ** 2, quant.vocab_size), -torch.inf)
+        return log_p.scatter(-1, wanted[si].unsqueeze(-1), 0.0)
+
+    read, objective = prior_guided_tokens(quant, generated_f, only_wanted, weight=3.0)
+    assert torch.equal(read.tokens, torch.cat(wanted, dim=1))
+    distances = torch.cat(quant.residual_code_distances(generated_f, wanted), dim=1)
+    expected = -3.0 * distances.gather(-1, torch.cat(wanted, dim=1).unsqueeze(-1)).squeeze(-1).sum(1)
+    assert torch.allclose(objective, expected, rtol=1e-5)
