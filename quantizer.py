@@ -229,11 +229,10 @@ def prior_guided_tokens(quant: MultiScaleQuantizer, f_BChw: torch.Tensor, log_pr
     objective_B = f_BChw.new_zeros(f_BChw.shape[0])
 
     def choose(si: int, rest_NC: torch.Tensor) -> torch.Tensor:
-        nonlocal objective_B
         log_p_BlV = log_prior(si, chosen)
         score_BlV = log_p_BlV - weight * code_distances(rest_NC, codebook_VC).view_as(log_p_BlV)
         best_Bl, idx_Bl = score_BlV.max(-1)
-        objective_B = objective_B + best_Bl.sum(-1)
+        objective_B.add_(best_Bl.sum(-1))
         chosen.append(idx_Bl)
         return idx_Bl.reshape(-1)
 

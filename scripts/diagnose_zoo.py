@@ -125,7 +125,8 @@ def sampler_log_prior(adapter: FamilyAdapter, variant: str, labels_B: torch.Tens
         cond = adapter.token_logits(variant, tokens_BL, labels_B, positions=end)
         uncond = adapter.token_logits(variant, tokens_BL, None, positions=end)
         sampling_BlV = adapter.sampling_logits(variant, cond, uncond)[:, start:end]
-        top_k = settings["top_k"] if settings["top_k"] < sampling_BlV.shape[-1] else 0
+        # filtered as the sampler filters (models/var_sampler.sample_var_tokens)
+        top_k = min(settings["top_k"], sampling_BlV.shape[-1])
         return filter_top_k_top_p(sampling_BlV, top_k=top_k, top_p=settings["top_p"]).log_softmax(-1)
 
     return log_prior
@@ -185,8 +186,7 @@ def _guided_reading(adapter: FamilyAdapter, variant: str, f_BChw: torch.Tensor, 
         objectives.append(objective_B)
         if candidate == variant:
             out["hits"].append((read.tokens == tokens_BL).float())
-    named = [adapter.variant_names[i] for i in torch.stack(objectives, 1).argmax(1).tolist()]
-    out["named"].append(torch.tensor([name == variant for name in named], dtype=torch.float32))
+    out["named"].append((torch.stack(objectives, 1).argmax(1) == adapter.variant_names.index(variant)).float())
 
 
 def diagnose_family(family: str, weights_dir, per_variant: int, batch: int, seed: int, refine_steps: int = 0,
