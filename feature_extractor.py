@@ -4,6 +4,9 @@ For every image, with each family's inverse decoder:
 
 * ``{VAR,RAR}_{signal}`` — the stage-one signals of :mod:`signals` (QuantLoss, searched
   QuantLoss for VAR, EncLoss raw and calibrated, Combined, Reconstruction, AEDR);
+* ``{variant}_fnet_nll`` — for the variants of the families with a variant net (VAR):
+  ``−log p(variant | f)`` from :mod:`variant_net`, a small CNN trained on the family's fresh
+  generations to name the variant from the inverse decoder's ``f`` without reading tokens;
 * ``{variant}_{feature}`` — for all 8 variants, the likelihood features of
   :mod:`variant_features` on the tokens recovered by that variant's family (searched for VAR;
   re-encoded for RAR, see ``REENCODE_ITERS``),
@@ -66,6 +69,7 @@ from quantizer import search_tokens
 from runtime import keep_freed_memory, use_usable_cores
 from signals import family_signals_and_tokens, refine_tokens
 from variant_features import token_evidence, variant_features
+import variant_net
 
 __all__ = ["EXTRACTOR_NAME", "EXTRACTOR_VERSION", "TOKEN_LL_SUFFIX", "FeatureExtractor", "features_for_batch", "weight_files"]
 
@@ -73,7 +77,7 @@ EXTRACTOR_NAME = "iar_features"
 # 11: the same features as 10, with per-token log-likelihoods stored beside them; 12: rows carry
 # scored_{family} markers, and a ScoringGate may leave a family's variant features out (NaN);
 # 13: variant features in fixed-size chunks (VARIANT_CHUNK), whatever the batch mates
-EXTRACTOR_VERSION = "13"
+EXTRACTOR_VERSION = "14"  # 14: {variant}_fnet_nll (variant_net.py)
 TOKEN_LL_SUFFIX = "_token_ll"  # the per-token store: <name>_token_ll-v<version>-<weights digest>
 SHARED_CANDIDATES = 1  # labels the larger variants of a family are evaluated under
 # Variant features are computed this many images at a time, always (the last chunk padded): the
@@ -102,7 +106,8 @@ REENCODE_ITERS = 1
 @torch.no_grad()
 def features_for_batch(adapters: Dict[str, FamilyAdapter], img01_B3HW: torch.Tensor, refine_steps: int = 0,
                        timings: Optional[Dict[str, float]] = None, variant_gate=None,
-                       forced: Optional[Dict[str, np.ndarray]] = None) -> Tuple[pd.DataFrame, pd.DataFrame]:
+                       forced: Optional[Dict[str, np.ndarray]] = None,
+                       nets: Optional[Dict[str, Tuple[variant_net.VariantNet, List[str]]]] = None) -> Tuple[pd.DataFrame, pd.DataFrame]:
     """Feature columns for one batch of images (rows in input order), and its per-token
     log-likelihoods: ``{variant}_cond`` (at the best label) and ``{variant}_uncond``, one float32
     array per image and column, the input of PRADA's score functions (:mod:`flat_prada`).
@@ -111,7 +116,8 @@ def features_for_batch(adapters: Dict[str, FamilyAdapter], img01_B3HW: torch.Ten
     :data:`REENCODE_ITERS` re-encoding corrections (:func:`signals.reencode_tokens`);
     ``refine_steps > 0`` replaces them, for the :data:`REFINE_FAMILIES`, by tokens recovered after
     that many latent-refinement steps (:func:`signals.refine_tokens`). The family signals always
-    use the inverse decoder's own ``f``.
+    use the inverse decoder's own ``f``, and so do the variant nets (``nets``: family → net and
+    its variant names, :func:`variant_net.load_variant_net`), which add ``{variant}_fnet_nll``.
 
     ``variant_gate`` (a :class:`provenance.ScoringGate`), when given, decides from the batch's
     family signals which families' variant features each image gets; the others are NaN (their
@@ -133,6 +139,9 @@ def features_for_batch(adapters: Dict[str, FamilyAdapter], img01_B3HW: torch.Ten
         reencode_iters = REENCODE_ITERS if family in REENCODE_FAMILIES and not refine else 0
         search = partial(search_tokens, max_iters=SEARCH_ITERS) if family == "VAR" else None
         signals, tokens, f = family_signals_and_tokens(adapter, img01_B3HW, search, reencode_iters)
+        if nets and family in nets:  # f is D⁻¹(x) itself here: no re-encoding or refinement for a net's family
+            assert reencode_iters == 0 and not refine, f"{family}: a variant net reads the inverse decoder's own f"
+            columns[family].update(variant_net.variant_nll(*nets[family], f))
         if refine:
             tokens, f = refine_tokens(adapter, img01_B3HW, f, refine_steps, REFINE_LR, search)
         read[family] = (tokens, token_evidence(adapter.token_distances(f, tokens)))
@@ -251,18 +260,25 @@ class FeatureExtractor:
     def __init__(self, *, weights_dir: Optional[Path] = None, inv_root: Path = Path("runs/inv_decoder"),
                  cache_dir: Path = Path("cache/features"), use_cache: bool = True, rebuild: bool = False,
                  batch_size: int = 32, device: str = "cpu", progress: bool = True, inv_config: Optional[dict] = None,
-                 workers: int = 1, refine_steps: int = 0, fine_tune_missing: bool = True) -> None:
+                 workers: int = 1, refine_steps: int = 0, fine_tune_missing: bool = True,
+                 net_root: Path = Path("runs/variant_net")) -> None:
         self.batch_size, self.progress, self.workers = batch_size, progress, max(1, int(workers))
         self.refine_steps = max(0, int(refine_steps))
         self._worker_kwargs = dict(weights_dir=weights_dir, inv_root=inv_root, cache_dir=cache_dir, use_cache=use_cache,
                                    batch_size=batch_size, device=device, progress=False, inv_config=inv_config,
-                                   refine_steps=self.refine_steps)
+                                   refine_steps=self.refine_steps, net_root=net_root, fine_tune_missing=fine_tune_missing)
         self.adapters: Dict[str, FamilyAdapter] = {}
         files = weight_files(weights_dir)
         for family in ("VAR", "RAR"):
             path = inv_decoder.ensure_inverse_decoder(family, weights_dir, inv_root, False, device, inv_config, fine_tune_missing)
             adapter = inv_decoder.load_inverse_decoder(load_family(family, weights_dir, device=device), path)
             self.adapters[family] = adapter.use_channels_last()
+            files.append(path)
+        self.nets: Dict[str, Tuple[variant_net.VariantNet, List[str]]] = {}
+        for family in variant_net.NET_FAMILIES:
+            path = variant_net.ensure_variant_net(family, weights_dir, net_root, self.adapters[family], train_missing=fine_tune_missing,
+                                                  progress=progress)
+            self.nets[family] = variant_net.load_variant_net(path)
             files.append(path)
         self.image_size = self.adapters["VAR"].image_size
         digest = hashlib.sha256("".join(file_sha256(p) for p in files).encode()).hexdigest()
@@ -348,7 +364,7 @@ class FeatureExtractor:
                variant_gate=None) -> pd.DataFrame:
         """Compute, store and return the feature rows of one batch (its token rows are stored too)."""
         rows, token_rows = features_for_batch(self.adapters, load_images(paths, size=self.image_size), self.refine_steps,
-                                              variant_gate=variant_gate, forced=forced)
+                                              variant_gate=variant_gate, forced=forced, nets=self.nets)
         rows.index = token_rows.index = pd.Index(keys, name="key")
         self.store.write(rows)
         self.token_store.write(token_rows)

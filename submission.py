@@ -209,6 +209,7 @@ def run(args: argparse.Namespace) -> int:
     if absent:
         warn(f"{len(absent)} of the {len(CLASS_NAMES)} classes have no training image and are never predicted", absent, show=9)
     extractor = FeatureExtractor(weights_dir=args.weights_dir, inv_root=args.cache_dir / "inv_decoder",
+                                 net_root=args.cache_dir / "variant_net",
                                  cache_dir=args.cache_dir / "features", use_cache=not args.no_cache, rebuild=args.rebuild,
                                  batch_size=args.batch_size, device=args.device,
                                  workers=args.workers or default_workers(args.weights_dir, args.device),
@@ -220,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
     gated = not (args.score_all_variants or args.method in TOKEN_METHODS)
     sample = _scoring_gate_sample(extractor, train_meta, inputs.inspected) if gated else None
     if args.stage == "prepare":  # the gate's sample is computed once, before the jobs of an array each fit the gate on it
-        print(f"prepared: {len(paths)} images checked, inverse decoders in place; features go to {extractor.store.folder}")
+        print(f"prepared: {len(paths)} images checked, inverse decoders and variant nets in place; features go to {extractor.store.folder}")
         return 0
     gate = ScoringGate(args.seed).fit(*sample) if gated else None
     if args.stage == "features":

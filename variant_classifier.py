@@ -39,10 +39,10 @@ __all__ = ["FEATURE_STEMS", "CLASSIFIER_VERSION", "family_feature_frame", "margi
 
 # Part of a cached model bundle's key (submission.py): a change to what the classifiers are fitted
 # on or how, with the same feature frames, must not load models fitted the old way.
-# 2: the per-variant margins over the other variants (``_margin``).
-CLASSIFIER_VERSION = "2"
+# 2: the per-variant margins over the other variants (``_margin``). 3: the variant nets' ``fnet_nll`` among the stems.
+CLASSIFIER_VERSION = "3"
 FEATURE_STEMS = ("nll_marginal", "nll_topk", "nll_best", "nll_uncond", "cfg_gap", "mink", "minkpp", "hinge", "zlib",
-                 "nll_sampling", "nll_sampling_best", "support_miss", "nll_evidence", "nll_evidence_best")
+                 "nll_sampling", "nll_sampling_best", "support_miss", "nll_evidence", "nll_evidence_best", "fnet_nll")
 # Small trees: on the demo zoo 7 leaves beat 15 in every model's CV (gate, VAR, RAR), then 4
 # leaves beat 7 in every one (the CV log-loss of every grid point is in each model's JSON config).
 # 100 trees instead of 150 were chosen by the same 3-fold CV on extractor version 8's train

@@ -58,6 +58,7 @@ GROUPS: Dict[str, Callable[[str], bool]] = {
     "VAR searched QuantLoss": _signals(("VAR",), ("quant_loss_searched",)),
     "sampler and evidence likelihoods (every variant)":
         lambda column: column.split("_", 1)[0] not in ("VAR", "RAR") and any(k in column for k in ("sampling", "evidence", "support_miss")),
+    "VAR variant net (fnet_nll, with its _rel and _margin)": lambda column: "_fnet_nll" in column,
 }
 
 

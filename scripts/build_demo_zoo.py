@@ -17,6 +17,10 @@ tokens at the finest scale):
 * an outlier IAR — a MaskGIT-VQGAN of another configuration with a codebook of its own and a
   raster-order generator, used only to make outlier images.
 
+Then the inverse decoders of both families (``--stage inv-decoders``) and the VAR variant net
+(``--stage variant-nets``, :mod:`variant_net`: a CNN naming the variant from the plain inverse
+decoder's ``f``, trained on 5 120 fresh generations per variant).
+
 Data: crops of the 8 *model photos* of ``demo_photos.py`` (class = photo; left 75 % of each
 photo); the right 25 % gives validation crops for tokenizer PSNR and token NLL; the 3 reserved
 photos are never seen. Writes safetensors weights, ``zoo.json`` (configs, sampling settings,
@@ -314,6 +318,30 @@ def build_inverse_decoders(out: Path, seed: int, quick: bool, progress: bool = T
     return summaries
 
 
+VARIANT_NET_QUICK = dict(images_per_variant=4, gen_batch=4, epochs=1, batch_size=8)
+
+
+def build_variant_nets(out: Path, seed: int, quick: bool, progress: bool = True, families: Sequence[str] = ("VAR",)) -> Dict[str, dict]:
+    """Train and ship the variant nets of ``families`` (:mod:`variant_net`) on fresh generations mapped
+    back by the family's plain inverse decoder in ``out`` (so that stage comes first)."""
+    import inv_decoder
+    import variant_net
+
+    torch.set_num_threads(2)
+    summaries = {}
+    for family in (f for f in families if f in variant_net.NET_FAMILIES):
+        clock = time.perf_counter()
+        inverse = inv_decoder.inverse_adapter(family, out, out / inv_decoder.SHIPPED_SUBDIR)
+        config = dict(VARIANT_NET_QUICK if quick else {}, seed=seed)
+        path = variant_net.train_and_save(inverse, variant_net.shipped_file(out, family), config, progress=progress)
+        record = json.loads(path.with_suffix(".json").read_text())
+        summaries[family] = {"epoch_losses": record["epoch_losses"], "seconds": round(time.perf_counter() - clock, 1)}
+        print(f"variant net {family}: loss {record['epoch_losses'][0]:.3f} → {record['epoch_losses'][-1]:.3f}, "
+              f"{100 * record['train_accuracy']:.1f} % on its training maps  {time.perf_counter() - clock:.0f}s", flush=True)
+    write_sha256sums(out)
+    return summaries
+
+
 def main(argv: list | None = None) -> int:
     import inv_decoder
 
@@ -325,9 +353,10 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--only", nargs="+", metavar="VARIANT",
                         help="retrain just these variants on the tokenizers already in --out and merge them into its "
                              "zoo.json (and, with --stage all or inv-decoders, the inverse decoders of their families only)")
-    parser.add_argument("--stage", choices=["all", "models", "inv-decoders"], default="all",
+    parser.add_argument("--stage", choices=["all", "models", "inv-decoders", "variant-nets"], default="all",
                         help="models: tokenizers and generators; inv-decoders: fine-tune the shipped inverse decoders "
-                             "of an existing zoo in --out; all (default): both")
+                             "of an existing zoo in --out; variant-nets: train its variant nets (variant_net.py) on "
+                             "the shipped plain inverse decoders; all (default): all three, in that order")
     parser.add_argument("--inv-kinds", nargs="+", choices=inv_decoder.KINDS, default=list(inv_decoder.KINDS),
                         help="which inverse decoders to fine-tune (default: both)")
     args = parser.parse_args(argv)
@@ -341,9 +370,14 @@ def main(argv: list | None = None) -> int:
                                kinds=args.inv_kinds)
         print(f"total {time.perf_counter() - start:.0f}s → {args.out}")
         return 0
+    if args.stage == "variant-nets":
+        build_variant_nets(args.out, args.seed, args.quick, progress=not args.no_progress, families=families)
+        print(f"total {time.perf_counter() - start:.0f}s → {args.out}")
+        return 0
     manifest = build(args.out, args.seed, args.quick, progress=not args.no_progress, only=args.only)
     if args.stage == "all":
         build_inverse_decoders(args.out, args.seed, args.quick, progress=not args.no_progress, families=families)
+        build_variant_nets(args.out, args.seed, args.quick, progress=not args.no_progress, families=families)
     nll = manifest["metrics"]["nll_val"]
     print("\nvalidation token NLL (nats/token):")
     for family, fam in manifest["families"].items():

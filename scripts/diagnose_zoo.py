@@ -36,6 +36,8 @@ reports
   variant whose transformer gives the tokens the lowest NLL (``nll_marginal``: plain conditional;
   ``nll_sampling``: under the variant's own sampler; ``nll_evidence``: mixed with the image's code
   posterior), with nothing trained;
+* ``variant_net_accuracy_inverse`` (VAR): how often the feature extractor's variant net
+  (:mod:`variant_net`) names the generating variant from the inverse decoder's ``f``, reading no tokens;
 * with ``--refine-steps N``, the same for tokens recovered after refining the inverse decoder's
   features by latent optimisation through the frozen decoder (``token_recovery_inverse_refined``,
   ``variant_accuracy_refined_tokens``): does the image error lead back to the true tokens?
@@ -68,6 +70,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 import inv_decoder  # noqa: E402
+import variant_net  # noqa: E402
 from models.adapter import FamilyAdapter  # noqa: E402
 from models.zoo import load_family  # noqa: E402
 from quantizer import LogPrior, per_image_mse, prior_guided_tokens, search_tokens  # noqa: E402
@@ -196,6 +199,10 @@ def diagnose_family(family: str, weights_dir, per_variant: int, batch: int, seed
     original = load_family(family, weights_dir)
     path = inv_decoder.ensure_inverse_decoder(family, weights_dir, ROOT / "runs" / "inv_decoder")
     inverse = inv_decoder.load_inverse_decoder(load_family(family, weights_dir), path)
+    net = None
+    if family in variant_net.NET_FAMILIES:  # the feature extractor's variant net, on the same inverse decoder's f
+        net = variant_net.load_variant_net(variant_net.ensure_variant_net(family, weights_dir, ROOT / "runs" / "variant_net", inverse))[0]
+    net_hits: list = []
     frames = {"oracle": [], "exact_fhat": [], "recovered": []}
     labels, hits, err_true, err_found = [], {"original": [], "inverse": [], "exact_fhat": []}, [], []
     fit: Dict[str, list] = {"exact_fhat_read": [], "inverse_true_tokens": [], "inverse_recovered_tokens": []}
@@ -224,6 +231,8 @@ def diagnose_family(family: str, weights_dir, per_variant: int, batch: int, seed
             fit["inverse_recovered_tokens"].append(per_image_mse(f_hat_found, f_inverse))
             err_true.append(per_image_mse(original.decode(f_hat_true), x))
             err_found.append(per_image_mse(original.decode(f_hat_found), x))
+        if net is not None:
+            net_hits.append((variant_net.variant_log_probs(net, f_inverse).argmax(1) == v_i).float())
         if family == "VAR" and guided_weight is not None:
             for source, f_source in (("exact_fhat", f_hat), ("inverse", f_inverse)):
                 _guided_reading(original, variant, f_source, tokens, labels_B, guided_weight, guided[source])
@@ -258,6 +267,8 @@ def diagnose_family(family: str, weights_dir, per_variant: int, batch: int, seed
             if parts["hits"]:
                 row[f"token_recovery_guided_{source}"] = float(torch.cat(parts["hits"]).mean())
                 row[f"argmax_guided_objective_{source}"] = float(torch.cat(parts["named"]).mean())
+    if net_hits:
+        row["variant_net_accuracy_inverse"] = float(torch.cat(net_hits).mean())
     for name, values in fit.items():
         row[f"fmse_{name}"] = float(torch.cat(values).median())
     row["fmse_exact_fhat_read_natural"] = float(natural_fmse.median())

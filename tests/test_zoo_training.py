@@ -59,3 +59,20 @@ def test_as_shipped_rounds_to_float16_in_place():
     build_demo_zoo._as_shipped(layer)
     assert layer.weight.dtype == torch.float32
     assert torch.equal(layer.weight, torch.full((3, 3), 0.1).half().float())
+
+
+def test_variant_net_stage_is_reproducible(quick_zoo, tmp_path):
+    """``--stage variant-nets`` after the VAR inverse decoder: the same net file twice, listed in
+    ``SHA256SUMS``, naming the zoo's VAR variants."""
+    import variant_net
+
+    zoo = tmp_path / "zoo"
+    shutil.copytree(quick_zoo, zoo)
+    build_demo_zoo.build_inverse_decoders(zoo, seed=0, quick=True, progress=False, families=("VAR",), kinds=["plain"])
+    sums = []
+    for _ in range(2):
+        build_demo_zoo.build_variant_nets(zoo, seed=0, quick=True, progress=False)
+        sums.append((zoo / "SHA256SUMS").read_text())
+    assert sums[0] == sums[1] and "variant_nets/VAR/variant_net.safetensors" in sums[0]
+    names = variant_net.load_variant_net(variant_net.shipped_file(zoo, "VAR"))[1]
+    assert names == list(json.loads((zoo / "zoo.json").read_text())["families"]["VAR"]["variants"])

@@ -1,0 +1,285 @@
+"""Variant nets: a small CNN that names a family's variant straight from the inverse decoder's ``f``.
+
+The variant features of :mod:`variant_features` score the *tokens read back* from an image under
+each variant's transformer. For RAR that works (the reader of its single-scale tokens is exact
+given ``f̂``). For VAR it cannot: a multi-scale ``f̂`` is a sum of 155 upsampled code maps
+(2 480 numbers on the demo zoo) squeezed into 1 024, so many token sets come close to it, and the
+reader finds about half of the generating tokens (README, *Why the VAR variants stay near chance*).
+
+A variant net sidesteps the reading. It is trained, like an inverse decoder, on fresh generations
+of every variant of the family (equal shares, random labels, PNG-rounded, from a seed range no
+Dataset, fine-tuning or diagnosis image uses) to predict which variant made ``f = D⁻¹(x)``, the
+plain inverse decoder's feature map: a direct estimate of ``p(variant | f)`` that no token
+reading limits. The feature extractor adds ``{variant}_fnet_nll = −log p(variant | f)`` to every
+image's row (lower = likelier, like the likelihood features), and the classifiers use it beside
+them. It is a learned fingerprint of each transformer's sampling distribution as it shows in ``f``;
+it says nothing about images of other models, which the family signals and the outlier class
+handle.
+
+The demo zoo ships one for VAR (``demo_zoo/variant_nets/VAR/``, made by
+``scripts/build_demo_zoo.py --stage variant-nets``). With official weights it is trained on first
+use (``--weights-dir``; slow on a CPU: 5 120 generations per variant by default).
+
+    python variant_net.py --family VAR                          # train under runs/variant_net/VAR/
+    python variant_net.py --family VAR --eval Dataset/val       # and report its accuracy on labelled folders
+    python variant_net.py --family VAR --existing --eval Dataset/train Dataset/val   # score the net in use, train nothing
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from atomic import atomic_path
+from models.adapter import FamilyAdapter
+
+__all__ = ["DEFAULT_CONFIG", "SEED_OFFSET", "NET_FAMILIES", "VariantNet", "generation_seed", "generate_training_maps",
+           "train_variant_net", "save_variant_net", "load_variant_net", "shipped_file", "default_output_dir",
+           "ensure_variant_net", "variant_nll", "FEATURE_STEM"]
+
+DEFAULT_CONFIG: Dict[str, object] = dict(images_per_variant=5120, gen_batch=64, epochs=6, batch_size=128, lr=2e-3,
+                                         weight_decay=0.05, width=64, hidden=256, dropout=0.3, seed=0)
+SEED_OFFSET = 9_000_000  # make_demo_dataset < 7e6, inv_decoder 7e6 … 8e6, diagnose_zoo 8e6 … 9e6
+NET_FAMILIES = ("VAR",)  # RAR's token reader is exact given f̂: its likelihood features already name ~95 %
+FEATURE_STEM = "fnet_nll"
+SHIPPED_SUBDIR = "variant_nets"
+WEIGHTS_FILE = "variant_net.safetensors"
+METADATA_KEY = "variant_net"  # the file's metadata: {"variants": [...], "shape": {...}} as JSON
+EVAL_CHUNK = 8  # images per forward pass, always (padded): an image's output does not depend on its batch mates
+
+
+class VariantNet(nn.Module):
+    """``f`` (``B×C×h×w``, normalised per channel by the training maps' statistics) → variant logits ``B×V``:
+    three 3×3 convolutions (the last with stride 2), then a two-layer MLP over the flattened map
+    (positions matter: VAR's scales are laid out on a fixed grid)."""
+
+    def __init__(self, channels: int, size: int, num_variants: int, width: int = 64, hidden: int = 256, dropout: float = 0.3) -> None:
+        super().__init__()
+        self.shape = dict(channels=channels, size=size, num_variants=num_variants, width=width, hidden=hidden, dropout=dropout)
+        self.register_buffer("mean_C", torch.zeros(channels))
+        self.register_buffer("std_C", torch.ones(channels))
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, width, 3, padding=1), nn.GELU(), nn.Conv2d(width, width, 3, padding=1), nn.GELU(),
+            nn.Conv2d(width, width, 3, stride=2, padding=1), nn.GELU(), nn.Flatten(),
+            nn.Linear(width * ((size + 1) // 2) ** 2, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, num_variants))
+
+    def forward(self, f_BChw: torch.Tensor) -> torch.Tensor:
+        return self.body((f_BChw - self.mean_C.view(1, -1, 1, 1)) / self.std_C.view(1, -1, 1, 1))
+
+
+def generation_seed(seed: int, variant_index: int, batch_index: int) -> int:
+    """The generation seed of one training batch: inside ``[SEED_OFFSET, SEED_OFFSET + 1e6)`` for ``seed < 10``."""
+    if not 0 <= batch_index < 10_000 or not 0 <= variant_index < 10:
+        raise ValueError("at most 10 variants and 10 000 batches per variant")
+    return SEED_OFFSET + 100_000 * seed + 10_000 * variant_index + batch_index
+
+
+@torch.no_grad()
+def generate_training_maps(adapter: FamilyAdapter, per_variant: int, seed: int = 0, gen_batch: int = 64,
+                           progress: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(f_NChw, variant index N)``: fresh generations of every variant of ``adapter``'s family,
+    rounded to 8 bits as PNG files are, mapped back by ``adapter``'s encoder (the inverse decoder)."""
+    from tqdm.auto import tqdm
+
+    jobs = [(vi, v, j, start) for vi, v in enumerate(adapter.variant_names) for j, start in enumerate(range(0, per_variant, gen_batch))]
+    maps, labels = [], []
+    for vi, variant, j, start in tqdm(jobs, desc=f"{adapter.family} variant-net data", disable=not progress):
+        job_seed = generation_seed(seed, vi, j)
+        n = min(gen_batch, per_variant - start)
+        img = adapter.generate(variant, adapter.random_labels(n, job_seed), job_seed)[0]
+        maps.append(adapter.encode(torch.round(img.clamp(0, 1) * 255) / 255).float().cpu())
+        labels.append(torch.full((n,), vi, dtype=torch.long))
+    return torch.cat(maps), torch.cat(labels)
+
+
+def train_variant_net(f_NChw: torch.Tensor, y_N: torch.Tensor, num_variants: int, config: Optional[dict] = None,
+                      progress: bool = True) -> Tuple[VariantNet, List[float]]:
+    """Fit a :class:`VariantNet` by AdamW with a one-cycle schedule (cross-entropy); returns it in eval mode
+    and the mean loss of each epoch."""
+    from tqdm.auto import tqdm
+
+    cfg = dict(DEFAULT_CONFIG, **(config or {}))
+    torch.manual_seed(int(cfg["seed"]))
+    net = VariantNet(f_NChw.shape[1], f_NChw.shape[-1], num_variants, int(cfg["width"]), int(cfg["hidden"]), float(cfg["dropout"]))
+    net.mean_C.copy_(f_NChw.mean((0, 2, 3)))
+    net.std_C.copy_(f_NChw.std((0, 2, 3)).clamp_min(1e-6))
+    batch = min(int(cfg["batch_size"]), len(f_NChw))
+    per_epoch = len(f_NChw) // batch
+    opt = torch.optim.AdamW(net.parameters(), lr=float(cfg["lr"]) / 2, weight_decay=float(cfg["weight_decay"]))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, float(cfg["lr"]), total_steps=int(cfg["epochs"]) * per_epoch)
+    gen = torch.Generator().manual_seed(int(cfg["seed"]))
+    epoch_losses: List[float] = []
+    net.train()
+    for _ in tqdm(range(int(cfg["epochs"])), desc="variant net", disable=not progress):
+        order, losses = torch.randperm(len(f_NChw), generator=gen), []
+        for s in range(per_epoch):
+            pick = order[s * batch:(s + 1) * batch]
+            loss = F.cross_entropy(net(f_NChw[pick]), y_N[pick])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+        epoch_losses.append(float(np.mean(losses)))
+    return net.eval(), epoch_losses
+
+
+def save_variant_net(net: VariantNet, variants: Sequence[str], path: Path | str, record: Optional[dict] = None) -> Path:
+    """Weights (``.safetensors``, the variant order and architecture in its metadata) and a JSON record beside them."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if len(variants) != net.shape["num_variants"]:
+        raise ValueError(f"{len(variants)} variant names for a net of {net.shape['num_variants']} outputs")
+    shape = net.shape
+    # one metadata key: safetensors writes several in a random order, and the file's bytes must not vary
+    meta = {METADATA_KEY: json.dumps({"variants": list(variants), "shape": shape}, sort_keys=True)}
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(tmp), metadata=meta)
+    with atomic_path(path.with_suffix(".json")) as tmp:
+        Path(tmp).write_text(json.dumps(dict(record or {}, variants=list(variants), shape=shape), indent=2))
+    return path
+
+
+def load_variant_net(path: Path | str) -> Tuple[VariantNet, List[str]]:
+    """The net and its variant names, in output order."""
+    from safetensors import safe_open
+
+    from models.checkpoints import load_strict, read_state_dict
+
+    with safe_open(str(path), "pt") as handle:
+        meta = handle.metadata() or {}
+    if METADATA_KEY not in meta:
+        raise ValueError(f"{path}: not a variant net (no variant names in its metadata); train one with `python variant_net.py`")
+    described = json.loads(meta[METADATA_KEY])
+    shape = described["shape"]
+    net = VariantNet(shape["channels"], shape["size"], shape["num_variants"], shape["width"], shape["hidden"], shape["dropout"])
+    load_strict(net, read_state_dict(Path(path)), str(path))
+    return net.eval(), list(described["variants"])
+
+
+def default_output_dir(root: Path | str, family: str) -> Path:
+    return Path(root) / family.upper()
+
+
+def shipped_file(zoo_dir: Path | str, family: str) -> Path:
+    """Where a zoo (or an official weights folder) ships the family's variant net."""
+    return default_output_dir(Path(zoo_dir) / SHIPPED_SUBDIR, family) / WEIGHTS_FILE
+
+
+def ensure_variant_net(family: str, weights_dir: Optional[Path], root: Path | str, inverse: FamilyAdapter,
+                       config: Optional[dict] = None, train_missing: bool = True, progress: bool = True) -> Path:
+    """Path of the family's variant net: the one shipped beside the weights if there is one, else
+    the one under ``root``, trained first on generations mapped back by ``inverse`` (the family's
+    adapter with its plain inverse decoder) if missing."""
+    from models.zoo import DEMO_ZOO_DIR
+
+    shipped = shipped_file(weights_dir or DEMO_ZOO_DIR, family)
+    if shipped.is_file():
+        return shipped
+    path = default_output_dir(root, family) / WEIGHTS_FILE
+    if not path.is_file() and not train_missing:
+        raise FileNotFoundError(f"no {family} variant net at {path}: train it first (python variant_net.py --family {family})")
+    if not path.is_file():
+        print(f"[{family}] no variant net at {path}: training one now", file=sys.stderr)
+        train_and_save(inverse, path, config, progress)
+    return path
+
+
+def train_and_save(inverse: FamilyAdapter, path: Path, config: Optional[dict] = None, progress: bool = True) -> Path:
+    cfg = dict(DEFAULT_CONFIG, **(config or {}))
+    clock = time.perf_counter()
+    f, y = generate_training_maps(inverse, int(cfg["images_per_variant"]), int(cfg["seed"]), int(cfg["gen_batch"]), progress)
+    net, losses = train_variant_net(f, y, len(inverse.variant_names), cfg, progress)
+    record = {"config": cfg, "epoch_losses": losses, "train_accuracy": _accuracy(net, f, y), "seconds": round(time.perf_counter() - clock, 1),
+              "torch": torch.__version__, "threads": torch.get_num_threads()}
+    return save_variant_net(net, inverse.variant_names, path, record)
+
+
+@torch.no_grad()
+def variant_log_probs(net: VariantNet, f_BChw: torch.Tensor) -> torch.Tensor:
+    """``log p(variant | f)`` (``B×V``), :data:`EVAL_CHUNK` images per pass (the last padded)."""
+    out = []
+    for s in range(0, len(f_BChw), EVAL_CHUNK):
+        chunk = f_BChw[s:s + EVAL_CHUNK].float()
+        n = len(chunk)
+        if n < EVAL_CHUNK:
+            chunk = torch.cat([chunk, chunk[:1].expand(EVAL_CHUNK - n, *chunk.shape[1:])])
+        out.append(F.log_softmax(net(chunk.contiguous()), dim=1)[:n])
+    return torch.cat(out) if out else torch.zeros(0, net.shape["num_variants"])
+
+
+def variant_nll(net: VariantNet, variants: Sequence[str], f_BChw: torch.Tensor) -> Dict[str, np.ndarray]:
+    """``{variant}_fnet_nll`` columns: ``−log p(variant | f)`` per image."""
+    log_p = variant_log_probs(net, f_BChw).double().numpy()
+    return {f"{v}_{FEATURE_STEM}": -log_p[:, i] for i, v in enumerate(variants)}
+
+
+def _accuracy(net: VariantNet, f: torch.Tensor, y: torch.Tensor) -> float:
+    return float((variant_log_probs(net, f).argmax(1) == y).float().mean())
+
+
+def _labelled_maps(inverse: FamilyAdapter, folders: Sequence[Path]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``f`` and variant index of the images in ``<folder>/<variant>/`` for the family's variants."""
+    from dataset import IMAGE_SUFFIXES, load_images
+
+    maps, labels = [], []
+    for folder in folders:
+        for vi, variant in enumerate(inverse.variant_names):
+            paths = sorted(p for p in (Path(folder) / variant).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            for s in range(0, len(paths), 64):
+                with torch.no_grad():
+                    maps.append(inverse.encode(load_images(paths[s:s + 64], size=inverse.image_size)).float())
+                labels.append(torch.full((len(paths[s:s + 64]),), vi, dtype=torch.long))
+    if not maps:
+        raise FileNotFoundError(f"no images in <folder>/<variant>/ under {', '.join(map(str, folders))}")
+    return torch.cat(maps), torch.cat(labels)
+
+
+def main(argv: Optional[list] = None) -> int:
+    from cli import at_least
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", required=True, choices=[f for f in NET_FAMILIES] + [f.lower() for f in NET_FAMILIES])
+    parser.add_argument("--weights-dir", type=Path, help="official checkpoints or a zoo folder (default: demo zoo)")
+    parser.add_argument("--inv-root", type=Path, default=Path("runs/inv_decoder"),
+                        help="where inverse decoders not shipped with the weights live (default runs/inv_decoder)")
+    parser.add_argument("--out", type=Path, default=Path("runs/variant_net"), help="output root (default runs/variant_net)")
+    parser.add_argument("--images-per-variant", type=at_least(1), default=DEFAULT_CONFIG["images_per_variant"])
+    parser.add_argument("--epochs", type=at_least(1), default=DEFAULT_CONFIG["epochs"])
+    parser.add_argument("--seed", type=int, choices=range(10), default=DEFAULT_CONFIG["seed"], metavar="0-9")
+    parser.add_argument("--eval", type=Path, nargs="*", default=[], help="labelled folders (<dir>/<variant>/*.png) to score the net on")
+    parser.add_argument("--existing", action="store_true",
+                        help="train nothing: score the net the pipeline would use (shipped with the weights, else under --out) on --eval")
+    args = parser.parse_args(argv)
+    import inv_decoder
+
+    family = args.family.upper()
+    inverse = inv_decoder.inverse_adapter(family, args.weights_dir, args.inv_root)
+    if args.existing:
+        path = ensure_variant_net(family, args.weights_dir, args.out, inverse, train_missing=False)
+        print(f"variant net {path}")
+    else:
+        path = default_output_dir(args.out, family) / WEIGHTS_FILE
+        train_and_save(inverse, path, dict(images_per_variant=args.images_per_variant, epochs=args.epochs, seed=args.seed))
+        print(f"variant net → {path}: {json.loads(path.with_suffix('.json').read_text())['train_accuracy']:.4f} on its training maps")
+    for folder in args.eval:
+        net, variants = load_variant_net(path)
+        f, y = _labelled_maps(inverse, [folder])
+        print(f"accuracy on the {len(y)} {family} images of {folder}: {_accuracy(net, f, y):.4f} (chance {1 / len(variants):.4f})")
+    return 0
+
+
+if __name__ == "__main__":
+    from cli import run_main
+
+    sys.exit(run_main(main))
