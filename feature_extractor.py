@@ -60,6 +60,7 @@ import pandas as pd
 import torch
 
 import inv_decoder
+import variant_net
 from dataset import load_images
 from feature_store import COMPLETENESS_PREFIX, FeatureStore, file_sha256, marker_columns
 from models.adapter import FamilyAdapter
@@ -69,7 +70,6 @@ from quantizer import search_tokens
 from runtime import keep_freed_memory, use_usable_cores
 from signals import family_signals_and_tokens, refine_tokens
 from variant_features import token_evidence, variant_features
-import variant_net
 
 __all__ = ["EXTRACTOR_NAME", "EXTRACTOR_VERSION", "TOKEN_LL_SUFFIX", "FeatureExtractor", "features_for_batch", "weight_files"]
 

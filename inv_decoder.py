@@ -40,7 +40,7 @@ from models.adapter import FamilyAdapter
 from models.checkpoints import CheckpointError, read_state_dict
 
 __all__ = ["DEFAULT_CONFIG", "encoder_state_prefixes", "generate_training_tokens", "finetune", "load_inverse_decoder", "inverse_adapter",
-           "default_output_dir", "shipped_file", "ensure_inverse_decoder", "augment_flags", "SHIPPED_SUBDIR", "WEIGHTS_FILE", "KINDS"]
+           "default_output_dir", "shipped_file", "ensure_inverse_decoder", "augment_flags", "to_png_levels", "SHIPPED_SUBDIR", "WEIGHTS_FILE", "KINDS"]
 
 DEFAULT_CONFIG: Dict[str, object] = dict(
     images=1536, epochs=6, batch_size=32, lr=1e-4, seed=0, augment=False, augment_p=0.5,
@@ -108,7 +108,8 @@ def generate_training_tokens(adapter: FamilyAdapter, n_images: int, seed: int, b
     return torch.cat(chunks)
 
 
-def _to_png_levels(img01: torch.Tensor) -> torch.Tensor:
+def to_png_levels(img01: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] rounded to the 8-bit levels a PNG file stores."""
     return torch.round(img01.clamp(0, 1) * 255) / 255
 
 
@@ -165,7 +166,7 @@ def finetune(adapter: FamilyAdapter, out_dir: Path | str, config: Optional[dict]
             torch.save(tokens, tmp)
     if exclude_folders:
         with torch.no_grad():
-            train_hashes = set().union(*(_pixel_hashes(_to_png_levels(adapter.decode(adapter.tokens_to_fhat(tokens[i:i + 64]))))
+            train_hashes = set().union(*(_pixel_hashes(to_png_levels(adapter.decode(adapter.tokens_to_fhat(tokens[i:i + 64]))))
                                          for i in range(0, len(tokens), 64)))
         overlap = train_hashes & _folder_hashes(exclude_folders)
         if overlap:
@@ -202,9 +203,9 @@ def finetune(adapter: FamilyAdapter, out_dir: Path | str, config: Optional[dict]
                 batch_tokens = tokens[order[start:start + int(cfg["batch_size"])]].to(adapter.device)
                 with torch.no_grad():
                     f_z = adapter.tokens_to_fhat(batch_tokens)
-                    img = _to_png_levels(adapter.decode(f_z))
+                    img = to_png_levels(adapter.decode(f_z))
                     if stage is not None:
-                        img = _to_png_levels(augment_batch(img, stage, float(cfg["augment_p"]), gen))
+                        img = to_png_levels(augment_batch(img, stage, float(cfg["augment_p"]), gen))
                 loss = (adapter.encode(img) - f_z).square().mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -43,7 +43,7 @@ from models.adapter import FamilyAdapter
 
 __all__ = ["DEFAULT_CONFIG", "SEED_OFFSET", "NET_FAMILIES", "VariantNet", "generation_seed", "generate_training_maps",
            "train_variant_net", "save_variant_net", "load_variant_net", "shipped_file", "default_output_dir",
-           "ensure_variant_net", "variant_nll", "FEATURE_STEM"]
+           "ensure_variant_net", "train_and_save", "variant_log_probs", "variant_nll", "FEATURE_STEM"]
 
 DEFAULT_CONFIG: Dict[str, object] = dict(images_per_variant=5120, gen_batch=64, epochs=6, batch_size=128, lr=2e-3,
                                          weight_decay=0.05, width=64, hidden=256, dropout=0.3, seed=0)
@@ -89,13 +89,15 @@ def generate_training_maps(adapter: FamilyAdapter, per_variant: int, seed: int =
     rounded to 8 bits as PNG files are, mapped back by ``adapter``'s encoder (the inverse decoder)."""
     from tqdm.auto import tqdm
 
+    from inv_decoder import to_png_levels
+
     jobs = [(vi, v, j, start) for vi, v in enumerate(adapter.variant_names) for j, start in enumerate(range(0, per_variant, gen_batch))]
     maps, labels = [], []
     for vi, variant, j, start in tqdm(jobs, desc=f"{adapter.family} variant-net data", disable=not progress):
         job_seed = generation_seed(seed, vi, j)
         n = min(gen_batch, per_variant - start)
         img = adapter.generate(variant, adapter.random_labels(n, job_seed), job_seed)[0]
-        maps.append(adapter.encode(torch.round(img.clamp(0, 1) * 255) / 255).float().cpu())
+        maps.append(adapter.encode(to_png_levels(img)).float().cpu())
         labels.append(torch.full((n,), vi, dtype=torch.long))
     return torch.cat(maps), torch.cat(labels)
 
@@ -140,13 +142,12 @@ def save_variant_net(net: VariantNet, variants: Sequence[str], path: Path | str,
     path.parent.mkdir(parents=True, exist_ok=True)
     if len(variants) != net.shape["num_variants"]:
         raise ValueError(f"{len(variants)} variant names for a net of {net.shape['num_variants']} outputs")
-    shape = net.shape
     # one metadata key: safetensors writes several in a random order, and the file's bytes must not vary
-    meta = {METADATA_KEY: json.dumps({"variants": list(variants), "shape": shape}, sort_keys=True)}
+    meta = {METADATA_KEY: json.dumps({"variants": list(variants), "shape": net.shape}, sort_keys=True)}
     with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(tmp), metadata=meta)
     with atomic_path(path.with_suffix(".json")) as tmp:
-        Path(tmp).write_text(json.dumps(dict(record or {}, variants=list(variants), shape=shape), indent=2))
+        Path(tmp).write_text(json.dumps(dict(record or {}, variants=list(variants), shape=net.shape), indent=2))
     return path
 
 
@@ -196,6 +197,8 @@ def ensure_variant_net(family: str, weights_dir: Optional[Path], root: Path | st
 
 
 def train_and_save(inverse: FamilyAdapter, path: Path, config: Optional[dict] = None, progress: bool = True) -> Path:
+    """Generate the training maps with ``inverse``, train a net on them and save it at ``path``
+    (its JSON record: config, per-epoch losses, accuracy on its training maps, seconds)."""
     cfg = dict(DEFAULT_CONFIG, **(config or {}))
     clock = time.perf_counter()
     f, y = generate_training_maps(inverse, int(cfg["images_per_variant"]), int(cfg["seed"]), int(cfg["gen_batch"]), progress)
@@ -230,12 +233,12 @@ def _accuracy(net: VariantNet, f: torch.Tensor, y: torch.Tensor) -> float:
 
 def _labelled_maps(inverse: FamilyAdapter, folders: Sequence[Path]) -> Tuple[torch.Tensor, torch.Tensor]:
     """``f`` and variant index of the images in ``<folder>/<variant>/`` for the family's variants."""
-    from dataset import IMAGE_SUFFIXES, load_images
+    from dataset import images_under, load_images
 
     maps, labels = [], []
     for folder in folders:
         for vi, variant in enumerate(inverse.variant_names):
-            paths = sorted(p for p in (Path(folder) / variant).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            paths = images_under(Path(folder) / variant)
             for s in range(0, len(paths), 64):
                 with torch.no_grad():
                     maps.append(inverse.encode(load_images(paths[s:s + 64], size=inverse.image_size)).float())

@@ -217,7 +217,7 @@ def diagnose_family(family: str, weights_dir, per_variant: int, batch: int, seed
         n = min(batch, per_variant - start)
         labels_B = original.random_labels(n, job_seed)
         img, tokens, f_hat = original.generate(variant, labels_B, job_seed)
-        x = torch.round(img.clamp(0, 1) * 255) / 255
+        x = inv_decoder.to_png_levels(img)
         read_exact = quantize_exact(original, f_hat)
         hits["exact_fhat"].append((read_exact == tokens).float())
         found, evidence = recover_tokens(inverse, x)
