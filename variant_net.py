@@ -18,7 +18,8 @@ handle.
 
 The demo zoo ships one for VAR (``demo_zoo/variant_nets/VAR/``, made by
 ``scripts/build_demo_zoo.py --stage variant-nets``). With official weights it is trained on first
-use (``--weights-dir``; slow on a CPU: 5 120 generations per variant by default).
+use (``--weights-dir``; slow on a CPU: 20 480 generations per variant by default, kept on disk as
+they are made, so an interrupted training resumes: ``--map-cache``).
 
     python variant_net.py --family VAR                          # train under runs/variant_net/VAR/
     python variant_net.py --family VAR --eval Dataset/val       # and report its accuracy on labelled folders
@@ -27,6 +28,7 @@ use (``--weights-dir``; slow on a CPU: 5 120 generations per variant by default)
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -41,11 +43,11 @@ import torch.nn.functional as F
 from atomic import atomic_path
 from models.adapter import FamilyAdapter
 
-__all__ = ["DEFAULT_CONFIG", "SEED_OFFSET", "NET_FAMILIES", "VariantNet", "generation_seed", "generate_training_maps",
-           "train_variant_net", "save_variant_net", "load_variant_net", "shipped_file", "default_output_dir",
+__all__ = ["DEFAULT_CONFIG", "SEED_OFFSET", "NET_FAMILIES", "VariantNet", "generation_seed", "adapter_fingerprint", "generate_training_maps",
+           "train_variant_net", "save_variant_net", "load_variant_net", "shipped_file", "default_output_dir", "default_map_cache",
            "ensure_variant_net", "train_and_save", "variant_log_probs", "variant_nll", "FEATURE_STEM"]
 
-DEFAULT_CONFIG: Dict[str, object] = dict(images_per_variant=5120, gen_batch=64, epochs=6, batch_size=128, lr=2e-3,
+DEFAULT_CONFIG: Dict[str, object] = dict(images_per_variant=20480, gen_batch=64, epochs=6, batch_size=128, lr=2e-3,
                                          weight_decay=0.05, width=64, hidden=256, dropout=0.3, seed=0)
 SEED_OFFSET = 9_000_000  # make_demo_dataset < 7e6, inv_decoder 7e6 … 8e6, diagnose_zoo 8e6 … 9e6
 NET_FAMILIES = ("VAR",)  # RAR's token reader is exact given f̂: its likelihood features already name ~95 %
@@ -82,22 +84,55 @@ def generation_seed(seed: int, variant_index: int, batch_index: int) -> int:
     return SEED_OFFSET + 100_000 * seed + 10_000 * variant_index + batch_index
 
 
+def adapter_fingerprint(adapter: FamilyAdapter) -> str:
+    """sha256 of every weight ``adapter`` generates and maps back with (tokenizer with its inverse
+    decoder, each variant's generator), and of its sampling settings: names the maps they make."""
+    hasher = hashlib.sha256(json.dumps(adapter.sampling, sort_keys=True, default=str).encode())
+    for variant in adapter.variant_names:
+        loaded = variant in adapter._generators
+        _hash_module(hasher, variant, adapter.generator(variant))
+        if not loaded:
+            adapter.release([variant])
+    _hash_module(hasher, "tokenizer", adapter.tokenizer)
+    return hasher.hexdigest()
+
+
+def _hash_module(hasher, name: str, module: nn.Module) -> None:
+    for key, tensor in sorted(module.state_dict().items()):
+        hasher.update(f"{name}.{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        hasher.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
 @torch.no_grad()
 def generate_training_maps(adapter: FamilyAdapter, per_variant: int, seed: int = 0, gen_batch: int = 64,
-                           progress: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+                           progress: bool = True, cache_dir: Optional[Path | str] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(f_NChw, variant index N)``: fresh generations of every variant of ``adapter``'s family,
-    rounded to 8 bits as PNG files are, mapped back by ``adapter``'s encoder (the inverse decoder)."""
+    rounded to 8 bits as PNG files are, mapped back by ``adapter``'s encoder (the inverse decoder).
+
+    With ``cache_dir`` each batch's maps are also written (atomically) under
+    ``cache_dir/<adapter fingerprint>/`` and read from there next time, bit for bit what generating
+    them gives: an interrupted run resumes, and a larger or retrained net reuses what was generated."""
     from tqdm.auto import tqdm
 
     from inv_decoder import to_png_levels
 
+    store = Path(cache_dir) / adapter_fingerprint(adapter)[:16] if cache_dir is not None else None
     jobs = [(vi, v, j, start) for vi, v in enumerate(adapter.variant_names) for j, start in enumerate(range(0, per_variant, gen_batch))]
     maps, labels = [], []
     for vi, variant, j, start in tqdm(jobs, desc=f"{adapter.family} variant-net data", disable=not progress):
         job_seed = generation_seed(seed, vi, j)
         n = min(gen_batch, per_variant - start)
-        img = adapter.generate(variant, adapter.random_labels(n, job_seed), job_seed)[0]
-        maps.append(adapter.encode(to_png_levels(img)).float().cpu())
+        cached = store / f"{variant}_{job_seed}_{n}.pt" if store is not None else None
+        if cached is not None and cached.is_file():
+            f = torch.load(cached, weights_only=True)
+        else:
+            img = adapter.generate(variant, adapter.random_labels(n, job_seed), job_seed)[0]
+            f = adapter.encode(to_png_levels(img)).float().cpu()
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(cached) as tmp:
+                    torch.save(f.clone(), tmp)
+        maps.append(f)
         labels.append(torch.full((n,), vi, dtype=torch.long))
     return torch.cat(maps), torch.cat(labels)
 
@@ -181,7 +216,8 @@ def ensure_variant_net(family: str, weights_dir: Optional[Path], root: Path | st
                        config: Optional[dict] = None, train_missing: bool = True, progress: bool = True) -> Path:
     """Path of the family's variant net: the one shipped beside the weights if there is one, else
     the one under ``root``, trained first on generations mapped back by ``inverse`` (the family's
-    adapter with its plain inverse decoder) if missing."""
+    adapter with its plain inverse decoder) if missing; their maps are kept under
+    ``root/<FAMILY>/maps/``, so an interrupted training resumes where its generation stopped."""
     from models.zoo import DEMO_ZOO_DIR
 
     shipped = shipped_file(weights_dir or DEMO_ZOO_DIR, family)
@@ -192,16 +228,22 @@ def ensure_variant_net(family: str, weights_dir: Optional[Path], root: Path | st
         raise FileNotFoundError(f"no {family} variant net at {path}: train it first (python variant_net.py --family {family})")
     if not path.is_file():
         print(f"[{family}] no variant net at {path}: training one now", file=sys.stderr)
-        train_and_save(inverse, path, config, progress)
+        train_and_save(inverse, path, config, progress, cache_dir=default_map_cache(root, family))
     return path
 
 
-def train_and_save(inverse: FamilyAdapter, path: Path, config: Optional[dict] = None, progress: bool = True) -> Path:
-    """Generate the training maps with ``inverse``, train a net on them and save it at ``path``
+def default_map_cache(root: Path | str, family: str) -> Path:
+    return default_output_dir(root, family) / "maps"
+
+
+def train_and_save(inverse: FamilyAdapter, path: Path, config: Optional[dict] = None, progress: bool = True,
+                   cache_dir: Optional[Path | str] = None) -> Path:
+    """Generate the training maps with ``inverse`` (kept in, or read from, ``cache_dir``: see
+    :func:`generate_training_maps`), train a net on them and save it at ``path``
     (its JSON record: config, per-epoch losses, accuracy on its training maps, seconds)."""
     cfg = dict(DEFAULT_CONFIG, **(config or {}))
     clock = time.perf_counter()
-    f, y = generate_training_maps(inverse, int(cfg["images_per_variant"]), int(cfg["seed"]), int(cfg["gen_batch"]), progress)
+    f, y = generate_training_maps(inverse, int(cfg["images_per_variant"]), int(cfg["seed"]), int(cfg["gen_batch"]), progress, cache_dir)
     net, losses = train_variant_net(f, y, len(inverse.variant_names), cfg, progress)
     record = {"config": cfg, "epoch_losses": losses, "train_accuracy": _accuracy(net, f, y), "seconds": round(time.perf_counter() - clock, 1),
               "torch": torch.__version__, "threads": torch.get_num_threads()}
@@ -260,10 +302,16 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--images-per-variant", type=at_least(1), default=DEFAULT_CONFIG["images_per_variant"])
     parser.add_argument("--epochs", type=at_least(1), default=DEFAULT_CONFIG["epochs"])
     parser.add_argument("--seed", type=int, choices=range(10), default=DEFAULT_CONFIG["seed"], metavar="0-9")
+    parser.add_argument("--map-cache", type=Path,
+                        help="where the generated training maps are kept, so a rerun resumes or reuses them (default <out>/<FAMILY>/maps)")
+    parser.add_argument("--no-map-cache", action="store_true", help="keep no generated maps on disk")
     parser.add_argument("--eval", type=Path, nargs="*", default=[], help="labelled folders (<dir>/<variant>/*.png) to score the net on")
     parser.add_argument("--existing", action="store_true",
                         help="train nothing: score the net the pipeline would use (shipped with the weights, else under --out) on --eval")
     args = parser.parse_args(argv)
+    from runtime import keep_freed_memory
+
+    keep_freed_memory()  # same numbers, far less system time on reused buffers
     import inv_decoder
 
     family = args.family.upper()
@@ -273,7 +321,8 @@ def main(argv: Optional[list] = None) -> int:
         print(f"variant net {path}")
     else:
         path = default_output_dir(args.out, family) / WEIGHTS_FILE
-        train_and_save(inverse, path, dict(images_per_variant=args.images_per_variant, epochs=args.epochs, seed=args.seed))
+        cache = None if args.no_map_cache else (args.map_cache or default_map_cache(args.out, family))
+        train_and_save(inverse, path, dict(images_per_variant=args.images_per_variant, epochs=args.epochs, seed=args.seed), cache_dir=cache)
         print(f"variant net → {path}: {json.loads(path.with_suffix('.json').read_text())['train_accuracy']:.4f} on its training maps")
     for folder in args.eval:
         net, variants = load_variant_net(path)

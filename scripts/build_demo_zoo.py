@@ -19,7 +19,8 @@ tokens at the finest scale):
 
 Then the inverse decoders of both families (``--stage inv-decoders``) and the VAR variant net
 (``--stage variant-nets``, :mod:`variant_net`: a CNN naming the variant from the plain inverse
-decoder's ``f``, trained on 5 120 fresh generations per variant).
+decoder's ``f``, trained on 20 480 fresh generations per variant, kept in ``--map-cache`` so a
+rerun or a retrained net reuses them).
 
 Data: crops of the 8 *model photos* of ``demo_photos.py`` (class = photo; left 75 % of each
 photo); the right 25 % gives validation crops for tokenizer PSNR and token NLL; the 3 reserved
@@ -321,9 +322,11 @@ def build_inverse_decoders(out: Path, seed: int, quick: bool, progress: bool = T
 VARIANT_NET_QUICK = dict(images_per_variant=4, gen_batch=4, epochs=1, batch_size=8)
 
 
-def build_variant_nets(out: Path, seed: int, quick: bool, progress: bool = True, families: Sequence[str] = ("VAR",)) -> Dict[str, dict]:
+def build_variant_nets(out: Path, seed: int, quick: bool, progress: bool = True, families: Sequence[str] = ("VAR",),
+                       map_cache: Optional[Path] = None) -> Dict[str, dict]:
     """Train and ship the variant nets of ``families`` (:mod:`variant_net`) on fresh generations mapped
-    back by the family's plain inverse decoder in ``out`` (so that stage comes first)."""
+    back by the family's plain inverse decoder in ``out`` (so that stage comes first); with
+    ``map_cache`` the generated maps are kept there and reused (:func:`variant_net.generate_training_maps`)."""
     import inv_decoder
     import variant_net
 
@@ -333,7 +336,7 @@ def build_variant_nets(out: Path, seed: int, quick: bool, progress: bool = True,
         clock = time.perf_counter()
         inverse = inv_decoder.inverse_adapter(family, out, out / inv_decoder.SHIPPED_SUBDIR)
         config = dict(VARIANT_NET_QUICK if quick else {}, seed=seed)
-        path = variant_net.train_and_save(inverse, variant_net.shipped_file(out, family), config, progress=progress)
+        path = variant_net.train_and_save(inverse, variant_net.shipped_file(out, family), config, progress=progress, cache_dir=map_cache)
         record = json.loads(path.with_suffix(".json").read_text())
         summaries[family] = {"epoch_losses": record["epoch_losses"], "seconds": round(time.perf_counter() - clock, 1)}
         print(f"variant net {family}: loss {record['epoch_losses'][0]:.3f} → {record['epoch_losses'][-1]:.3f}, "
@@ -359,7 +362,12 @@ def main(argv: list | None = None) -> int:
                              "the shipped plain inverse decoders; all (default): all three, in that order")
     parser.add_argument("--inv-kinds", nargs="+", choices=inv_decoder.KINDS, default=list(inv_decoder.KINDS),
                         help="which inverse decoders to fine-tune (default: both)")
+    parser.add_argument("--map-cache", type=Path, default=ROOT / "runs" / "variant_net_maps",
+                        help="where the variant nets' generated training maps are kept, in a folder named by the "
+                             "weights that made them, so a rerun resumes or reuses them (default runs/variant_net_maps)")
+    parser.add_argument("--no-map-cache", action="store_true", help="keep no variant-net maps on disk")
     args = parser.parse_args(argv)
+    map_cache = None if args.no_map_cache or args.quick else args.map_cache
     keep_freed_memory()  # same numbers, fewer page faults
     start = time.perf_counter()
     # with --only, the inverse decoders of the families whose generators changed (they are
@@ -371,13 +379,15 @@ def main(argv: list | None = None) -> int:
         print(f"total {time.perf_counter() - start:.0f}s → {args.out}")
         return 0
     if args.stage == "variant-nets":
-        build_variant_nets(args.out, args.seed, args.quick, progress=not args.no_progress, families=families)
+        build_variant_nets(args.out, args.seed, args.quick, progress=not args.no_progress, families=families,
+                           map_cache=map_cache)
         print(f"total {time.perf_counter() - start:.0f}s → {args.out}")
         return 0
     manifest = build(args.out, args.seed, args.quick, progress=not args.no_progress, only=args.only)
     if args.stage == "all":
         build_inverse_decoders(args.out, args.seed, args.quick, progress=not args.no_progress, families=families)
-        build_variant_nets(args.out, args.seed, args.quick, progress=not args.no_progress, families=families)
+        build_variant_nets(args.out, args.seed, args.quick, progress=not args.no_progress, families=families,
+                           map_cache=map_cache)
     nll = manifest["metrics"]["nll_val"]
     print("\nvalidation token NLL (nats/token):")
     for family, fam in manifest["families"].items():

@@ -92,6 +92,39 @@ def test_a_missing_net_is_trained_once_or_named(tmp_path):
     assert vn.ensure_variant_net("VAR", zoo, tmp_path / "nets", inverse, TINY, progress=False) == path
     assert path.stat().st_mtime_ns == stamp, "found, not trained again"
     assert vn.load_variant_net(path)[1] == list(inverse.variant_names)
+    assert len(list(vn.default_map_cache(tmp_path / "nets", "VAR").rglob("*.pt"))) == 4, "its maps kept, one file per batch"
+
+
+def test_generated_maps_are_kept_and_read_back_bit_for_bit(tmp_path, monkeypatch):
+    """A second call reads every batch from the cache (generating nothing) and gets the same tensors
+    as generating them; other weights get another cache folder."""
+    import inv_decoder
+
+    inverse = inv_decoder.inverse_adapter("VAR", None, "runs/inv_decoder")
+    fresh_f, fresh_y = vn.generate_training_maps(inverse, 3, 0, 2, progress=False)
+    kept_f, kept_y = vn.generate_training_maps(inverse, 3, 0, 2, progress=False, cache_dir=tmp_path)
+    (folder,) = list(tmp_path.iterdir())
+    assert len(list(folder.glob("*.pt"))) == 2 * len(inverse.variant_names)
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("generated although cached")
+
+    monkeypatch.setattr(inverse, "generate", no_generation)
+    read_f, read_y = vn.generate_training_maps(inverse, 3, 0, 2, progress=False, cache_dir=tmp_path)
+    for got in (kept_f, read_f):
+        torch.testing.assert_close(got, fresh_f, rtol=0, atol=0)
+    assert torch.equal(read_y, fresh_y) and torch.equal(kept_y, fresh_y)
+    weight = next(inverse.tokenizer.parameters())
+    before, saved = vn.adapter_fingerprint(inverse), weight.detach().clone()
+    with torch.no_grad():
+        weight.view(-1)[0] += 1
+    try:
+        assert vn.adapter_fingerprint(inverse) != before, "other weights, another cache folder"
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+    assert vn.adapter_fingerprint(inverse) == before
+    assert before.startswith(folder.name)
 
 
 def test_the_demo_zoos_net_names_fresh_var_generations_above_chance():
