@@ -89,7 +89,7 @@ def adapter_fingerprint(adapter: FamilyAdapter) -> str:
     decoder, each variant's generator), and of its sampling settings: names the maps they make."""
     hasher = hashlib.sha256(json.dumps(adapter.sampling, sort_keys=True, default=str).encode())
     for variant in adapter.variant_names:
-        loaded = variant in adapter._generators
+        loaded = variant in adapter.loaded_variants
         _hash_module(hasher, variant, adapter.generator(variant))
         if not loaded:
             adapter.release([variant])

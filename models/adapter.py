@@ -53,6 +53,11 @@ class FamilyAdapter(ABC):
             self._generators[variant] = self._loaders[variant]().to(self.device).eval().requires_grad_(False)
         return self._generators[variant]
 
+    @property
+    def loaded_variants(self) -> Tuple[str, ...]:
+        """The variants whose generators are loaded now."""
+        return tuple(self._generators)
+
     def release(self, variants: Optional[Iterable[str]] = None) -> None:
         """Drop cached generators (all, or the named ones) to free memory."""
         for name in list(variants or self._generators):
