@@ -364,7 +364,8 @@ def main(argv: list | None = None) -> int:
                         help="which inverse decoders to fine-tune (default: both)")
     parser.add_argument("--map-cache", type=Path, default=ROOT / "runs" / "variant_net_maps",
                         help="where the variant nets' generated training maps are kept, in a folder named by the "
-                             "weights that made them, so a rerun resumes or reuses them (default runs/variant_net_maps)")
+                             "weights that made them, so a rerun resumes or reuses them (default runs/variant_net_maps; a --quick "
+                             "build keeps none)")
     parser.add_argument("--no-map-cache", action="store_true", help="keep no variant-net maps on disk")
     args = parser.parse_args(argv)
     map_cache = None if args.no_map_cache or args.quick else args.map_cache
