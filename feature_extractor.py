@@ -107,7 +107,7 @@ REENCODE_ITERS = 1
 def features_for_batch(adapters: Dict[str, FamilyAdapter], img01_B3HW: torch.Tensor, refine_steps: int = 0,
                        timings: Optional[Dict[str, float]] = None, variant_gate=None,
                        forced: Optional[Dict[str, np.ndarray]] = None,
-                       nets: Optional[Dict[str, Tuple[variant_net.VariantNet, List[str]]]] = None) -> Tuple[pd.DataFrame, pd.DataFrame]:
+                       nets: Optional[Dict[str, Tuple[variant_net.AnyVariantNet, List[str]]]] = None) -> Tuple[pd.DataFrame, pd.DataFrame]:
     """Feature columns for one batch of images (rows in input order), and its per-token
     log-likelihoods: ``{variant}_cond`` (at the best label) and ``{variant}_uncond``, one float32
     array per image and column, the input of PRADA's score functions (:mod:`flat_prada`).
@@ -138,10 +138,9 @@ def features_for_batch(adapters: Dict[str, FamilyAdapter], img01_B3HW: torch.Ten
         refine = refine_steps > 0 and family in REFINE_FAMILIES
         reencode_iters = REENCODE_ITERS if family in REENCODE_FAMILIES and not refine else 0
         search = partial(search_tokens, max_iters=SEARCH_ITERS) if family == "VAR" else None
-        signals, tokens, f = family_signals_and_tokens(adapter, img01_B3HW, search, reencode_iters)
-        if nets and family in nets:  # f is D⁻¹(x) itself here: no re-encoding or refinement for a net's family
-            assert reencode_iters == 0 and not refine, f"{family}: a variant net reads the inverse decoder's own f"
-            columns[family].update(variant_net.variant_nll(*nets[family], f))
+        signals, tokens, f, f_net = family_signals_and_tokens(adapter, img01_B3HW, search, reencode_iters)
+        if nets and family in nets:  # the net reads D⁻¹(x) itself, as it was trained, whatever the tokens are read from
+            columns[family].update(variant_net.variant_nll(*nets[family], f_net))
         if refine:
             tokens, f = refine_tokens(adapter, img01_B3HW, f, refine_steps, REFINE_LR, search)
         read[family] = (tokens, token_evidence(adapter.token_distances(f, tokens)))
@@ -274,7 +273,7 @@ class FeatureExtractor:
             adapter = inv_decoder.load_inverse_decoder(load_family(family, weights_dir, device=device), path)
             self.adapters[family] = adapter.use_channels_last()
             files.append(path)
-        self.nets: Dict[str, Tuple[variant_net.VariantNet, List[str]]] = {}
+        self.nets: Dict[str, Tuple[variant_net.AnyVariantNet, List[str]]] = {}
         for family in variant_net.NET_FAMILIES:
             path = variant_net.ensure_variant_net(family, weights_dir, net_root, self.adapters[family], train_missing=fine_tune_missing,
                                                   progress=progress)

@@ -36,7 +36,7 @@ of images in batches and returns a pandas frame indexed by image id.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import pandas as pd
 import torch
@@ -46,7 +46,7 @@ from quantizer import SearchResult, per_image_mse
 
 __all__ = ["SIGNALS", "SLOW_SIGNALS", "REFINED_ENC_STEPS", "family_signals", "refined_enc_loss", "colour_refined_enc_loss",
            "colour_fit", "apply_colour", "family_signals_and_tokens", "latent_tracer", "optimise_latent", "refine_tokens",
-           "reencode_tokens", "signal_frame", "TokenSearch"]
+           "reencode_tokens", "signal_frame", "TokenSearch", "FamilyReading"]
 
 TokenSearch = Callable[..., SearchResult]
 SIGNALS = ("quant_loss", "quant_loss_searched", "enc_loss_raw", "enc_loss", "combined", "reconstruction", "aedr")
@@ -54,13 +54,21 @@ REFINED_ENC_STEPS = 10
 _EPS = 1e-10
 
 
+class FamilyReading(NamedTuple):
+    """What :func:`family_signals_and_tokens` reads from a batch for one family."""
+    signals: Dict[str, torch.Tensor]  # name → B values
+    tokens: torch.Tensor  # B×L recovered tokens
+    f_tokens: torch.Tensor  # the feature map they were read from: f, or the last re-encoding target
+    f: torch.Tensor  # f = D⁻¹(x), the inverse decoder's own map (what the variant nets read)
+
+
 @torch.no_grad()
 def family_signals_and_tokens(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, token_search: Optional[TokenSearch] = None,
-                              reencode_iters: int = 0) -> Tuple[Dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+                              reencode_iters: int = 0) -> FamilyReading:
     """:func:`family_signals` plus the recovered tokens ``B×L`` (searched for VAR when a search is
     given; after ``reencode_iters`` steps of :func:`reencode_tokens`, which reuses the decode the
-    signals already made) and the feature map they were read from: ``f = D⁻¹(x)``, or the last
-    re-encoding target."""
+    signals already made), the feature map they were read from (``f = D⁻¹(x)``, or the last
+    re-encoding target) and ``f`` itself."""
     x = img01_B3HW.to(adapter.device).float()
     f = adapter.encode(x)
     tokens, f_hat = adapter.quantize(f)
@@ -82,7 +90,7 @@ def family_signals_and_tokens(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, 
     out["enc_loss"] = (first + _EPS) / (second + _EPS)
     out["aedr"] = out["enc_loss"]
     out["combined"] = out.get("quant_loss_searched", out["quant_loss"]) * out["enc_loss"]
-    return out, tokens, f_tokens
+    return FamilyReading(out, tokens, f_tokens, f)
 
 
 def family_signals(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, token_search: Optional[TokenSearch] = None) -> Dict[str, torch.Tensor]:

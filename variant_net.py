@@ -10,7 +10,11 @@ A variant net sidesteps the reading. It is trained, like an inverse decoder, on 
 of every variant of the family (equal shares, random labels, PNG-rounded, from a seed range no
 Dataset, fine-tuning or diagnosis image uses) to predict which variant made ``f = D⁻¹(x)``, the
 plain inverse decoder's feature map: a direct estimate of ``p(variant | f)`` that no token
-reading limits. The feature extractor adds ``{variant}_fnet_nll = −log p(variant | f)`` to every
+reading limits. Two things make it learn more from the same generations: it is trained on the
+(variant, class label) pair each generation was made for, a finer target that costs nothing (the
+label is drawn from the batch's seed), and the class is summed out when it scores (the label is
+never known then); and the shipped net is an ensemble of three trained alike from consecutive
+seeds, whose posteriors are averaged. The feature extractor adds ``{variant}_fnet_nll = −log p(variant | f)`` to every
 image's row (lower = likelier, like the likelihood features), and the classifiers use it beside
 them. It is a learned fingerprint of each transformer's sampling distribution as it shows in ``f``;
 it says nothing about images of other models, which the family signals and the outlier class
@@ -18,8 +22,8 @@ handle.
 
 The demo zoo ships one for VAR (``demo_zoo/variant_nets/VAR/``, made by
 ``scripts/build_demo_zoo.py --stage variant-nets``). With official weights it is trained on first
-use (``--weights-dir``; slow on a CPU: 20 480 generations per variant by default, kept on disk as
-they are made, so an interrupted training resumes: ``--map-cache``).
+use (``--weights-dir``; slow on a CPU: 81 920 generations per variant by default, kept on disk as
+they are made, so an interrupted training resumes: ``--map-cache``; ``--images-per-variant`` for fewer).
 
     python variant_net.py --family VAR                          # train under runs/variant_net/VAR/
     python variant_net.py --family VAR --eval Dataset/val       # and report its accuracy on labelled folders
@@ -33,7 +37,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -42,13 +46,16 @@ import torch.nn.functional as F
 
 from atomic import atomic_path
 from models.adapter import FamilyAdapter
+from models.variant_net import AnyVariantNet, VariantNet, VariantNetEnsemble
 
-__all__ = ["DEFAULT_CONFIG", "SEED_OFFSET", "NET_FAMILIES", "VariantNet", "generation_seed", "adapter_fingerprint", "generate_training_maps",
-           "train_variant_net", "save_variant_net", "load_variant_net", "shipped_file", "default_output_dir", "default_map_cache",
+__all__ = ["DEFAULT_CONFIG", "SEED_OFFSET", "NET_FAMILIES", "VariantNet", "VariantNetEnsemble", "AnyVariantNet", "TrainingMaps",
+           "generation_seed", "adapter_fingerprint",
+           "generate_training_maps",
+           "train_variant_net", "train_variant_nets", "save_variant_net", "load_variant_net", "shipped_file", "default_output_dir", "default_map_cache",
            "ensure_variant_net", "train_and_save", "variant_log_probs", "variant_nll", "FEATURE_STEM"]
 
-DEFAULT_CONFIG: Dict[str, object] = dict(images_per_variant=20480, gen_batch=64, epochs=6, batch_size=128, lr=2e-3,
-                                         weight_decay=0.05, width=64, hidden=256, dropout=0.3, seed=0)
+DEFAULT_CONFIG: Dict[str, object] = dict(images_per_variant=81920, gen_batch=64, epochs=6, batch_size=128, lr=2e-3,
+                                         weight_decay=0.05, width=64, hidden=256, dropout=0.3, class_targets=True, members=3, seed=0)
 SEED_OFFSET = 9_000_000  # make_demo_dataset < 7e6, inv_decoder 7e6 … 8e6, diagnose_zoo 8e6 … 9e6
 NET_FAMILIES = ("VAR",)  # RAR's token reader is exact given f̂: its likelihood features already name ~95 %
 FEATURE_STEM = "fnet_nll"
@@ -58,23 +65,13 @@ METADATA_KEY = "variant_net"  # the file's metadata: {"variants": [...], "shape"
 EVAL_CHUNK = 8  # images per forward pass, always (padded): an image's output does not depend on its batch mates
 
 
-class VariantNet(nn.Module):
-    """``f`` (``B×C×h×w``, normalised per channel by the training maps' statistics) → variant logits ``B×V``:
-    three 3×3 convolutions (the last with stride 2), then a two-layer MLP over the flattened map
-    (positions matter: VAR's scales are laid out on a fixed grid)."""
 
-    def __init__(self, channels: int, size: int, num_variants: int, width: int = 64, hidden: int = 256, dropout: float = 0.3) -> None:
-        super().__init__()
-        self.shape = dict(channels=channels, size=size, num_variants=num_variants, width=width, hidden=hidden, dropout=dropout)
-        self.register_buffer("mean_C", torch.zeros(channels))
-        self.register_buffer("std_C", torch.ones(channels))
-        self.body = nn.Sequential(
-            nn.Conv2d(channels, width, 3, padding=1), nn.GELU(), nn.Conv2d(width, width, 3, padding=1), nn.GELU(),
-            nn.Conv2d(width, width, 3, stride=2, padding=1), nn.GELU(), nn.Flatten(),
-            nn.Linear(width * ((size + 1) // 2) ** 2, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, num_variants))
 
-    def forward(self, f_BChw: torch.Tensor) -> torch.Tensor:
-        return self.body((f_BChw - self.mean_C.view(1, -1, 1, 1)) / self.std_C.view(1, -1, 1, 1))
+class TrainingMaps(NamedTuple):
+    """Generated training data: ``f`` of each image, the variant that made it and the class label it was made for."""
+    f_NChw: torch.Tensor
+    variant_N: torch.Tensor
+    class_N: torch.Tensor
 
 
 def generation_seed(seed: int, variant_index: int, batch_index: int) -> int:
@@ -105,9 +102,10 @@ def _hash_module(hasher, name: str, module: nn.Module) -> None:
 
 @torch.no_grad()
 def generate_training_maps(adapter: FamilyAdapter, per_variant: int, seed: int = 0, gen_batch: int = 64,
-                           progress: bool = True, cache_dir: Optional[Path | str] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(f_NChw, variant index N)``: fresh generations of every variant of ``adapter``'s family,
+                           progress: bool = True, cache_dir: Optional[Path | str] = None) -> TrainingMaps:
+    """:class:`TrainingMaps` of fresh generations of every variant of ``adapter``'s family,
     rounded to 8 bits as PNG files are, mapped back by ``adapter``'s encoder (the inverse decoder).
+    Each batch's class labels are drawn from its seed, so they need no storing.
 
     With ``cache_dir`` each batch's maps are also written (atomically) under
     ``cache_dir/<adapter fingerprint>/`` and read from there next time, bit for bit what generating
@@ -118,15 +116,16 @@ def generate_training_maps(adapter: FamilyAdapter, per_variant: int, seed: int =
 
     store = Path(cache_dir) / adapter_fingerprint(adapter)[:16] if cache_dir is not None else None
     jobs = [(vi, v, j, start) for vi, v in enumerate(adapter.variant_names) for j, start in enumerate(range(0, per_variant, gen_batch))]
-    maps, labels = [], []
+    maps, labels, classes = [], [], []
     for vi, variant, j, start in tqdm(jobs, desc=f"{adapter.family} variant-net data", disable=not progress):
         job_seed = generation_seed(seed, vi, j)
         n = min(gen_batch, per_variant - start)
+        class_n = adapter.random_labels(n, job_seed)
         cached = store / f"{variant}_{job_seed}_{n}.pt" if store is not None else None
         if cached is not None and cached.is_file():
             f = torch.load(cached, weights_only=True)
         else:
-            img = adapter.generate(variant, adapter.random_labels(n, job_seed), job_seed)[0]
+            img = adapter.generate(variant, class_n, job_seed)[0]
             f = adapter.encode(to_png_levels(img)).float().cpu()
             if cached is not None:
                 cached.parent.mkdir(parents=True, exist_ok=True)
@@ -134,18 +133,30 @@ def generate_training_maps(adapter: FamilyAdapter, per_variant: int, seed: int =
                     torch.save(f.clone(), tmp)
         maps.append(f)
         labels.append(torch.full((n,), vi, dtype=torch.long))
-    return torch.cat(maps), torch.cat(labels)
+        classes.append(class_n.cpu().long())
+    return TrainingMaps(torch.cat(maps), torch.cat(labels), torch.cat(classes))
 
 
 def train_variant_net(f_NChw: torch.Tensor, y_N: torch.Tensor, num_variants: int, config: Optional[dict] = None,
-                      progress: bool = True) -> Tuple[VariantNet, List[float]]:
+                      progress: bool = True, class_N: Optional[torch.Tensor] = None, num_classes: int = 1) -> Tuple[VariantNet, List[float]]:
     """Fit a :class:`VariantNet` by AdamW with a one-cycle schedule (cross-entropy); returns it in eval mode
-    and the mean loss of each epoch."""
+    and the mean loss of each epoch.
+
+    With ``class_N`` (each image's class label, ``< num_classes``) and ``config["class_targets"]`` the
+    net learns the (variant, class) pair, a finer target than the variant alone that the generations
+    carry for free (on the demo zoo it names more variants after the classes are summed out:
+    README, *Variant nets*); otherwise the variant alone."""
     from tqdm.auto import tqdm
 
     cfg = dict(DEFAULT_CONFIG, **(config or {}))
     torch.manual_seed(int(cfg["seed"]))
-    net = VariantNet(f_NChw.shape[1], f_NChw.shape[-1], num_variants, int(cfg["width"]), int(cfg["hidden"]), float(cfg["dropout"]))
+    joint = bool(cfg["class_targets"]) and class_N is not None and num_classes > 1
+    if joint:
+        if int(class_N.min()) < 0 or int(class_N.max()) >= num_classes:
+            raise ValueError(f"class labels must lie in [0, {num_classes})")
+        y_N = y_N * num_classes + class_N
+    net = VariantNet(f_NChw.shape[1], f_NChw.shape[-1], num_variants, int(cfg["width"]), int(cfg["hidden"]), float(cfg["dropout"]),
+                     num_classes if joint else 1)
     net.mean_C.copy_(f_NChw.mean((0, 2, 3)))
     net.std_C.copy_(f_NChw.std((0, 2, 3)).clamp_min(1e-6))
     batch = min(int(cfg["batch_size"]), len(f_NChw))
@@ -169,7 +180,22 @@ def train_variant_net(f_NChw: torch.Tensor, y_N: torch.Tensor, num_variants: int
     return net.eval(), epoch_losses
 
 
-def save_variant_net(net: VariantNet, variants: Sequence[str], path: Path | str, record: Optional[dict] = None) -> Path:
+def train_variant_nets(f_NChw: torch.Tensor, y_N: torch.Tensor, num_variants: int, config: Optional[dict] = None,
+                       progress: bool = True, class_N: Optional[torch.Tensor] = None,
+                       num_classes: int = 1) -> Tuple[AnyVariantNet, List[List[float]]]:
+    """``config["members"]`` nets trained by :func:`train_variant_net` on the same maps from the seeds
+    ``seed``, ``seed + 1``, …: the one net, or their :class:`VariantNetEnsemble`; and each member's
+    epoch losses."""
+    cfg = dict(DEFAULT_CONFIG, **(config or {}))
+    if int(cfg["members"]) < 1:
+        raise ValueError("members must be at least 1")
+    trained = [train_variant_net(f_NChw, y_N, num_variants, dict(cfg, seed=int(cfg["seed"]) + i), progress, class_N, num_classes)
+               for i in range(int(cfg["members"]))]
+    nets = [net for net, _ in trained]
+    return (nets[0] if len(nets) == 1 else VariantNetEnsemble(nets).eval()), [losses for _, losses in trained]
+
+
+def save_variant_net(net: AnyVariantNet, variants: Sequence[str], path: Path | str, record: Optional[dict] = None) -> Path:
     """Weights (``.safetensors``, the variant order and architecture in its metadata) and a JSON record beside them."""
     from safetensors.torch import save_file
 
@@ -186,7 +212,7 @@ def save_variant_net(net: VariantNet, variants: Sequence[str], path: Path | str,
     return path
 
 
-def load_variant_net(path: Path | str) -> Tuple[VariantNet, List[str]]:
+def load_variant_net(path: Path | str) -> Tuple[AnyVariantNet, List[str]]:
     """The net and its variant names, in output order."""
     from safetensors import safe_open
 
@@ -198,7 +224,12 @@ def load_variant_net(path: Path | str) -> Tuple[VariantNet, List[str]]:
         raise ValueError(f"{path}: not a variant net (no variant names in its metadata); train one with `python variant_net.py`")
     described = json.loads(meta[METADATA_KEY])
     shape = described["shape"]
-    net = VariantNet(shape["channels"], shape["size"], shape["num_variants"], shape["width"], shape["hidden"], shape["dropout"])
+
+    def member() -> VariantNet:
+        return VariantNet(shape["channels"], shape["size"], shape["num_variants"], shape["width"], shape["hidden"], shape["dropout"],
+                          shape.get("num_classes", 1))
+
+    net = VariantNetEnsemble([member() for _ in range(shape["members"])]) if "members" in shape else member()
     load_strict(net, read_state_dict(Path(path)), str(path))
     return net.eval(), list(described["variants"])
 
@@ -243,33 +274,37 @@ def train_and_save(inverse: FamilyAdapter, path: Path, config: Optional[dict] = 
     (its JSON record: config, per-epoch losses, accuracy on its training maps, seconds)."""
     cfg = dict(DEFAULT_CONFIG, **(config or {}))
     clock = time.perf_counter()
-    f, y = generate_training_maps(inverse, int(cfg["images_per_variant"]), int(cfg["seed"]), int(cfg["gen_batch"]), progress, cache_dir)
-    net, losses = train_variant_net(f, y, len(inverse.variant_names), cfg, progress)
-    record = {"config": cfg, "epoch_losses": losses, "train_accuracy": _accuracy(net, f, y), "seconds": round(time.perf_counter() - clock, 1),
+    f, y, classes = generate_training_maps(inverse, int(cfg["images_per_variant"]), int(cfg["seed"]), int(cfg["gen_batch"]), progress, cache_dir)
+    net, member_losses = train_variant_nets(f, y, len(inverse.variant_names), cfg, progress, classes, inverse.num_classes)
+    record = {"config": cfg, "epoch_losses": [float(np.mean(epoch)) for epoch in zip(*member_losses)], "member_epoch_losses": member_losses,
+              "train_accuracy": _accuracy(net, f, y), "seconds": round(time.perf_counter() - clock, 1),
               "torch": torch.__version__, "threads": torch.get_num_threads()}
     return save_variant_net(net, inverse.variant_names, path, record)
 
 
 @torch.no_grad()
-def variant_log_probs(net: VariantNet, f_BChw: torch.Tensor) -> torch.Tensor:
-    """``log p(variant | f)`` (``B×V``), :data:`EVAL_CHUNK` images per pass (the last padded)."""
+def variant_log_probs(net: AnyVariantNet, f_BChw: torch.Tensor) -> torch.Tensor:
+    """``log p(variant | f)`` (``B×V``; the class labels summed out), :data:`EVAL_CHUNK` images per
+    pass (the last padded)."""
     out = []
+    num_variants = net.shape["num_variants"]
     for s in range(0, len(f_BChw), EVAL_CHUNK):
         chunk = f_BChw[s:s + EVAL_CHUNK].float()
         n = len(chunk)
         if n < EVAL_CHUNK:
             chunk = torch.cat([chunk, chunk[:1].expand(EVAL_CHUNK - n, *chunk.shape[1:])])
-        out.append(F.log_softmax(net(chunk.contiguous()), dim=1)[:n])
+        joint = F.log_softmax(net(chunk.contiguous()), dim=1)[:n]
+        out.append(joint.view(n, num_variants, -1).logsumexp(-1))
     return torch.cat(out) if out else torch.zeros(0, net.shape["num_variants"])
 
 
-def variant_nll(net: VariantNet, variants: Sequence[str], f_BChw: torch.Tensor) -> Dict[str, np.ndarray]:
+def variant_nll(net: AnyVariantNet, variants: Sequence[str], f_BChw: torch.Tensor) -> Dict[str, np.ndarray]:
     """``{variant}_fnet_nll`` columns: ``−log p(variant | f)`` per image."""
     log_p = variant_log_probs(net, f_BChw).double().numpy()
     return {f"{v}_{FEATURE_STEM}": -log_p[:, i] for i, v in enumerate(variants)}
 
 
-def _accuracy(net: VariantNet, f: torch.Tensor, y: torch.Tensor) -> float:
+def _accuracy(net: AnyVariantNet, f: torch.Tensor, y: torch.Tensor) -> float:
     return float((variant_log_probs(net, f).argmax(1) == y).float().mean())
 
 
@@ -301,7 +336,14 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/variant_net"), help="output root (default runs/variant_net)")
     parser.add_argument("--images-per-variant", type=at_least(1), default=DEFAULT_CONFIG["images_per_variant"])
     parser.add_argument("--epochs", type=at_least(1), default=DEFAULT_CONFIG["epochs"])
-    parser.add_argument("--seed", type=int, choices=range(10), default=DEFAULT_CONFIG["seed"], metavar="0-9")
+    parser.add_argument("--seed", type=int, choices=range(10), default=DEFAULT_CONFIG["seed"], metavar="0-9",
+                        help="seed of the generations, and of the first member's training (default %(default)s)")
+    parser.add_argument("--members", type=at_least(1), default=DEFAULT_CONFIG["members"],
+                        help="nets trained from consecutive seeds whose posteriors are averaged (default %(default)s)")
+    parser.add_argument("--width", type=at_least(1), default=DEFAULT_CONFIG["width"], help="convolution channels (default %(default)s)")
+    parser.add_argument("--hidden", type=at_least(1), default=DEFAULT_CONFIG["hidden"], help="MLP width (default %(default)s)")
+    parser.add_argument("--variant-only", action="store_true",
+                        help="learn the variant alone, not the (variant, class label) pair the generations carry")
     parser.add_argument("--map-cache", type=Path,
                         help="where the generated training maps are kept, so a rerun resumes or reuses them (default <out>/<FAMILY>/maps)")
     parser.add_argument("--no-map-cache", action="store_true", help="keep no generated maps on disk")
@@ -322,7 +364,9 @@ def main(argv: Optional[list] = None) -> int:
     else:
         path = default_output_dir(args.out, family) / WEIGHTS_FILE
         cache = None if args.no_map_cache else (args.map_cache or default_map_cache(args.out, family))
-        train_and_save(inverse, path, dict(images_per_variant=args.images_per_variant, epochs=args.epochs, seed=args.seed), cache_dir=cache)
+        config = dict(images_per_variant=args.images_per_variant, epochs=args.epochs, seed=args.seed, members=args.members,
+                      width=args.width, hidden=args.hidden, class_targets=not args.variant_only)
+        train_and_save(inverse, path, config, cache_dir=cache)
         print(f"variant net → {path}: {json.loads(path.with_suffix('.json').read_text())['train_accuracy']:.4f} on its training maps")
     for folder in args.eval:
         net, variants = load_variant_net(path)

@@ -39,7 +39,9 @@ __all__ = ["GROUPS", "DERIVED", "ablate"]
 
 
 def _prefixed(*prefixes: str) -> Callable[[str], bool]:
-    return lambda column: column.split("_", 1)[0] in prefixes
+    """The likelihood columns of these variants; a variant net's column is not among them (one pass
+    of the net gives every variant's, so skipping a variant's likelihoods would not drop it)."""
+    return lambda column: column.split("_", 1)[0] in prefixes and "_fnet_nll" not in column
 
 
 def _signals(families, names) -> Callable[[str], bool]:

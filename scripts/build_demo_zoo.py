@@ -19,8 +19,8 @@ tokens at the finest scale):
 
 Then the inverse decoders of both families (``--stage inv-decoders``) and the VAR variant net
 (``--stage variant-nets``, :mod:`variant_net`: a CNN naming the variant from the plain inverse
-decoder's ``f``, trained on 20 480 fresh generations per variant, kept in ``--map-cache`` so a
-rerun or a retrained net reuses them).
+decoder's ``f``: an ensemble of three trained on the (variant, class label) pairs of 81 920 fresh
+generations per variant, kept in ``--map-cache`` so a rerun or a retrained net reuses them).
 
 Data: crops of the 8 *model photos* of ``demo_photos.py`` (class = photo; left 75 % of each
 photo); the right 25 % gives validation crops for tokenizer PSNR and token NLL; the 3 reserved
@@ -329,12 +329,16 @@ def build_variant_nets(out: Path, seed: int, quick: bool, progress: bool = True,
     ``map_cache`` the generated maps are kept there and reused (:func:`variant_net.generate_training_maps`)."""
     import inv_decoder
     import variant_net
+    from models.zoo import load_family
 
     torch.set_num_threads(2)
     summaries = {}
     for family in (f for f in families if f in variant_net.NET_FAMILIES):
         clock = time.perf_counter()
-        inverse = inv_decoder.inverse_adapter(family, out, out / inv_decoder.SHIPPED_SUBDIR)
+        shipped = inv_decoder.shipped_file(out, family, False)
+        if not shipped.is_file():  # never fine-tune one here: the inv-decoders stage sets the recipe
+            raise FileNotFoundError(f"no plain {family} inverse decoder at {shipped}: run --stage inv-decoders first")
+        inverse = inv_decoder.load_inverse_decoder(load_family(family, out), shipped)
         config = dict(VARIANT_NET_QUICK if quick else {}, seed=seed)
         path = variant_net.train_and_save(inverse, variant_net.shipped_file(out, family), config, progress=progress, cache_dir=map_cache)
         record = json.loads(path.with_suffix(".json").read_text())

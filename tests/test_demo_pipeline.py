@@ -216,9 +216,10 @@ def test_missing_token_rows_are_computed_again_only_when_asked_for(tiny_dataset,
     assert len(extractor.token_store.shards()) == 1
 
 
-def test_rows_carry_the_variant_nets_posterior_for_var_only(tiny_dataset, tmp_path):
-    """``{variant}_fnet_nll`` (:mod:`variant_net`): one column per VAR variant, none for RAR's, a
-    distribution over the VAR variants per image, and what the shipped net says about ``D⁻¹(x)``."""
+def test_rows_carry_each_variant_nets_posterior(tiny_dataset, tmp_path):
+    """``{variant}_fnet_nll`` (:mod:`variant_net`): one column per variant of each family with a net,
+    a distribution over its variants per image, and what the shipped net says about ``D⁻¹(x)``
+    itself (for RAR, not the re-encoding target its tokens are read from)."""
     import numpy as np
     import torch
 
@@ -229,14 +230,17 @@ def test_rows_carry_the_variant_nets_posterior_for_var_only(tiny_dataset, tmp_pa
     paths = sorted((tiny_dataset / "test").glob("*.png"))[:3]
     extractor = FeatureExtractor(inv_root=tmp_path / "inv", use_cache=False, progress=False)
     rows = extractor.features(paths)
-    net, names = extractor.nets["VAR"]
-    columns = [c for c in rows.columns if c.endswith("_fnet_nll")]
-    assert columns == [f"{v}_fnet_nll" for v in names] == [f"{v}_fnet_nll" for v in extractor.adapters["VAR"].variant_names]
-    np.testing.assert_allclose(np.exp(-rows[columns].to_numpy()).sum(axis=1), 1.0, rtol=1e-6)
-    with torch.no_grad():
-        f = extractor.adapters["VAR"].encode(load_images(paths, size=extractor.image_size))
-    expected = variant_net.variant_log_probs(net, f).double().numpy()
-    np.testing.assert_allclose(-rows[columns].to_numpy(), expected, atol=1e-4)
+    assert sorted(extractor.nets) == sorted(variant_net.NET_FAMILIES)
+    all_columns = [c for c in rows.columns if c.endswith("_fnet_nll")]
+    for family, (net, names) in extractor.nets.items():
+        columns = [f"{v}_fnet_nll" for v in names]
+        assert names == list(extractor.adapters[family].variant_names) and set(columns) <= set(all_columns)
+        np.testing.assert_allclose(np.exp(-rows[columns].to_numpy()).sum(axis=1), 1.0, rtol=1e-6)
+        with torch.no_grad():
+            f = extractor.adapters[family].encode(load_images(paths, size=extractor.image_size))
+        expected = variant_net.variant_log_probs(net, f).double().numpy()
+        np.testing.assert_allclose(-rows[columns].to_numpy(), expected, atol=1e-4)
+    assert len(all_columns) == sum(len(names) for _, names in extractor.nets.values())
 
 
 class _FixedGate:

@@ -78,7 +78,7 @@ def _png_generations(adapter, per_variant: int, seed: int):
     images, tokens = [], []
     for v_i, variant in enumerate(adapter.variant_names):
         img, idx, _ = adapter.generate(variant, adapter.random_labels(per_variant, seed + v_i), seed + v_i)
-        images.append(torch.round(img.clamp(0, 1) * 255) / 255)
+        images.append(inv_decoder.to_png_levels(img))
         tokens.append(idx)
     return torch.cat(images), torch.cat(tokens)
 
@@ -128,7 +128,7 @@ def test_colour_correction_brings_saturated_generations_back_into_range(family):
     from signals import colour_refined_enc_loss, refined_enc_loss
 
     adapter = _shipped_inverse_decoder(family)
-    saturate = lambda x: torch.round(apply_attack(x, "saturation", 2.0) * 255) / 255  # noqa: E731
+    saturate = lambda x: inv_decoder.to_png_levels(apply_attack(x, "saturation", 2.0))  # noqa: E731
     own = saturate(_png_generations(adapter, 2, TEST_SEED + 2)[0])
     corrected = colour_refined_enc_loss(adapter, own).median()
     assert corrected * 5 < refined_enc_loss(adapter, own).median(), family

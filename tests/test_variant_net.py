@@ -49,6 +49,53 @@ def test_saved_net_loads_back_with_its_variant_order(tmp_path):
         vn.load_variant_net(tmp_path / "other.safetensors")
 
 
+def _toy_maps_with_classes(n: int, seed: int):
+    """Two "variants" × three classes: the variant shows as the sign of a shift of the class's channel."""
+    gen = torch.Generator().manual_seed(seed)
+    y, c = torch.arange(n) % 2, (torch.arange(n) // 2) % 3
+    f = torch.randn(n, 4, 8, 8, generator=gen)
+    f[torch.arange(n), c] += 2.0 * (2 * y - 1).float().view(-1, 1, 1)
+    return f, y, c
+
+
+def test_class_targets_are_summed_out(tmp_path):
+    """Trained on (variant, class) pairs, the net still answers ``p(variant | f)``: the classes are
+    summed out, the file keeps the class count, and a net without class targets writes none."""
+    f, y, c = _toy_maps_with_classes(600, 4)
+    net, losses = vn.train_variant_net(f, y, 2, dict(epochs=8, batch_size=32, lr=3e-3), progress=False, class_N=c, num_classes=3)
+    assert net.shape["num_classes"] == 3 and net.body[-1].out_features == 6
+    held_f, held_y, held_c = _toy_maps_with_classes(300, 5)
+    log_p = vn.variant_log_probs(net, held_f)
+    assert log_p.shape == (300, 2)
+    torch.testing.assert_close(log_p.exp().sum(1), torch.ones(300))
+    assert (log_p.argmax(1) == held_y).float().mean() > 0.95
+    path = vn.save_variant_net(net, ["u", "v"], tmp_path / "joint.safetensors")
+    loaded, _ = vn.load_variant_net(path)
+    torch.testing.assert_close(vn.variant_log_probs(loaded, held_f), log_p, rtol=0, atol=0)
+    plain, _ = vn.train_variant_net(f, y, 2, dict(epochs=1, batch_size=32, class_targets=False), progress=False, class_N=c, num_classes=3)
+    assert "num_classes" not in plain.shape and plain.body[-1].out_features == 2
+    with pytest.raises(ValueError, match="class labels"):
+        vn.train_variant_net(f, y, 2, dict(epochs=1), progress=False, class_N=c + 1, num_classes=3)
+
+
+def test_an_ensemble_averages_its_members_posteriors(tmp_path):
+    """``members`` nets from consecutive seeds: their mean probability, saved and loaded as one file;
+    one member is a plain net."""
+    f, y = _toy_maps(96, 6)
+    ensemble, losses = vn.train_variant_nets(f, y, 3, dict(epochs=1, batch_size=16, members=2, seed=3), progress=False)
+    assert isinstance(ensemble, vn.VariantNetEnsemble) and ensemble.shape["members"] == 2 and len(losses) == 2
+    first, _ = vn.train_variant_net(f, y, 3, dict(epochs=1, batch_size=16, seed=3), progress=False)
+    second, _ = vn.train_variant_net(f, y, 3, dict(epochs=1, batch_size=16, seed=4), progress=False)
+    mean_p = (vn.variant_log_probs(first, f).exp() + vn.variant_log_probs(second, f).exp()) / 2
+    torch.testing.assert_close(vn.variant_log_probs(ensemble, f).exp(), mean_p)
+    path = vn.save_variant_net(ensemble, ["a", "b", "c"], tmp_path / "ensemble.safetensors")
+    loaded, _ = vn.load_variant_net(path)
+    torch.testing.assert_close(vn.variant_log_probs(loaded, f), vn.variant_log_probs(ensemble, f), rtol=0, atol=0)
+    single, _ = vn.train_variant_nets(f, y, 3, dict(epochs=1, batch_size=16, members=1, seed=3), progress=False)
+    assert isinstance(single, vn.VariantNet)
+    torch.testing.assert_close(vn.variant_log_probs(single, f), vn.variant_log_probs(first, f), rtol=0, atol=0)
+
+
 def test_an_images_output_does_not_depend_on_its_batch_mates():
     f, y = _toy_maps(13, 3)
     net, _ = vn.train_variant_net(f, y, 3, dict(epochs=1, batch_size=8), progress=False)
@@ -101,8 +148,8 @@ def test_generated_maps_are_kept_and_read_back_bit_for_bit(tmp_path, monkeypatch
     import inv_decoder
 
     inverse = inv_decoder.inverse_adapter("VAR", None, "runs/inv_decoder")
-    fresh_f, fresh_y = vn.generate_training_maps(inverse, 3, 0, 2, progress=False)
-    kept_f, kept_y = vn.generate_training_maps(inverse, 3, 0, 2, progress=False, cache_dir=tmp_path)
+    fresh_f, fresh_y, fresh_c = vn.generate_training_maps(inverse, 3, 0, 2, progress=False)
+    kept_f, kept_y, kept_c = vn.generate_training_maps(inverse, 3, 0, 2, progress=False, cache_dir=tmp_path)
     (folder,) = list(tmp_path.iterdir())
     assert len(list(folder.glob("*.pt"))) == 2 * len(inverse.variant_names)
 
@@ -110,10 +157,13 @@ def test_generated_maps_are_kept_and_read_back_bit_for_bit(tmp_path, monkeypatch
         raise AssertionError("generated although cached")
 
     monkeypatch.setattr(inverse, "generate", no_generation)
-    read_f, read_y = vn.generate_training_maps(inverse, 3, 0, 2, progress=False, cache_dir=tmp_path)
+    read_f, read_y, read_c = vn.generate_training_maps(inverse, 3, 0, 2, progress=False, cache_dir=tmp_path)
     for got in (kept_f, read_f):
         torch.testing.assert_close(got, fresh_f, rtol=0, atol=0)
     assert torch.equal(read_y, fresh_y) and torch.equal(kept_y, fresh_y)
+    # the class labels each batch was generated for, drawn again from its seed (batches of 2, then 1)
+    drawn = [inverse.random_labels(n, vn.generation_seed(0, vi, j)) for vi in range(len(inverse.variant_names)) for j, n in enumerate((2, 1))]
+    assert torch.equal(fresh_c, torch.cat(drawn)) and torch.equal(read_c, fresh_c) and torch.equal(kept_c, fresh_c)
     weight = next(inverse.tokenizer.parameters())
     before, saved = vn.adapter_fingerprint(inverse), weight.detach().clone()
     with torch.no_grad():
@@ -127,23 +177,28 @@ def test_generated_maps_are_kept_and_read_back_bit_for_bit(tmp_path, monkeypatch
     assert before.startswith(folder.name)
 
 
-def test_the_demo_zoos_net_names_fresh_var_generations_above_chance():
-    """192 fresh generations (a seed range of its own) mapped back by the shipped inverse decoder:
-    chance is 25 % (sd 3.1 points); the shipped net must do clearly better."""
+# what each shipped net must name of 192 fresh generations: well below its measured accuracy (README,
+# *Variant nets*), well above chance (25 %, sd 3.1 points), and above the net it replaced where there was one
+SHIPPED_NET_BARS = {"VAR": 0.65, "RAR": 0.65}
+
+
+@pytest.mark.parametrize("family", vn.NET_FAMILIES)
+def test_the_demo_zoos_net_names_fresh_generations(family):
+    """192 fresh generations (a seed range of its own) mapped back by the shipped inverse decoder."""
     import inv_decoder
     from models.zoo import DEMO_ZOO_DIR
 
-    inverse = inv_decoder.inverse_adapter("VAR", None, "runs/inv_decoder")
-    net, names = vn.load_variant_net(vn.shipped_file(DEMO_ZOO_DIR, "VAR"))
+    inverse = inv_decoder.inverse_adapter(family, None, "runs/inv_decoder")
+    net, names = vn.load_variant_net(vn.shipped_file(DEMO_ZOO_DIR, family))
     assert names == list(inverse.variant_names)
     hits = []
     for vi, variant in enumerate(names):
-        seed = 9_900_000 + vi  # above every training seed of the shipped net (seed 0: < 9 100 000)
+        seed = 9_900_000 + vi  # above every training seed of the shipped nets (seed 0: < 9 100 000)
         img = inverse.generate(variant, inverse.random_labels(48, seed), seed)[0]
         with torch.no_grad():
-            f = inverse.encode(torch.round(img.clamp(0, 1) * 255) / 255)
+            f = inverse.encode(inv_decoder.to_png_levels(img))
         hits.append(vn.variant_log_probs(net, f).argmax(1) == vi)
-    assert torch.cat(hits).float().mean() > 0.33
+    assert torch.cat(hits).float().mean() > SHIPPED_NET_BARS[family]
 
 
 def test_cli_scores_the_net_in_use_without_training(tmp_path, capsys):
