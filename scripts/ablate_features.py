@@ -34,6 +34,7 @@ import pandas as pd  # noqa: E402
 
 from dataset import REPORT_DIR, add_labelled_split_arguments, read_labelled_features  # noqa: E402
 from variant_classifier import FlatClassifier  # noqa: E402
+from variant_net import FEATURE_STEM as NET_STEM  # noqa: E402
 
 __all__ = ["GROUPS", "DERIVED", "ablate"]
 
@@ -41,7 +42,7 @@ __all__ = ["GROUPS", "DERIVED", "ablate"]
 def _prefixed(*prefixes: str) -> Callable[[str], bool]:
     """The likelihood columns of these variants; a variant net's column is not among them (one pass
     of the net gives every variant's, so skipping a variant's likelihoods would not drop it)."""
-    return lambda column: column.split("_", 1)[0] in prefixes and "_fnet_nll" not in column
+    return lambda column: column.split("_", 1)[0] in prefixes and not column.endswith(f"_{NET_STEM}")
 
 
 def _signals(families, names) -> Callable[[str], bool]:
@@ -60,7 +61,7 @@ GROUPS: Dict[str, Callable[[str], bool]] = {
     "VAR searched QuantLoss": _signals(("VAR",), ("quant_loss_searched",)),
     "sampler and evidence likelihoods (every variant)":
         lambda column: column.split("_", 1)[0] not in ("VAR", "RAR") and any(k in column for k in ("sampling", "evidence", "support_miss")),
-    "VAR variant net (fnet_nll, with its _rel and _margin)": lambda column: "_fnet_nll" in column,
+    "VAR variant net (fnet_nll, with its _rel and _margin)": lambda column: column.endswith(f"_{NET_STEM}"),
 }
 
 
