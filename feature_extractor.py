@@ -4,7 +4,7 @@ For every image, with each family's inverse decoder:
 
 * ``{VAR,RAR}_{signal}`` — the stage-one signals of :mod:`signals` (QuantLoss, searched
   QuantLoss for VAR, EncLoss raw and calibrated, Combined, Reconstruction, AEDR);
-* ``{variant}_fnet_nll`` — for the variants of the families with a variant net (VAR):
+* ``{variant}_fnet_nll`` — for the variants of the families with a variant net (both):
   ``−log p(variant | f)`` from :mod:`variant_net`, a small CNN trained on the family's fresh
   generations to name the variant from the inverse decoder's ``f`` without reading tokens;
 * ``{variant}_{feature}`` — for all 8 variants, the likelihood features of
@@ -77,7 +77,7 @@ EXTRACTOR_NAME = "iar_features"
 # 11: the same features as 10, with per-token log-likelihoods stored beside them; 12: rows carry
 # scored_{family} markers, and a ScoringGate may leave a family's variant features out (NaN);
 # 13: variant features in fixed-size chunks (VARIANT_CHUNK), whatever the batch mates
-EXTRACTOR_VERSION = "14"  # 14: {variant}_fnet_nll (variant_net.py)
+EXTRACTOR_VERSION = "15"  # 14: {variant}_fnet_nll (variant_net.py) for VAR; 15: for RAR too
 TOKEN_LL_SUFFIX = "_token_ll"  # the per-token store: <name>_token_ll-v<version>-<weights digest>
 SHARED_CANDIDATES = 1  # labels the larger variants of a family are evaluated under
 # Variant features are computed this many images at a time, always (the last chunk padded): the

@@ -10,7 +10,9 @@ A variant net sidesteps the reading. It is trained, like an inverse decoder, on 
 of every variant of the family (equal shares, random labels, PNG-rounded, from a seed range no
 Dataset, fine-tuning or diagnosis image uses) to predict which variant made ``f = D⁻¹(x)``, the
 plain inverse decoder's feature map: a direct estimate of ``p(variant | f)`` that no token
-reading limits. Two things make it learn more from the same generations: it is trained on the
+reading limits. For RAR, whose tokens are read well, the same net adds a second, independent
+opinion beside the likelihoods (on the demo zoo it names fewer RAR variants than they do, but the
+classifiers gain from both: README, *Variant nets*). Two things make it learn more from the same generations: it is trained on the
 (variant, class label) pair each generation was made for, a finer target that costs nothing (the
 label is drawn from the batch's seed), and the class is summed out when it scores (the label is
 never known then); and the shipped net is an ensemble of three trained alike from consecutive
@@ -20,10 +22,11 @@ them. It is a learned fingerprint of each transformer's sampling distribution as
 it says nothing about images of other models, which the family signals and the outlier class
 handle.
 
-The demo zoo ships one for VAR (``demo_zoo/variant_nets/VAR/``, made by
-``scripts/build_demo_zoo.py --stage variant-nets``). With official weights it is trained on first
-use (``--weights-dir``; slow on a CPU: 81 920 generations per variant by default, kept on disk as
-they are made, so an interrupted training resumes: ``--map-cache``; ``--images-per-variant`` for fewer).
+The demo zoo ships one per family (``demo_zoo/variant_nets/<FAMILY>/``, made by
+``scripts/build_demo_zoo.py --stage variant-nets``). With official weights they are trained on first
+use (``--weights-dir``; slow on a CPU: 81 920 generations per VAR variant and 20 480 per RAR variant
+by default, :func:`default_config`, kept on disk as they are made, so an interrupted training
+resumes: ``--map-cache``; ``--images-per-variant`` for fewer).
 
     python variant_net.py --family VAR                          # train under runs/variant_net/VAR/
     python variant_net.py --family VAR --eval Dataset/val       # and report its accuracy on labelled folders
@@ -48,7 +51,7 @@ from atomic import atomic_path
 from models.adapter import FamilyAdapter
 from models.variant_net import AnyVariantNet, VariantNet, VariantNetEnsemble
 
-__all__ = ["DEFAULT_CONFIG", "SEED_OFFSET", "NET_FAMILIES", "VariantNet", "VariantNetEnsemble", "AnyVariantNet", "TrainingMaps",
+__all__ = ["DEFAULT_CONFIG", "FAMILY_CONFIG", "default_config", "SEED_OFFSET", "NET_FAMILIES", "VariantNet", "VariantNetEnsemble", "AnyVariantNet", "TrainingMaps",
            "generation_seed", "adapter_fingerprint",
            "generate_training_maps",
            "train_variant_net", "train_variant_nets", "save_variant_net", "load_variant_net", "shipped_file", "default_output_dir", "default_map_cache",
@@ -57,7 +60,10 @@ __all__ = ["DEFAULT_CONFIG", "SEED_OFFSET", "NET_FAMILIES", "VariantNet", "Varia
 DEFAULT_CONFIG: Dict[str, object] = dict(images_per_variant=81920, gen_batch=64, epochs=6, batch_size=128, lr=2e-3,
                                          weight_decay=0.05, width=64, hidden=256, dropout=0.3, class_targets=True, members=3, seed=0)
 SEED_OFFSET = 9_000_000  # make_demo_dataset < 7e6, inv_decoder 7e6 … 8e6, diagnose_zoo 8e6 … 9e6
-NET_FAMILIES = ("VAR",)  # RAR's token reader is exact given f̂: its likelihood features already name ~95 %
+# per family, what differs from DEFAULT_CONFIG: RAR's likelihoods already name ~95 % of its variants, so
+# its net is a second opinion that a quarter of VAR's generations buy most of (README, *Variant nets*)
+FAMILY_CONFIG: Dict[str, Dict[str, object]] = {"VAR": {}, "RAR": dict(images_per_variant=20480)}
+NET_FAMILIES = tuple(FAMILY_CONFIG)
 FEATURE_STEM = "fnet_nll"
 SHIPPED_SUBDIR = "variant_nets"
 WEIGHTS_FILE = "variant_net.safetensors"
@@ -65,6 +71,13 @@ METADATA_KEY = "variant_net"  # the file's metadata: {"variants": [...], "shape"
 EVAL_CHUNK = 8  # images per forward pass, always (padded): an image's output does not depend on its batch mates
 
 
+
+
+def default_config(family: str) -> Dict[str, object]:
+    """The training recipe of ``family``'s net: :data:`DEFAULT_CONFIG` with its :data:`FAMILY_CONFIG`."""
+    if family not in FAMILY_CONFIG:
+        raise KeyError(f"no variant net for family {family!r}; there are nets for {', '.join(NET_FAMILIES)}")
+    return dict(DEFAULT_CONFIG, **FAMILY_CONFIG[family])
 
 
 class TrainingMaps(NamedTuple):
@@ -272,7 +285,7 @@ def train_and_save(inverse: FamilyAdapter, path: Path, config: Optional[dict] = 
     """Generate the training maps with ``inverse`` (kept in, or read from, ``cache_dir``: see
     :func:`generate_training_maps`), train a net on them and save it at ``path``
     (its JSON record: config, per-epoch losses, accuracy on its training maps, seconds)."""
-    cfg = dict(DEFAULT_CONFIG, **(config or {}))
+    cfg = dict(default_config(inverse.family), **(config or {}))
     clock = time.perf_counter()
     f, y, classes = generate_training_maps(inverse, int(cfg["images_per_variant"]), int(cfg["seed"]), int(cfg["gen_batch"]), progress, cache_dir)
     net, member_losses = train_variant_nets(f, y, len(inverse.variant_names), cfg, progress, classes, inverse.num_classes)
@@ -334,7 +347,9 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--inv-root", type=Path, default=Path("runs/inv_decoder"),
                         help="where inverse decoders not shipped with the weights live (default runs/inv_decoder)")
     parser.add_argument("--out", type=Path, default=Path("runs/variant_net"), help="output root (default runs/variant_net)")
-    parser.add_argument("--images-per-variant", type=at_least(1), default=DEFAULT_CONFIG["images_per_variant"])
+    parser.add_argument("--images-per-variant", type=at_least(1),
+                        help="generations per variant (default: the family's, %s)" %
+                             ", ".join(f"{f} {default_config(f)['images_per_variant']}" for f in NET_FAMILIES))
     parser.add_argument("--epochs", type=at_least(1), default=DEFAULT_CONFIG["epochs"])
     parser.add_argument("--seed", type=int, choices=range(10), default=DEFAULT_CONFIG["seed"], metavar="0-9",
                         help="seed of the generations, and of the first member's training (default %(default)s)")
@@ -364,7 +379,7 @@ def main(argv: Optional[list] = None) -> int:
     else:
         path = default_output_dir(args.out, family) / WEIGHTS_FILE
         cache = None if args.no_map_cache else (args.map_cache or default_map_cache(args.out, family))
-        config = dict(images_per_variant=args.images_per_variant, epochs=args.epochs, seed=args.seed, members=args.members,
+        config = dict(images_per_variant=args.images_per_variant or default_config(family)["images_per_variant"], epochs=args.epochs, seed=args.seed, members=args.members,
                       width=args.width, hidden=args.hidden, class_targets=not args.variant_only)
         train_and_save(inverse, path, config, cache_dir=cache)
         print(f"variant net → {path}: {json.loads(path.with_suffix('.json').read_text())['train_accuracy']:.4f} on its training maps")

@@ -45,6 +45,11 @@ def _prefixed(*prefixes: str) -> Callable[[str], bool]:
     return lambda column: column.split("_", 1)[0] in prefixes and not column.endswith(f"_{NET_STEM}")
 
 
+def _net_of(variant_prefix: str) -> Callable[[str], bool]:
+    """The variant-net columns of the variants whose names start with ``variant_prefix``."""
+    return lambda column: column.startswith(variant_prefix) and column.endswith(f"_{NET_STEM}")
+
+
 def _signals(families, names) -> Callable[[str], bool]:
     return lambda column: column.split("_", 1)[0] in families and column.split("_", 1)[1] in names
 
@@ -61,7 +66,8 @@ GROUPS: Dict[str, Callable[[str], bool]] = {
     "VAR searched QuantLoss": _signals(("VAR",), ("quant_loss_searched",)),
     "sampler and evidence likelihoods (every variant)":
         lambda column: column.split("_", 1)[0] not in ("VAR", "RAR") and any(k in column for k in ("sampling", "evidence", "support_miss")),
-    "VAR variant net (fnet_nll, with its _rel and _margin)": lambda column: column.endswith(f"_{NET_STEM}"),
+    "VAR variant net (fnet_nll, with its _rel and _margin)": _net_of("var"),
+    "RAR variant net (fnet_nll, with its _rel and _margin)": _net_of("rar"),
 }
 
 

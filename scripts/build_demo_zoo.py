@@ -17,10 +17,11 @@ tokens at the finest scale):
 * an outlier IAR — a MaskGIT-VQGAN of another configuration with a codebook of its own and a
   raster-order generator, used only to make outlier images.
 
-Then the inverse decoders of both families (``--stage inv-decoders``) and the VAR variant net
-(``--stage variant-nets``, :mod:`variant_net`: a CNN naming the variant from the plain inverse
-decoder's ``f``: an ensemble of three trained on the (variant, class label) pairs of 81 920 fresh
-generations per variant, kept in ``--map-cache`` so a rerun or a retrained net reuses them).
+Then the inverse decoders of both families (``--stage inv-decoders``) and both families' variant
+nets (``--stage variant-nets``, :mod:`variant_net`: CNNs naming the variant from the plain inverse
+decoder's ``f``: per family an ensemble of three trained on the (variant, class label) pairs of
+fresh generations — 81 920 per VAR variant, 20 480 per RAR variant — kept in ``--map-cache`` so a
+rerun or a retrained net reuses them).
 
 Data: crops of the 8 *model photos* of ``demo_photos.py`` (class = photo; left 75 % of each
 photo); the right 25 % gives validation crops for tokenizer PSNR and token NLL; the 3 reserved
@@ -322,7 +323,7 @@ def build_inverse_decoders(out: Path, seed: int, quick: bool, progress: bool = T
 VARIANT_NET_QUICK = dict(images_per_variant=4, gen_batch=4, epochs=1, batch_size=8)
 
 
-def build_variant_nets(out: Path, seed: int, quick: bool, progress: bool = True, families: Sequence[str] = ("VAR",),
+def build_variant_nets(out: Path, seed: int, quick: bool, progress: bool = True, families: Sequence[str] = ("VAR", "RAR"),
                        map_cache: Optional[Path] = None) -> Dict[str, dict]:
     """Train and ship the variant nets of ``families`` (:mod:`variant_net`) on fresh generations mapped
     back by the family's plain inverse decoder in ``out`` (so that stage comes first); with

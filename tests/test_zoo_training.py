@@ -62,17 +62,19 @@ def test_as_shipped_rounds_to_float16_in_place():
 
 
 def test_variant_net_stage_is_reproducible(quick_zoo, tmp_path):
-    """``--stage variant-nets`` after the VAR inverse decoder: the same net file twice, listed in
-    ``SHA256SUMS``, naming the zoo's VAR variants."""
+    """``--stage variant-nets`` after the plain inverse decoders: the same net files twice, listed in
+    ``SHA256SUMS``, naming each family's variants."""
     import variant_net
 
     zoo = tmp_path / "zoo"
     shutil.copytree(quick_zoo, zoo)
-    build_demo_zoo.build_inverse_decoders(zoo, seed=0, quick=True, progress=False, families=("VAR",), kinds=["plain"])
+    build_demo_zoo.build_inverse_decoders(zoo, seed=0, quick=True, progress=False, families=("VAR", "RAR"), kinds=["plain"])
     sums = []
     for _ in range(2):
         build_demo_zoo.build_variant_nets(zoo, seed=0, quick=True, progress=False)
         sums.append((zoo / "SHA256SUMS").read_text())
-    assert sums[0] == sums[1] and "variant_nets/VAR/variant_net.safetensors" in sums[0]
-    names = variant_net.load_variant_net(variant_net.shipped_file(zoo, "VAR"))[1]
-    assert names == list(json.loads((zoo / "zoo.json").read_text())["families"]["VAR"]["variants"])
+    assert sums[0] == sums[1]
+    for family in variant_net.NET_FAMILIES:
+        assert f"variant_nets/{family}/variant_net.safetensors" in sums[0]
+        names = variant_net.load_variant_net(variant_net.shipped_file(zoo, family))[1]
+        assert names == list(json.loads((zoo / "zoo.json").read_text())["families"][family]["variants"])
