@@ -12,11 +12,13 @@ Dataset, fine-tuning or diagnosis image uses) to predict which variant made ``f 
 plain inverse decoder's feature map: a direct estimate of ``p(variant | f)`` that no token
 reading limits. For RAR, whose tokens are read well, the same net adds a second, independent
 opinion beside the likelihoods (on the demo zoo it names fewer RAR variants than they do, but the
-classifiers gain from both: README, *Variant nets*). Two things make it learn more from the same generations: it is trained on the
-(variant, class label) pair each generation was made for, a finer target that costs nothing (the
-label is drawn from the batch's seed), and the class is summed out when it scores (the label is
-never known then); and the shipped net is an ensemble of three trained alike from consecutive
-seeds, whose posteriors are averaged. The feature extractor adds ``{variant}_fnet_nll = −log p(variant | f)`` to every
+classifiers gain from both: README, *Variant nets*).
+
+Two things make it learn more from the same generations: it is trained on the (variant, class
+label) pair each generation was made for, a finer target that costs nothing (the label is drawn
+from the batch's seed), and the class is summed out when it scores (the label is never known
+then); and each shipped net is an ensemble of three trained alike from consecutive seeds, whose
+posteriors are averaged. The feature extractor adds ``{variant}_fnet_nll = −log p(variant | f)`` to every
 image's row (lower = likelier, like the likelihood features), and the classifiers use it beside
 them. It is a learned fingerprint of each transformer's sampling distribution as it shows in ``f``;
 it says nothing about images of other models, which the family signals and the outlier class
@@ -51,11 +53,11 @@ from atomic import atomic_path
 from models.adapter import FamilyAdapter
 from models.variant_net import AnyVariantNet, VariantNet, VariantNetEnsemble
 
-__all__ = ["DEFAULT_CONFIG", "FAMILY_CONFIG", "default_config", "SEED_OFFSET", "NET_FAMILIES", "VariantNet", "VariantNetEnsemble", "AnyVariantNet", "TrainingMaps",
-           "generation_seed", "adapter_fingerprint",
-           "generate_training_maps",
-           "train_variant_net", "train_variant_nets", "save_variant_net", "load_variant_net", "shipped_file", "default_output_dir", "default_map_cache",
-           "ensure_variant_net", "train_and_save", "variant_log_probs", "variant_nll", "FEATURE_STEM"]
+__all__ = ["DEFAULT_CONFIG", "FAMILY_CONFIG", "default_config", "SEED_OFFSET", "NET_FAMILIES", "FEATURE_STEM",
+           "VariantNet", "VariantNetEnsemble", "AnyVariantNet", "TrainingMaps", "generation_seed", "adapter_fingerprint",
+           "generate_training_maps", "train_variant_net", "train_variant_nets", "save_variant_net", "load_variant_net",
+           "shipped_file", "default_output_dir", "default_map_cache", "ensure_variant_net", "train_and_save",
+           "variant_log_probs", "variant_nll"]
 
 DEFAULT_CONFIG: Dict[str, object] = dict(images_per_variant=81920, gen_batch=64, epochs=6, batch_size=128, lr=2e-3,
                                          weight_decay=0.05, width=64, hidden=256, dropout=0.3, class_targets=True, members=3, seed=0)
@@ -69,8 +71,6 @@ SHIPPED_SUBDIR = "variant_nets"
 WEIGHTS_FILE = "variant_net.safetensors"
 METADATA_KEY = "variant_net"  # the file's metadata: {"variants": [...], "shape": {...}} as JSON
 EVAL_CHUNK = 8  # images per forward pass, always (padded): an image's output does not depend on its batch mates
-
-
 
 
 def default_config(family: str) -> Dict[str, object]:
@@ -379,7 +379,8 @@ def main(argv: Optional[list] = None) -> int:
     else:
         path = default_output_dir(args.out, family) / WEIGHTS_FILE
         cache = None if args.no_map_cache else (args.map_cache or default_map_cache(args.out, family))
-        config = dict(images_per_variant=args.images_per_variant or default_config(family)["images_per_variant"], epochs=args.epochs, seed=args.seed, members=args.members,
+        per_variant = args.images_per_variant or default_config(family)["images_per_variant"]
+        config = dict(images_per_variant=per_variant, epochs=args.epochs, seed=args.seed, members=args.members,
                       width=args.width, hidden=args.hidden, class_targets=not args.variant_only)
         train_and_save(inverse, path, config, cache_dir=cache)
         print(f"variant net → {path}: {json.loads(path.with_suffix('.json').read_text())['train_accuracy']:.4f} on its training maps")
