@@ -63,7 +63,7 @@ DEFAULT_CONFIG: Dict[str, object] = dict(images_per_variant=81920, gen_batch=64,
                                          weight_decay=0.05, width=64, hidden=256, dropout=0.3, class_targets=True, members=3, seed=0)
 SEED_OFFSET = 9_000_000  # make_demo_dataset < 7e6, inv_decoder 7e6 … 8e6, diagnose_zoo 8e6 … 9e6
 # per family, what differs from DEFAULT_CONFIG: RAR's likelihoods already name ~95 % of its variants, so
-# its net is a second opinion that a quarter of VAR's generations buy most of (README, *Variant nets*)
+# its net is a second opinion, trained on a quarter of VAR's generations (more were not tried; README, *Variant nets*)
 FAMILY_CONFIG: Dict[str, Dict[str, object]] = {"VAR": {}, "RAR": dict(images_per_variant=20480)}
 NET_FAMILIES = tuple(FAMILY_CONFIG)
 FEATURE_STEM = "fnet_nll"

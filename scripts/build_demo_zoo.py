@@ -336,9 +336,8 @@ def build_variant_nets(out: Path, seed: int, quick: bool, progress: bool = True,
     summaries = {}
     for family in (f for f in families if f in variant_net.NET_FAMILIES):
         clock = time.perf_counter()
-        shipped = inv_decoder.shipped_file(out, family, False)
-        if not shipped.is_file():  # never fine-tune one here: the inv-decoders stage sets the recipe
-            raise FileNotFoundError(f"no plain {family} inverse decoder at {shipped}: run --stage inv-decoders first")
+        # never fine-tune one here (the inv-decoders stage sets the recipe): a missing one is an error
+        shipped = inv_decoder.ensure_inverse_decoder(family, out, out / inv_decoder.SHIPPED_SUBDIR, fine_tune_missing=False)
         inverse = inv_decoder.load_inverse_decoder(load_family(family, out), shipped)
         config = dict(VARIANT_NET_QUICK if quick else {}, seed=seed)
         path = variant_net.train_and_save(inverse, variant_net.shipped_file(out, family), config, progress=progress, cache_dir=map_cache)
