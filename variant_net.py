@@ -347,16 +347,19 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--inv-root", type=Path, default=Path("runs/inv_decoder"),
                         help="where inverse decoders not shipped with the weights live (default runs/inv_decoder)")
     parser.add_argument("--out", type=Path, default=Path("runs/variant_net"), help="output root (default runs/variant_net)")
+    # recipe options default to None: what is not given comes from the family's recipe (default_config)
+    def recipe(key: str) -> str:
+        return ", ".join(f"{f} {default_config(f)[key]}" for f in NET_FAMILIES)
+
     parser.add_argument("--images-per-variant", type=at_least(1),
-                        help="generations per variant (default: the family's, %s)" %
-                             ", ".join(f"{f} {default_config(f)['images_per_variant']}" for f in NET_FAMILIES))
-    parser.add_argument("--epochs", type=at_least(1), default=DEFAULT_CONFIG["epochs"])
-    parser.add_argument("--seed", type=int, choices=range(10), default=DEFAULT_CONFIG["seed"], metavar="0-9",
-                        help="seed of the generations, and of the first member's training (default %(default)s)")
-    parser.add_argument("--members", type=at_least(1), default=DEFAULT_CONFIG["members"],
-                        help="nets trained from consecutive seeds whose posteriors are averaged (default %(default)s)")
-    parser.add_argument("--width", type=at_least(1), default=DEFAULT_CONFIG["width"], help="convolution channels (default %(default)s)")
-    parser.add_argument("--hidden", type=at_least(1), default=DEFAULT_CONFIG["hidden"], help="MLP width (default %(default)s)")
+                        help=f"generations per variant (default: the family's, {recipe('images_per_variant')})")
+    parser.add_argument("--epochs", type=at_least(1), help=f"default: the family's, {recipe('epochs')}")
+    parser.add_argument("--seed", type=int, choices=range(10), metavar="0-9",
+                        help=f"seed of the generations, and of the first member's training (default: the family's, {recipe('seed')})")
+    parser.add_argument("--members", type=at_least(1),
+                        help=f"nets trained from consecutive seeds whose posteriors are averaged (default: the family's, {recipe('members')})")
+    parser.add_argument("--width", type=at_least(1), help=f"convolution channels (default: the family's, {recipe('width')})")
+    parser.add_argument("--hidden", type=at_least(1), help=f"MLP width (default: the family's, {recipe('hidden')})")
     parser.add_argument("--variant-only", action="store_true",
                         help="learn the variant alone, not the (variant, class label) pair the generations carry")
     parser.add_argument("--map-cache", type=Path,
@@ -379,13 +382,13 @@ def main(argv: Optional[list] = None) -> int:
     else:
         path = default_output_dir(args.out, family) / WEIGHTS_FILE
         cache = None if args.no_map_cache else (args.map_cache or default_map_cache(args.out, family))
-        per_variant = args.images_per_variant or default_config(family)["images_per_variant"]
-        config = dict(images_per_variant=per_variant, epochs=args.epochs, seed=args.seed, members=args.members,
-                      width=args.width, hidden=args.hidden, class_targets=not args.variant_only)
+        given = dict(images_per_variant=args.images_per_variant, epochs=args.epochs, seed=args.seed, members=args.members,
+                     width=args.width, hidden=args.hidden, class_targets=False if args.variant_only else None)
+        config = {key: value for key, value in given.items() if value is not None}  # train_and_save adds the family's recipe
         train_and_save(inverse, path, config, cache_dir=cache)
         print(f"variant net → {path}: {json.loads(path.with_suffix('.json').read_text())['train_accuracy']:.4f} on its training maps")
+    net, variants = load_variant_net(path) if args.eval else (None, [])
     for folder in args.eval:
-        net, variants = load_variant_net(path)
         f, y = _labelled_maps(inverse, [folder])
         print(f"accuracy on the {len(y)} {family} images of {folder}: {_accuracy(net, f, y):.4f} (chance {1 / len(variants):.4f})")
     return 0
