@@ -1,0 +1,209 @@
+"""What the variant net loses to the inverse decoder: nets trained on the exact ``f̂`` vs on ``f``.
+
+    python scripts/diagnose_variant_net.py [--family VAR] [--weights-dir DIR] [--train-per-variant 8192]
+                                           [--heldout-per-variant 1536] [--alphas 0.25 0.5 0.75]
+                                           [--refine-images 256 --refine-steps 50] [--out runs/diagnose_variant_net]
+
+The variant net (:mod:`variant_net`) names a generation's variant from the inverse decoder's
+``f = D⁻¹(x)``. That ``f`` is only an estimate of the ``f̂`` the generator decoded (on the demo zoo's
+VAR, mean squared error ≈ 2.4e-3 against a variance of 0.03). How much does that error cost, and
+does anything cheap at test time win it back? On fresh generations of every variant (equal shares,
+random class labels, PNG-rounded; the seeds of :func:`variant_net.generation_seed`, so no Dataset,
+fine-tuning or diagnosis image), one single-member net of the family's recipe
+(:func:`variant_net.default_config`, class targets) is trained per input on the first
+``--train-per-variant`` generations of each variant and scored on the next
+``--heldout-per-variant``:
+
+* ``exact_fhat`` — the generator's own ``f̂``: a perfect inverse decoder (the net's ceiling at this
+  amount of data);
+* ``alpha_A`` — ``f̂ + A·(f − f̂)``: an inverse decoder whose error is ``A`` times as large (its
+  MSE ``A²`` times), the same in kind: how fast accuracy falls with the error;
+* ``inverse_f`` — the inverse decoder's ``f``, what the shipped net sees (``A = 1``);
+* ``reencoded`` — ``g = f + (f − D⁻¹(D(f)))``, one continuous re-encoding correction (the bias
+  correction of :func:`signals.reencode_tokens` without its quantization): a function of ``f``
+  alone, one decode and one encode per image;
+* ``exact_fhat_net_on_inverse_f`` — the ``exact_fhat`` net scored on ``f`` (no retraining): can a
+  net trained on sampled ``f̂`` alone, which needs no decoding, stand in?
+
+Each row gives the held-out MSE of its input to ``f̂``, the held-out and training accuracy (chance
+``1/variants``) and the training seconds. With ``--refine-steps N`` it also runs N Adam steps of
+latent refinement through the frozen decoder (:func:`signals.optimise_latent`, from ``f``, on the
+first ``--refine-images`` held-out images) and reports the MSE to ``f̂`` and the image error before
+and after: does fitting the image lead back to ``f̂``? (No net is trained on it; it is slow.)
+
+Generated maps are kept per batch (``f`` and ``f̂``, written whole or not at all) under
+``--cache DIR/<weights fingerprint>/``, so a rerun only trains. Writes ``variant_net_inputs.csv``
+to ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+import inv_decoder  # noqa: E402
+import variant_net  # noqa: E402
+from atomic import atomic_path  # noqa: E402
+from models.adapter import FamilyAdapter  # noqa: E402
+from runtime import keep_freed_memory  # noqa: E402
+from signals import optimise_latent  # noqa: E402
+
+__all__ = ["Maps", "generate_maps", "reencoded", "input_rows", "refinement_row"]
+
+Maps = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # f, f̂, variant, class, image (or empty)
+
+
+@torch.no_grad()
+def generate_maps(adapter: FamilyAdapter, batches: range, gen_batch: int, seed: int, cache: Optional[Path],
+                  keep_images: int = 0, progress: bool = True) -> Maps:
+    """``(f, f̂, variant, class, images)`` of generation batches ``batches`` of every variant; the PNG
+    images of the first ``keep_images`` generations of each variant (regenerated when cached)."""
+    from tqdm.auto import tqdm
+
+    from inv_decoder import to_png_levels
+
+    fs, fhats, variants, classes, images = [], [], [], [], []
+    jobs = [(vi, v, j) for vi, v in enumerate(adapter.variant_names) for j in batches]
+    for vi, variant, j in tqdm(jobs, desc=f"{adapter.family} generations", disable=not progress):
+        job_seed = variant_net.generation_seed(seed, vi, j)
+        labels = adapter.random_labels(gen_batch, job_seed)
+        path = cache / f"{variant}_{job_seed}_{gen_batch}.pt" if cache is not None else None
+        wants_images = (j - batches.start) * gen_batch < keep_images
+        if path is not None and path.is_file() and not wants_images:
+            stored = torch.load(path, weights_only=True)
+            f, f_hat = stored["f"], stored["f_hat"]
+        else:
+            img, _, f_hat = adapter.generate(variant, labels, job_seed)
+            x = to_png_levels(img)
+            f, f_hat = adapter.encode(x).float().cpu(), f_hat.float().cpu()
+            if wants_images:
+                images.append(x.cpu())
+            if path is not None and not path.is_file():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(path) as tmp:
+                    torch.save({"f": f.clone(), "f_hat": f_hat.clone()}, tmp)
+        fs.append(f)
+        fhats.append(f_hat)
+        variants.append(torch.full((gen_batch,), vi, dtype=torch.long))
+        classes.append(labels.cpu().long())
+    return (torch.cat(fs), torch.cat(fhats), torch.cat(variants), torch.cat(classes),
+            torch.cat(images) if images else torch.zeros(0))
+
+
+@torch.no_grad()
+def reencoded(adapter: FamilyAdapter, f_NChw: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """``f + (f − D⁻¹(D(f)))``: one continuous re-encoding correction of the inverse decoder's bias."""
+    return torch.cat([part + (part - adapter.encode(adapter.decode(part)).float().cpu())
+                      for part in f_NChw.split(chunk)]) if len(f_NChw) else f_NChw.clone()
+
+
+def _accuracy(net: variant_net.AnyVariantNet, x_NChw: torch.Tensor, y_N: torch.Tensor) -> float:
+    return float((variant_net.variant_log_probs(net, x_NChw).argmax(1) == y_N).float().mean())
+
+
+def input_rows(inputs: Dict[str, Tuple[torch.Tensor, torch.Tensor]], f_hat_test: torch.Tensor, train: Maps, test: Maps,
+               config: dict, num_classes: int, num_variants: int, cross: Sequence[Tuple[str, str]] = (),
+               progress: bool = True) -> List[dict]:
+    """One row per named ``(train input, held-out input)`` pair: a net trained on the first, scored on
+    the second; and per ``(trained on, scored on)`` pair in ``cross`` the first's net on the second's input."""
+    rows, nets = [], {}
+    for name, (x_train, x_test) in inputs.items():
+        start = time.perf_counter()
+        net, _ = variant_net.train_variant_net(x_train, train[2], num_variants, config, progress=progress, class_N=train[3],
+                                               num_classes=num_classes)
+        seconds = time.perf_counter() - start
+        nets[name] = net
+        rows.append(dict(input=name, fmse_to_fhat=float((x_test - f_hat_test).pow(2).mean()),
+                         heldout_accuracy=_accuracy(net, x_test, test[2]), train_accuracy=_accuracy(net, x_train[::8], train[2][::8]),
+                         train_seconds=round(seconds, 1)))
+        print(f"  {name}: held-out {rows[-1]['heldout_accuracy']:.4f}", flush=True)
+    for trained_on, scored_on in cross:
+        x_test = inputs[scored_on][1]
+        rows.append(dict(input=f"{trained_on}_net_on_{scored_on}", fmse_to_fhat=float((x_test - f_hat_test).pow(2).mean()),
+                         heldout_accuracy=_accuracy(nets[trained_on], x_test, test[2])))
+    return rows
+
+
+def refinement_row(adapter: FamilyAdapter, images: torch.Tensor, f: torch.Tensor, f_hat: torch.Tensor, steps: int, lr: float) -> dict:
+    """Latent refinement from ``f``: MSE to ``f̂`` and image error, before and after ``steps`` Adam steps."""
+    from quantizer import per_image_mse
+
+    start = time.perf_counter()
+    with torch.no_grad():
+        before = float(per_image_mse(adapter.decode(f), images).mean())
+    refined, error = optimise_latent(adapter, images, f, steps, lr, halve_every=max(1, steps // 2))
+    return dict(input=f"adam_refined_{steps}_steps", images=len(images), fmse_to_fhat=float((refined.cpu() - f_hat).pow(2).mean()),
+                fmse_to_fhat_before=float((f - f_hat).pow(2).mean()), image_mse_before=before,
+                image_mse=float(error.mean()), seconds=round(time.perf_counter() - start, 1))
+
+
+def main(argv: Optional[list] = None) -> int:
+    from cli import at_least
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", default="VAR", choices=list(variant_net.NET_FAMILIES))
+    parser.add_argument("--weights-dir", type=Path, help="official checkpoints or a zoo folder (default: the demo zoo)")
+    parser.add_argument("--train-per-variant", type=at_least(1), default=8192, help="training generations per variant (default 8192)")
+    parser.add_argument("--heldout-per-variant", type=at_least(1), default=1536, help="held-out generations per variant (default 1536)")
+    parser.add_argument("--gen-batch", type=at_least(1), default=64, help="generations per batch (default 64; both counts round up to it)")
+    parser.add_argument("--alphas", type=float, nargs="*", default=[0.25, 0.5, 0.75],
+                        help="also train on f̂ + A·(f − f̂) for each A (default 0.25 0.5 0.75)")
+    parser.add_argument("--epochs", type=at_least(1), help="training epochs (default: the family's recipe)")
+    parser.add_argument("--seed", type=int, default=0, help="generation seed range (variant_net.generation_seed) and net seed")
+    parser.add_argument("--refine-steps", type=at_least(0), default=0, help="Adam steps of latent refinement to measure (default 0: off)")
+    parser.add_argument("--refine-images", type=at_least(1), default=256, help="held-out images refined by --refine-steps, in all (rounded up to whole batches of each variant; default 256)")
+    parser.add_argument("--refine-lr", type=float, default=0.01, help="Adam learning rate of --refine-steps (halved at the middle)")
+    parser.add_argument("--cache", default=str(ROOT / "runs" / "diagnose_variant_net_maps"),
+                        help="where generated maps are kept (default runs/diagnose_variant_net_maps; '' for none)")
+    parser.add_argument("--out", type=Path, default=Path("runs/diagnose_variant_net"))
+    args = parser.parse_args(argv)
+    keep_freed_memory()
+    torch.set_num_threads(2)
+    adapter = inv_decoder.inverse_adapter(args.family, args.weights_dir, ROOT / "runs" / "inv_decoder")
+    cache = Path(args.cache) / variant_net.adapter_fingerprint(adapter)[:16] if args.cache else None
+    n_train = -(-args.train_per_variant // args.gen_batch)
+    n_test = -(-args.heldout_per_variant // args.gen_batch)
+    # refined images: whole batches, the first of each variant's held-out ones
+    refine_per_variant = -(-args.refine_images // (len(adapter.variant_names) * args.gen_batch)) * args.gen_batch if args.refine_steps else 0
+    refine_per_variant = min(refine_per_variant, n_test * args.gen_batch)
+    train = generate_maps(adapter, range(n_train), args.gen_batch, args.seed, cache)
+    test = generate_maps(adapter, range(n_train, n_train + n_test), args.gen_batch, args.seed, cache, keep_images=refine_per_variant)
+    config = dict(variant_net.default_config(args.family), members=1, seed=args.seed)
+    if args.epochs:
+        config["epochs"] = args.epochs
+    start = time.perf_counter()
+    g_train, g_test = reencoded(adapter, train[0]), reencoded(adapter, test[0])
+    print(f"re-encoded {len(g_train) + len(g_test)} maps in {time.perf_counter() - start:.0f} s", flush=True)
+    inputs = {"exact_fhat": (train[1], test[1])}
+    for alpha in sorted(args.alphas):
+        inputs[f"alpha_{alpha:g}"] = (train[1] + alpha * (train[0] - train[1]), test[1] + alpha * (test[0] - test[1]))
+    inputs.update(inverse_f=(train[0], test[0]), reencoded=(g_train, g_test))
+    rows = input_rows(inputs, test[1], train, test, config, adapter.num_classes, len(adapter.variant_names),
+                      cross=[("exact_fhat", "inverse_f")])
+    if args.refine_steps:
+        keep = torch.cat([torch.arange(vi * n_test * args.gen_batch, vi * n_test * args.gen_batch + refine_per_variant)
+                          for vi in range(len(adapter.variant_names))])
+        rows.append(refinement_row(adapter, test[4], test[0][keep], test[1][keep], args.refine_steps, args.refine_lr))
+    table = pd.DataFrame(rows).set_index("input")
+    args.out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(args.out / "variant_net_inputs.csv") as tmp:
+        table.to_csv(tmp)
+    print(f"{args.family}: {n_train * args.gen_batch} training and {n_test * args.gen_batch} held-out generations per variant")
+    with pd.option_context("display.float_format", lambda v: f"{v:.4g}", "display.width", 200):
+        print(table.to_string())
+    print(f"→ {args.out / 'variant_net_inputs.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    from cli import run_main
+
+    sys.exit(run_main(main))
