@@ -46,7 +46,7 @@ from quantizer import SearchResult, per_image_mse
 
 __all__ = ["SIGNALS", "SLOW_SIGNALS", "REFINED_ENC_STEPS", "family_signals", "refined_enc_loss", "colour_refined_enc_loss",
            "colour_fit", "apply_colour", "family_signals_and_tokens", "latent_tracer", "optimise_latent", "refine_tokens",
-           "reencode_tokens", "signal_frame", "TokenSearch", "FamilyReading"]
+           "reencode_target", "reencode_tokens", "signal_frame", "TokenSearch", "FamilyReading"]
 
 TokenSearch = Callable[..., SearchResult]
 SIGNALS = ("quant_loss", "quant_loss_searched", "enc_loss_raw", "enc_loss", "combined", "reconstruction", "aedr")
@@ -174,6 +174,15 @@ def _token_reader(adapter: FamilyAdapter, token_search: Optional[TokenSearch]) -
     return read
 
 
+def reencode_target(adapter: FamilyAdapter, f_BChw: torch.Tensor, estimate_BChw: torch.Tensor,
+                    decoded_B3HW: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``estimate + f − D⁻¹(D(estimate))``: ``f = D⁻¹(x)`` with the inverse decoder's bias at
+    ``estimate`` taken out (:func:`reencode_tokens`; ``estimate = f`` is its continuous form, without
+    quantization). ``decoded_B3HW = D(estimate)`` when the caller already has it."""
+    decoded = adapter.decode(estimate_BChw) if decoded_B3HW is None else decoded_B3HW
+    return estimate_BChw + f_BChw - adapter.encode(decoded)
+
+
 @torch.no_grad()
 def reencode_tokens(adapter: FamilyAdapter, f_BChw: torch.Tensor, iterations: int, token_search: Optional[TokenSearch] = None,
                     *, start: Optional[Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -192,7 +201,7 @@ def reencode_tokens(adapter: FamilyAdapter, f_BChw: torch.Tensor, iterations: in
     tokens, f_hat, decoded = start if start is not None else (*read(f_BChw), None)
     target = f_BChw
     for _ in range(iterations):
-        target = f_hat + f_BChw - adapter.encode(adapter.decode(f_hat) if decoded is None else decoded)
+        target = reencode_target(adapter, f_BChw, f_hat, decoded)
         tokens, f_hat = read(target)
         decoded = None
     return tokens, target

@@ -57,7 +57,7 @@ __all__ = ["DEFAULT_CONFIG", "FAMILY_CONFIG", "default_config", "SEED_OFFSET", "
            "VariantNet", "VariantNetEnsemble", "AnyVariantNet", "TrainingMaps", "generation_seed", "adapter_fingerprint",
            "generate_training_maps", "train_variant_net", "train_variant_nets", "save_variant_net", "load_variant_net",
            "shipped_file", "default_output_dir", "default_map_cache", "ensure_variant_net", "train_and_save",
-           "variant_log_probs", "variant_nll"]
+           "variant_log_probs", "variant_nll", "variant_accuracy"]
 
 DEFAULT_CONFIG: Dict[str, object] = dict(images_per_variant=81920, gen_batch=64, epochs=6, batch_size=128, lr=2e-3,
                                          weight_decay=0.05, width=64, hidden=256, dropout=0.3, class_targets=True, members=3, seed=0)
@@ -290,7 +290,7 @@ def train_and_save(inverse: FamilyAdapter, path: Path, config: Optional[dict] = 
     f, y, classes = generate_training_maps(inverse, int(cfg["images_per_variant"]), int(cfg["seed"]), int(cfg["gen_batch"]), progress, cache_dir)
     net, member_losses = train_variant_nets(f, y, len(inverse.variant_names), cfg, progress, classes, inverse.num_classes)
     record = {"config": cfg, "epoch_losses": [float(np.mean(epoch)) for epoch in zip(*member_losses)], "member_epoch_losses": member_losses,
-              "train_accuracy": _accuracy(net, f, y), "seconds": round(time.perf_counter() - clock, 1),
+              "train_accuracy": variant_accuracy(net, f, y), "seconds": round(time.perf_counter() - clock, 1),
               "torch": torch.__version__, "threads": torch.get_num_threads()}
     return save_variant_net(net, inverse.variant_names, path, record)
 
@@ -317,7 +317,8 @@ def variant_nll(net: AnyVariantNet, variants: Sequence[str], f_BChw: torch.Tenso
     return {f"{v}_{FEATURE_STEM}": -log_p[:, i] for i, v in enumerate(variants)}
 
 
-def _accuracy(net: AnyVariantNet, f: torch.Tensor, y: torch.Tensor) -> float:
+def variant_accuracy(net: AnyVariantNet, f: torch.Tensor, y: torch.Tensor) -> float:
+    """The share of maps ``f`` whose likeliest variant under ``net`` is ``y``."""
     return float((variant_log_probs(net, f).argmax(1) == y).float().mean())
 
 
@@ -390,7 +391,7 @@ def main(argv: Optional[list] = None) -> int:
     net, variants = load_variant_net(path) if args.eval else (None, [])
     for folder in args.eval:
         f, y = _labelled_maps(inverse, [folder])
-        print(f"accuracy on the {len(y)} {family} images of {folder}: {_accuracy(net, f, y):.4f} (chance {1 / len(variants):.4f})")
+        print(f"accuracy on the {len(y)} {family} images of {folder}: {variant_accuracy(net, f, y):.4f} (chance {1 / len(variants):.4f})")
     return 0
 
 

@@ -19,7 +19,7 @@ fine-tuning or diagnosis image), one single-member net of the family's recipe
 * ``alpha_A`` — ``f̂ + A·(f − f̂)``: an inverse decoder whose error is ``A`` times as large (its
   MSE ``A²`` times), the same in kind: how fast accuracy falls with the error;
 * ``inverse_f`` — the inverse decoder's ``f``, what the shipped net sees (``A = 1``);
-* ``reencoded`` — ``g = f + (f − D⁻¹(D(f)))``, one continuous re-encoding correction (the bias
+* ``reencoded`` — ``g = f + f − D⁻¹(D(f))``, one continuous re-encoding correction (the bias
   correction of :func:`signals.reencode_tokens` without its quantization): a function of ``f``
   alone, one decode and one encode per image;
 * ``exact_fhat_net_on_inverse_f`` — the ``exact_fhat`` net scored on ``f`` (no retraining): can a
@@ -54,7 +54,7 @@ import variant_net  # noqa: E402
 from atomic import atomic_path  # noqa: E402
 from models.adapter import FamilyAdapter  # noqa: E402
 from runtime import keep_freed_memory  # noqa: E402
-from signals import optimise_latent  # noqa: E402
+from signals import optimise_latent, reencode_target  # noqa: E402
 
 __all__ = ["Maps", "generate_maps", "reencoded", "input_rows", "refinement_row"]
 
@@ -100,13 +100,10 @@ def generate_maps(adapter: FamilyAdapter, batches: range, gen_batch: int, seed: 
 
 @torch.no_grad()
 def reencoded(adapter: FamilyAdapter, f_NChw: torch.Tensor, chunk: int = 256) -> torch.Tensor:
-    """``f + (f − D⁻¹(D(f)))``: one continuous re-encoding correction of the inverse decoder's bias."""
-    return torch.cat([part + (part - adapter.encode(adapter.decode(part)).float().cpu())
+    """``f + f − D⁻¹(D(f))``: one continuous re-encoding correction of the inverse decoder's bias
+    (:func:`signals.reencode_target` with ``f`` as the estimate)."""
+    return torch.cat([reencode_target(adapter, part, part).float().cpu()
                       for part in f_NChw.split(chunk)]) if len(f_NChw) else f_NChw.clone()
-
-
-def _accuracy(net: variant_net.AnyVariantNet, x_NChw: torch.Tensor, y_N: torch.Tensor) -> float:
-    return float((variant_net.variant_log_probs(net, x_NChw).argmax(1) == y_N).float().mean())
 
 
 def input_rows(inputs: Dict[str, Tuple[torch.Tensor, torch.Tensor]], f_hat_test: torch.Tensor, train: Maps, test: Maps,
@@ -122,13 +119,13 @@ def input_rows(inputs: Dict[str, Tuple[torch.Tensor, torch.Tensor]], f_hat_test:
         seconds = time.perf_counter() - start
         nets[name] = net
         rows.append(dict(input=name, fmse_to_fhat=float((x_test - f_hat_test).pow(2).mean()),
-                         heldout_accuracy=_accuracy(net, x_test, test[2]), train_accuracy=_accuracy(net, x_train[::8], train[2][::8]),
+                         heldout_accuracy=variant_net.variant_accuracy(net, x_test, test[2]), train_accuracy=variant_net.variant_accuracy(net, x_train[::8], train[2][::8]),
                          train_seconds=round(seconds, 1)))
         print(f"  {name}: held-out {rows[-1]['heldout_accuracy']:.4f}", flush=True)
     for trained_on, scored_on in cross:
         x_test = inputs[scored_on][1]
         rows.append(dict(input=f"{trained_on}_net_on_{scored_on}", fmse_to_fhat=float((x_test - f_hat_test).pow(2).mean()),
-                         heldout_accuracy=_accuracy(nets[trained_on], x_test, test[2])))
+                         heldout_accuracy=variant_net.variant_accuracy(nets[trained_on], x_test, test[2])))
     return rows
 
 
