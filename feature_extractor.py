@@ -6,7 +6,8 @@ For every image, with each family's inverse decoder:
   QuantLoss for VAR, EncLoss raw and calibrated, Combined, Reconstruction, AEDR);
 * ``{variant}_fnet_nll`` — for the variants of the families with a variant net (both):
   ``−log p(variant | f)`` from :mod:`variant_net`, a small CNN trained on the family's fresh
-  generations to name the variant from the inverse decoder's ``f`` without reading tokens;
+  generations to name the variant from the inverse decoder's ``f`` without reading tokens (VAR's
+  reads ``f`` after one re-encoding correction, :func:`variant_net.net_input`);
 * ``{variant}_{feature}`` — for all 8 variants, the likelihood features of
   :mod:`variant_features` on the tokens recovered by that variant's family (searched for VAR;
   re-encoded for RAR, see ``REENCODE_ITERS``),
@@ -77,7 +78,8 @@ EXTRACTOR_NAME = "iar_features"
 # 11: the same features as 10, with per-token log-likelihoods stored beside them; 12: rows carry
 # scored_{family} markers, and a ScoringGate may leave a family's variant features out (NaN);
 # 13: variant features in fixed-size chunks (VARIANT_CHUNK), whatever the batch mates
-EXTRACTOR_VERSION = "15"  # 14: {variant}_fnet_nll (variant_net.py) for VAR; 15: for RAR too
+# 14: {variant}_fnet_nll (variant_net.py) for VAR; 15: for RAR too
+EXTRACTOR_VERSION = "16"  # 16: VAR's net reads f after one re-encoding correction (variant_net.net_input)
 TOKEN_LL_SUFFIX = "_token_ll"  # the per-token store: <name>_token_ll-v<version>-<weights digest>
 SHARED_CANDIDATES = 1  # labels the larger variants of a family are evaluated under
 # Variant features are computed this many images at a time, always (the last chunk padded): the
@@ -117,7 +119,8 @@ def features_for_batch(adapters: Dict[str, FamilyAdapter], img01_B3HW: torch.Ten
     ``refine_steps > 0`` replaces them, for the :data:`REFINE_FAMILIES`, by tokens recovered after
     that many latent-refinement steps (:func:`signals.refine_tokens`). The family signals always
     use the inverse decoder's own ``f``, and so do the variant nets (``nets``: family → net and
-    its variant names, :func:`variant_net.load_variant_net`), which add ``{variant}_fnet_nll``.
+    its variant names, :func:`variant_net.load_variant_net`; each reads its map of ``f``,
+    :func:`variant_net.net_input`), which add ``{variant}_fnet_nll``.
 
     ``variant_gate`` (a :class:`provenance.ScoringGate`), when given, decides from the batch's
     family signals which families' variant features each image gets; the others are NaN (their
@@ -139,8 +142,9 @@ def features_for_batch(adapters: Dict[str, FamilyAdapter], img01_B3HW: torch.Ten
         reencode_iters = REENCODE_ITERS if family in REENCODE_FAMILIES and not refine else 0
         search = partial(search_tokens, max_iters=SEARCH_ITERS) if family == "VAR" else None
         signals, tokens, f, f_net = family_signals_and_tokens(adapter, img01_B3HW, search, reencode_iters)
-        if nets and family in nets:  # the net reads D⁻¹(x) itself, as it was trained, whatever the tokens are read from
-            columns[family].update(variant_net.variant_nll(*nets[family], f_net))
+        if nets and family in nets:  # the net reads its map of D⁻¹(x), as it was trained, whatever the tokens are read from
+            net, names = nets[family]
+            columns[family].update(variant_net.variant_nll(net, names, variant_net.net_input(adapter, f_net, variant_net.input_map_of(net))))
         if refine:
             tokens, f = refine_tokens(adapter, img01_B3HW, f, refine_steps, REFINE_LR, search)
         read[family] = (tokens, token_evidence(adapter.token_distances(f, tokens)))

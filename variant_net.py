@@ -18,9 +18,17 @@ Two things make it learn more from the same generations: it is trained on the (v
 label) pair each generation was made for, a finer target that costs nothing (the label is drawn
 from the batch's seed), and the class is summed out when it scores (the label is never known
 then); and each shipped net is an ensemble of three trained alike from consecutive seeds, whose
-posteriors are averaged. The feature extractor adds ``{variant}_fnet_nll = −log p(variant | f)`` to every
-image's row (lower = likelier, like the likelihood features), and the classifiers use it beside
-them. It is a learned fingerprint of each transformer's sampling distribution as it shows in ``f``;
+posteriors are averaged.
+
+Its training maps come from :mod:`variant_net_maps` (generation, seeds, the on-disk cache). What a
+net reads is its ``input_map`` (:func:`variant_net_maps.net_input`, recorded in its file). VAR's reads ``f``
+after one re-encoding correction, ``f + f − D⁻¹(D(f))``: the inverse decoder's error at ``f``
+estimated by mapping ``D(f)`` back, and taken out once. That is one decode and one encode per image, no
+tokens, and brings ``f`` nearer the ``f̂`` the generator decoded, whose exactness the net's accuracy
+hangs on (README, *What the inverse decoder costs the net*). RAR's reads ``f`` itself.
+
+The feature extractor adds ``{variant}_fnet_nll = −log p(variant | f)`` to every image's row
+(lower = likelier, like the likelihood features), and the classifiers use it beside them. It is a learned fingerprint of each transformer's sampling distribution as it shows in ``f``;
 it says nothing about images of other models, which the family signals and the outlier class
 handle.
 
@@ -37,34 +45,35 @@ resumes: ``--map-cache``; ``--images-per-variant`` for fewer).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from atomic import atomic_path
 from models.adapter import FamilyAdapter
-from models.variant_net import AnyVariantNet, VariantNet, VariantNetEnsemble
+from models.variant_net import INPUT_MAPS, AnyVariantNet, VariantNet, VariantNetEnsemble
+from variant_net_maps import SEED_OFFSET, TrainingMaps, adapter_fingerprint, generate_training_maps, generation_seed, net_input
 
-__all__ = ["DEFAULT_CONFIG", "FAMILY_CONFIG", "default_config", "SEED_OFFSET", "NET_FAMILIES", "FEATURE_STEM",
-           "VariantNet", "VariantNetEnsemble", "AnyVariantNet", "TrainingMaps", "generation_seed", "adapter_fingerprint",
+__all__ = ["DEFAULT_CONFIG", "FAMILY_CONFIG", "default_config", "SEED_OFFSET", "NET_FAMILIES", "FEATURE_STEM", "INPUT_MAPS",
+           "input_map_of", "net_input", "VariantNet", "VariantNetEnsemble", "AnyVariantNet", "TrainingMaps", "generation_seed", "adapter_fingerprint",
            "generate_training_maps", "train_variant_net", "train_variant_nets", "save_variant_net", "load_variant_net",
            "shipped_file", "default_output_dir", "default_map_cache", "ensure_variant_net", "train_and_save",
-           "variant_log_probs", "variant_nll", "variant_accuracy"]
+           "variant_log_probs", "variant_nll", "variant_accuracy", "heldout_maps"]
 
 DEFAULT_CONFIG: Dict[str, object] = dict(images_per_variant=81920, gen_batch=64, epochs=6, batch_size=128, lr=2e-3,
-                                         weight_decay=0.05, width=64, hidden=256, dropout=0.3, class_targets=True, members=3, seed=0)
-SEED_OFFSET = 9_000_000  # make_demo_dataset < 7e6, inv_decoder 7e6 … 8e6, diagnose_zoo 8e6 … 9e6
-# per family, what differs from DEFAULT_CONFIG: RAR's likelihoods already name ~95 % of its variants, so
-# its net is a second opinion, trained on a quarter of VAR's generations (more were not tried; README, *Variant nets*)
-FAMILY_CONFIG: Dict[str, Dict[str, object]] = {"VAR": {}, "RAR": dict(images_per_variant=20480)}
+                                         weight_decay=0.05, width=64, hidden=256, dropout=0.3, class_targets=True, members=3, seed=0,
+                                         input_map="f")
+# per family, what differs from DEFAULT_CONFIG: VAR's net reads f after one re-encoding correction
+# (net_input), nearer the f̂ the generator decoded; RAR's likelihoods already name ~95 % of its variants,
+# so its net is a second opinion, reading f itself, trained on a quarter of VAR's generations (more
+# were not tried; README, *Variant nets*)
+FAMILY_CONFIG: Dict[str, Dict[str, object]] = {"VAR": dict(input_map="reencoded"), "RAR": dict(images_per_variant=20480)}
 NET_FAMILIES = tuple(FAMILY_CONFIG)
 FEATURE_STEM = "fnet_nll"
 SHIPPED_SUBDIR = "variant_nets"
@@ -80,80 +89,16 @@ def default_config(family: str) -> Dict[str, object]:
     return dict(DEFAULT_CONFIG, **FAMILY_CONFIG[family])
 
 
-class TrainingMaps(NamedTuple):
-    """Generated training data: ``f`` of each image, the variant that made it and the class label it was made for."""
-    f_NChw: torch.Tensor
-    variant_N: torch.Tensor
-    class_N: torch.Tensor
+def input_map_of(net: AnyVariantNet) -> str:
+    """Which map ``net`` reads (one of :data:`INPUT_MAPS`)."""
+    return net.shape.get("input_map", "f")
 
 
-def generation_seed(seed: int, variant_index: int, batch_index: int) -> int:
-    """The generation seed of one training batch: inside ``[SEED_OFFSET, SEED_OFFSET + 1e6)`` for ``seed < 10``."""
-    if not 0 <= batch_index < 10_000 or not 0 <= variant_index < 10:
-        raise ValueError("at most 10 variants and 10 000 batches per variant")
-    return SEED_OFFSET + 100_000 * seed + 10_000 * variant_index + batch_index
-
-
-def adapter_fingerprint(adapter: FamilyAdapter) -> str:
-    """sha256 of every weight ``adapter`` generates and maps back with (tokenizer with its inverse
-    decoder, each variant's generator), and of its sampling settings: names the maps they make."""
-    hasher = hashlib.sha256(json.dumps(adapter.sampling, sort_keys=True, default=str).encode())
-    for variant in adapter.variant_names:
-        loaded = variant in adapter.loaded_variants
-        _hash_module(hasher, variant, adapter.generator(variant))
-        if not loaded:
-            adapter.release([variant])
-    _hash_module(hasher, "tokenizer", adapter.tokenizer)
-    return hasher.hexdigest()
-
-
-def _hash_module(hasher, name: str, module: nn.Module) -> None:
-    for key, tensor in sorted(module.state_dict().items()):
-        hasher.update(f"{name}.{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        hasher.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-
-
-@torch.no_grad()
-def generate_training_maps(adapter: FamilyAdapter, per_variant: int, seed: int = 0, gen_batch: int = 64,
-                           progress: bool = True, cache_dir: Optional[Path | str] = None) -> TrainingMaps:
-    """:class:`TrainingMaps` of fresh generations of every variant of ``adapter``'s family,
-    rounded to 8 bits as PNG files are, mapped back by ``adapter``'s encoder (the inverse decoder).
-    Each batch's class labels are drawn from its seed, so they need no storing.
-
-    With ``cache_dir`` each batch's maps are also written (atomically) under
-    ``cache_dir/<adapter fingerprint>/`` and read from there next time, bit for bit what generating
-    them gives: an interrupted run resumes, and a larger or retrained net reuses what was generated."""
-    from tqdm.auto import tqdm
-
-    from inv_decoder import to_png_levels
-
-    store = Path(cache_dir) / adapter_fingerprint(adapter)[:16] if cache_dir is not None else None
-    jobs = [(vi, v, j, start) for vi, v in enumerate(adapter.variant_names) for j, start in enumerate(range(0, per_variant, gen_batch))]
-    maps, labels, classes = [], [], []
-    for vi, variant, j, start in tqdm(jobs, desc=f"{adapter.family} variant-net data", disable=not progress):
-        job_seed = generation_seed(seed, vi, j)
-        n = min(gen_batch, per_variant - start)
-        class_n = adapter.random_labels(n, job_seed)
-        cached = store / f"{variant}_{job_seed}_{n}.pt" if store is not None else None
-        if cached is not None and cached.is_file():
-            f = torch.load(cached, weights_only=True)
-        else:
-            img = adapter.generate(variant, class_n, job_seed)[0]
-            f = adapter.encode(to_png_levels(img)).float().cpu()
-            if cached is not None:
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                with atomic_path(cached) as tmp:
-                    torch.save(f.clone(), tmp)
-        maps.append(f)
-        labels.append(torch.full((n,), vi, dtype=torch.long))
-        classes.append(class_n.cpu().long())
-    return TrainingMaps(torch.cat(maps), torch.cat(labels), torch.cat(classes))
-
-
-def train_variant_net(f_NChw: torch.Tensor, y_N: torch.Tensor, num_variants: int, config: Optional[dict] = None,
+def train_variant_net(x_NChw: torch.Tensor, y_N: torch.Tensor, num_variants: int, config: Optional[dict] = None,
                       progress: bool = True, class_N: Optional[torch.Tensor] = None, num_classes: int = 1) -> Tuple[VariantNet, List[float]]:
-    """Fit a :class:`VariantNet` by AdamW with a one-cycle schedule (cross-entropy); returns it in eval mode
-    and the mean loss of each epoch.
+    """Fit a :class:`VariantNet` by AdamW with a one-cycle schedule (cross-entropy) on the maps ``x_NChw``
+    (made by :func:`net_input` for ``config["input_map"]``, which the net records); returns it in eval
+    mode and the mean loss of each epoch.
 
     With ``class_N`` (each image's class label, ``< num_classes``) and ``config["class_targets"]`` the
     net learns the (variant, class) pair, a finer target than the variant alone that the generations
@@ -168,22 +113,22 @@ def train_variant_net(f_NChw: torch.Tensor, y_N: torch.Tensor, num_variants: int
         if int(class_N.min()) < 0 or int(class_N.max()) >= num_classes:
             raise ValueError(f"class labels must lie in [0, {num_classes})")
         y_N = y_N * num_classes + class_N
-    net = VariantNet(f_NChw.shape[1], f_NChw.shape[-1], num_variants, int(cfg["width"]), int(cfg["hidden"]), float(cfg["dropout"]),
-                     num_classes if joint else 1)
-    net.mean_C.copy_(f_NChw.mean((0, 2, 3)))
-    net.std_C.copy_(f_NChw.std((0, 2, 3)).clamp_min(1e-6))
-    batch = min(int(cfg["batch_size"]), len(f_NChw))
-    per_epoch = len(f_NChw) // batch
+    net = VariantNet(x_NChw.shape[1], x_NChw.shape[-1], num_variants, int(cfg["width"]), int(cfg["hidden"]), float(cfg["dropout"]),
+                     num_classes if joint else 1, str(cfg["input_map"]))
+    net.mean_C.copy_(x_NChw.mean((0, 2, 3)))
+    net.std_C.copy_(x_NChw.std((0, 2, 3)).clamp_min(1e-6))
+    batch = min(int(cfg["batch_size"]), len(x_NChw))
+    per_epoch = len(x_NChw) // batch
     opt = torch.optim.AdamW(net.parameters(), lr=float(cfg["lr"]) / 2, weight_decay=float(cfg["weight_decay"]))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, float(cfg["lr"]), total_steps=int(cfg["epochs"]) * per_epoch)
     gen = torch.Generator().manual_seed(int(cfg["seed"]))
     epoch_losses: List[float] = []
     net.train()
     for _ in tqdm(range(int(cfg["epochs"])), desc="variant net", disable=not progress):
-        order, losses = torch.randperm(len(f_NChw), generator=gen), []
+        order, losses = torch.randperm(len(x_NChw), generator=gen), []
         for s in range(per_epoch):
             pick = order[s * batch:(s + 1) * batch]
-            loss = F.cross_entropy(net(f_NChw[pick]), y_N[pick])
+            loss = F.cross_entropy(net(x_NChw[pick]), y_N[pick])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -193,7 +138,7 @@ def train_variant_net(f_NChw: torch.Tensor, y_N: torch.Tensor, num_variants: int
     return net.eval(), epoch_losses
 
 
-def train_variant_nets(f_NChw: torch.Tensor, y_N: torch.Tensor, num_variants: int, config: Optional[dict] = None,
+def train_variant_nets(x_NChw: torch.Tensor, y_N: torch.Tensor, num_variants: int, config: Optional[dict] = None,
                        progress: bool = True, class_N: Optional[torch.Tensor] = None,
                        num_classes: int = 1) -> Tuple[AnyVariantNet, List[List[float]]]:
     """``config["members"]`` nets trained by :func:`train_variant_net` on the same maps from the seeds
@@ -202,7 +147,7 @@ def train_variant_nets(f_NChw: torch.Tensor, y_N: torch.Tensor, num_variants: in
     cfg = dict(DEFAULT_CONFIG, **(config or {}))
     if int(cfg["members"]) < 1:
         raise ValueError("members must be at least 1")
-    trained = [train_variant_net(f_NChw, y_N, num_variants, dict(cfg, seed=int(cfg["seed"]) + i), progress, class_N, num_classes)
+    trained = [train_variant_net(x_NChw, y_N, num_variants, dict(cfg, seed=int(cfg["seed"]) + i), progress, class_N, num_classes)
                for i in range(int(cfg["members"]))]
     nets = [net for net, _ in trained]
     return (nets[0] if len(nets) == 1 else VariantNetEnsemble(nets).eval()), [losses for _, losses in trained]
@@ -240,7 +185,7 @@ def load_variant_net(path: Path | str) -> Tuple[AnyVariantNet, List[str]]:
 
     def member() -> VariantNet:
         return VariantNet(shape["channels"], shape["size"], shape["num_variants"], shape["width"], shape["hidden"], shape["dropout"],
-                          shape.get("num_classes", 1))
+                          shape.get("num_classes", 1), shape.get("input_map", "f"))
 
     net = VariantNetEnsemble([member() for _ in range(shape["members"])]) if "members" in shape else member()
     load_strict(net, read_state_dict(Path(path)), str(path))
@@ -287,22 +232,23 @@ def train_and_save(inverse: FamilyAdapter, path: Path, config: Optional[dict] = 
     (its JSON record: config, per-epoch losses, accuracy on its training maps, seconds)."""
     cfg = dict(default_config(inverse.family), **(config or {}))
     clock = time.perf_counter()
-    f, y, classes = generate_training_maps(inverse, int(cfg["images_per_variant"]), int(cfg["seed"]), int(cfg["gen_batch"]), progress, cache_dir)
-    net, member_losses = train_variant_nets(f, y, len(inverse.variant_names), cfg, progress, classes, inverse.num_classes)
+    x, y, classes = generate_training_maps(inverse, int(cfg["images_per_variant"]), int(cfg["seed"]), int(cfg["gen_batch"]), progress,
+                                           cache_dir, str(cfg["input_map"]))
+    net, member_losses = train_variant_nets(x, y, len(inverse.variant_names), cfg, progress, classes, inverse.num_classes)
     record = {"config": cfg, "epoch_losses": [float(np.mean(epoch)) for epoch in zip(*member_losses)], "member_epoch_losses": member_losses,
-              "train_accuracy": variant_accuracy(net, f, y), "seconds": round(time.perf_counter() - clock, 1),
+              "train_accuracy": variant_accuracy(net, x, y), "seconds": round(time.perf_counter() - clock, 1),
               "torch": torch.__version__, "threads": torch.get_num_threads()}
     return save_variant_net(net, inverse.variant_names, path, record)
 
 
 @torch.no_grad()
-def variant_log_probs(net: AnyVariantNet, f_BChw: torch.Tensor) -> torch.Tensor:
-    """``log p(variant | f)`` (``B×V``; the class labels summed out), :data:`EVAL_CHUNK` images per
-    pass (the last padded)."""
+def variant_log_probs(net: AnyVariantNet, x_BChw: torch.Tensor) -> torch.Tensor:
+    """``log p(variant | x)`` (``B×V``; the class labels summed out) of the maps ``x`` the net reads
+    (:func:`net_input`), :data:`EVAL_CHUNK` images per pass (the last padded)."""
     out = []
     num_variants = net.shape["num_variants"]
-    for s in range(0, len(f_BChw), EVAL_CHUNK):
-        chunk = f_BChw[s:s + EVAL_CHUNK].float()
+    for s in range(0, len(x_BChw), EVAL_CHUNK):
+        chunk = x_BChw[s:s + EVAL_CHUNK].float()
         n = len(chunk)
         if n < EVAL_CHUNK:
             chunk = torch.cat([chunk, chunk[:1].expand(EVAL_CHUNK - n, *chunk.shape[1:])])
@@ -311,19 +257,34 @@ def variant_log_probs(net: AnyVariantNet, f_BChw: torch.Tensor) -> torch.Tensor:
     return torch.cat(out) if out else torch.zeros(0, net.shape["num_variants"])
 
 
-def variant_nll(net: AnyVariantNet, variants: Sequence[str], f_BChw: torch.Tensor) -> Dict[str, np.ndarray]:
-    """``{variant}_fnet_nll`` columns: ``−log p(variant | f)`` per image."""
-    log_p = variant_log_probs(net, f_BChw).double().numpy()
+def variant_nll(net: AnyVariantNet, variants: Sequence[str], x_BChw: torch.Tensor) -> Dict[str, np.ndarray]:
+    """``{variant}_fnet_nll`` columns: ``−log p(variant | x)`` per image (``x``: :func:`net_input`)."""
+    log_p = variant_log_probs(net, x_BChw).double().numpy()
     return {f"{v}_{FEATURE_STEM}": -log_p[:, i] for i, v in enumerate(variants)}
 
 
-def variant_accuracy(net: AnyVariantNet, f: torch.Tensor, y: torch.Tensor) -> float:
-    """The share of maps ``f`` whose likeliest variant under ``net`` is ``y``."""
-    return float((variant_log_probs(net, f).argmax(1) == y).float().mean())
+def variant_accuracy(net: AnyVariantNet, x: torch.Tensor, y: torch.Tensor) -> float:
+    """The share of maps ``x`` (:func:`net_input`) whose likeliest variant under ``net`` is ``y``."""
+    return float((variant_log_probs(net, x).argmax(1) == y).float().mean())
 
 
-def _labelled_maps(inverse: FamilyAdapter, folders: Sequence[Path]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``f`` and variant index of the images in ``<folder>/<variant>/`` for the family's variants."""
+def heldout_maps(inverse: FamilyAdapter, net_path: Path | str, per_variant: int, cache_dir: Optional[Path | str] = None,
+                 progress: bool = True) -> TrainingMaps:
+    """``per_variant`` fresh generations per variant that the net at ``net_path`` was not trained on,
+    as it reads them: the generation batches right after its training ones (its JSON record names
+    their seed, count and batch size), so their seeds lie in the range no Dataset image uses."""
+    record_path = Path(net_path).with_suffix(".json")
+    if not record_path.is_file():
+        raise FileNotFoundError(f"{record_path}: no training record beside the net, so its held-out generations are unknown")
+    net, _ = load_variant_net(net_path)
+    cfg = dict(default_config(inverse.family), **json.loads(record_path.read_text())["config"])
+    trained_batches = -(-int(cfg["images_per_variant"]) // int(cfg["gen_batch"]))
+    return generate_training_maps(inverse, per_variant, int(cfg["seed"]), int(cfg["gen_batch"]), progress, cache_dir,
+                                  input_map_of(net), first_batch=trained_batches)
+
+
+def _labelled_maps(inverse: FamilyAdapter, folders: Sequence[Path], input_map: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The maps a net of ``input_map`` reads and the variant index of the images in ``<folder>/<variant>/``."""
     from dataset import images_under, load_images
 
     maps, labels = [], []
@@ -332,7 +293,8 @@ def _labelled_maps(inverse: FamilyAdapter, folders: Sequence[Path]) -> Tuple[tor
             paths = images_under(Path(folder) / variant)
             for s in range(0, len(paths), 64):
                 with torch.no_grad():
-                    maps.append(inverse.encode(load_images(paths[s:s + 64], size=inverse.image_size)).float())
+                    f = inverse.encode(load_images(paths[s:s + 64], size=inverse.image_size)).float()
+                maps.append(net_input(inverse, f, input_map))
                 labels.append(torch.full((len(paths[s:s + 64]),), vi, dtype=torch.long))
     if not maps:
         raise FileNotFoundError(f"no images in <folder>/<variant>/ under {', '.join(map(str, folders))}")
@@ -361,14 +323,20 @@ def main(argv: Optional[list] = None) -> int:
                         help=f"nets trained from consecutive seeds whose posteriors are averaged (default: the family's, {recipe('members')})")
     parser.add_argument("--width", type=at_least(1), help=f"convolution channels (default: the family's, {recipe('width')})")
     parser.add_argument("--hidden", type=at_least(1), help=f"MLP width (default: the family's, {recipe('hidden')})")
+    parser.add_argument("--input-map", choices=INPUT_MAPS,
+                        help=f"the map the net reads: f, or f after one re-encoding correction (default: the family's, {recipe('input_map')})")
     parser.add_argument("--variant-only", action="store_true",
                         help="learn the variant alone, not the (variant, class label) pair the generations carry")
     parser.add_argument("--map-cache", type=Path,
                         help="where the generated training maps are kept, so a rerun resumes or reuses them (default <out>/<FAMILY>/maps)")
     parser.add_argument("--no-map-cache", action="store_true", help="keep no generated maps on disk")
     parser.add_argument("--eval", type=Path, nargs="*", default=[], help="labelled folders (<dir>/<variant>/*.png) to score the net on")
+    parser.add_argument("--eval-generations", type=at_least(1), metavar="N",
+                        help="also score the net on N fresh generations per variant that it was not trained on (the "
+                             "generation batches after its training ones; kept in the map cache)")
     parser.add_argument("--existing", action="store_true",
-                        help="train nothing: score the net the pipeline would use (shipped with the weights, else under --out) on --eval")
+                        help="train nothing: score the net the pipeline would use (shipped with the weights, else under --out) "
+                             "on --eval and --eval-generations")
     args = parser.parse_args(argv)
     from runtime import keep_freed_memory
 
@@ -377,21 +345,25 @@ def main(argv: Optional[list] = None) -> int:
 
     family = args.family.upper()
     inverse = inv_decoder.inverse_adapter(family, args.weights_dir, args.inv_root)
+    cache = None if args.no_map_cache else (args.map_cache or default_map_cache(args.out, family))
     if args.existing:
         path = ensure_variant_net(family, args.weights_dir, args.out, inverse, train_missing=False)
         print(f"variant net {path}")
     else:
         path = default_output_dir(args.out, family) / WEIGHTS_FILE
-        cache = None if args.no_map_cache else (args.map_cache or default_map_cache(args.out, family))
         given = dict(images_per_variant=args.images_per_variant, epochs=args.epochs, seed=args.seed, members=args.members,
-                     width=args.width, hidden=args.hidden, class_targets=False if args.variant_only else None)
+                     width=args.width, hidden=args.hidden, class_targets=False if args.variant_only else None, input_map=args.input_map)
         config = {key: value for key, value in given.items() if value is not None}  # train_and_save adds the family's recipe
         train_and_save(inverse, path, config, cache_dir=cache)
         print(f"variant net → {path}: {json.loads(path.with_suffix('.json').read_text())['train_accuracy']:.4f} on its training maps")
-    net, variants = load_variant_net(path) if args.eval else (None, [])
+    net, variants = load_variant_net(path) if args.eval or args.eval_generations else (None, [])
+    if args.eval_generations:
+        x, y, _ = heldout_maps(inverse, path, args.eval_generations, cache)
+        print(f"accuracy on {len(y)} fresh {family} generations it was not trained on: {variant_accuracy(net, x, y):.4f} "
+              f"(chance {1 / len(variants):.4f})")
     for folder in args.eval:
-        f, y = _labelled_maps(inverse, [folder])
-        print(f"accuracy on the {len(y)} {family} images of {folder}: {variant_accuracy(net, f, y):.4f} (chance {1 / len(variants):.4f})")
+        x, y = _labelled_maps(inverse, [folder], input_map_of(net))
+        print(f"accuracy on the {len(y)} {family} images of {folder}: {variant_accuracy(net, x, y):.4f} (chance {1 / len(variants):.4f})")
     return 0
 
 

@@ -54,7 +54,7 @@ import variant_net  # noqa: E402
 from atomic import atomic_path  # noqa: E402
 from models.adapter import FamilyAdapter  # noqa: E402
 from runtime import keep_freed_memory  # noqa: E402
-from signals import optimise_latent, reencode_target  # noqa: E402
+from signals import optimise_latent  # noqa: E402
 
 __all__ = ["Maps", "generate_maps", "reencoded", "input_rows", "refinement_row"]
 
@@ -101,8 +101,8 @@ def generate_maps(adapter: FamilyAdapter, batches: range, gen_batch: int, seed: 
 @torch.no_grad()
 def reencoded(adapter: FamilyAdapter, f_NChw: torch.Tensor, chunk: int = 256) -> torch.Tensor:
     """``f + f − D⁻¹(D(f))``: one continuous re-encoding correction of the inverse decoder's bias
-    (:func:`signals.reencode_target` with ``f`` as the estimate)."""
-    return torch.cat([reencode_target(adapter, part, part).float().cpu()
+    (:func:`variant_net.net_input`, what the shipped VAR net reads), ``chunk`` maps at a time."""
+    return torch.cat([variant_net.net_input(adapter, part, "reencoded").float().cpu()
                       for part in f_NChw.split(chunk)]) if len(f_NChw) else f_NChw.clone()
 
 

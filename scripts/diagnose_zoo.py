@@ -232,7 +232,8 @@ def diagnose_family(family: str, weights_dir, per_variant: int, batch: int, seed
             err_true.append(per_image_mse(original.decode(f_hat_true), x))
             err_found.append(per_image_mse(original.decode(f_hat_found), x))
         if net is not None:
-            net_hits.append((variant_net.variant_log_probs(net, f_inverse).argmax(1) == v_i).float())
+            net_map = variant_net.net_input(inverse, f_inverse, variant_net.input_map_of(net))
+            net_hits.append((variant_net.variant_log_probs(net, net_map).argmax(1) == v_i).float())
         if family == "VAR" and guided_weight is not None:
             for source, f_source in (("exact_fhat", f_hat), ("inverse", f_inverse)):
                 _guided_reading(original, variant, f_source, tokens, labels_B, guided_weight, guided[source])

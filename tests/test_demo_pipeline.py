@@ -238,7 +238,8 @@ def test_rows_carry_each_variant_nets_posterior(tiny_dataset, tmp_path):
         np.testing.assert_allclose(np.exp(-rows[columns].to_numpy()).sum(axis=1), 1.0, rtol=1e-6)
         with torch.no_grad():
             f = extractor.adapters[family].encode(load_images(paths, size=extractor.image_size))
-        expected = variant_net.variant_log_probs(net, f).double().numpy()
+        expected = variant_net.variant_log_probs(net, variant_net.net_input(extractor.adapters[family], f,
+                                                                          variant_net.input_map_of(net))).double().numpy()
         np.testing.assert_allclose(-rows[columns].to_numpy(), expected, atol=1e-4)
     assert len(all_columns) == sum(len(names) for _, names in extractor.nets.values())
 

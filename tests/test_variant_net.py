@@ -139,7 +139,9 @@ def test_a_missing_net_is_trained_once_or_named(tmp_path):
     assert vn.ensure_variant_net("VAR", zoo, tmp_path / "nets", inverse, TINY, progress=False) == path
     assert path.stat().st_mtime_ns == stamp, "found, not trained again"
     assert vn.load_variant_net(path)[1] == list(inverse.variant_names)
-    assert len(list(vn.default_map_cache(tmp_path / "nets", "VAR").rglob("*.pt"))) == 4, "its maps kept, one file per batch"
+    kept = sorted(p.name for p in vn.default_map_cache(tmp_path / "nets", "VAR").rglob("*.pt"))
+    assert len(kept) == 8 and len([name for name in kept if name.endswith("_reencoded.pt")]) == 4, \
+        "per batch its f and the re-encoded map the VAR net reads, kept"
 
 
 def test_generated_maps_are_kept_and_read_back_bit_for_bit(tmp_path, monkeypatch):
@@ -177,6 +179,43 @@ def test_generated_maps_are_kept_and_read_back_bit_for_bit(tmp_path, monkeypatch
     assert before.startswith(folder.name)
 
 
+def test_a_reencoded_net_reads_f_after_one_correction_and_keeps_both_maps(tmp_path, monkeypatch):
+    """``input_map="reencoded"``: the maps are ``f + f − D⁻¹(D(f))`` of the generations' ``f``, kept
+    beside ``f`` and read back without decoding again; the net records its map in its file."""
+    import inv_decoder
+    from signals import reencode_target
+
+    inverse = inv_decoder.inverse_adapter("VAR", None, "runs/inv_decoder")
+    f, y, c = vn.generate_training_maps(inverse, 3, 0, 2, progress=False, cache_dir=tmp_path)
+    x, x_y, x_c = vn.generate_training_maps(inverse, 3, 0, 2, progress=False, cache_dir=tmp_path, input_map="reencoded")
+    assert torch.equal(x_y, y) and torch.equal(x_c, c)
+    with torch.no_grad():
+        torch.testing.assert_close(x, reencode_target(inverse, f, f), rtol=0, atol=1e-6)
+    assert float((x - f).abs().max()) > 1e-2, "the correction moves the map"
+    (folder,) = list(tmp_path.iterdir())
+    assert len(list(folder.glob("*_reencoded.pt"))) == 2 * len(inverse.variant_names)
+
+    def nothing_made(*args, **kwargs):
+        raise AssertionError("made again although cached")
+
+    monkeypatch.setattr(inverse, "generate", nothing_made)
+    monkeypatch.setattr(inverse, "decode", nothing_made)
+    again = vn.generate_training_maps(inverse, 3, 0, 2, progress=False, cache_dir=tmp_path, input_map="reencoded")
+    torch.testing.assert_close(again.x_NChw, x, rtol=0, atol=0)
+    assert vn.net_input(inverse, f, "f") is f
+    with pytest.raises(ValueError, match="f, reencoded"):
+        vn.net_input(inverse, f, "refined")
+
+    net, _ = vn.train_variant_net(x, y, 4, dict(epochs=1, batch_size=4, input_map="reencoded"), progress=False)
+    path = vn.save_variant_net(net, list(inverse.variant_names), tmp_path / "net.safetensors")
+    loaded, _ = vn.load_variant_net(path)
+    assert vn.input_map_of(loaded) == vn.input_map_of(net) == "reencoded"
+    plain, _ = vn.train_variant_net(f, y, 4, dict(epochs=1, batch_size=4), progress=False)
+    assert vn.input_map_of(plain) == "f" and "input_map" not in plain.shape, "nets that read f keep their files' bytes"
+    with pytest.raises(ValueError, match="input_map"):
+        vn.VariantNet(4, 8, 2, input_map="refined")
+
+
 # what each shipped net must name of 192 fresh generations: well below its measured accuracy (README,
 # *Variant nets*), well above chance (25 %, sd 3.1 points), and above the net it replaced where there was one
 SHIPPED_NET_BARS = {"VAR": 0.70, "RAR": 0.75}  # the shipped nets name 0.79 (VAR) and 0.81 (RAR) of these 192
@@ -188,6 +227,7 @@ def test_each_family_has_its_recipe():
     assert vn.default_config("VAR")["images_per_variant"] == vn.DEFAULT_CONFIG["images_per_variant"] == 81920
     assert vn.default_config("RAR")["images_per_variant"] == 20480
     assert vn.default_config("RAR")["members"] == vn.DEFAULT_CONFIG["members"]
+    assert (vn.default_config("VAR")["input_map"], vn.default_config("RAR")["input_map"]) == ("reencoded", "f")
     assert set(vn.NET_FAMILIES) == {"VAR", "RAR"}
     with pytest.raises(KeyError, match="VAR, RAR"):
         vn.default_config("outlier")
@@ -208,8 +248,29 @@ def test_the_demo_zoos_net_names_fresh_generations(family):
         img = inverse.generate(variant, inverse.random_labels(48, seed), seed)[0]
         with torch.no_grad():
             f = inverse.encode(inv_decoder.to_png_levels(img))
-        hits.append(vn.variant_log_probs(net, f).argmax(1) == vi)
+        hits.append(vn.variant_log_probs(net, vn.net_input(inverse, f, vn.input_map_of(net))).argmax(1) == vi)
     assert torch.cat(hits).float().mean() > SHIPPED_NET_BARS[family]
+
+
+def test_cli_scores_a_net_on_generations_after_its_training_ones(tmp_path, capsys):
+    """``--eval-generations N``: the generation batches right after the training ones (seeds never
+    trained on), read as the net reads them (VAR's: re-encoded), kept in the map cache."""
+    import inv_decoder
+
+    assert vn.main(["--family", "VAR", "--images-per-variant", "4", "--epochs", "1", "--members", "1", "--out", str(tmp_path / "nets"),
+                    "--map-cache", str(tmp_path / "maps"), "--eval-generations", "2"]) == 0
+    assert "accuracy on 8 fresh VAR generations it was not trained on:" in capsys.readouterr().out
+    inverse = inv_decoder.inverse_adapter("VAR", None, "runs/inv_decoder")
+    kept = sorted(p.name for p in (tmp_path / "maps").rglob("*.pt"))
+    # per variant: the training batch (index 0, 4 images) and the held-out one after it (index 1, 2 images)
+    expected = sorted(f"{v}_{vn.generation_seed(0, vi, j)}_{n}{suffix}.pt" for vi, v in enumerate(inverse.variant_names)
+                      for j, n in ((0, 4), (1, 2)) for suffix in ("", "_reencoded"))
+    assert kept == expected
+    x, y, _ = vn.heldout_maps(inverse, tmp_path / "nets" / "VAR" / vn.WEIGHTS_FILE, 2, tmp_path / "maps", progress=False)
+    assert x.shape[0] == 8 and torch.equal(y, torch.arange(4).repeat_interleave(2))
+    with pytest.raises(FileNotFoundError, match="no training record"):
+        (tmp_path / "nets" / "VAR" / "variant_net.json").unlink()
+        vn.heldout_maps(inverse, tmp_path / "nets" / "VAR" / vn.WEIGHTS_FILE, 2)
 
 
 def test_cli_scores_the_net_in_use_without_training(tmp_path, capsys):
