@@ -21,16 +21,16 @@ then); and each shipped net is an ensemble of three trained alike from consecuti
 posteriors are averaged.
 
 Its training maps come from :mod:`variant_net_maps` (generation, seeds, the on-disk cache). What a
-net reads is its ``input_map`` (:func:`variant_net_maps.net_input`, recorded in its file). VAR's reads ``f``
-after one re-encoding correction, ``f + f − D⁻¹(D(f))``: the inverse decoder's error at ``f``
-estimated by mapping ``D(f)`` back, and taken out once. That is one decode and one encode per image, no
-tokens, and brings ``f`` nearer the ``f̂`` the generator decoded, whose exactness the net's accuracy
-hangs on (README, *What the inverse decoder costs the net*). RAR's reads ``f`` itself.
+net reads is its ``input_map`` (:func:`variant_net_maps.net_input`, recorded in its file). VAR's
+reads ``f`` after one re-encoding correction, ``f + f − D⁻¹(D(f))``: the inverse decoder's error at
+``f`` estimated by mapping ``D(f)`` back, and taken out once. That is one decode and one encode per
+image, no tokens, and brings ``f`` nearer the ``f̂`` the generator decoded, whose exactness the
+net's accuracy hangs on (README, *What the inverse decoder costs the net*). RAR's reads ``f`` itself.
 
 The feature extractor adds ``{variant}_fnet_nll = −log p(variant | f)`` to every image's row
-(lower = likelier, like the likelihood features), and the classifiers use it beside them. It is a learned fingerprint of each transformer's sampling distribution as it shows in ``f``;
-it says nothing about images of other models, which the family signals and the outlier class
-handle.
+(lower = likelier, like the likelihood features), and the classifiers use it beside them. It is
+a learned fingerprint of each transformer's sampling distribution as it shows in ``f``; it says
+nothing about images of other models, which the family signals and the outlier class handle.
 
 The demo zoo ships one per family (``demo_zoo/variant_nets/<FAMILY>/``, made by
 ``scripts/build_demo_zoo.py --stage variant-nets``). With official weights they are trained on first
@@ -41,6 +41,8 @@ resumes: ``--map-cache``; ``--images-per-variant`` for fewer).
     python variant_net.py --family VAR                          # train under runs/variant_net/VAR/
     python variant_net.py --family VAR --eval Dataset/val       # and report its accuracy on labelled folders
     python variant_net.py --family VAR --existing --eval Dataset/train Dataset/val   # score the net in use, train nothing
+    python variant_net.py --family VAR --existing --eval-generations 2048 --map-cache runs/variant_net_maps
+                                                                # ... on fresh generations it was not trained on
 """
 from __future__ import annotations
 
