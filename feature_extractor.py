@@ -141,10 +141,11 @@ def features_for_batch(adapters: Dict[str, FamilyAdapter], img01_B3HW: torch.Ten
         refine = refine_steps > 0 and family in REFINE_FAMILIES
         reencode_iters = REENCODE_ITERS if family in REENCODE_FAMILIES and not refine else 0
         search = partial(search_tokens, max_iters=SEARCH_ITERS) if family == "VAR" else None
-        signals, tokens, f, f_net = family_signals_and_tokens(adapter, img01_B3HW, search, reencode_iters)
+        signals, tokens, f, f_net, f_round_trip = family_signals_and_tokens(adapter, img01_B3HW, search, reencode_iters)
         if nets and family in nets:  # the net reads its map of D⁻¹(x), as it was trained, whatever the tokens are read from
             net, names = nets[family]
-            columns[family].update(variant_net.variant_nll(net, names, variant_net.net_input(adapter, f_net, variant_net.input_map_of(net))))
+            net_map = variant_net.net_input(adapter, f_net, variant_net.input_map_of(net), f_round_trip)  # EncLoss's round trip reused
+            columns[family].update(variant_net.variant_nll(net, names, net_map))
         if refine:
             tokens, f = refine_tokens(adapter, img01_B3HW, f, refine_steps, REFINE_LR, search)
         read[family] = (tokens, token_evidence(adapter.token_distances(f, tokens)))

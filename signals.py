@@ -60,6 +60,7 @@ class FamilyReading(NamedTuple):
     tokens: torch.Tensor  # B×L recovered tokens
     f_tokens: torch.Tensor  # the feature map they were read from: f, or the last re-encoding target
     f: torch.Tensor  # f = D⁻¹(x), the inverse decoder's own map (what the variant nets read)
+    f_round_trip: torch.Tensor  # D⁻¹(D(f)), from EncLoss's round trip (the re-encoded map of a variant net reuses it)
 
 
 @torch.no_grad()
@@ -68,7 +69,7 @@ def family_signals_and_tokens(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, 
     """:func:`family_signals` plus the recovered tokens ``B×L`` (searched for VAR when a search is
     given; after ``reencode_iters`` steps of :func:`reencode_tokens`, which reuses the decode the
     signals already made), the feature map they were read from (``f = D⁻¹(x)``, or the last
-    re-encoding target) and ``f`` itself."""
+    re-encoding target), ``f`` itself and its round trip ``D⁻¹(D(f))``."""
     x = img01_B3HW.to(adapter.device).float()
     f = adapter.encode(x)
     tokens, f_hat = adapter.quantize(f)
@@ -84,13 +85,14 @@ def family_signals_and_tokens(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, 
     if reencode_iters > 0:
         tokens, f_tokens = reencode_tokens(adapter, f, reencode_iters, token_search, start=start)
     x_rec = adapter.decode(f)
-    x_rec2 = adapter.decode(adapter.encode(x_rec))
+    f_round_trip = adapter.encode(x_rec)
+    x_rec2 = adapter.decode(f_round_trip)
     first, second = per_image_mse(x_rec, x), per_image_mse(x_rec2, x_rec)
     out["enc_loss_raw"] = first
     out["enc_loss"] = (first + _EPS) / (second + _EPS)
     out["aedr"] = out["enc_loss"]
     out["combined"] = out.get("quant_loss_searched", out["quant_loss"]) * out["enc_loss"]
-    return FamilyReading(out, tokens, f_tokens, f)
+    return FamilyReading(out, tokens, f_tokens, f, f_round_trip)
 
 
 def family_signals(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, token_search: Optional[TokenSearch] = None) -> Dict[str, torch.Tensor]:
@@ -175,12 +177,14 @@ def _token_reader(adapter: FamilyAdapter, token_search: Optional[TokenSearch]) -
 
 
 def reencode_target(adapter: FamilyAdapter, f_BChw: torch.Tensor, estimate_BChw: torch.Tensor,
-                    decoded_B3HW: Optional[torch.Tensor] = None) -> torch.Tensor:
+                    decoded_B3HW: Optional[torch.Tensor] = None, round_trip_BChw: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``estimate + f − D⁻¹(D(estimate))``: ``f = D⁻¹(x)`` with the inverse decoder's bias at
     ``estimate`` taken out (:func:`reencode_tokens`; ``estimate = f`` is its continuous form, without
-    quantization). ``decoded_B3HW = D(estimate)`` when the caller already has it."""
-    decoded = adapter.decode(estimate_BChw) if decoded_B3HW is None else decoded_B3HW
-    return estimate_BChw + f_BChw - adapter.encode(decoded)
+    quantization). ``decoded_B3HW = D(estimate)``, or ``round_trip_BChw = D⁻¹(D(estimate))``
+    itself, when the caller already has it."""
+    if round_trip_BChw is None:
+        round_trip_BChw = adapter.encode(adapter.decode(estimate_BChw) if decoded_B3HW is None else decoded_B3HW)
+    return estimate_BChw + f_BChw - round_trip_BChw
 
 
 @torch.no_grad()

@@ -43,19 +43,23 @@ class TrainingMaps(NamedTuple):
 
 
 @torch.no_grad()
-def net_input(adapter: FamilyAdapter, f_BChw: torch.Tensor, input_map: str) -> torch.Tensor:
+def net_input(adapter: FamilyAdapter, f_BChw: torch.Tensor, input_map: str,
+              round_trip_BChw: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The map a net of ``input_map`` reads from ``f = D⁻¹(x)``: ``f`` itself, or (``"reencoded"``)
     ``f + f − D⁻¹(D(f))``, ``f`` with the inverse decoder's bias at ``f`` taken out once
     (:func:`signals.reencode_target` with ``estimate = f``; one decode and one encode, no
     quantization). For a generated image that is nearer the ``f̂`` the generator decoded (squared
-    error −18 % on the demo zoo's VAR), and a net learns more from it (README, *Variant nets*)."""
+    error −18 % on the demo zoo's VAR), and a net learns more from it (README, *Variant nets*).
+    ``round_trip_BChw = D⁻¹(D(f))`` when the caller already has it (the feature pass: EncLoss's
+    round trip, :class:`signals.FamilyReading`), which saves the decode and the encode."""
     if input_map == "f":
         return f_BChw
     if input_map == "reencoded":
         from signals import reencode_target
 
         f = f_BChw.to(adapter.device).float()
-        return reencode_target(adapter, f, f).to(f_BChw.device)
+        round_trip = round_trip_BChw.to(adapter.device).float() if round_trip_BChw is not None else None
+        return reencode_target(adapter, f, f, round_trip_BChw=round_trip).to(f_BChw.device)
     raise ValueError(f"input_map must be one of {', '.join(INPUT_MAPS)}, not {input_map!r}")
 
 

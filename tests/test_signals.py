@@ -86,9 +86,11 @@ def test_signals_reuse_their_decode_for_reencoding(small_zoo_dir, rar_fixture):
 
     adapter = load_family("RAR", small_zoo_dir)
     x = rar_fixture[1]["in.image"]
-    plain_signals, plain_tokens, f, same_f = family_signals_and_tokens(adapter, x)
-    signals, tokens, target, f_again = family_signals_and_tokens(adapter, x, reencode_iters=2)
+    plain_signals, plain_tokens, f, same_f, round_trip = family_signals_and_tokens(adapter, x)
+    signals, tokens, target, f_again, _ = family_signals_and_tokens(adapter, x, reencode_iters=2)
     assert same_f is f and torch.equal(f_again, f), "f is the inverse decoder's own map, re-encoded or not"
+    with torch.no_grad():
+        assert torch.equal(round_trip, adapter.encode(adapter.decode(f))), "the round trip EncLoss made, D⁻¹(D(f))"
     expected_tokens, expected_target = reencode_tokens(adapter, f, 2)
     assert torch.equal(tokens, expected_tokens) and torch.equal(target, expected_target)
     assert torch.equal(plain_tokens, adapter.quantize(f)[0])

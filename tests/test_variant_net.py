@@ -192,6 +192,10 @@ def test_a_reencoded_net_reads_f_after_one_correction_and_keeps_both_maps(tmp_pa
     with torch.no_grad():
         torch.testing.assert_close(x, reencode_target(inverse, f, f), rtol=0, atol=1e-6)
     assert float((x - f).abs().max()) > 1e-2, "the correction moves the map"
+    with torch.no_grad():
+        round_trip = inverse.encode(inverse.decode(f))
+    # a D⁻¹(D(f)) the caller already has (the feature pass: EncLoss's round trip) gives the same map
+    torch.testing.assert_close(vn.net_input(inverse, f, "reencoded", round_trip), x, rtol=0, atol=1e-6)
     (folder,) = list(tmp_path.iterdir())
     assert len(list(folder.glob("*_reencoded.pt"))) == 2 * len(inverse.variant_names)
 
