@@ -5,9 +5,11 @@ likelihoods of the recovered tokens (:mod:`variant_features`) plus, per feature,
 value relative to the family mean and its margin over the likeliest other variant (what separates
 d16 from d20 is *which* model finds the tokens likelier). A LightGBM multiclass model is tuned by
 stratified cross-validation on the training split only, its probabilities calibrated (sigmoid,
-cross-validated), and an image whose top probability is below a threshold tuned on validation is
-rejected as ``outlier``. The flat alternative (:class:`FlatClassifier`) is one 9-class LightGBM
-over every feature.
+cross-validated), blended with the family's variant net's posterior by a weight chosen on train
+(:mod:`net_blend`: the demo zoo's VAR defers to its net, RAR keeps most of the classifier's), and an
+image whose top probability is below a threshold tuned on validation is rejected as ``outlier``.
+The flat alternative (:class:`FlatClassifier`) is one 9-class LightGBM over every feature, each
+family's share blended the same way.
 
 Models persist with joblib next to a JSON of their training configuration.
 
@@ -32,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from models.registry import CLASS_NAMES, FAMILY_OF, VARIANT_NAMES
+from net_blend import blend_family, choose_weight, net_log_posterior
 from runtime import usable_cores
 
 __all__ = ["FEATURE_STEMS", "CLASSIFIER_VERSION", "family_feature_frame", "margins_over_others", "tune_lightgbm",
@@ -40,7 +43,8 @@ __all__ = ["FEATURE_STEMS", "CLASSIFIER_VERSION", "family_feature_frame", "margi
 # Part of a cached model bundle's key (submission.py): a change to what the classifiers are fitted
 # on or how, with the same feature frames, must not load models fitted the old way.
 # 2: the per-variant margins over the other variants (``_margin``). 3: the variant nets' ``fnet_nll`` among the stems.
-CLASSIFIER_VERSION = "3"
+# 4: each family's variant posterior blended with its variant net's (net_blend), the weight chosen on train.
+CLASSIFIER_VERSION = "4"
 FEATURE_STEMS = ("nll_marginal", "nll_topk", "nll_best", "nll_uncond", "cfg_gap", "mink", "minkpp", "hinge", "zlib",
                  "nll_sampling", "nll_sampling_best", "support_miss", "nll_evidence", "nll_evidence_best", "fnet_nll")
 # Small trees: on the demo zoo 7 leaves beat 15 in every model's CV (gate, VAR, RAR), then 4
@@ -106,7 +110,8 @@ def _lgbm(params: dict, seed: int):
 
 
 def tune_lightgbm(X: pd.DataFrame, y: np.ndarray, seed: int = 0, folds: int = 3) -> Dict[str, object]:
-    """Pick hyper-parameters from :data:`PARAM_GRID` by stratified CV log-loss on (X, y) only."""
+    """Pick hyper-parameters from :data:`PARAM_GRID` by stratified CV log-loss on (X, y) only; with the
+    chosen parameters' out-of-fold probabilities of (X, y) (``oof_proba``, classes as columns)."""
     from sklearn.metrics import log_loss
     from sklearn.model_selection import StratifiedKFold
 
@@ -114,13 +119,15 @@ def tune_lightgbm(X: pd.DataFrame, y: np.ndarray, seed: int = 0, folds: int = 3)
     labels = np.unique(y)
     results = []
     for params in PARAM_GRID:
-        losses = []
+        losses, oof = [], np.zeros((len(y), len(labels)))
         for train_idx, test_idx in splitter.split(X, y):
             model = _lgbm(params, seed).fit(X.iloc[train_idx], y[train_idx])
-            losses.append(log_loss(y[test_idx], model.predict_proba(X.iloc[test_idx]), labels=labels))
-        results.append((float(np.mean(losses)), params))
-    best_loss, best = min(results, key=lambda r: r[0])
-    return {"params": best, "cv_log_loss": best_loss, "grid": [{"params": p, "cv_log_loss": l} for l, p in results]}
+            oof[test_idx] = model.predict_proba(X.iloc[test_idx])
+            losses.append(log_loss(y[test_idx], oof[test_idx], labels=labels))
+        results.append((float(np.mean(losses)), params, oof))
+    best_loss, best, best_oof = min(results, key=lambda r: r[0])
+    return {"params": best, "cv_log_loss": best_loss, "grid": [{"params": p, "cv_log_loss": l} for l, p, _ in results],
+            "oof_proba": pd.DataFrame(best_oof, index=X.index, columns=labels)}
 
 
 class OneClass:
@@ -144,8 +151,9 @@ class CalibratedLGBM:
         self.reject_below = 0.0
         self.config: Dict[str, object] = {}
 
-    def fit_frame(self, X: pd.DataFrame, y: np.ndarray) -> None:
-        """Tune (CV on ``X`` only), fit and calibrate on a ready feature frame."""
+    def fit_frame(self, X: pd.DataFrame, y: np.ndarray) -> Optional[pd.DataFrame]:
+        """Tune (CV on ``X`` only), fit and calibrate on a ready feature frame; returns the tuned
+        parameters' out-of-fold probabilities of ``X`` (None where nothing was tuned)."""
         from sklearn.calibration import CalibratedClassifierCV
 
         self.columns = list(X.columns)
@@ -153,18 +161,21 @@ class CalibratedLGBM:
             self.model = OneClass(str(y[0]))
             self.config = {"seed": self.seed, "n_train": int(len(y)), "classes": [str(y[0])], "tuning": None,
                            "features": self.columns, "note": "one class in the training data: always predicted"}
-            return
+            return None
         # 3-fold tuning and calibration need 3 images of every class; fewer get fewer folds, and
         # a class with a single image leaves the first grid point, uncalibrated
         folds = min(3, int(pd.Series(y).value_counts().min()))
+        oof_proba = None
         if folds >= 2:
             tuned = tune_lightgbm(X, y, self.seed, folds=folds)
+            oof_proba = tuned.pop("oof_proba")
             self.model = CalibratedClassifierCV(_lgbm(tuned["params"], self.seed), method="sigmoid", cv=folds).fit(X, y)
         else:
             tuned = {"params": PARAM_GRID[0], "cv_log_loss": None, "grid": [], "note": "a class with one image: not tuned or calibrated"}
             self.model = _lgbm(tuned["params"], self.seed).fit(X, y)
         self.config = {"seed": self.seed, "n_train": int(len(y)), "classes": [str(c) for c in self.model.classes_],
                        "tuning": tuned, "folds": folds, "features": self.columns}
+        return oof_proba
 
     def proba(self, X: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(self.model.predict_proba(X[self.columns]), index=X.index, columns=self.model.classes_)
@@ -196,28 +207,39 @@ class CalibratedLGBM:
 
 
 class VariantClassifier(CalibratedLGBM):
-    """One family's variant classifier (trained on that family's images only)."""
+    """One family's variant classifier (trained on that family's images only), its posterior blended
+    with the family's variant net's by the weight chosen on train (:mod:`net_blend`)."""
 
     def __init__(self, family: str, seed: int = 0) -> None:
         super().__init__(seed)
         self.family = family
+        self.net_weight = 0.0
 
     def fit(self, features: pd.DataFrame, labels: Sequence[str]) -> "VariantClassifier":
         labels = np.asarray(labels)
         mine = np.array([FAMILY_OF.get(l) == self.family for l in labels])
-        self.fit_frame(family_feature_frame(features.loc[mine], self.family), labels[mine])
+        oof_proba = self.fit_frame(family_feature_frame(features.loc[mine], self.family), labels[mine])
         self.config["family"] = self.family
+        self.net_weight = _choose_net_weight(self.config, oof_proba, labels[mine], features.loc[mine], self.family)
         return self
 
     def predict_proba(self, features: pd.DataFrame) -> pd.DataFrame:
-        return self.proba(family_feature_frame(features, self.family))
+        return _blend_nets(self.proba(family_feature_frame(features, self.family)), features, {self.family: self.net_weight})
 
 
 class FlatClassifier(CalibratedLGBM):
-    """A single 9-class LightGBM over all features (the comparison for the two-stage path)."""
+    """A single 9-class LightGBM over all features (the comparison for the two-stage path), each
+    family's share of its posterior split among the variants as blended with the family's variant
+    net by the weight chosen on train (:mod:`net_blend`)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__(seed)
+        self.net_weights: Dict[str, float] = {}
 
     def fit(self, features: pd.DataFrame, labels: Sequence[str]) -> "FlatClassifier":
-        self.fit_frame(self.frame(features), np.asarray(labels))
+        labels = np.asarray(labels)
+        oof_proba = self.fit_frame(self.frame(features), labels)
+        self.net_weights = {family: _choose_net_weight(self.config, oof_proba, labels, features, family) for family in ("VAR", "RAR")}
         return self
 
     @staticmethod
@@ -225,8 +247,24 @@ class FlatClassifier(CalibratedLGBM):
         return pd.concat([family_feature_frame(features, "VAR"), family_feature_frame(features, "RAR")], axis=1)
 
     def predict_proba(self, features: pd.DataFrame) -> pd.DataFrame:
-        proba = self.proba(self.frame(features))
+        proba = _blend_nets(self.proba(self.frame(features)), features, self.net_weights)
         return proba.reindex(columns=[c for c in CLASS_NAMES if c in proba.columns])
+
+
+def _choose_net_weight(config: dict, oof_proba: Optional[pd.DataFrame], labels: np.ndarray, features: pd.DataFrame, family: str) -> float:
+    """:func:`net_blend.choose_weight` for ``family`` on the classifier's out-of-fold probabilities
+    (0 when there are none), recorded in ``config["net_blend"]``."""
+    weight, losses = (0.0, {}) if oof_proba is None else choose_weight(oof_proba, labels, features, family_variants(family))
+    config.setdefault("net_blend", {})[family] = {"weight": weight, "oof_log_loss": losses}
+    return weight
+
+
+def _blend_nets(proba: pd.DataFrame, features: pd.DataFrame, weights: Dict[str, float]) -> pd.DataFrame:
+    for family, weight in weights.items():
+        net = net_log_posterior(features, family_variants(family)) if weight else None
+        if net is not None:
+            proba = blend_family(proba, net, weight)
+    return proba
 
 
 def main(argv: Optional[list] = None) -> int:
@@ -252,6 +290,9 @@ def main(argv: Optional[list] = None) -> int:
     tuned = model.config["tuning"]
     print(f"{args.family}: {len(model.columns)} features, {model.config['n_train']} training images; "
           f"parameters {tuned['params']} (CV log-loss {tuned['cv_log_loss']:.3f})")
+    for family, blend in model.config.get("net_blend", {}).items():
+        print(f"{family} variant net's weight in the blend: {blend['weight']} (out-of-fold log-loss per weight: "
+              + (", ".join(f"{w} {loss:.3f}" for w, loss in blend["oof_log_loss"].items()) or "no net") + ")")
     print(f"validation accuracy {100 * np.mean(predicted == val_labels):.2f} % (n={len(val_labels)}), "
           f"rejecting below a top probability of {model.reject_below:.3f}")
     if args.out:

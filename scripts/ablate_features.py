@@ -11,7 +11,9 @@ frames a run wrote without that group's columns, and scored on validation — an
 ``--test-labels`` is given (for scoring only; nothing is chosen on it) — and, with ``--train-cv
 N``, over 3 folds of train alone in N different splits, which neither threshold tuning nor model
 choice has seen. The *derived* groups (:data:`DERIVED`) cost no extraction time: they are columns
-the classifier computes from the features, and a refit without them shows what they add. The first
+the classifier computes from the features, and a refit without them shows what they add; so does
+the last row (:data:`NET_BLEND`), the classifier without the blend of its variant posteriors with the
+variant nets' (:mod:`net_blend`). The first
 row drops nothing: it reproduces the run's own flat model. A point or two of difference is within
 the noise of one LightGBM fit on 900 validation images (95 % interval about ±3 points); a group
 matters when dropping it costs more.
@@ -36,7 +38,7 @@ from dataset import REPORT_DIR, add_labelled_split_arguments, read_labelled_feat
 from variant_classifier import FlatClassifier  # noqa: E402
 from variant_net import FEATURE_STEM as NET_STEM  # noqa: E402
 
-__all__ = ["GROUPS", "DERIVED", "ablate"]
+__all__ = ["GROUPS", "DERIVED", "NET_BLEND", "ablate"]
 
 
 def _prefixed(*prefixes: str) -> Callable[[str], bool]:
@@ -77,6 +79,9 @@ DERIVED: Dict[str, str] = {
     "margins over the other variants (derived: _margin)": "_margin",
     "deviations from the family mean (derived: _rel)": "_rel",
 }
+# not a group of columns: the classifier refitted without blending its variant posteriors with the
+# variant nets' (net_blend; every weight 0, as before classifier version 4)
+NET_BLEND = "blend with the variant nets (derived: net_blend weights)"
 
 
 def _flat_without(suffix: Optional[str]) -> Type[FlatClassifier]:
@@ -91,6 +96,15 @@ def _flat_without(suffix: Optional[str]) -> Type[FlatClassifier]:
             return full[[c for c in full.columns if not c.endswith(suffix)]]
 
     return Reduced
+
+
+class _Unblended(FlatClassifier):
+    """:class:`FlatClassifier` with every :mod:`net_blend` weight 0: the classifier's posterior alone."""
+
+    def fit(self, features: pd.DataFrame, labels) -> "_Unblended":
+        super().fit(features, labels)
+        self.net_weights = {family: 0.0 for family in self.net_weights}
+        return self
 
 
 def _train_cv_accuracy(model_class: Type[FlatClassifier], train: pd.DataFrame, labels: np.ndarray, seed: int,
@@ -115,13 +129,13 @@ def ablate(train: pd.DataFrame, train_labels: np.ndarray, val: pd.DataFrame, val
     train alone, split ``train_cv_repeats`` ways (seeds ``seed`` …; the mean, and each split's)."""
     from tqdm.auto import tqdm
 
-    plan = [(group, in_group, None) for group, in_group in GROUPS.items()]
-    plan += [(group, (lambda column: False), suffix) for group, suffix in DERIVED.items()]
+    plan = [(group, in_group, FlatClassifier) for group, in_group in GROUPS.items()]
+    plan += [(group, (lambda column: False), _flat_without(suffix)) for group, suffix in DERIVED.items()]
+    plan += [(NET_BLEND, (lambda column: False), _Unblended)]
     plan = [step for step in plan if not only or any(part in step[0] for part in only)]
     rows = []
-    for group, in_group, suffix in tqdm(plan, desc="ablations"):
+    for group, in_group, model_class in tqdm(plan, desc="ablations"):
         kept = [c for c in train.columns if not in_group(c)]
-        model_class = _flat_without(suffix)
         model = model_class(seed).fit(train[kept], train_labels)
         val_proba = model.predict_proba(val[kept])
         model.tune_rejection(val_proba, val_labels)

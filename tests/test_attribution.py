@@ -251,11 +251,14 @@ def test_every_feature_ablation_group_names_columns_the_extractor_writes(monkeyp
     (train, train_labels), (val, val_labels) = synthetic_features(10, 3), synthetic_features(5, 4)
     larger_var = "larger VAR variants (var20, var24, var30)"
     monkeypatch.setattr(ablate_features, "GROUPS", {k: ablate_features.GROUPS[k] for k in ("nothing", larger_var)})
-    table = ablate_features.ablate(train, train_labels, val, val_labels, only=("nothing", "larger VAR", "margins"),
+    table = ablate_features.ablate(train, train_labels, val, val_labels, only=("nothing", "larger VAR", "margins", "blend with"),
                                    train_cv_repeats=2)
     margins = "margins over the other variants (derived: _margin)"
-    assert list(table.index) == ["nothing", larger_var, margins]
+    assert list(table.index) == ["nothing", larger_var, margins, ablate_features.NET_BLEND]
     assert table.loc["nothing", "features"] == table.loc[margins, "features"] == train.shape[1]
+    # the refit without the blend keeps every column; only the blend weights are 0
+    assert table.loc[ablate_features.NET_BLEND, ["features", "classifier_columns"]].tolist() == \
+        table.loc["nothing", ["features", "classifier_columns"]].tolist()
     # a variant's likelihood columns go, its variant-net column stays (one pass of the net gives every variant's)
     assert "fnet_nll" in FEATURE_STEMS
     assert table.loc[larger_var, "features"] == train.shape[1] - 3 * (len(FEATURE_STEMS) - 1)
