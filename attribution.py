@@ -33,7 +33,7 @@ from provenance import family_of_labels, load_gate, make_gate, save_gate
 from variant_classifier import FlatClassifier, VariantClassifier
 
 __all__ = ["METHODS", "ALL_METHODS", "METHOD_CHOICES", "TOKEN_METHODS", "fit_bundle", "load_bundle", "predict",
-           "bundle_exists", "pick_method", "model_version"]
+           "bundle_exists", "pick_method", "model_version", "net_blend_weights"]
 
 METHODS = ("two-stage", "flat")  # what auto chooses between
 ALL_METHODS = METHODS + ("prada",)
@@ -188,6 +188,16 @@ def pick_method(val_accuracy: Dict[str, float]) -> str:
     if unknown or not val_accuracy:
         raise ValueError(f"expected accuracies for some of {METHODS}, got {sorted(val_accuracy)}")
     return max((m for m in METHODS if m in val_accuracy), key=lambda m: (val_accuracy[m], -METHODS.index(m)))
+
+
+def net_blend_weights(bundle: dict) -> Dict[str, float]:
+    """Per family, the weight of its variant net in the bundle's variant posterior (:mod:`net_blend`;
+    chosen on train when the classifiers were fitted); empty for ``prada``, which blends nothing."""
+    if bundle["method"] == "flat":
+        return dict(bundle["flat"].net_weights)
+    if bundle["method"] == "two-stage":
+        return {family: clf.net_weight for family, clf in bundle["classifiers"].items()}
+    return {}
 
 
 def predict(bundle: dict, features: pd.DataFrame) -> pd.Series:

@@ -176,7 +176,7 @@ def _features_of_shard(extractor, paths: List[str], keys: List[str], shard: Tupl
 
 
 def run(args: argparse.Namespace) -> int:
-    from attribution import METHODS, TOKEN_METHODS, pick_method, predict
+    from attribution import METHODS, TOKEN_METHODS, net_blend_weights, pick_method, predict
     from cli import warn
     from feature_extractor import FeatureExtractor
     from models.registry import CLASS_NAMES
@@ -272,7 +272,7 @@ def run(args: argparse.Namespace) -> int:
         frame.to_parquet(report_dir / f"tokens_{split}.parquet")  # flat_prada.py's command-line input
     val_stats = write_report(report_dir, "val", val_meta["label"], val_predictions[method], f"Validation ({method})")
     summary = {"method": method, "requested_method": args.method, "validation_accuracy_by_method": val_accuracy,
-               "models": str(model_dirs[method]), "validation": val_stats, **notes}
+               "models": str(model_dirs[method]), "net_blend_weights": net_blend_weights(bundle), "validation": val_stats, **notes}
     if truth is not None and len(truth):
         summary["test"] = write_report(report_dir, "test", truth, labels.reindex(truth.index), f"Test ({method})")
     summary["seconds"] = round(time.perf_counter() - started, 1)

@@ -59,6 +59,12 @@ def test_bundle_fits_saves_loads_and_predicts(data, tmp_path, method):
     first = predict(bundle, test)
     again = predict(load_bundle(method, tmp_path / method), test)
     assert first.equals(again)
+    from attribution import net_blend_weights
+    from net_blend import WEIGHTS
+
+    weights = net_blend_weights(bundle)
+    assert set(weights) == {"VAR", "RAR"} and set(weights.values()) <= set(WEIGHTS)
+    assert net_blend_weights(load_bundle(method, tmp_path / method)) == weights
     stats = summary(yte, first)
     assert stats["accuracy"] > 0.85 and stats["family_accuracy"] > 0.95, stats
     assert set(first) <= set(CLASS_NAMES)

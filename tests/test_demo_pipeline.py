@@ -85,6 +85,10 @@ def test_submission_end_to_end_and_warm_rerun(tiny_dataset, tmp_path):
     assert report["method"] == pick_method(report["validation_accuracy_by_method"])
     assert report["validation"]["accuracy"] == pytest.approx(report["validation_accuracy_by_method"][report["method"]])
     assert len(list((cache / "models").iterdir())) == 2
+    # the report names each family's variant-net weight in the kept method's posterior, chosen on train
+    from net_blend import WEIGHTS
+
+    assert set(report["net_blend_weights"]) <= {"VAR", "RAR"} and set(report["net_blend_weights"].values()) <= set(WEIGHTS)
     # the scoring gate left some family's variant features out somewhere, and the report says how many
     computed = report["variant_features_computed"]
     assert set(computed) == {"VAR", "RAR"} and all(0 < n <= 9 * sum(COUNTS.values()) for n in computed.values())
@@ -105,6 +109,7 @@ def test_prada_method_end_to_end(tiny_dataset, tmp_path):
     assert set(table["label"]) <= set(CLASS_NAMES)
     report = json.loads((tmp_path / "prada_report" / "summary.json").read_text())
     assert report["method"] == "prada" and list(report["validation_accuracy_by_method"]) == ["prada"]
+    assert report["net_blend_weights"] == {}
     tokens = pd.read_parquet(tmp_path / "prada_report" / "tokens_test.parquet")
     assert sorted(tokens.index) == sorted(table["image_name"]) and len(tokens.columns) == 16
     assert len(tokens["var16_cond"].iloc[0]) == 155 and len(tokens["rarb_uncond"].iloc[0]) == 64
