@@ -6,8 +6,8 @@ For every image, with each family's inverse decoder:
   QuantLoss for VAR, EncLoss raw and calibrated, Combined, Reconstruction, AEDR);
 * ``{variant}_fnet_nll`` — for the variants of the families with a variant net (both):
   ``−log p(variant | f)`` from :mod:`variant_net`, a small CNN trained on the family's fresh
-  generations to name the variant from the inverse decoder's ``f`` without reading tokens (VAR's
-  reads ``f`` after one re-encoding correction, :func:`variant_net.net_input`);
+  generations to name the variant from the inverse decoder's ``f`` without reading tokens (both
+  read ``f`` after one re-encoding correction, :func:`variant_net.net_input`);
 * ``{variant}_{feature}`` — for all 8 variants, the likelihood features of
   :mod:`variant_features` on the tokens recovered by that variant's family (searched for VAR;
   re-encoded for RAR, see ``REENCODE_ITERS``),
@@ -80,6 +80,7 @@ EXTRACTOR_NAME = "iar_features"
 # 13: variant features in fixed-size chunks (VARIANT_CHUNK), whatever the batch mates
 # 14: {variant}_fnet_nll (variant_net.py) for VAR; 15: for RAR too
 EXTRACTOR_VERSION = "16"  # 16: VAR's net reads f after one re-encoding correction (variant_net.net_input)
+# (RAR's net reading it too changed no code here, only the net's file, whose digest names the store)
 TOKEN_LL_SUFFIX = "_token_ll"  # the per-token store: <name>_token_ll-v<version>-<weights digest>
 SHARED_CANDIDATES = 1  # labels the larger variants of a family are evaluated under
 # Variant features are computed this many images at a time, always (the last chunk padded): the

@@ -7,7 +7,7 @@ by the family's plain inverse decoder, ``f = D⁻¹(x)``. The seeds come from a 
 pipeline scores was seen by a net.
 
 What a net reads of ``f`` is its ``input_map`` (:func:`net_input`): ``f`` itself, or ``f`` after
-one re-encoding correction, ``f + f − D⁻¹(D(f))`` (VAR's, README, *Variant nets*).
+one re-encoding correction, ``f + f − D⁻¹(D(f))`` (both shipped nets', README, *Variant nets*).
 
 Making the maps is most of a net's cost (a 64-image VAR batch: about 1 s to generate and map back
 and 0.5 s more to re-encode, on 2 cores: the demo zoo's 5 120 batches took 44 minutes to re-encode), so :func:`generate_training_maps` keeps each batch's maps on

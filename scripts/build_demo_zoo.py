@@ -19,7 +19,7 @@ tokens at the finest scale):
 
 Then the inverse decoders of both families (``--stage inv-decoders``) and both families' variant
 nets (``--stage variant-nets``, :mod:`variant_net`: CNNs naming the variant from the plain inverse
-decoder's ``f``, VAR's after one re-encoding correction: per family an ensemble of three trained on the (variant, class label) pairs of
+decoder's ``f`` after one re-encoding correction: per family an ensemble of three trained on the (variant, class label) pairs of
 fresh generations — 81 920 per VAR variant, 20 480 per RAR variant — kept in ``--map-cache`` so a
 rerun or a retrained net reuses them).
 

@@ -46,6 +46,7 @@ from PIL import Image  # noqa: E402
 
 import demo_photos  # noqa: E402
 from inv_decoder import SEED_OFFSET, SHIPPED_SUBDIR  # noqa: E402
+from variant_net import SHIPPED_SUBDIR as NET_SUBDIR  # noqa: E402
 from models.registry import CLASS_NAMES, FAMILY_OF, VARIANT_NAMES  # noqa: E402
 from models.zoo import DEMO_ZOO_DIR, load_family  # noqa: E402
 from runtime import keep_freed_memory, usable_cores  # noqa: E402
@@ -125,12 +126,13 @@ def _run_job(job: Tuple[int, str, str, int, int, int]) -> List[Tuple[np.ndarray,
 
 def zoo_digest(zoo_dir: Path) -> str:
     """sha256 of the zoo's ``SHA256SUMS`` lines of the tokenizers and generators: names the exact
-    weights a demo Dataset was made with. The inverse decoders (``inv_decoders/``) make no image,
-    so retraining them does not outdate a Dataset."""
+    weights a demo Dataset was made with. The inverse decoders (``inv_decoders/``) and variant nets
+    (``variant_nets/``) make no image, so retraining them does not outdate a Dataset."""
     sums = zoo_dir / "SHA256SUMS"
     if not sums.is_file():
         return "unknown"
-    lines = [line for line in sums.read_text().splitlines() if not line.split(maxsplit=1)[-1].startswith(f"{SHIPPED_SUBDIR}/")]
+    readers = (f"{SHIPPED_SUBDIR}/", f"{NET_SUBDIR}/")
+    lines = [line for line in sums.read_text().splitlines() if not line.split(maxsplit=1)[-1].startswith(readers)]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 

@@ -118,13 +118,14 @@ def test_prada_method_end_to_end(tiny_dataset, tmp_path):
 
 
 def test_zoo_digest_names_the_generating_weights_only(tmp_path):
-    """Retraining an inverse decoder leaves a Dataset current; any tokenizer or generator change outdates it."""
+    """Retraining an inverse decoder or a variant net leaves a Dataset current; any tokenizer or
+    generator change outdates it."""
     sums = tmp_path / "SHA256SUMS"
-    sums.write_text("aa  var16.safetensors\nbb  inv_decoders/VAR/inv_decoder.safetensors\n")
+    sums.write_text("aa  var16.safetensors\nbb  inv_decoders/VAR/inv_decoder.safetensors\nee  variant_nets/RAR/variant_net.safetensors\n")
     first = make_demo_dataset.zoo_digest(tmp_path)
-    sums.write_text("aa  var16.safetensors\ncc  inv_decoders/VAR/inv_decoder.safetensors\n")
+    sums.write_text("aa  var16.safetensors\ncc  inv_decoders/VAR/inv_decoder.safetensors\nff  variant_nets/RAR/variant_net.safetensors\n")
     assert make_demo_dataset.zoo_digest(tmp_path) == first
-    sums.write_text("ab  var16.safetensors\ncc  inv_decoders/VAR/inv_decoder.safetensors\n")
+    sums.write_text("ab  var16.safetensors\ncc  inv_decoders/VAR/inv_decoder.safetensors\nff  variant_nets/RAR/variant_net.safetensors\n")
     assert make_demo_dataset.zoo_digest(tmp_path) != first
 
 
