@@ -2,7 +2,8 @@
 
     python scripts/diagnose_variant_net.py [--family VAR] [--weights-dir DIR] [--train-per-variant 8192]
                                            [--heldout-per-variant 1536] [--alphas 0.25 0.5 0.75]
-                                           [--refine-images 256 --refine-steps 50] [--out runs/diagnose_variant_net]
+                                           [--refine-images 256 --refine-steps 50] [--corrector-epochs 12]
+                                           [--identifiability-images 16] [--out runs/diagnose_variant_net]
 
 The variant net (:mod:`variant_net`) names a generation's variant from the inverse decoder's
 ``f = D⁻¹(x)``. That ``f`` is only an estimate of the ``f̂`` the generator decoded (on the demo zoo's
@@ -31,6 +32,24 @@ latent refinement through the frozen decoder (:func:`signals.optimise_latent`, f
 first ``--refine-images`` held-out images) and reports the MSE to ``f̂`` and the image error before
 and after: does fitting the image lead back to ``f̂``? (No net is trained on it; it is slow.)
 
+Two more questions, each off by default:
+
+* ``--corrector-epochs N`` — ``learned_corrector``: is more of ``f̂`` in ``f`` than the fixed
+  re-encoding rule takes out? A small residual CNN (:class:`Corrector`) is fitted for N epochs on
+  the training maps to predict ``f̂`` from ``f`` and its re-encoded ``g``, and a net is trained on
+  its output, like every input above.
+* ``--identifiability-images N`` — ``image_identifiability``: how much of the inverse decoder's
+  error could *any* reader of the PNG image take out? On the first held-out images of each variant
+  (N in all), the decoder's Jacobian ``J = ∂D/∂f`` at ``f̂`` (``J = U·diag(S)·Vᵀ``) splits the error
+  ``f − f̂`` into directions ``c = Vᵀ(f − f̂)``. Moving ``f̂`` by ``c_i`` along direction ``i``
+  changes the image by ``S_i·c_i``; the PNG file rounds every pixel to 1/255, noise of variance
+  ``σ² = (1/255)²/12``. Where ``S_i²c_i² < σ²`` the error is below what the image records
+  (``hidden_error_share``, its share of the error's energy), and a linear reader that knows each
+  direction to its rounding noise, with the error's own size as its prior, keeps
+  ``Σ c_i²·v_i/(c_i² + v_i)``, ``v_i = σ²/S_i²`` (``fmse_to_fhat``; ``fmse_to_fhat_before`` is ``f``'s).
+  That is a linearised estimate, one Jacobian per image (1 024 forward-mode passes; about 25 s on
+  2 cores for the demo zoo's VAR).
+
 Generated maps are kept per batch (``f`` and ``f̂``, written whole or not at all) under
 ``--cache DIR/<weights fingerprint>/``, so a rerun only trains. Writes ``variant_net_inputs.csv``
 to ``--out``.
@@ -56,7 +75,10 @@ from models.adapter import FamilyAdapter  # noqa: E402
 from runtime import keep_freed_memory  # noqa: E402
 from signals import optimise_latent  # noqa: E402
 
-__all__ = ["Maps", "generate_maps", "reencoded", "input_rows", "refinement_row"]
+__all__ = ["Maps", "generate_maps", "reencoded", "input_rows", "refinement_row", "Corrector", "fit_corrector", "corrected",
+           "identifiability_row", "PNG_ROUNDING_VARIANCE"]
+
+PNG_ROUNDING_VARIANCE = (1 / 255) ** 2 / 12  # per pixel in [0, 1] units: uniform rounding to 8-bit levels
 
 Maps = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # f, f̂, variant, class, image (or empty)
 
@@ -142,6 +164,84 @@ def refinement_row(adapter: FamilyAdapter, images: torch.Tensor, f: torch.Tensor
                 image_mse=float(error.mean()), seconds=round(time.perf_counter() - start, 1))
 
 
+
+class Corrector(torch.nn.Module):
+    """``f̂ ≈ g + C([f, g])``: a small residual CNN over the inverse decoder's ``f`` and its re-encoded
+    ``g`` (both ``B×C×h×w``), zero at start (so it starts at ``g``)."""
+
+    def __init__(self, channels: int, width: int = 64, blocks: int = 4) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.inp = nn.Conv2d(2 * channels, width, 3, padding=1)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.GroupNorm(8, width), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
+                                                  nn.Conv2d(width, width, 3, padding=1)) for _ in range(blocks))
+        self.out = nn.Conv2d(width, channels, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, f_BChw: torch.Tensor, g_BChw: torch.Tensor) -> torch.Tensor:
+        h = self.inp(torch.cat([f_BChw, g_BChw], 1))
+        for block in self.blocks:
+            h = h + block(h)
+        return g_BChw + self.out(h)
+
+
+def fit_corrector(f_NChw: torch.Tensor, g_NChw: torch.Tensor, f_hat_NChw: torch.Tensor, epochs: int, seed: int = 0,
+                  batch_size: int = 256, lr: float = 2e-3) -> Corrector:
+    """A :class:`Corrector` fitted by AdamW (one-cycle schedule) to the mean squared error to ``f̂``."""
+    torch.manual_seed(seed)
+    model = Corrector(f_NChw.shape[1])
+    steps_per_epoch = max(1, len(f_NChw) // batch_size)
+    optimiser = torch.optim.AdamW(model.parameters(), lr / 2, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, lr, total_steps=epochs * steps_per_epoch)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(f_NChw))
+        for step in range(steps_per_epoch):
+            idx = order[step * batch_size:(step + 1) * batch_size]
+            loss = (model(f_NChw[idx], g_NChw[idx]) - f_hat_NChw[idx]).pow(2).mean()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def corrected(model: Corrector, f_NChw: torch.Tensor, g_NChw: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+    """The corrector's ``f̂`` estimate of every map."""
+    return torch.cat([model(f, g) for f, g in zip(f_NChw.split(chunk), g_NChw.split(chunk))])
+
+
+def identifiability_row(adapter: FamilyAdapter, f_NChw: torch.Tensor, f_hat_NChw: torch.Tensor, chunk: int = 64) -> dict:
+    """How much of the error ``f − f̂`` the PNG image records, linearised at ``f̂`` (module docstring,
+    ``--identifiability-images``): the share of its energy below the rounding noise and the squared
+    error a linear reader of the image would keep."""
+    start = time.perf_counter()
+    hidden, kept, before = [], [], []
+    for f, f_hat in zip(f_NChw.float(), f_hat_NChw.float()):
+        shape, point = f_hat.shape, f_hat.flatten()
+
+        def decode(z: torch.Tensor) -> torch.Tensor:
+            return adapter.decode(z.view(1, *shape)).float().flatten()
+
+        def push(u: torch.Tensor) -> torch.Tensor:
+            return torch.func.jvp(decode, (point,), (u,))[1]
+
+        basis = torch.eye(point.numel())
+        jacobian = torch.cat([torch.func.vmap(push)(basis[i:i + chunk]) for i in range(0, len(basis), chunk)]).T  # pixels × latent
+        _, S, Vh = torch.linalg.svd(jacobian, full_matrices=False)
+        c = Vh @ (f.flatten() - point)
+        noise = PNG_ROUNDING_VARIANCE / S.pow(2).clamp_min(1e-30)
+        below = S.pow(2) * c.pow(2) < PNG_ROUNDING_VARIANCE
+        hidden.append(float(c[below].pow(2).sum() / c.pow(2).sum()))
+        kept.append(float((c.pow(2) * noise / (c.pow(2) + noise)).mean()))
+        before.append(float(c.pow(2).mean()))
+    return dict(input="image_identifiability", images=len(f_NChw), fmse_to_fhat=sum(kept) / len(kept),
+                fmse_to_fhat_before=sum(before) / len(before), hidden_error_share=sum(hidden) / len(hidden),
+                seconds=round(time.perf_counter() - start, 1))
+
+
 def main(argv: Optional[list] = None) -> int:
     from cli import at_least
 
@@ -158,6 +258,10 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--refine-steps", type=at_least(0), default=0, help="Adam steps of latent refinement to measure (default 0: off)")
     parser.add_argument("--refine-images", type=at_least(1), default=256, help="held-out images refined by --refine-steps, in all (rounded up to whole batches of each variant; default 256)")
     parser.add_argument("--refine-lr", type=float, default=0.01, help="Adam learning rate of --refine-steps (halved at the middle)")
+    parser.add_argument("--corrector-epochs", type=at_least(0), default=0,
+                        help="also fit a learned corrector f, g → f̂ for N epochs and train a net on it (default 0: off)")
+    parser.add_argument("--identifiability-images", type=at_least(0), default=0,
+                        help="measure how much of f's error the PNG image records on N held-out images, in all (default 0: off)")
     parser.add_argument("--cache", default=str(ROOT / "runs" / "diagnose_variant_net_maps"),
                         help="where generated maps are kept (default runs/diagnose_variant_net_maps; '' for none)")
     parser.add_argument("--out", type=Path, default=Path("runs/diagnose_variant_net"))
@@ -183,12 +287,22 @@ def main(argv: Optional[list] = None) -> int:
     for alpha in sorted(args.alphas):
         inputs[f"alpha_{alpha:g}"] = (train[1] + alpha * (train[0] - train[1]), test[1] + alpha * (test[0] - test[1]))
     inputs.update(inverse_f=(train[0], test[0]), reencoded=(g_train, g_test))
+    if args.corrector_epochs:
+        start = time.perf_counter()
+        corrector = fit_corrector(train[0], g_train, train[1], args.corrector_epochs, seed=args.seed)
+        inputs["learned_corrector"] = (corrected(corrector, train[0], g_train), corrected(corrector, test[0], g_test))
+        print(f"fitted the corrector in {time.perf_counter() - start:.0f} s", flush=True)
     rows = input_rows(inputs, test[1], train, test, config, adapter.num_classes, len(adapter.variant_names),
                       cross=[("exact_fhat", "inverse_f")])
     if args.refine_steps:
         keep = torch.cat([torch.arange(vi * n_test * args.gen_batch, vi * n_test * args.gen_batch + refine_per_variant)
                           for vi in range(len(adapter.variant_names))])
         rows.append(refinement_row(adapter, test[4], test[0][keep], test[1][keep], args.refine_steps, args.refine_lr))
+    if args.identifiability_images:
+        per_variant = -(-args.identifiability_images // len(adapter.variant_names))
+        keep = torch.cat([torch.arange(vi * n_test * args.gen_batch, vi * n_test * args.gen_batch + min(per_variant, n_test * args.gen_batch))
+                          for vi in range(len(adapter.variant_names))])
+        rows.append(identifiability_row(adapter, test[0][keep], test[1][keep]))
     table = pd.DataFrame(rows).set_index("input")
     args.out.mkdir(parents=True, exist_ok=True)
     with atomic_path(args.out / "variant_net_inputs.csv") as tmp:

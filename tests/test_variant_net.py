@@ -310,12 +310,61 @@ def test_diagnose_variant_net_command_measures_each_input_against_the_exact_fhat
     import diagnose_variant_net
 
     assert diagnose_variant_net.main(["--train-per-variant", "32", "--heldout-per-variant", "32", "--gen-batch", "16",
-                                      "--alphas", "0.5", "--epochs", "1", "--cache", "", "--out", str(tmp_path / "out")]) == 0
+                                      "--alphas", "0.5", "--epochs", "1", "--corrector-epochs", "1", "--cache", "",
+                                      "--out", str(tmp_path / "out")]) == 0
     assert list(tmp_path.iterdir()) == [tmp_path / "out"] and not list(Path.cwd().glob("[0-9a-f]" * 16)), "--cache '': no map kept"
     table = pd.read_csv(tmp_path / "out" / "variant_net_inputs.csv", index_col="input")
-    assert list(table.index) == ["exact_fhat", "alpha_0.5", "inverse_f", "reencoded", "exact_fhat_net_on_inverse_f"]
+    assert list(table.index) == ["exact_fhat", "alpha_0.5", "inverse_f", "reencoded", "learned_corrector", "exact_fhat_net_on_inverse_f"]
     error = table["fmse_to_fhat"]
     assert error["exact_fhat"] == 0 and error["inverse_f"] > 1e-4
     assert error["alpha_0.5"] == pytest.approx(0.25 * error["inverse_f"], rel=1e-4)
     assert error["reencoded"] < 0.9 * error["inverse_f"]
     assert table["heldout_accuracy"].between(0, 1).all()
+
+
+def _diagnose_variant_net():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import diagnose_variant_net
+
+    return diagnose_variant_net
+
+
+def test_learned_corrector_finds_what_f_and_g_hold_of_fhat():
+    """Where ``f̂`` is the mean of ``f`` and ``g`` (their errors opposite), the corrector learns it:
+    its error falls far below ``g``'s."""
+    diagnose = _diagnose_variant_net()
+    gen = torch.Generator().manual_seed(0)
+    f_hat = torch.randn(1024, 16, 8, 8, generator=gen)
+    error = 0.5 * torch.randn(1024, 16, 8, 8, generator=gen)
+    corrector = diagnose.fit_corrector(f_hat - error, f_hat + error, f_hat, epochs=4, batch_size=32)
+    corrected = diagnose.corrected(corrector, f_hat - error, f_hat + error)
+    assert (corrected - f_hat).pow(2).mean() < 0.2 * error.pow(2).mean()
+
+
+def test_identifiability_splits_the_error_by_what_the_image_records():
+    """A linear decoder with 8 strong and 8 near-null directions: an error along the near-null ones
+    is all hidden (and kept whole), one along the strong ones is recorded and read down to the
+    rounding noise."""
+    from types import SimpleNamespace
+
+    diagnose = _diagnose_variant_net()
+    gen = torch.Generator().manual_seed(0)
+    pixels_U = torch.linalg.qr(torch.randn(48, 16, generator=gen))[0]
+    latent_V = torch.linalg.qr(torch.randn(16, 16, generator=gen))[0]
+    gains = torch.tensor([1.0] * 8 + [1e-6] * 8)
+    decoder = pixels_U @ torch.diag(gains) @ latent_V.T
+    adapter = SimpleNamespace(decode=lambda z_B: (decoder @ z_B.reshape(len(z_B), -1).T).T)
+    f_hat = torch.randn(3, 16, 1, 1, generator=gen)
+    for directions, hidden in ((latent_V[:, 8:], True), (latent_V[:, :8], False)):
+        error = (directions @ (0.01 * torch.randn(8, 3, generator=gen))).T.reshape(3, 16, 1, 1)
+        row = diagnose.identifiability_row(adapter, f_hat + error, f_hat)
+        assert row["images"] == 3 and row["fmse_to_fhat_before"] == pytest.approx(float(error.pow(2).mean()), rel=1e-4)
+        if hidden:
+            assert row["hidden_error_share"] == pytest.approx(1.0)
+            assert row["fmse_to_fhat"] == pytest.approx(row["fmse_to_fhat_before"], rel=1e-3)
+        else:
+            assert row["hidden_error_share"] < 0.05
+            assert row["fmse_to_fhat"] < 8 / 16 * diagnose.PNG_ROUNDING_VARIANCE * 1.01
