@@ -47,8 +47,8 @@ Two more questions, each off by default:
   (``hidden_error_share``, its share of the error's energy), and a linear reader that knows each
   direction to its rounding noise, with the error's own size as its prior, keeps
   ``Σ c_i²·v_i/(c_i² + v_i)``, ``v_i = σ²/S_i²`` (``fmse_to_fhat``; ``fmse_to_fhat_before`` is ``f``'s).
-  That is a linearised estimate, one Jacobian per image (1 024 forward-mode passes; about 25 s on
-  2 cores for the demo zoo's VAR).
+  That is a linearised estimate, one Jacobian per image (1 024 forward-mode passes; 146 s for 16
+  images on 2 cores for the demo zoo's VAR). ``N`` rounds up to a whole number per variant.
 
 Generated maps are kept per batch (``f`` and ``f̂``, written whole or not at all) under
 ``--cache DIR/<weights fingerprint>/``, so a rerun only trains. Writes ``variant_net_inputs.csv``
