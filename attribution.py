@@ -196,7 +196,7 @@ def net_blend_weights(bundle: dict) -> Dict[str, float]:
     if bundle["method"] == "flat":
         return dict(bundle["flat"].net_weights)
     if bundle["method"] == "two-stage":
-        return {family: clf.net_weight for family, clf in bundle["classifiers"].items()}
+        return {family: weight for clf in bundle["classifiers"].values() for family, weight in clf.net_weights.items()}
     return {}
 
 

@@ -150,6 +150,7 @@ class CalibratedLGBM:
         self.columns: List[str] = []
         self.reject_below = 0.0
         self.config: Dict[str, object] = {}
+        self.net_weights: Dict[str, float] = {}  # per family, its variant net's weight in the blend (net_blend)
 
     def fit_frame(self, X: pd.DataFrame, y: np.ndarray) -> Optional[pd.DataFrame]:
         """Tune (CV on ``X`` only), fit and calibrate on a ready feature frame; returns the tuned
@@ -213,18 +214,23 @@ class VariantClassifier(CalibratedLGBM):
     def __init__(self, family: str, seed: int = 0) -> None:
         super().__init__(seed)
         self.family = family
-        self.net_weight = 0.0
 
     def fit(self, features: pd.DataFrame, labels: Sequence[str]) -> "VariantClassifier":
         labels = np.asarray(labels)
         mine = np.array([FAMILY_OF.get(l) == self.family for l in labels])
         oof_proba = self.fit_frame(family_feature_frame(features.loc[mine], self.family), labels[mine])
         self.config["family"] = self.family
-        self.net_weight = _choose_net_weight(self.config, oof_proba, labels[mine], features.loc[mine], self.family)
+        self.net_weights = {self.family: _choose_net_weight(self.config, oof_proba, labels[mine], features.loc[mine], self.family)}
         return self
 
     def predict_proba(self, features: pd.DataFrame) -> pd.DataFrame:
-        return _blend_nets(self.proba(family_feature_frame(features, self.family)), features, {self.family: self.net_weight})
+        return _blend_nets(self.proba(family_feature_frame(features, self.family)), features, self.net_weights)
+
+    def __setstate__(self, state: dict) -> None:
+        # models saved before the weight moved into net_weights (same CLASSIFIER_VERSION) load unchanged
+        if "net_weight" in state:
+            state["net_weights"] = {state["family"]: state.pop("net_weight")}
+        self.__dict__.update(state)
 
 
 class FlatClassifier(CalibratedLGBM):
@@ -234,7 +240,6 @@ class FlatClassifier(CalibratedLGBM):
 
     def __init__(self, seed: int = 0) -> None:
         super().__init__(seed)
-        self.net_weights: Dict[str, float] = {}
 
     def fit(self, features: pd.DataFrame, labels: Sequence[str]) -> "FlatClassifier":
         labels = np.asarray(labels)
