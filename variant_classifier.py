@@ -238,9 +238,6 @@ class FlatClassifier(CalibratedLGBM):
     family's share of its posterior split among the variants as blended with the family's variant
     net by the weight chosen on train (:mod:`net_blend`)."""
 
-    def __init__(self, seed: int = 0) -> None:
-        super().__init__(seed)
-
     def fit(self, features: pd.DataFrame, labels: Sequence[str]) -> "FlatClassifier":
         labels = np.asarray(labels)
         oof_proba = self.fit_frame(self.frame(features), labels)

@@ -164,7 +164,6 @@ def refinement_row(adapter: FamilyAdapter, images: torch.Tensor, f: torch.Tensor
                 image_mse=float(error.mean()), seconds=round(time.perf_counter() - start, 1))
 
 
-
 class Corrector(torch.nn.Module):
     """``f̂ ≈ g + C([f, g])``: a small residual CNN over the inverse decoder's ``f`` and its re-encoded
     ``g`` (both ``B×C×h×w``), zero at start (so it starts at ``g``)."""
@@ -219,8 +218,10 @@ def identifiability_row(adapter: FamilyAdapter, f_NChw: torch.Tensor, f_hat_NChw
     error a linear reader of the image would keep."""
     start = time.perf_counter()
     hidden, kept, before = [], [], []
+    shape = f_hat_NChw.shape[1:]
+    basis = torch.eye(shape.numel())
     for f, f_hat in zip(f_NChw.float(), f_hat_NChw.float()):
-        shape, point = f_hat.shape, f_hat.flatten()
+        point = f_hat.flatten()
 
         def decode(z: torch.Tensor) -> torch.Tensor:
             return adapter.decode(z.view(1, *shape)).float().flatten()
@@ -228,7 +229,6 @@ def identifiability_row(adapter: FamilyAdapter, f_NChw: torch.Tensor, f_hat_NChw
         def push(u: torch.Tensor) -> torch.Tensor:
             return torch.func.jvp(decode, (point,), (u,))[1]
 
-        basis = torch.eye(point.numel())
         jacobian = torch.cat([torch.func.vmap(push)(basis[i:i + chunk]) for i in range(0, len(basis), chunk)]).T  # pixels × latent
         _, S, Vh = torch.linalg.svd(jacobian, full_matrices=False)
         c = Vh @ (f.flatten() - point)
@@ -294,14 +294,17 @@ def main(argv: Optional[list] = None) -> int:
         print(f"fitted the corrector in {time.perf_counter() - start:.0f} s", flush=True)
     rows = input_rows(inputs, test[1], train, test, config, adapter.num_classes, len(adapter.variant_names),
                       cross=[("exact_fhat", "inverse_f")])
+
+    def first_heldout(per_variant: int) -> torch.Tensor:
+        """Indices of the first ``per_variant`` held-out maps of each variant (they lie variant by variant)."""
+        held = n_test * args.gen_batch
+        return torch.cat([torch.arange(vi * held, vi * held + min(per_variant, held)) for vi in range(len(adapter.variant_names))])
+
     if args.refine_steps:
-        keep = torch.cat([torch.arange(vi * n_test * args.gen_batch, vi * n_test * args.gen_batch + refine_per_variant)
-                          for vi in range(len(adapter.variant_names))])
+        keep = first_heldout(refine_per_variant)
         rows.append(refinement_row(adapter, test[4], test[0][keep], test[1][keep], args.refine_steps, args.refine_lr))
     if args.identifiability_images:
-        per_variant = -(-args.identifiability_images // len(adapter.variant_names))
-        keep = torch.cat([torch.arange(vi * n_test * args.gen_batch, vi * n_test * args.gen_batch + min(per_variant, n_test * args.gen_batch))
-                          for vi in range(len(adapter.variant_names))])
+        keep = first_heldout(-(-args.identifiability_images // len(adapter.variant_names)))
         rows.append(identifiability_row(adapter, test[0][keep], test[1][keep]))
     table = pd.DataFrame(rows).set_index("input")
     args.out.mkdir(parents=True, exist_ok=True)

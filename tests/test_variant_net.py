@@ -301,15 +301,11 @@ def test_diagnose_variant_net_command_measures_each_input_against_the_exact_fhat
     """``scripts/diagnose_variant_net.py`` on a few VAR generations: one row per input, ``exact_fhat`` at
     0 error, the ``alpha`` input's error ``alpha²`` times the inverse decoder's, and the continuous
     re-encoding correction closer to ``f̂`` than ``f`` itself (as on 6 144 images: 1.96e-3 vs 2.40e-3)."""
-    import sys
     from pathlib import Path
 
     import pandas as pd
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-    import diagnose_variant_net
-
-    assert diagnose_variant_net.main(["--train-per-variant", "32", "--heldout-per-variant", "32", "--gen-batch", "16",
+    assert _diagnose_variant_net().main(["--train-per-variant", "32", "--heldout-per-variant", "32", "--gen-batch", "16",
                                       "--alphas", "0.5", "--epochs", "1", "--corrector-epochs", "1", "--cache", "",
                                       "--out", str(tmp_path / "out")]) == 0
     assert list(tmp_path.iterdir()) == [tmp_path / "out"] and not list(Path.cwd().glob("[0-9a-f]" * 16)), "--cache '': no map kept"
