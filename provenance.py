@@ -20,7 +20,7 @@ the gate gives that family a probability of at least ``min_probability``
 (:data:`SCORING_MIN_PROBABILITY`), and leaves them missing (NaN) otherwise; LightGBM routes missing
 values as it learned to. Both were chosen on validation only: ``scripts/simulate_scoring_gate.py``
 fits the gate on the frames of a run that scored everything, blanks what it would skip and refits
-(the README gives its table for the demo zoo).
+(`docs/history.md` gives its table for the demo zoo).
 
 Thresholds on one signal per family are what the paper does, and they need signals that
 separate cleanly. Where they don't (the demo zoo's small tokenizers cannot be inverted exactly,

@@ -4,7 +4,7 @@ The variant features of :mod:`variant_features` score the *tokens read back* fro
 each variant's transformer. For RAR that works (the reader of its single-scale tokens is exact
 given ``f̂``). For VAR it cannot: a multi-scale ``f̂`` is a sum of 155 upsampled code maps
 (2 480 numbers on the demo zoo) squeezed into 1 024, so many token sets come close to it, and the
-reader finds about half of the generating tokens (README, *Why the VAR variants stay near chance*).
+reader finds about half of the generating tokens (`docs/diagnosis.md`).
 
 A variant net sidesteps the reading. It is trained, like an inverse decoder, on fresh generations
 of every variant of the family (equal shares, random labels, PNG-rounded, from a seed range no
@@ -12,7 +12,7 @@ Dataset, fine-tuning or diagnosis image uses) to predict which variant made ``f 
 plain inverse decoder's feature map: a direct estimate of ``p(variant | f)`` that no token
 reading limits. For RAR, whose tokens are read well, the same net adds a second, independent
 opinion beside the likelihoods (on the demo zoo it names fewer RAR variants than they do, but the
-classifiers gain from both: README, *Variant nets*).
+classifiers gain from both: `docs/attribution.md`, *Variant nets*).
 
 Two things make it learn more from the same generations: it is trained on the (variant, class
 label) pair each generation was made for, a finer target that costs nothing (the label is drawn
@@ -25,9 +25,9 @@ net reads is its ``input_map`` (:func:`variant_net_maps.net_input`, recorded in 
 families' nets read ``f`` after one re-encoding correction, ``f + f − D⁻¹(D(f))``: the inverse
 decoder's error at ``f`` estimated by mapping ``D(f)`` back, and taken out once. That is one decode
 and one encode per image, no tokens, and brings ``f`` nearer the ``f̂`` the generator decoded, whose
-exactness the net's accuracy hangs on (README, *What the inverse decoder costs the net*). VAR's
+exactness the net's accuracy hangs on (`docs/attribution.md`, *What the inverse decoder costs the net*). VAR's
 has read it since feature-extractor version 16, RAR's since the demo zoo's RAR net was retrained
-on it (held-out generations 84.50 → 86.38 %, README, *Variant nets*).
+on it (held-out generations 84.50 → 86.38 %, `docs/attribution.md`, *The RAR variant net*).
 
 The feature extractor adds ``{variant}_fnet_nll = −log p(variant | f)`` to every image's row
 (lower = likelier, like the likelihood features), and the classifiers use it beside them. It is
@@ -76,7 +76,7 @@ DEFAULT_CONFIG: Dict[str, object] = dict(images_per_variant=81920, gen_batch=64,
 # per family, what differs from DEFAULT_CONFIG: both nets read f after one re-encoding correction
 # (net_input), nearer the f̂ the generator decoded; RAR's likelihoods already name ~95 % of its variants,
 # so its net is a second opinion trained on a quarter of VAR's generations (more were not tried;
-# README, *Variant nets*)
+# `docs/attribution.md`, *Variant nets*)
 FAMILY_CONFIG: Dict[str, Dict[str, object]] = {"VAR": dict(input_map="reencoded"), "RAR": dict(images_per_variant=20480, input_map="reencoded")}
 NET_FAMILIES = tuple(FAMILY_CONFIG)
 FEATURE_STEM = "fnet_nll"
@@ -107,7 +107,7 @@ def train_variant_net(x_NChw: torch.Tensor, y_N: torch.Tensor, num_variants: int
     With ``class_N`` (each image's class label, ``< num_classes``) and ``config["class_targets"]`` the
     net learns the (variant, class) pair, a finer target than the variant alone that the generations
     carry for free (on the demo zoo it names more variants after the classes are summed out:
-    README, *Variant nets*); otherwise the variant alone."""
+    `docs/attribution.md`, *Variant nets*); otherwise the variant alone."""
     from tqdm.auto import tqdm
 
     cfg = dict(DEFAULT_CONFIG, **(config or {}))

@@ -7,7 +7,7 @@ by the family's plain inverse decoder, ``f = D⁻¹(x)``. The seeds come from a 
 pipeline scores was seen by a net.
 
 What a net reads of ``f`` is its ``input_map`` (:func:`net_input`): ``f`` itself, or ``f`` after
-one re-encoding correction, ``f + f − D⁻¹(D(f))`` (both shipped nets', README, *Variant nets*).
+one re-encoding correction, ``f + f − D⁻¹(D(f))`` (both shipped nets', `docs/attribution.md`, *Variant nets*).
 
 Making the maps is most of a net's cost (a 64-image VAR batch: about 1 s to generate and map back
 and 0.5 s more to re-encode, on 2 cores: the demo zoo's 5 120 batches took 44 minutes to re-encode), so :func:`generate_training_maps` keeps each batch's maps on
@@ -49,7 +49,7 @@ def net_input(adapter: FamilyAdapter, f_BChw: torch.Tensor, input_map: str,
     ``f + f − D⁻¹(D(f))``, ``f`` with the inverse decoder's bias at ``f`` taken out once
     (:func:`signals.reencode_target` with ``estimate = f``; one decode and one encode, no
     quantization). For a generated image that is nearer the ``f̂`` the generator decoded (squared
-    error −18 % on the demo zoo's VAR), and a net learns more from it (README, *Variant nets*).
+    error −18 % on the demo zoo's VAR), and a net learns more from it (`docs/attribution.md`, *Variant nets*).
     ``round_trip_BChw = D⁻¹(D(f))`` when the caller already has it (the feature pass: EncLoss's
     round trip, :class:`signals.FamilyReading`), which saves the decode and the encode."""
     if input_map == "f":

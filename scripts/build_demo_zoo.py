@@ -97,7 +97,7 @@ FULL = dict(pool=6000, val=480, tok_steps={"VAR": 450, "RAR": 450, "OUTLIER": 25
 INV_DECODER_FULL = dict(images=1536, epochs=6, batch_size=32, lr=1e-4)
 # The plain inverse decoders train longer: their loss was still falling after 6 epochs on 1 536
 # images (2.5 % per epoch), and for RAR every further epoch found more of the generated tokens
-# again (26 → 37 % after 16 more epochs on 6 144 fresh images); see the README's diagnosis.
+# again (26 → 37 % after 16 more epochs on 6 144 fresh images); see docs/diagnosis.md.
 INV_DECODER_LONG = dict(images=6144, epochs=18, lr=3e-4)
 # The augmented ones (robustness evaluation) continue the plain one's training with the rest of the
 # curriculum: its 18 epochs are the "none" stage, then 2 epochs each of weak, medium and strong
