@@ -2,6 +2,7 @@
 
     python scripts/diagnose_variant_net.py [--family VAR] [--weights-dir DIR] [--train-per-variant 8192]
                                            [--heldout-per-variant 1536] [--alphas 0.25 0.5 0.75]
+                                           [--inputs exact_fhat inverse_f reencoded] [--members 1]
                                            [--refine-images 256 --refine-steps 50] [--corrector-epochs 12]
                                            [--identifiability-images 16] [--out runs/diagnose_variant_net]
 
@@ -10,8 +11,8 @@ The variant net (:mod:`variant_net`) names a generation's variant from the inver
 VAR, mean squared error ≈ 2.4e-3 against a variance of 0.03). How much does that error cost, and
 does anything cheap at test time win it back? On fresh generations of every variant (equal shares,
 random class labels, PNG-rounded; the seeds of :func:`variant_net.generation_seed`, so no Dataset,
-fine-tuning or diagnosis image), one single-member net of the family's recipe
-(:func:`variant_net.default_config`, class targets) is trained per input on the first
+fine-tuning or diagnosis image), one net of the family's recipe (:func:`variant_net.default_config`,
+class targets; one member, or ``--members`` averaged as the shipped ensemble) is trained per input on the first
 ``--train-per-variant`` generations of each variant and scored on the next
 ``--heldout-per-variant``:
 
@@ -25,6 +26,11 @@ fine-tuning or diagnosis image), one single-member net of the family's recipe
   alone, one decode and one encode per image;
 * ``exact_fhat_net_on_inverse_f`` — the ``exact_fhat`` net scored on ``f`` (no retraining): can a
   net trained on sampled ``f̂`` alone, which needs no decoding, stand in?
+
+``--inputs`` picks among ``exact_fhat``, ``inverse_f`` and ``reencoded`` (all by default; ``--alphas``
+with no value drops the ``alpha_A`` rows): the ceiling alone at the shipped amount of data, say, is
+``--train-per-variant 81920 --alphas --inputs exact_fhat --members 3``, which skips the re-encoding of
+every map.
 
 Each row gives the held-out MSE of its input to ``f̂``, the held-out and training accuracy (chance
 ``1/variants``) and the training seconds. With ``--refine-steps N`` it also runs N Adam steps of
@@ -78,6 +84,7 @@ from signals import optimise_latent  # noqa: E402
 __all__ = ["Maps", "generate_maps", "reencoded", "input_rows", "refinement_row", "Corrector", "fit_corrector", "corrected",
            "identifiability_row", "PNG_ROUNDING_VARIANCE"]
 
+BASE_INPUTS = ("exact_fhat", "inverse_f", "reencoded")  # the inputs every run trains a net on unless --inputs says otherwise
 PNG_ROUNDING_VARIANCE = (1 / 255) ** 2 / 12  # per pixel in [0, 1] units: uniform rounding to 8-bit levels
 
 Maps = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # f, f̂, variant, class, image (or empty)
@@ -131,13 +138,14 @@ def reencoded(adapter: FamilyAdapter, f_NChw: torch.Tensor, chunk: int = 256) ->
 def input_rows(inputs: Dict[str, Tuple[torch.Tensor, torch.Tensor]], f_hat_test: torch.Tensor, train: Maps, test: Maps,
                config: dict, num_classes: int, num_variants: int, cross: Sequence[Tuple[str, str]] = (),
                progress: bool = True) -> List[dict]:
-    """One row per named ``(train input, held-out input)`` pair: a net trained on the first, scored on
+    """One row per named ``(train input, held-out input)`` pair: a net (``config["members"]`` of them,
+    averaged) trained on the first, scored on
     the second; and per ``(trained on, scored on)`` pair in ``cross`` the first's net on the second's input."""
     rows, nets = [], {}
     for name, (x_train, x_test) in inputs.items():
         start = time.perf_counter()
-        net, _ = variant_net.train_variant_net(x_train, train[2], num_variants, config, progress=progress, class_N=train[3],
-                                               num_classes=num_classes)
+        net, _ = variant_net.train_variant_nets(x_train, train[2], num_variants, config, progress=progress, class_N=train[3],
+                                                num_classes=num_classes)
         seconds = time.perf_counter() - start
         nets[name] = net
         rows.append(dict(input=name, fmse_to_fhat=float((x_test - f_hat_test).pow(2).mean()),
@@ -253,6 +261,11 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--gen-batch", type=at_least(1), default=64, help="generations per batch (default 64; both counts round up to it)")
     parser.add_argument("--alphas", type=float, nargs="*", default=[0.25, 0.5, 0.75],
                         help="also train on f̂ + A·(f − f̂) for each A (default 0.25 0.5 0.75)")
+    parser.add_argument("--inputs", nargs="+", choices=list(BASE_INPUTS), default=list(BASE_INPUTS),
+                        help="which of the base inputs to train a net on (default: all); the re-encoding is "
+                             "skipped when neither 'reencoded' nor --corrector-epochs needs it")
+    parser.add_argument("--members", type=at_least(1), default=1,
+                        help="nets per input, averaged as the shipped ensemble is (default 1; the shipped recipe has 3)")
     parser.add_argument("--epochs", type=at_least(1), help="training epochs (default: the family's recipe)")
     parser.add_argument("--seed", type=int, default=0, help="generation seed range (variant_net.generation_seed) and net seed")
     parser.add_argument("--refine-steps", type=at_least(0), default=0, help="Adam steps of latent refinement to measure (default 0: off)")
@@ -277,23 +290,27 @@ def main(argv: Optional[list] = None) -> int:
     refine_per_variant = min(refine_per_variant, n_test * args.gen_batch)
     train = generate_maps(adapter, range(n_train), args.gen_batch, args.seed, cache)
     test = generate_maps(adapter, range(n_train, n_train + n_test), args.gen_batch, args.seed, cache, keep_images=refine_per_variant)
-    config = dict(variant_net.default_config(args.family), members=1, seed=args.seed)
+    config = dict(variant_net.default_config(args.family), members=args.members, seed=args.seed)
     if args.epochs:
         config["epochs"] = args.epochs
-    start = time.perf_counter()
-    g_train, g_test = reencoded(adapter, train[0]), reencoded(adapter, test[0])
-    print(f"re-encoded {len(g_train) + len(g_test)} maps in {time.perf_counter() - start:.0f} s", flush=True)
-    inputs = {"exact_fhat": (train[1], test[1])}
+    if "reencoded" in args.inputs or args.corrector_epochs:
+        start = time.perf_counter()
+        g_train, g_test = reencoded(adapter, train[0]), reencoded(adapter, test[0])
+        print(f"re-encoded {len(g_train) + len(g_test)} maps in {time.perf_counter() - start:.0f} s", flush=True)
+    inputs = {"exact_fhat": (train[1], test[1])} if "exact_fhat" in args.inputs else {}
     for alpha in sorted(args.alphas):
         inputs[f"alpha_{alpha:g}"] = (train[1] + alpha * (train[0] - train[1]), test[1] + alpha * (test[0] - test[1]))
-    inputs.update(inverse_f=(train[0], test[0]), reencoded=(g_train, g_test))
+    if "inverse_f" in args.inputs:
+        inputs["inverse_f"] = (train[0], test[0])
+    if "reencoded" in args.inputs:
+        inputs["reencoded"] = (g_train, g_test)
     if args.corrector_epochs:
         start = time.perf_counter()
         corrector = fit_corrector(train[0], g_train, train[1], args.corrector_epochs, seed=args.seed)
         inputs["learned_corrector"] = (corrected(corrector, train[0], g_train), corrected(corrector, test[0], g_test))
         print(f"fitted the corrector in {time.perf_counter() - start:.0f} s", flush=True)
     rows = input_rows(inputs, test[1], train, test, config, adapter.num_classes, len(adapter.variant_names),
-                      cross=[("exact_fhat", "inverse_f")])
+                      cross=[("exact_fhat", "inverse_f")] if {"exact_fhat", "inverse_f"} <= set(inputs) else [])
 
     def first_heldout(per_variant: int) -> torch.Tensor:
         """Indices of the first ``per_variant`` held-out maps of each variant (they lie variant by variant)."""

@@ -220,7 +220,7 @@ def test_a_reencoded_net_reads_f_after_one_correction_and_keeps_both_maps(tmp_pa
         vn.VariantNet(4, 8, 2, input_map="refined")
 
 
-# what each shipped net must name of 192 fresh generations: well below its measured accuracy (README,
+# what each shipped net must name of 192 fresh generations: well below its measured accuracy (docs/attribution.md,
 # *Variant nets*), well above chance (25 %, sd 3.1 points), and above the net it replaced where the two
 # are far enough apart to tell on 192 images (not RAR's: its net reading f named 0.81 of them)
 SHIPPED_NET_BARS = {"VAR": 0.70, "RAR": 0.75}  # the shipped nets name 0.79 (VAR) and 0.82 (RAR) of these 192
@@ -316,6 +316,36 @@ def test_diagnose_variant_net_command_measures_each_input_against_the_exact_fhat
     assert error["alpha_0.5"] == pytest.approx(0.25 * error["inverse_f"], rel=1e-4)
     assert error["reencoded"] < 0.9 * error["inverse_f"]
     assert table["heldout_accuracy"].between(0, 1).all()
+
+
+def test_diagnose_variant_net_trains_only_the_inputs_asked_for(tmp_path, monkeypatch):
+    """``--inputs exact_fhat --alphas --members 2``: one row, an ensemble of two nets behind it, and
+    no map re-encoded (the cost a ceiling-only run at 81 920 generations per variant must skip)."""
+    import pandas as pd
+
+    import variant_net
+
+    diagnose = _diagnose_variant_net()
+
+    def no_reencoding(*args, **kwargs):
+        raise AssertionError("re-encoded maps although no input needs them")
+
+    members = []
+    real_train = variant_net.train_variant_nets
+
+    def counting_train(*args, **kwargs):
+        net, losses = real_train(*args, **kwargs)
+        members.append(len(losses))
+        return net, losses
+
+    monkeypatch.setattr(diagnose, "reencoded", no_reencoding)
+    monkeypatch.setattr(variant_net, "train_variant_nets", counting_train)
+    assert diagnose.main(["--train-per-variant", "16", "--heldout-per-variant", "16", "--gen-batch", "16", "--alphas",
+                          "--inputs", "exact_fhat", "--members", "2", "--epochs", "1", "--cache", "",
+                          "--out", str(tmp_path / "out")]) == 0
+    table = pd.read_csv(tmp_path / "out" / "variant_net_inputs.csv", index_col="input")
+    assert list(table.index) == ["exact_fhat"] and table.loc["exact_fhat", "fmse_to_fhat"] == 0
+    assert members == [2]
 
 
 def _diagnose_variant_net():
