@@ -183,11 +183,11 @@ def augment_batch(img_B3HW: torch.Tensor, stage: str, p: float = 0.5, generator:
 
 def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("image", type=Path)
-    parser.add_argument("--attack", required=True, choices=["none", *ATTACKS])
+    parser.add_argument("image", type=Path, help="the image to attack")
+    parser.add_argument("--attack", required=True, choices=["none", *ATTACKS], help="the post-processing attack to apply")
     parser.add_argument("--strength", type=float, help="default: the paper's strength for the attack")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the attack's randomness (default 0)")
+    parser.add_argument("--out", type=Path, required=True, help="where to write the attacked image")
     args = parser.parse_args(argv)
     from PIL import Image
 

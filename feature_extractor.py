@@ -397,12 +397,13 @@ def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, help="a folder of images (searched recursively)")
     parser.add_argument("--out", type=Path, required=True, help="output .parquet or .csv")
-    parser.add_argument("--weights-dir", type=Path)
-    parser.add_argument("--inv-root", type=Path, default=Path("runs/inv_decoder"))
-    parser.add_argument("--cache-dir", type=Path, default=Path("cache/features"))
-    parser.add_argument("--no-cache", action="store_true")
+    parser.add_argument("--weights-dir", type=Path, help="official checkpoints or a zoo folder (default: the demo zoo)")
+    parser.add_argument("--inv-root", type=Path, default=Path("runs/inv_decoder"),
+                        help="where inverse decoders not shipped with the weights live (default runs/inv_decoder)")
+    parser.add_argument("--cache-dir", type=Path, default=Path("cache/features"), help="the feature store (default cache/features)")
+    parser.add_argument("--no-cache", action="store_true", help="do not read or write the feature store")
     parser.add_argument("--rebuild", action="store_true", help="discard this extractor's cached rows first")
-    parser.add_argument("--batch-size", type=at_least(1), default=32)
+    parser.add_argument("--batch-size", type=at_least(1), default=32, help="images per batch (default 32)")
     parser.add_argument("--workers", type=at_least(1), default=1, help="processes with one thread each (default 1: one process)")
     parser.add_argument("--refine-steps", type=at_least(0), default=0,
                         help="latent-refinement steps before RAR's tokens are read (default 0: off; slower)")

@@ -171,8 +171,8 @@ def main(argv: Optional[list] = None) -> int:
         parser.add_argument(f"--{split}-labels", type=Path, default=REPORT_DIR / f"labels_{split}.csv",
                             help=f"{split} labels, CSV image_name,label (default: %(default)s)")
     parser.add_argument("--var-patch-nums", default="1,2,3,4,5,6,8", help="VAR's scales (default: the demo zoo's)")
-    parser.add_argument("--epochs", type=int, default=EPOCHS)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=EPOCHS, help="training epochs of each score function (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the score functions' initialisation (default 0)")
     args = parser.parse_args(argv)
     train, train_labels = read_labelled_features(args.train_tokens, args.train_labels)
     val, val_labels = read_labelled_features(args.val_tokens, args.val_labels)

@@ -267,14 +267,15 @@ def main(argv: Optional[list] = None) -> int:
     from cli import at_least
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", required=True, choices=["VAR", "RAR", "var", "rar"])
+    parser.add_argument("--family", required=True, choices=["VAR", "RAR", "var", "rar"], help="whose tokenizer's encoder to fine-tune")
     parser.add_argument("--weights-dir", type=Path, help="official checkpoints or a zoo folder (default: demo zoo)")
     parser.add_argument("--out", type=Path, default=Path("runs/inv_decoder"), help="output root (default runs/inv_decoder)")
     parser.add_argument("--images", type=at_least(1), default=DEFAULT_CONFIG["images"], help="fresh generations to fine-tune on")
-    parser.add_argument("--epochs", type=at_least(1), default=DEFAULT_CONFIG["epochs"])
-    parser.add_argument("--batch-size", type=at_least(1), default=DEFAULT_CONFIG["batch_size"])
-    parser.add_argument("--lr", type=float, default=DEFAULT_CONFIG["lr"])
-    parser.add_argument("--seed", type=int, default=DEFAULT_CONFIG["seed"])
+    parser.add_argument("--epochs", type=at_least(1), default=DEFAULT_CONFIG["epochs"], help="(default %(default)s)")
+    parser.add_argument("--batch-size", type=at_least(1), default=DEFAULT_CONFIG["batch_size"], help="(default %(default)s)")
+    parser.add_argument("--lr", type=float, default=DEFAULT_CONFIG["lr"], help="Adam learning rate (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=DEFAULT_CONFIG["seed"],
+                        help="picks the generations' seed range (inv_decoder.SEED_OFFSET + 100 000·seed) and the training order (default %(default)s)")
     parser.add_argument("--augment", action="store_true", help="use the augmentation curriculum")
     parser.add_argument("--init", type=Path, help="start from this inverse decoder (.safetensors) instead of the encoder")
     parser.add_argument("--exclude", type=Path, nargs="*", default=[], help="folders of images to be scored; fail on overlap")

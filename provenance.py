@@ -255,7 +255,7 @@ def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_labelled_split_arguments(parser)
     parser.add_argument("--strategy", default="learned", choices=STRATEGIES, help="(default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the learned gate's fit (default 0)")
     parser.add_argument("--out", type=Path, help="folder to save the fitted gate in")
     parser.add_argument("--predict", type=Path, help="a feature frame to gate (e.g. the test split's)")
     parser.add_argument("--predictions", type=Path, default=Path("families.csv"), help="CSV image_name,family (default: %(default)s)")

@@ -275,7 +275,7 @@ def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_labelled_split_arguments(parser)
     parser.add_argument("--family", default="VAR", choices=["VAR", "RAR", "flat"], help="(default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the cross-validation and LightGBM fits (default 0)")
     parser.add_argument("--out", type=Path, help="folder to save the model in (<family>.joblib + .json)")
     args = parser.parse_args(argv)
     train, train_labels = read_labelled_features(args.train_features, args.train_labels)

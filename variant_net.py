@@ -309,7 +309,8 @@ def main(argv: Optional[list] = None) -> int:
     from cli import at_least
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", required=True, choices=[f for f in NET_FAMILIES] + [f.lower() for f in NET_FAMILIES])
+    parser.add_argument("--family", required=True, choices=[f for f in NET_FAMILIES] + [f.lower() for f in NET_FAMILIES],
+                        help="whose variants the net names")
     parser.add_argument("--weights-dir", type=Path, help="official checkpoints or a zoo folder (default: demo zoo)")
     parser.add_argument("--inv-root", type=Path, default=Path("runs/inv_decoder"),
                         help="where inverse decoders not shipped with the weights live (default runs/inv_decoder)")
