@@ -157,13 +157,16 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--test-features", type=Path, default=REPORT_DIR / "features_test.parquet",
                         help="test feature frame, read only with --test-labels (default: %(default)s)")
     parser.add_argument("--test-labels", type=Path, help="CSV image_name,label of the test images, to score them too")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the cross-validation and LightGBM fits; --train-cv splits use seed, seed+1, … "
+                             "(default: %(default)s)")
     parser.add_argument("--only", nargs="+", default=[], metavar="TEXT",
                         help="refit only the groups whose name contains one of these (e.g. nothing margins)")
     parser.add_argument("--train-cv", type=int, default=0, metavar="REPEATS",
                         help="also score each refit by 3-fold cross-validation on train alone, over this many "
                              "different splits (three more fits per group and split; a single split moves by a point or two)")
-    parser.add_argument("--out", type=Path, default=Path("runs/ablate_features.csv"))
+    parser.add_argument("--out", type=Path, default=Path("runs/ablate_features.csv"),
+                        help="where the table is written, as CSV (default: %(default)s)")
     args = parser.parse_args(argv)
     train, train_labels = read_labelled_features(args.train_features, args.train_labels)
     val, val_labels = read_labelled_features(args.val_features, args.val_labels)

@@ -42,10 +42,13 @@ def training_sample(dataset: Path, needed: int) -> list:
 
 def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", type=Path, default=ROOT / "Dataset")
-    parser.add_argument("--batches", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--dataset", type=Path, default=ROOT / "Dataset",
+                        help="Dataset root whose train/ images are read (default: the repository's Dataset)")
+    parser.add_argument("--batches", type=int, default=4,
+                        help="batches timed, after one untimed warm-up batch (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per batch (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default %(default)s, as in the cold run's worker processes)")
     parser.add_argument("--breakdown", action="store_true", help="also print the seconds per part of the extractor")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -52,9 +52,11 @@ def report(what: str, seconds: Dict[str, list]) -> None:
 
 def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", type=Path, default=ROOT / "Dataset")
-    parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--dataset", type=Path, default=ROOT / "Dataset",
+                        help="Dataset root; 32 of its train/ images are used (default: the repository's Dataset)")
+    parser.add_argument("--rounds", type=int, default=8,
+                        help="timed runs of each path per comparison, after one warm-up each (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default %(default)s)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     keep_freed_memory()

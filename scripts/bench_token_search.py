@@ -61,17 +61,26 @@ def full_size_timing(images: int, reference_images: int, threads: int) -> None:
 
 def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", type=Path, default=ROOT / "Dataset")
-    parser.add_argument("--split", default="test", choices=["val", "test"])
-    parser.add_argument("--weights-dir", type=Path)
-    parser.add_argument("--inv-root", type=Path, default=ROOT / "runs" / "inv_decoder")
+    parser.add_argument("--dataset", type=Path, default=ROOT / "Dataset",
+                        help="Dataset root (default: the repository's Dataset)")
+    parser.add_argument("--split", default="test", choices=["val", "test"],
+                        help="split whose labelled images are used (default %(default)s)")
+    parser.add_argument("--weights-dir", type=Path, help="official checkpoints or a zoo folder (default: the demo zoo)")
+    parser.add_argument("--inv-root", type=Path, default=ROOT / "runs" / "inv_decoder",
+                        help="where inverse decoders not shipped with the weights live, fine-tuned there if missing "
+                             "(default: the repository's runs/inv_decoder)")
     parser.add_argument("--per-group", type=int, default=50, help="belonging images (and as many non-belonging)")
-    parser.add_argument("--batch-size", type=int, default=25)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=25, help="feature maps per search call (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch threads (torch.set_num_threads), --full-size included (default %(default)s)")
     parser.add_argument("--full-size", action="store_true", help="also time the full-size VAR VAE (random weights)")
-    parser.add_argument("--full-size-images", type=int, default=2)
-    parser.add_argument("--full-size-reference-images", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--full-size-images", type=int, default=2,
+                        help="random images greedy and our search are timed on with --full-size (default %(default)s)")
+    parser.add_argument("--full-size-reference-images", type=int, default=1,
+                        help="of those, images the reference search is timed on (default %(default)s; 0: skip it)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the random choice of images from each group (default %(default)s; "
+                             "the --full-size images always use seed 0)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     meta = list_split(args.dataset, args.split)

@@ -353,10 +353,14 @@ def main(argv: list | None = None) -> int:
     import inv_decoder
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=ROOT / "demo_zoo")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=ROOT / "demo_zoo",
+                        help="zoo folder written, and read by --only and the later stages "
+                             "(default: the repository's demo_zoo)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of every stage: training crops, model initialisation and training, and the "
+                             "generations the inverse decoders and variant nets train on (default %(default)s)")
     parser.add_argument("--quick", action="store_true", help="a tiny build (seconds) to check the pipeline")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     parser.add_argument("--only", nargs="+", metavar="VARIANT",
                         help="retrain just these variants on the tokenizers already in --out and merge them into its "
                              "zoo.json (and, with --stage all or inv-decoders, the inverse decoders of their families only)")

@@ -254,7 +254,8 @@ def main(argv: Optional[list] = None) -> int:
     from cli import at_least
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", default="VAR", choices=list(variant_net.NET_FAMILIES))
+    parser.add_argument("--family", default="VAR", choices=list(variant_net.NET_FAMILIES),
+                        help="family whose variant net is diagnosed (default %(default)s)")
     parser.add_argument("--weights-dir", type=Path, help="official checkpoints or a zoo folder (default: the demo zoo)")
     parser.add_argument("--train-per-variant", type=at_least(1), default=8192, help="training generations per variant (default 8192)")
     parser.add_argument("--heldout-per-variant", type=at_least(1), default=1536, help="held-out generations per variant (default 1536)")
@@ -277,7 +278,8 @@ def main(argv: Optional[list] = None) -> int:
                         help="measure how much of f's error the PNG image records on N held-out images, in all (default 0: off)")
     parser.add_argument("--cache", default=str(ROOT / "runs" / "diagnose_variant_net_maps"),
                         help="where generated maps are kept (default runs/diagnose_variant_net_maps; '' for none)")
-    parser.add_argument("--out", type=Path, default=Path("runs/diagnose_variant_net"))
+    parser.add_argument("--out", type=Path, default=Path("runs/diagnose_variant_net"),
+                        help="folder for variant_net_inputs.csv (default %(default)s)")
     args = parser.parse_args(argv)
     keep_freed_memory()
     torch.set_num_threads(2)

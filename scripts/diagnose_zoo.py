@@ -288,9 +288,13 @@ def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights-dir", type=Path, help="official checkpoints or a zoo folder (default: the demo zoo)")
     parser.add_argument("--per-variant", type=int, default=96, help="generations per variant (default 96)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--families", nargs="+", default=["VAR", "RAR"], choices=["VAR", "RAR"])
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="generations per batch (default 32); each batch is seeded, so this changes the images")
+    parser.add_argument("--families", nargs="+", default=["VAR", "RAR"], choices=["VAR", "RAR"],
+                        help="families to diagnose (default: both)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="offsets the seeds of the generations and natural crops, and seeds the cross-validated "
+                             "LightGBM (default 0)")
     parser.add_argument("--refine-steps", type=int, default=0,
                         help="also recover tokens after this many Adam steps on the image error through the decoder "
                              "(from the inverse decoder's features; 0: off)")
@@ -300,7 +304,8 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--guided-weight", type=float, default=None,
                         help="also read VAR's tokens with each variant's sampler as the prior (quantizer.prior_guided_tokens, "
                              "true labels given) at this weight on the code distance, e.g. 30 (default: off)")
-    parser.add_argument("--out", type=Path, default=Path("runs/diagnose_zoo"))
+    parser.add_argument("--out", type=Path, default=Path("runs/diagnose_zoo"),
+                        help="folder for diagnosis.csv (default runs/diagnose_zoo)")
     args = parser.parse_args(argv)
     keep_freed_memory()
     torch.set_num_threads(2)

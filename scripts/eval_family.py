@@ -105,15 +105,20 @@ def cached_block(out: Path, name: str, key: str, compute) -> pd.DataFrame:
 
 def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", type=Path, default=ROOT / "Dataset")
-    parser.add_argument("--split", default="test", choices=["val", "test"])
+    parser.add_argument("--dataset", type=Path, default=ROOT / "Dataset",
+                        help="Dataset root (default: the repository's Dataset)")
+    parser.add_argument("--split", default="test", choices=["val", "test"],
+                        help="split evaluated; its labels are needed (test: test_labels.csv) (default %(default)s)")
     parser.add_argument("--weights-dir", type=Path, help="official checkpoints or a zoo folder (default: demo zoo)")
     parser.add_argument("--inv-root", type=Path, default=ROOT / "runs" / "inv_decoder", help="inverse decoders (made if missing)")
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "eval_family")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "eval_family",
+                        help="folder for the signals, tables and plot (default: the repository's runs/eval_family)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per batch (default %(default)s)")
     parser.add_argument("--latent-tracer-limit", type=int, default=60, help="images per source group for LatentTracer")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="torch's global seed and the seed of the LatentTracer subset (default %(default)s)")
+    parser.add_argument("--device", default="auto",
+                        help="torch device: cpu, cuda or auto (default: cuda if available, else cpu)")
     args = parser.parse_args(argv)
     keep_freed_memory()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device

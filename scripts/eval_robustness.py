@@ -42,20 +42,31 @@ from signals import SLOW_SIGNALS, signal_frame  # noqa: E402
 
 def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", type=Path, default=ROOT / "Dataset")
-    parser.add_argument("--split", default="test", choices=["val", "test"])
-    parser.add_argument("--weights-dir", type=Path)
-    parser.add_argument("--inv-root", type=Path, default=ROOT / "runs" / "inv_decoder")
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "eval_robustness")
+    parser.add_argument("--dataset", type=Path, default=ROOT / "Dataset",
+                        help="Dataset root (default: the repository's Dataset)")
+    parser.add_argument("--split", default="test", choices=["val", "test"],
+                        help="split scored; its labels are needed (test: test_labels.csv) (default %(default)s)")
+    parser.add_argument("--weights-dir", type=Path, help="official checkpoints or a zoo folder (default: demo zoo)")
+    parser.add_argument("--inv-root", type=Path, default=ROOT / "runs" / "inv_decoder",
+                        help="where inverse decoders not shipped with the weights live, fine-tuned there if missing "
+                             "(default: the repository's runs/inv_decoder)")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "eval_robustness",
+                        help="folder for robustness.csv (default: the repository's runs/eval_robustness)")
     parser.add_argument("--signals", nargs="+", default=["quant_loss", "quant_loss_searched", "combined"],
                         help="columns of signals.signal_frame: quant_loss, quant_loss_searched, enc_loss_raw, enc_loss, "
                              "combined, reconstruction, aedr; slow: enc_loss_refined, enc_loss_refined_colour, latent_tracer")
-    parser.add_argument("--inverse-decoders", nargs="+", choices=inv_decoder.KINDS, default=list(inv_decoder.KINDS))
+    parser.add_argument("--inverse-decoders", nargs="+", choices=inv_decoder.KINDS, default=list(inv_decoder.KINDS),
+                        help="which inverse decoders to score with (default: both)")
     parser.add_argument("--per-source", type=int, default=0, help="score N images per source (default 0: all)")
-    parser.add_argument("--attacks", nargs="+", default=["none"] + list(ATTACK_DEFAULTS))
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--attacks", nargs="+", default=["none"] + list(ATTACK_DEFAULTS),
+                        help="post-processings applied, each at its augmentation.ATTACK_DEFAULTS strength "
+                             f"(default: none {' '.join(ATTACK_DEFAULTS)})")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the attacks' randomness (reset before each attack) and of the --per-source subset "
+                             "(default 0)")
+    parser.add_argument("--device", default="auto",
+                        help="torch device: cpu, cuda or auto (default: cuda if available, else cpu)")
     args = parser.parse_args(argv)
     keep_freed_memory()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device

@@ -65,7 +65,7 @@ def _first_seed(seed: int) -> int:
     """The first generation seed of ``--seed``: ``seed·100000``, below the fine-tuning range."""
     base = seed * 100_000
     if base + 100_000 > SEED_OFFSET:
-        raise ValueError(f"--seed must be < {SEED_OFFSET // 100_000 - 1} (seeds above are reserved for fine-tuning)")
+        raise ValueError(f"--seed must be < {SEED_OFFSET // 100_000} (seeds above are reserved for fine-tuning)")
     return base
 
 
@@ -201,15 +201,18 @@ def build(out: Path, seed: int, counts: Dict[str, int], zoo_dir: Path | None = N
 
 def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=ROOT / "Dataset")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=ROOT / "Dataset",
+                        help="Dataset folder written (default: the repository's Dataset)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="picks the generation seeds (seed·100000 + batch), the natural crops and the test order "
+                             "and names (default 0)")
     parser.add_argument("--zoo", type=Path, help="zoo folder (default: the shipped demo zoo)")
     parser.add_argument("--small", action="store_true", help=f"{SMALL_COUNTS} images per class (for tests)")
     parser.add_argument("--train", type=int, help=f"images per class (default {FULL_COUNTS['train']})")
     parser.add_argument("--val", type=int, help=f"default {FULL_COUNTS['val']}")
     parser.add_argument("--test", type=int, help=f"default {FULL_COUNTS['test']}")
     parser.add_argument("--force", action="store_true", help="replace an existing folder")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--workers", type=int, default=0,
                         help="generating processes, one thread each (default 0: one per CPU core); any number gives the same bytes")
     args = parser.parse_args(argv)

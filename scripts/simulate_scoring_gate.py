@@ -73,8 +73,10 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--per-class", type=int, nargs="+", default=[40], help="sample sizes (default: %(default)s)")
     parser.add_argument("--min-probability", type=float, nargs="+", default=[0.01, 0.03, 0.05],
                         help="thresholds (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("runs/simulate_scoring_gate.csv"))
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the scoring gate's and the classifiers' fits (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("runs/simulate_scoring_gate.csv"),
+                        help="where the table is written, as CSV (default: %(default)s)")
     args = parser.parse_args(argv)
     train, train_labels = read_labelled_features(args.train_features, args.train_labels)
     val, val_labels = read_labelled_features(args.val_features, args.val_labels)

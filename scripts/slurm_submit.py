@@ -102,8 +102,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="CPUs of each job (default 2); a demo-zoo job runs one feature process per CPU")
     parser.add_argument("--mem", help="memory per job, e.g. 16G")
     parser.add_argument("--time", help="time limit per job, e.g. 4:00:00")
-    parser.add_argument("--partition")
-    parser.add_argument("--account")
+    parser.add_argument("--partition", help="partition every job runs in (default: the cluster's default partition)")
+    parser.add_argument("--account", help="account every job is charged to (default: your Slurm default account)")
     parser.add_argument("--gpus-per-task", type=int, help="GPUs per job (pass --device cuda in SUBMISSION_ARGS)")
     parser.add_argument("--sbatch-option", action="append", default=[], metavar="KEY=VALUE",
                         help="any other #SBATCH option for every job, e.g. --sbatch-option qos=long (repeatable)")

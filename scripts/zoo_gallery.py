@@ -70,11 +70,16 @@ def _u8(img01: torch.Tensor) -> np.ndarray:
 @torch.no_grad()
 def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--zoo", type=Path, default=DEMO_ZOO_DIR)
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "demo_zoo")
-    parser.add_argument("--per-class", type=int, default=6)
-    parser.add_argument("--psnr-crops", type=int, default=240)
-    parser.add_argument("--seed", type=int, default=123)
+    parser.add_argument("--zoo", type=Path, default=DEMO_ZOO_DIR, help="zoo folder (default: the shipped demo zoo)")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "demo_zoo",
+                        help="folder for the PNGs and gallery.json (default: the repository's docs/demo_zoo)")
+    parser.add_argument("--per-class", type=int, default=6,
+                        help="samples per class label in each variant's grid (default %(default)s)")
+    parser.add_argument("--psnr-crops", type=int, default=240,
+                        help="held-out crops of each kind the tokenizers' PSNR is measured on (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=123,
+                        help="seed of the samples (a family's i-th variant: seed + i) and of the held-out crops "
+                             "(default %(default)s)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     manifest = read_zoo_manifest(args.zoo)
