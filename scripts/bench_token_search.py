@@ -28,6 +28,7 @@ import torch  # noqa: E402
 
 import family_eval  # noqa: E402
 import inv_decoder  # noqa: E402
+from cli import add_scored_split_arguments  # noqa: E402
 from dataset import list_split, load_images  # noqa: E402
 from feature_extractor import SEARCH_ITERS  # noqa: E402
 from metrics import tpr_at_fpr  # noqa: E402
@@ -61,14 +62,7 @@ def full_size_timing(images: int, reference_images: int, threads: int) -> None:
 
 def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", type=Path, default=ROOT / "Dataset",
-                        help="Dataset root (default: the repository's Dataset)")
-    parser.add_argument("--split", default="test", choices=["val", "test"],
-                        help="split whose labelled images are used (default %(default)s)")
-    parser.add_argument("--weights-dir", type=Path, help="official checkpoints or a zoo folder (default: the demo zoo)")
-    parser.add_argument("--inv-root", type=Path, default=ROOT / "runs" / "inv_decoder",
-                        help="where inverse decoders not shipped with the weights live, fine-tuned there if missing "
-                             "(default: the repository's runs/inv_decoder)")
+    add_scored_split_arguments(parser, ROOT)
     parser.add_argument("--per-group", type=int, default=50, help="belonging images (and as many non-belonging)")
     parser.add_argument("--batch-size", type=int, default=25, help="feature maps per search call (default %(default)s)")
     parser.add_argument("--threads", type=int, default=2,

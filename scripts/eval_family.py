@@ -31,6 +31,7 @@ import torch  # noqa: E402
 
 import family_eval  # noqa: E402
 import inv_decoder  # noqa: E402
+from cli import add_scored_split_arguments  # noqa: E402
 from dataset import list_split, load_images  # noqa: E402
 from feature_extractor import weight_files  # noqa: E402
 from feature_store import file_sha256  # noqa: E402
@@ -105,12 +106,7 @@ def cached_block(out: Path, name: str, key: str, compute) -> pd.DataFrame:
 
 def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", type=Path, default=ROOT / "Dataset",
-                        help="Dataset root (default: the repository's Dataset)")
-    parser.add_argument("--split", default="test", choices=["val", "test"],
-                        help="split evaluated; its labels are needed (test: test_labels.csv) (default %(default)s)")
-    parser.add_argument("--weights-dir", type=Path, help="official checkpoints or a zoo folder (default: demo zoo)")
-    parser.add_argument("--inv-root", type=Path, default=ROOT / "runs" / "inv_decoder", help="inverse decoders (made if missing)")
+    add_scored_split_arguments(parser, ROOT)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "eval_family",
                         help="folder for the signals, tables and plot (default: the repository's runs/eval_family)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per batch (default %(default)s)")

@@ -33,6 +33,7 @@ import torch  # noqa: E402
 import family_eval  # noqa: E402
 import inv_decoder  # noqa: E402
 from augmentation import ATTACK_DEFAULTS, apply_attack  # noqa: E402
+from cli import add_scored_split_arguments  # noqa: E402
 from dataset import list_split, load_images  # noqa: E402
 from metrics import tpr_at_fpr  # noqa: E402
 from quantizer import search_tokens  # noqa: E402
@@ -42,14 +43,7 @@ from signals import SLOW_SIGNALS, signal_frame  # noqa: E402
 
 def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", type=Path, default=ROOT / "Dataset",
-                        help="Dataset root (default: the repository's Dataset)")
-    parser.add_argument("--split", default="test", choices=["val", "test"],
-                        help="split scored; its labels are needed (test: test_labels.csv) (default %(default)s)")
-    parser.add_argument("--weights-dir", type=Path, help="official checkpoints or a zoo folder (default: demo zoo)")
-    parser.add_argument("--inv-root", type=Path, default=ROOT / "runs" / "inv_decoder",
-                        help="where inverse decoders not shipped with the weights live, fine-tuned there if missing "
-                             "(default: the repository's runs/inv_decoder)")
+    add_scored_split_arguments(parser, ROOT)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "eval_robustness",
                         help="folder for robustness.csv (default: the repository's runs/eval_robustness)")
     parser.add_argument("--signals", nargs="+", default=["quant_loss", "quant_loss_searched", "combined"],
