@@ -8,8 +8,8 @@ what to check) and the command exits with status 2, as argparse does for a bad o
 other exception is a bug and keeps its traceback.
 
 :func:`at_least` is the argparse type of count options (``--batch-size 0`` is refused at once,
-not after the feature pass); :func:`add_scored_split_arguments` gives the evaluation scripts their
-common options (which labelled split of which Dataset, scored with which weights); :func:`warn` names files in one line on stderr; :func:`folder_images` gives the commands that read
+not after the feature pass); :func:`add_weights_arguments` and :func:`add_scored_split_arguments` give the commands their
+common options (which weights and inverse decoders; which labelled split of which Dataset); :func:`warn` names files in one line on stderr; :func:`folder_images` gives the commands that read
 a folder the images in it that can be decoded, naming the others.
 """
 from __future__ import annotations
@@ -24,8 +24,8 @@ from models.checkpoints import CheckpointError
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["run_main", "warn", "readable_folder_images", "folder_images", "at_least", "shard_spec", "add_scored_split_arguments",
-           "USER_ERROR_STATUS"]
+__all__ = ["run_main", "warn", "readable_folder_images", "folder_images", "at_least", "shard_spec", "add_weights_arguments",
+           "add_scored_split_arguments", "USER_ERROR_STATUS"]
 
 USER_ERROR_STATUS = 2
 
@@ -67,16 +67,24 @@ def folder_images(folder: Path) -> List[Path]:
     return [Path(p) for p in readable_folder_images(folder).index]
 
 
+def add_weights_arguments(parser: argparse.ArgumentParser, root: Optional[Path] = None) -> None:
+    """``--weights-dir`` and ``--inv-root`` of the commands that map images back with an inverse
+    decoder; ``--inv-root`` defaults to ``runs/inv_decoder`` under the repository folder ``root``
+    (scripts) or under the working directory (``root`` None: the top-level commands)."""
+    parser.add_argument("--weights-dir", type=Path, help="official checkpoints or a zoo folder (default: the demo zoo)")
+    inv_root = Path("runs") / "inv_decoder"
+    shown = "the repository's runs/inv_decoder" if root is not None else "runs/inv_decoder"
+    parser.add_argument("--inv-root", type=Path, default=root / inv_root if root is not None else inv_root,
+                        help=f"where inverse decoders not shipped with the weights live, fine-tuned there if missing (default: {shown})")
+
+
 def add_scored_split_arguments(parser: argparse.ArgumentParser, root: Path) -> None:
-    """``--dataset``, ``--split``, ``--weights-dir`` and ``--inv-root`` of the scripts that score a
+    """``--dataset``, ``--split`` and :func:`add_weights_arguments`' two of the scripts that score a
     labelled split of a Dataset (defaults under the repository folder ``root``)."""
     parser.add_argument("--dataset", type=Path, default=root / "Dataset", help="Dataset root (default: the repository's Dataset)")
     parser.add_argument("--split", default="test", choices=["val", "test"],
                         help="split scored; its labels are needed (test: Dataset/test_labels.csv) (default %(default)s)")
-    parser.add_argument("--weights-dir", type=Path, help="official checkpoints or a zoo folder (default: the demo zoo)")
-    parser.add_argument("--inv-root", type=Path, default=root / "runs" / "inv_decoder",
-                        help="where inverse decoders not shipped with the weights live, fine-tuned there if missing "
-                             "(default: the repository's runs/inv_decoder)")
+    add_weights_arguments(parser, root)
 
 
 def at_least(minimum: int) -> Callable[[str], int]:

@@ -392,14 +392,12 @@ def _worker_batch(job) -> pd.DataFrame:
 
 
 def main(argv: Optional[list] = None) -> int:
-    from cli import at_least, readable_folder_images
+    from cli import add_weights_arguments, at_least, readable_folder_images
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, help="a folder of images (searched recursively)")
     parser.add_argument("--out", type=Path, required=True, help="output .parquet or .csv")
-    parser.add_argument("--weights-dir", type=Path, help="official checkpoints or a zoo folder (default: the demo zoo)")
-    parser.add_argument("--inv-root", type=Path, default=Path("runs/inv_decoder"),
-                        help="where inverse decoders not shipped with the weights live (default runs/inv_decoder)")
+    add_weights_arguments(parser)
     parser.add_argument("--cache-dir", type=Path, default=Path("cache/features"), help="the feature store (default cache/features)")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the feature store")
     parser.add_argument("--rebuild", action="store_true", help="discard this extractor's cached rows first")

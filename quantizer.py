@@ -248,7 +248,7 @@ def main(argv: Optional[list] = None) -> int:
     from tqdm.auto import tqdm
 
     import inv_decoder
-    from cli import at_least, folder_images
+    from cli import add_weights_arguments, at_least, folder_images
     from dataset import load_images
     from models.zoo import load_family
 
@@ -259,9 +259,7 @@ def main(argv: Optional[list] = None) -> int:
                         help="the VAR inverse decoder or the tokenizer's own encoder (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("quant_loss.csv"), help="CSV image_id,quant_loss,iterations")
     parser.add_argument("--tokens", type=Path, help="also save the tokens (torch file: image_ids, tokens N×L, patch_nums)")
-    parser.add_argument("--weights-dir", type=Path, help="official checkpoints or a zoo folder (default: the demo zoo)")
-    parser.add_argument("--inv-root", type=Path, default=Path("runs/inv_decoder"),
-                        help="where inverse decoders not shipped with the weights live (default runs/inv_decoder)")
+    add_weights_arguments(parser)
     parser.add_argument("--batch-size", type=at_least(1), default=32, help="images per batch (default 32)")
     args = parser.parse_args(argv)
     from runtime import keep_freed_memory

@@ -306,14 +306,12 @@ def _labelled_maps(inverse: FamilyAdapter, folders: Sequence[Path], input_map: s
 
 
 def main(argv: Optional[list] = None) -> int:
-    from cli import at_least
+    from cli import add_weights_arguments, at_least
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", required=True, choices=[f for f in NET_FAMILIES] + [f.lower() for f in NET_FAMILIES],
                         help="whose variants the net names")
-    parser.add_argument("--weights-dir", type=Path, help="official checkpoints or a zoo folder (default: demo zoo)")
-    parser.add_argument("--inv-root", type=Path, default=Path("runs/inv_decoder"),
-                        help="where inverse decoders not shipped with the weights live (default runs/inv_decoder)")
+    add_weights_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path("runs/variant_net"), help="output root (default runs/variant_net)")
     # recipe options default to None: what is not given comes from the family's recipe (default_config)
     def recipe(key: str) -> str:
