@@ -8,9 +8,10 @@ what to check) and the command exits with status 2, as argparse does for a bad o
 other exception is a bug and keeps its traceback.
 
 :func:`at_least` is the argparse type of count options (``--batch-size 0`` is refused at once,
-not after the feature pass); :func:`add_weights_arguments` and :func:`add_scored_split_arguments` give the commands their
-common options (which weights and inverse decoders; which labelled split of which Dataset); :func:`warn` names files in one line on stderr; :func:`folder_images` gives the commands that read
-a folder the images in it that can be decoded, naming the others.
+not after the feature pass); :func:`add_weights_arguments` and :func:`add_scored_split_arguments`
+give the commands their common options (which weights and inverse decoders; which labelled split
+of which Dataset); :func:`warn` names files in one line on stderr; :func:`folder_images` gives the
+commands that read a folder the images in it that can be decoded, naming the others.
 """
 from __future__ import annotations
 

@@ -314,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--demo", action="store_true", help="run on the demo Dataset (built if missing) and score the test split")
     parser.add_argument("--dataset", type=Path, default=Path("Dataset"), help="Dataset root for --demo")
     parser.add_argument("--inv-decoder-images", type=at_least(1), default=1536,
-                        help="fresh generations per family to fine-tune a missing inverse decoder on (default 1536; the demo zoo ships its own)")
+                        help="fresh generations per family to fine-tune a missing inverse decoder on "
+                             "(default 1536; the demo zoo ships its own)")
     parser.add_argument("--inv-decoder-epochs", type=at_least(1), default=6, help="epochs of that fine-tuning (default 6)")
     parser.add_argument("--batch-size", type=at_least(1), default=32, help="images per feature batch (default 32)")
     parser.add_argument("--workers", type=at_least(0), default=0,
@@ -329,7 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="latent-refinement steps before RAR's tokens are read for the variant features "
                              "(default 0: off; 25 is a good trade-off, at extra cost per image)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the scoring gate and the classifiers' fits (default 0)")
-    parser.add_argument("--device", default="cpu", help="torch device of the models (feature pass, fine-tuning of missing inverse decoders and variant nets): cpu (default) or cuda")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device of the models (feature pass, fine-tuning of missing inverse decoders and "
+                             "variant nets): cpu (default) or cuda")
     parser.add_argument("--stage", choices=STAGES, default="all",
                         help="all (default): the whole job; prepare: check the inputs, build the demo Dataset if needed, "
                              "fine-tune missing inverse decoders and compute the scoring gate's sample, then stop; features: compute and cache the "
