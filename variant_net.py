@@ -99,7 +99,8 @@ def input_map_of(net: AnyVariantNet) -> str:
 
 
 def train_variant_net(x_NChw: torch.Tensor, y_N: torch.Tensor, num_variants: int, config: Optional[dict] = None,
-                      progress: bool = True, class_N: Optional[torch.Tensor] = None, num_classes: int = 1) -> Tuple[VariantNet, List[float]]:
+                      progress: bool = True, class_N: Optional[torch.Tensor] = None, num_classes: int = 1,
+                      teacher: Optional[Tuple[AnyVariantNet, torch.Tensor]] = None) -> Tuple[VariantNet, List[float]]:
     """Fit a :class:`VariantNet` by AdamW with a one-cycle schedule (cross-entropy) on the maps ``x_NChw``
     (made by :func:`net_input` for ``config["input_map"]``, which the net records); returns it in eval
     mode and the mean loss of each epoch.
@@ -107,7 +108,13 @@ def train_variant_net(x_NChw: torch.Tensor, y_N: torch.Tensor, num_variants: int
     With ``class_N`` (each image's class label, ``< num_classes``) and ``config["class_targets"]`` the
     net learns the (variant, class) pair, a finer target than the variant alone that the generations
     carry for free (on the demo zoo it names more variants after the classes are summed out:
-    `docs/attribution.md`, *Variant nets*); otherwise the variant alone."""
+    `docs/attribution.md`, *Variant nets*); otherwise the variant alone.
+
+    ``teacher = (net, x_teacher_NChw)``: a net of the same targets that reads another map of the same
+    images (the generator's exact ``f̂``: privileged information that only training has); with
+    ``config["distill_weight"] = λ > 0`` the loss is ``(1 − λ)·CE + λ·T²·KL(teacher_T ‖ net_T)`` at
+    temperature ``T = config["distill_temperature"]`` (default 2). It did not help on the demo zoo
+    (`docs/attribution.md`, *Variant nets*), so no shipped recipe uses it."""
     from tqdm.auto import tqdm
 
     cfg = dict(DEFAULT_CONFIG, **(config or {}))
@@ -126,13 +133,28 @@ def train_variant_net(x_NChw: torch.Tensor, y_N: torch.Tensor, num_variants: int
     opt = torch.optim.AdamW(net.parameters(), lr=float(cfg["lr"]) / 2, weight_decay=float(cfg["weight_decay"]))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, float(cfg["lr"]), total_steps=int(cfg["epochs"]) * per_epoch)
     gen = torch.Generator().manual_seed(int(cfg["seed"]))
+    # distillation is off in every shipped recipe (it needs the exact f̂, which only a diagnosis keeps)
+    distill, temperature = float(cfg.get("distill_weight", 0.0)), float(cfg.get("distill_temperature", 2.0))
+    if distill > 0 and teacher is None:
+        raise ValueError("distill_weight > 0 needs a teacher (a net and the maps it reads)")
+    teacher_net, teacher_x = teacher if distill > 0 else (None, None)
+    if teacher_net is not None:
+        teacher_net.eval()
+        if len(teacher_x) != len(x_NChw):
+            raise ValueError(f"the teacher reads {len(teacher_x)} maps, the net {len(x_NChw)}: one per image each")
     epoch_losses: List[float] = []
     net.train()
     for _ in tqdm(range(int(cfg["epochs"])), desc="variant net", disable=not progress):
         order, losses = torch.randperm(len(x_NChw), generator=gen), []
         for s in range(per_epoch):
             pick = order[s * batch:(s + 1) * batch]
-            loss = F.cross_entropy(net(x_NChw[pick]), y_N[pick])
+            logits_BK = net(x_NChw[pick])
+            loss = F.cross_entropy(logits_BK, y_N[pick])
+            if distill > 0:
+                with torch.no_grad():
+                    soft_BK = F.log_softmax(teacher_net(teacher_x[pick]) / temperature, dim=1)
+                kl = F.kl_div(F.log_softmax(logits_BK / temperature, dim=1), soft_BK, reduction="batchmean", log_target=True)
+                loss = (1 - distill) * loss + distill * temperature ** 2 * kl
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -143,15 +165,15 @@ def train_variant_net(x_NChw: torch.Tensor, y_N: torch.Tensor, num_variants: int
 
 
 def train_variant_nets(x_NChw: torch.Tensor, y_N: torch.Tensor, num_variants: int, config: Optional[dict] = None,
-                       progress: bool = True, class_N: Optional[torch.Tensor] = None,
-                       num_classes: int = 1) -> Tuple[AnyVariantNet, List[List[float]]]:
+                       progress: bool = True, class_N: Optional[torch.Tensor] = None, num_classes: int = 1,
+                       teacher: Optional[Tuple[AnyVariantNet, torch.Tensor]] = None) -> Tuple[AnyVariantNet, List[List[float]]]:
     """``config["members"]`` nets trained by :func:`train_variant_net` on the same maps from the seeds
     ``seed``, ``seed + 1``, …: the one net, or their :class:`VariantNetEnsemble`; and each member's
     epoch losses."""
     cfg = dict(DEFAULT_CONFIG, **(config or {}))
     if int(cfg["members"]) < 1:
         raise ValueError("members must be at least 1")
-    trained = [train_variant_net(x_NChw, y_N, num_variants, dict(cfg, seed=int(cfg["seed"]) + i), progress, class_N, num_classes)
+    trained = [train_variant_net(x_NChw, y_N, num_variants, dict(cfg, seed=int(cfg["seed"]) + i), progress, class_N, num_classes, teacher)
                for i in range(int(cfg["members"]))]
     nets = [net for net, _ in trained]
     return (nets[0] if len(nets) == 1 else VariantNetEnsemble(nets).eval()), [losses for _, losses in trained]

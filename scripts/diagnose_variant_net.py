@@ -3,6 +3,7 @@
     python scripts/diagnose_variant_net.py [--family VAR] [--weights-dir DIR] [--train-per-variant 8192]
                                            [--heldout-per-variant 1536] [--alphas 0.25 0.5 0.75]
                                            [--inputs exact_fhat inverse_f reencoded] [--members 1]
+                                           [--recipes mirrored distilled mirrored_distilled]
                                            [--refine-images 256 --refine-steps 50] [--corrector-epochs 12]
                                            [--identifiability-images 16] [--out runs/diagnose_variant_net]
 
@@ -39,6 +40,20 @@ latent refinement through the frozen decoder (:func:`signals.optimise_latent`, f
 first ``--refine-images`` held-out images) and reports the MSE to ``f̂`` and the image error before
 and after: does fitting the image lead back to ``f̂``? (No net is trained on it; it is slow.)
 
+``--recipes`` trains more nets on the re-encoded ``f``, each another way to learn more from the
+same generations:
+
+* ``reencoded_mirrored`` — the maps of every training image mirrored left–right (``D⁻¹`` of the
+  mirrored PNG image: the tokenizer is not mirror-symmetric, so the mirrored map would not do) join
+  the training maps, and an image is scored by the mean posterior of its map and its mirror
+  image's. The demo zoo's generators learned from photos mirrored at random, so a mirrored
+  generation is about as likely as the original. The base nets are scored that way too
+  (``<input>_net_mirror_averaged``).
+* ``reencoded_distilled`` — the ``exact_fhat`` net, which sees what only training has, teaches the
+  net: its loss blends the labels with that net's posterior on the same image's exact ``f̂``
+  (``--distill-weight``, ``--distill-temperature``; :func:`variant_net.train_variant_net`).
+* ``reencoded_mirrored_distilled`` — both.
+
 Two more questions, each off by default:
 
 * ``--corrector-epochs N`` — ``learned_corrector``: is more of ``f̂`` in ``f`` than the fixed
@@ -57,7 +72,8 @@ Two more questions, each off by default:
   That is a linearised estimate, one Jacobian per image (1 024 forward-mode passes; 146 s for 16
   images on 2 cores for the demo zoo's VAR). ``N`` rounds up to a whole number per variant.
 
-Generated maps are kept per batch (``f`` and ``f̂``, written whole or not at all) under
+Generated maps are kept per batch (``f`` and ``f̂``, and the mirror image's ``f`` when a recipe
+mirrors; written whole or not at all) under
 ``--cache DIR/<weights fingerprint>/``, so a rerun only trains. Writes ``variant_net_inputs.csv``
 to ``--out``.
 """
@@ -82,50 +98,57 @@ from models.adapter import FamilyAdapter  # noqa: E402
 from runtime import keep_freed_memory  # noqa: E402
 from signals import optimise_latent  # noqa: E402
 
-__all__ = ["Maps", "generate_maps", "reencoded", "input_rows", "refinement_row", "Corrector", "fit_corrector", "corrected",
+__all__ = ["Maps", "generate_maps", "reencoded", "input_rows", "view_accuracy", "recipe_changes", "refinement_row", "Corrector", "fit_corrector", "corrected",
            "identifiability_row", "PNG_ROUNDING_VARIANCE"]
 
 BASE_INPUTS = ("exact_fhat", "inverse_f", "reencoded")  # the inputs every run trains a net on unless --inputs says otherwise
+RECIPES = ("mirrored", "distilled", "mirrored_distilled")  # other recipes on the re-encoded f (--recipes; recipe_changes)
 PNG_ROUNDING_VARIANCE = (1 / 255) ** 2 / 12  # per pixel in [0, 1] units: uniform rounding to 8-bit levels
 
-Maps = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # f, f̂, variant, class, image (or empty)
+# f, f̂, variant, class, image (or empty), f of the mirrored image (or empty)
+Maps = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 @torch.no_grad()
 def generate_maps(adapter: FamilyAdapter, batches: range, gen_batch: int, seed: int, cache: Optional[Path],
-                  keep_images: int = 0, progress: bool = True) -> Maps:
-    """``(f, f̂, variant, class, images)`` of generation batches ``batches`` of every variant; the PNG
-    images of the first ``keep_images`` generations of each variant (regenerated when cached)."""
+                  keep_images: int = 0, progress: bool = True, mirror: bool = False) -> Maps:
+    """``(f, f̂, variant, class, images, f_mirror)`` of generation batches ``batches`` of every variant;
+    the PNG images of the first ``keep_images`` generations of each variant (regenerated when
+    cached); with ``mirror`` also ``D⁻¹`` of each image mirrored left–right (kept in the cache too)."""
     from tqdm.auto import tqdm
 
     from inv_decoder import to_png_levels
 
-    fs, fhats, variants, classes, images = [], [], [], [], []
+    fs, fhats, variants, classes, images, mirrors = [], [], [], [], [], []
     jobs = [(vi, v, j) for vi, v in enumerate(adapter.variant_names) for j in batches]
     for vi, variant, j in tqdm(jobs, desc=f"{adapter.family} generations", disable=not progress):
         job_seed = variant_net.generation_seed(seed, vi, j)
         labels = adapter.random_labels(gen_batch, job_seed)
         path = cache / f"{variant}_{job_seed}_{gen_batch}.pt" if cache is not None else None
         wants_images = (j - batches.start) * gen_batch < keep_images
-        if path is not None and path.is_file() and not wants_images:
-            stored = torch.load(path, weights_only=True)
-            f, f_hat = stored["f"], stored["f_hat"]
+        stored = torch.load(path, weights_only=True) if path is not None and path.is_file() else {}
+        if stored and not wants_images and (not mirror or "f_mirror" in stored):
+            f, f_hat, f_mirror = stored["f"], stored["f_hat"], stored.get("f_mirror")
         else:
             img, _, f_hat = adapter.generate(variant, labels, job_seed)
             x = to_png_levels(img)
             f, f_hat = adapter.encode(x).float().cpu(), f_hat.float().cpu()
+            f_mirror = adapter.encode(x.flip(-1)).float().cpu() if mirror else stored.get("f_mirror")
             if wants_images:
                 images.append(x.cpu())
-            if path is not None and not path.is_file():
+            if path is not None and (not stored or (mirror and "f_mirror" not in stored)):
                 path.parent.mkdir(parents=True, exist_ok=True)
+                keep = {"f": f.clone(), "f_hat": f_hat.clone()} | ({"f_mirror": f_mirror.clone()} if f_mirror is not None else {})
                 with atomic_path(path) as tmp:
-                    torch.save({"f": f.clone(), "f_hat": f_hat.clone()}, tmp)
+                    torch.save(keep, tmp)
+        if mirror:
+            mirrors.append(f_mirror)
         fs.append(f)
         fhats.append(f_hat)
         variants.append(torch.full((gen_batch,), vi, dtype=torch.long))
         classes.append(labels.cpu().long())
     return (torch.cat(fs), torch.cat(fhats), torch.cat(variants), torch.cat(classes),
-            torch.cat(images) if images else torch.zeros(0))
+            torch.cat(images) if images else torch.zeros(0), torch.cat(mirrors) if mirrors else torch.zeros(0))
 
 
 @torch.no_grad()
@@ -138,26 +161,67 @@ def reencoded(adapter: FamilyAdapter, f_NChw: torch.Tensor, chunk: int = 256) ->
 
 def input_rows(inputs: Dict[str, Tuple[torch.Tensor, torch.Tensor]], f_hat_test: torch.Tensor, train: Maps, test: Maps,
                config: dict, num_classes: int, num_variants: int, cross: Sequence[Tuple[str, str]] = (),
-               progress: bool = True) -> List[dict]:
+               progress: bool = True, recipes: Optional[Dict[str, Tuple[str, dict]]] = None,
+               mirrored: Optional[Dict[str, Tuple[torch.Tensor, torch.Tensor]]] = None) -> List[dict]:
     """One row per named ``(train input, held-out input)`` pair: a net (``config["members"]`` of them,
-    averaged) trained on the first, scored on
-    the second; and per ``(trained on, scored on)`` pair in ``cross`` the first's net on the second's input."""
+    averaged) trained on the first, scored on the second; per ``(trained on, scored on)`` pair in
+    ``cross`` the first's net on the second's input; and per ``name: (input, changes)`` of ``recipes``
+    a net trained on that input another way (:func:`recipe_changes`): with ``mirror``, on the maps of
+    the images and of their mirror images (``mirrored[input]``, training and held-out), scored by
+    the mean posterior of both views; with ``distill_weight``, taught by the ``exact_fhat`` row's net
+    from the exact ``f̂`` of its training images (:func:`variant_net.train_variant_net`). With
+    ``mirrored``, each base net is also scored by that mean posterior (``<input>_net_mirror_averaged``)."""
     rows, nets = [], {}
-    for name, (x_train, x_test) in inputs.items():
+    jobs = [(name, name, {}) for name in inputs] + [(name, source, changes) for name, (source, changes) in (recipes or {}).items()]
+    for name, source, changes in jobs:
+        changes = dict(changes)
+        mirror = changes.pop("mirror", False)
+        x_train, x_test = inputs[source]
+        views = [x_test] + ([mirrored[source][1]] if mirror else [])
+        y_train, class_train, teacher_x = train[2], train[3], inputs["exact_fhat"][0] if "exact_fhat" in inputs else None
+        if mirror:  # the mirror images' maps join the training maps, with their images' labels and teacher maps
+            x_train = torch.cat([x_train, mirrored[source][0]])
+            y_train, class_train = y_train.repeat(2), class_train.repeat(2)
+            teacher_x = teacher_x.repeat(2, 1, 1, 1) if teacher_x is not None else None
+        teacher = (nets["exact_fhat"], teacher_x) if changes.get("distill_weight") else None
         start = time.perf_counter()
-        net, _ = variant_net.train_variant_nets(x_train, train[2], num_variants, config, progress=progress, class_N=train[3],
-                                                num_classes=num_classes)
+        net, _ = variant_net.train_variant_nets(x_train, y_train, num_variants, dict(config, **changes), progress=progress,
+                                                class_N=class_train, num_classes=num_classes, teacher=teacher)
         seconds = time.perf_counter() - start
         nets[name] = net
         rows.append(dict(input=name, fmse_to_fhat=float((x_test - f_hat_test).pow(2).mean()),
-                         heldout_accuracy=variant_net.variant_accuracy(net, x_test, test[2]), train_accuracy=variant_net.variant_accuracy(net, x_train[::8], train[2][::8]),
-                         train_seconds=round(seconds, 1)))
+                         heldout_accuracy=view_accuracy(net, views, test[2]),
+                         train_accuracy=variant_net.variant_accuracy(net, x_train[::8], y_train[::8]), train_seconds=round(seconds, 1)))
         print(f"  {name}: held-out {rows[-1]['heldout_accuracy']:.4f}", flush=True)
     for trained_on, scored_on in cross:
         x_test = inputs[scored_on][1]
         rows.append(dict(input=f"{trained_on}_net_on_{scored_on}", fmse_to_fhat=float((x_test - f_hat_test).pow(2).mean()),
                          heldout_accuracy=variant_net.variant_accuracy(nets[trained_on], x_test, test[2])))
+    for name in inputs if mirrored else ():
+        if name in mirrored:
+            rows.append(dict(input=f"{name}_net_mirror_averaged", heldout_accuracy=view_accuracy(nets[name], [inputs[name][1], mirrored[name][1]], test[2])))
     return rows
+
+
+def view_accuracy(net: variant_net.AnyVariantNet, views: Sequence[torch.Tensor], y: torch.Tensor) -> float:
+    """The share of images whose likeliest variant, by ``net``'s posterior averaged over ``views``
+    (maps of the same images, in the same order), is ``y``."""
+    log_p_VNK = torch.stack([variant_net.variant_log_probs(net, view) for view in views])
+    return float((log_p_VNK.logsumexp(0).argmax(1) == y).float().mean())
+
+
+def recipe_changes(recipe: str, distill_weight: float, distill_temperature: float) -> dict:
+    """What ``recipe`` (one of :data:`RECIPES`) changes: ``mirror`` (the mirror images' maps join the
+    training maps and are averaged with the image's in scoring: :func:`input_rows`), and, in the
+    family's config, distillation from the exact ``f̂`` (``distill_weight``, ``distill_temperature``)."""
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, not {recipe!r}")
+    changes: dict = {}
+    if "mirrored" in recipe:
+        changes["mirror"] = True
+    if "distilled" in recipe:
+        changes.update(distill_weight=distill_weight, distill_temperature=distill_temperature)
+    return changes
 
 
 def refinement_row(adapter: FamilyAdapter, images: torch.Tensor, f: torch.Tensor, f_hat: torch.Tensor, steps: int, lr: float) -> dict:
@@ -266,6 +330,13 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--inputs", nargs="+", choices=list(BASE_INPUTS), default=list(BASE_INPUTS),
                         help="which of the base inputs to train a net on (default: all); the re-encoding is "
                              "skipped when neither 'reencoded' nor --corrector-epochs needs it")
+    parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=[],
+                        help="also train nets on the re-encoded f with another recipe: 'mirrored' (the maps of the images "
+                             "mirrored left-right join the training maps, and scoring averages the posteriors of an image and "
+                             "its mirror image; the base nets are scored so too), 'distilled' (taught by the exact_fhat "
+                             "row's net, --distill-weight and --distill-temperature), or both")
+    parser.add_argument("--distill-weight", type=float, default=0.5, help="λ of the distilled recipes (default %(default)s)")
+    parser.add_argument("--distill-temperature", type=float, default=2.0, help="T of the distilled recipes (default %(default)s)")
     parser.add_argument("--members", type=at_least(1), default=1,
                         help="nets per input, averaged as the shipped ensemble is (default 1; the shipped recipe has 3)")
     parser.add_argument("--epochs", type=at_least(1), help="training epochs (default: the family's recipe)")
@@ -282,6 +353,10 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/diagnose_variant_net"),
                         help="folder for variant_net_inputs.csv (default %(default)s)")
     args = parser.parse_args(argv)
+    if args.recipes and "reencoded" not in args.inputs:
+        parser.error("--recipes train on the re-encoded f: keep 'reencoded' in --inputs")
+    if any("distilled" in r for r in args.recipes) and "exact_fhat" not in args.inputs:
+        parser.error("the distilled recipes are taught by the exact_fhat net: keep 'exact_fhat' in --inputs")
     keep_freed_memory()
     torch.set_num_threads(2)
     adapter = inv_decoder.inverse_adapter(args.family, args.weights_dir, ROOT / "runs" / "inv_decoder")
@@ -291,8 +366,10 @@ def main(argv: Optional[list] = None) -> int:
     # refined images: whole batches, the first of each variant's held-out ones
     refine_per_variant = -(-args.refine_images // (len(adapter.variant_names) * args.gen_batch)) * args.gen_batch if args.refine_steps else 0
     refine_per_variant = min(refine_per_variant, n_test * args.gen_batch)
-    train = generate_maps(adapter, range(n_train), args.gen_batch, args.seed, cache)
-    test = generate_maps(adapter, range(n_train, n_train + n_test), args.gen_batch, args.seed, cache, keep_images=refine_per_variant)
+    mirror = any("mirrored" in r for r in args.recipes)
+    train = generate_maps(adapter, range(n_train), args.gen_batch, args.seed, cache, mirror=mirror)
+    test = generate_maps(adapter, range(n_train, n_train + n_test), args.gen_batch, args.seed, cache, keep_images=refine_per_variant,
+                         mirror=mirror)
     config = dict(variant_net.default_config(args.family), members=args.members, seed=args.seed)
     if args.epochs:
         config["epochs"] = args.epochs
@@ -300,6 +377,7 @@ def main(argv: Optional[list] = None) -> int:
         start = time.perf_counter()
         g_train, g_test = reencoded(adapter, train[0]), reencoded(adapter, test[0])
         print(f"re-encoded {len(g_train) + len(g_test)} maps in {time.perf_counter() - start:.0f} s", flush=True)
+    mirrored = {"reencoded": (reencoded(adapter, train[5]), reencoded(adapter, test[5]))} if mirror else None
     inputs = {"exact_fhat": (train[1], test[1])} if "exact_fhat" in args.inputs else {}
     for alpha in sorted(args.alphas):
         inputs[f"alpha_{alpha:g}"] = (train[1] + alpha * (train[0] - train[1]), test[1] + alpha * (test[0] - test[1]))
@@ -312,8 +390,10 @@ def main(argv: Optional[list] = None) -> int:
         corrector = fit_corrector(train[0], g_train, train[1], args.corrector_epochs, seed=args.seed)
         inputs["learned_corrector"] = (corrected(corrector, train[0], g_train), corrected(corrector, test[0], g_test))
         print(f"fitted the corrector in {time.perf_counter() - start:.0f} s", flush=True)
+    recipes = {f"reencoded_{r}": ("reencoded", recipe_changes(r, args.distill_weight, args.distill_temperature)) for r in args.recipes}
     rows = input_rows(inputs, test[1], train, test, config, adapter.num_classes, len(adapter.variant_names),
-                      cross=[("exact_fhat", "inverse_f")] if {"exact_fhat", "inverse_f"} <= set(inputs) else [])
+                      cross=[("exact_fhat", "inverse_f")] if {"exact_fhat", "inverse_f"} <= set(inputs) else [], recipes=recipes,
+                      mirrored=mirrored)
 
     def first_heldout(per_variant: int) -> torch.Tensor:
         """Indices of the first ``per_variant`` held-out maps of each variant (they lie variant by variant)."""

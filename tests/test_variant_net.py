@@ -96,6 +96,28 @@ def test_an_ensemble_averages_its_members_posteriors(tmp_path):
     torch.testing.assert_close(vn.variant_log_probs(single, f), vn.variant_log_probs(first, f), rtol=0, atol=0)
 
 
+def test_a_distilled_net_follows_its_teacher():
+    """``distill_weight``: the loss blends the labels with a teacher's posterior on its own maps. At
+    weight 1 the labels are ignored, so a teacher that names variant 2 for every image makes a student
+    that does too; at weight 0 the teacher changes nothing, bit for bit; and a weight without a
+    teacher, or a teacher with other maps, is refused."""
+    f, y = _toy_maps(192, 7)
+    teacher, _ = vn.train_variant_net(f, torch.full_like(y, 2), 3, dict(epochs=4, batch_size=32, lr=3e-3), progress=False)
+    assert (vn.variant_log_probs(teacher, f).argmax(1) == 2).all()
+    student, _ = vn.train_variant_net(f, y, 3, dict(epochs=4, batch_size=32, lr=3e-3, distill_weight=1.0), progress=False,
+                                      teacher=(teacher, f))
+    assert (vn.variant_log_probs(student, f).argmax(1) == 2).float().mean() > 0.9
+    plain, plain_losses = vn.train_variant_net(f, y, 3, dict(epochs=2, batch_size=32), progress=False)
+    ignored, ignored_losses = vn.train_variant_net(f, y, 3, dict(epochs=2, batch_size=32, distill_weight=0.0), progress=False,
+                                                   teacher=(teacher, f))
+    assert ignored_losses == plain_losses
+    torch.testing.assert_close(vn.variant_log_probs(ignored, f), vn.variant_log_probs(plain, f), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="needs a teacher"):
+        vn.train_variant_net(f, y, 3, dict(epochs=1, distill_weight=0.5), progress=False)
+    with pytest.raises(ValueError, match="one per image"):
+        vn.train_variant_net(f, y, 3, dict(epochs=1, distill_weight=0.5), progress=False, teacher=(teacher, f[:10]))
+
+
 def test_an_images_output_does_not_depend_on_its_batch_mates():
     f, y = _toy_maps(13, 3)
     net, _ = vn.train_variant_net(f, y, 3, dict(epochs=1, batch_size=8), progress=False)
@@ -346,6 +368,30 @@ def test_diagnose_variant_net_trains_only_the_inputs_asked_for(tmp_path, monkeyp
     table = pd.read_csv(tmp_path / "out" / "variant_net_inputs.csv", index_col="input")
     assert list(table.index) == ["exact_fhat"] and table.loc["exact_fhat", "fmse_to_fhat"] == 0
     assert members == [2]
+
+
+def test_diagnose_variant_net_recipes_add_mirrored_and_distilled_rows(tmp_path):
+    """``--recipes mirrored distilled``: one row per recipe beside the base ones, and the base net
+    scored on the mean posterior of each image and its mirror image; the mirror images' maps, ``D⁻¹``
+    of the mirrored PNG image (not the mirrored map), are kept in the cache with the others; and a
+    distilled recipe without its teacher's row is refused."""
+    import pandas as pd
+
+    diagnose = _diagnose_variant_net()
+    args = ["--train-per-variant", "16", "--heldout-per-variant", "16", "--gen-batch", "16", "--alphas", "--inputs", "exact_fhat",
+            "reencoded", "--recipes", "mirrored", "distilled", "--epochs", "1", "--cache", str(tmp_path / "cache"),
+            "--out", str(tmp_path / "out")]
+    assert diagnose.main(args) == 0
+    table = pd.read_csv(tmp_path / "out" / "variant_net_inputs.csv", index_col="input")
+    assert list(table.index) == ["exact_fhat", "reencoded", "reencoded_mirrored", "reencoded_distilled", "reencoded_net_mirror_averaged"]
+    assert table["heldout_accuracy"].between(0, 1).all()
+    assert table.loc["reencoded_mirrored", "fmse_to_fhat"] == table.loc["reencoded", "fmse_to_fhat"]
+    stored = [torch.load(path, weights_only=True) for path in (tmp_path / "cache").rglob("*.pt")]
+    assert len(stored) == 8 and all({"f", "f_hat", "f_mirror"} <= set(batch) for batch in stored)
+    assert not torch.equal(stored[0]["f_mirror"], stored[0]["f"].flip(-1)), "D⁻¹ of the mirror image, not the mirrored map"
+    with pytest.raises(SystemExit):
+        diagnose.main(args[:args.index("--inputs") + 1] + ["reencoded", "--recipes", "distilled"])
+    assert diagnose.recipe_changes("mirrored_distilled", 0.3, 4.0) == dict(mirror=True, distill_weight=0.3, distill_temperature=4.0)
 
 
 def _diagnose_variant_net():
