@@ -5,6 +5,7 @@
                                            [--inputs exact_fhat inverse_f reencoded] [--members 1]
                                            [--recipes mirrored distilled mirrored_distilled]
                                            [--refine-images 256 --refine-steps 50] [--corrector-epochs 12]
+                                           [--image-corrector-epochs 12]
                                            [--identifiability-images 16] [--out runs/diagnose_variant_net]
 
 The variant net (:mod:`variant_net`) names a generation's variant from the inverse decoder's
@@ -57,9 +58,13 @@ same generations:
 Two more questions, each off by default:
 
 * ``--corrector-epochs N`` — ``learned_corrector``: is more of ``f̂`` in ``f`` than the fixed
-  re-encoding rule takes out? A small residual CNN (:class:`Corrector`) is fitted for N epochs on
-  the training maps to predict ``f̂`` from ``f`` and its re-encoded ``g``, and a net is trained on
-  its output, like every input above.
+  re-encoding rule takes out? A small residual CNN (:class:`map_corrector.Corrector`) is fitted for N
+  epochs on the training maps to predict ``f̂`` from ``f`` and its re-encoded ``g``, and a net is
+  trained on its output, like every input above.
+* ``--image-corrector-epochs N`` — ``image_corrector``: the same with the PNG image beside ``f`` and
+  ``g`` (brought to the map's grid by strided convolutions): does a network read from the image
+  what the inverse decoder misses? The images are decoded again from the cached ``f̂`` (bit for bit
+  the generated ones) and kept as 8-bit levels.
 * ``--identifiability-images N`` — ``image_identifiability``: how much of the inverse decoder's
   error could *any* reader of the PNG image take out? On the first held-out images of each variant
   (N in all), the decoder's Jacobian ``J = ∂D/∂f`` at ``f̂`` (``J = U·diag(S)·Vᵀ``) splits the error
@@ -87,6 +92,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
@@ -96,10 +102,11 @@ import variant_net  # noqa: E402
 from atomic import atomic_path  # noqa: E402
 from models.adapter import FamilyAdapter  # noqa: E402
 from runtime import keep_freed_memory  # noqa: E402
+from map_corrector import Corrector, corrected, fit_corrector  # noqa: E402
 from signals import optimise_latent  # noqa: E402
 
-__all__ = ["Maps", "generate_maps", "reencoded", "input_rows", "view_accuracy", "recipe_changes", "refinement_row", "Corrector", "fit_corrector", "corrected",
-           "identifiability_row", "PNG_ROUNDING_VARIANCE"]
+__all__ = ["Maps", "generate_maps", "reencoded", "png_levels", "input_rows", "view_accuracy", "recipe_changes", "refinement_row",
+           "Corrector", "fit_corrector", "corrected", "identifiability_row", "PNG_ROUNDING_VARIANCE"]
 
 BASE_INPUTS = ("exact_fhat", "inverse_f", "reencoded")  # the inputs every run trains a net on unless --inputs says otherwise
 RECIPES = ("mirrored", "distilled", "mirrored_distilled")  # other recipes on the re-encoded f (--recipes; recipe_changes)
@@ -159,6 +166,14 @@ def reencoded(adapter: FamilyAdapter, f_NChw: torch.Tensor, chunk: int = 256) ->
                       for part in f_NChw.split(chunk)]) if len(f_NChw) else f_NChw.clone()
 
 
+@torch.no_grad()
+def png_levels(adapter: FamilyAdapter, f_hat_NChw: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """The generated images decoded again from their ``f̂`` as the PNG file's 8-bit levels (``uint8``,
+    ``N×3×H×W``): the generator's own image is ``D(f̂)``, so these are the images the maps were read from."""
+    return torch.cat([(adapter.decode(part.to(adapter.device)).float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+                      for part in f_hat_NChw.split(chunk)]) if len(f_hat_NChw) else torch.zeros(0, dtype=torch.uint8)
+
+
 def input_rows(inputs: Dict[str, Tuple[torch.Tensor, torch.Tensor]], f_hat_test: torch.Tensor, train: Maps, test: Maps,
                config: dict, num_classes: int, num_variants: int, cross: Sequence[Tuple[str, str]] = (),
                progress: bool = True, recipes: Optional[Dict[str, Tuple[str, dict]]] = None,
@@ -197,9 +212,10 @@ def input_rows(inputs: Dict[str, Tuple[torch.Tensor, torch.Tensor]], f_hat_test:
         x_test = inputs[scored_on][1]
         rows.append(dict(input=f"{trained_on}_net_on_{scored_on}", fmse_to_fhat=float((x_test - f_hat_test).pow(2).mean()),
                          heldout_accuracy=variant_net.variant_accuracy(nets[trained_on], x_test, test[2])))
-    for name in inputs if mirrored else ():
-        if name in mirrored:
-            rows.append(dict(input=f"{name}_net_mirror_averaged", heldout_accuracy=view_accuracy(nets[name], [inputs[name][1], mirrored[name][1]], test[2])))
+    for name in (mirrored or {}):
+        if name in inputs:
+            both_views = [inputs[name][1], mirrored[name][1]]
+            rows.append(dict(input=f"{name}_net_mirror_averaged", heldout_accuracy=view_accuracy(nets[name], both_views, test[2])))
     return rows
 
 
@@ -235,54 +251,6 @@ def refinement_row(adapter: FamilyAdapter, images: torch.Tensor, f: torch.Tensor
     return dict(input=f"adam_refined_{steps}_steps", images=len(images), fmse_to_fhat=float((refined.cpu() - f_hat).pow(2).mean()),
                 fmse_to_fhat_before=float((f - f_hat).pow(2).mean()), image_mse_before=before,
                 image_mse=float(error.mean()), seconds=round(time.perf_counter() - start, 1))
-
-
-class Corrector(torch.nn.Module):
-    """``f̂ ≈ g + C([f, g])``: a small residual CNN over the inverse decoder's ``f`` and its re-encoded
-    ``g`` (both ``B×C×h×w``), zero at start (so it starts at ``g``)."""
-
-    def __init__(self, channels: int, width: int = 64, blocks: int = 4) -> None:
-        super().__init__()
-        nn = torch.nn
-        self.inp = nn.Conv2d(2 * channels, width, 3, padding=1)
-        self.blocks = nn.ModuleList(nn.Sequential(nn.GroupNorm(8, width), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
-                                                  nn.Conv2d(width, width, 3, padding=1)) for _ in range(blocks))
-        self.out = nn.Conv2d(width, channels, 3, padding=1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
-
-    def forward(self, f_BChw: torch.Tensor, g_BChw: torch.Tensor) -> torch.Tensor:
-        h = self.inp(torch.cat([f_BChw, g_BChw], 1))
-        for block in self.blocks:
-            h = h + block(h)
-        return g_BChw + self.out(h)
-
-
-def fit_corrector(f_NChw: torch.Tensor, g_NChw: torch.Tensor, f_hat_NChw: torch.Tensor, epochs: int, seed: int = 0,
-                  batch_size: int = 256, lr: float = 2e-3) -> Corrector:
-    """A :class:`Corrector` fitted by AdamW (one-cycle schedule) to the mean squared error to ``f̂``."""
-    torch.manual_seed(seed)
-    model = Corrector(f_NChw.shape[1])
-    steps_per_epoch = max(1, len(f_NChw) // batch_size)
-    optimiser = torch.optim.AdamW(model.parameters(), lr / 2, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, lr, total_steps=epochs * steps_per_epoch)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(f_NChw))
-        for step in range(steps_per_epoch):
-            idx = order[step * batch_size:(step + 1) * batch_size]
-            loss = (model(f_NChw[idx], g_NChw[idx]) - f_hat_NChw[idx]).pow(2).mean()
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-    return model.eval()
-
-
-@torch.no_grad()
-def corrected(model: Corrector, f_NChw: torch.Tensor, g_NChw: torch.Tensor, chunk: int = 512) -> torch.Tensor:
-    """The corrector's ``f̂`` estimate of every map."""
-    return torch.cat([model(f, g) for f, g in zip(f_NChw.split(chunk), g_NChw.split(chunk))])
 
 
 def identifiability_row(adapter: FamilyAdapter, f_NChw: torch.Tensor, f_hat_NChw: torch.Tensor, chunk: int = 64) -> dict:
@@ -346,6 +314,9 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--refine-lr", type=float, default=0.01, help="Adam learning rate of --refine-steps (halved at the middle)")
     parser.add_argument("--corrector-epochs", type=at_least(0), default=0,
                         help="also fit a learned corrector f, g → f̂ for N epochs and train a net on it (default 0: off)")
+    parser.add_argument("--image-corrector-epochs", type=at_least(0), default=0,
+                        help="also fit a corrector that reads the PNG image beside f and g for N epochs and train a net on "
+                             "it (default 0: off)")
     parser.add_argument("--identifiability-images", type=at_least(0), default=0,
                         help="measure how much of f's error the PNG image records on N held-out images, in all (default 0: off)")
     parser.add_argument("--cache", default=str(ROOT / "runs" / "diagnose_variant_net_maps"),
@@ -373,7 +344,7 @@ def main(argv: Optional[list] = None) -> int:
     config = dict(variant_net.default_config(args.family), members=args.members, seed=args.seed)
     if args.epochs:
         config["epochs"] = args.epochs
-    if "reencoded" in args.inputs or args.corrector_epochs:
+    if "reencoded" in args.inputs or args.corrector_epochs or args.image_corrector_epochs:
         start = time.perf_counter()
         g_train, g_test = reencoded(adapter, train[0]), reencoded(adapter, test[0])
         print(f"re-encoded {len(g_train) + len(g_test)} maps in {time.perf_counter() - start:.0f} s", flush=True)
@@ -390,6 +361,14 @@ def main(argv: Optional[list] = None) -> int:
         corrector = fit_corrector(train[0], g_train, train[1], args.corrector_epochs, seed=args.seed)
         inputs["learned_corrector"] = (corrected(corrector, train[0], g_train), corrected(corrector, test[0], g_test))
         print(f"fitted the corrector in {time.perf_counter() - start:.0f} s", flush=True)
+    if args.image_corrector_epochs:
+        start = time.perf_counter()
+        images_train, images_test = png_levels(adapter, train[1]), png_levels(adapter, test[1])
+        corrector = fit_corrector(train[0], g_train, train[1], args.image_corrector_epochs, seed=args.seed, images_N3HW=images_train,
+                                  progress=True)
+        inputs["image_corrector"] = (corrected(corrector, train[0], g_train, images_N3HW=images_train),
+                                     corrected(corrector, test[0], g_test, images_N3HW=images_test))
+        print(f"fitted the image corrector in {time.perf_counter() - start:.0f} s", flush=True)
     recipes = {f"reencoded_{r}": ("reencoded", recipe_changes(r, args.distill_weight, args.distill_temperature)) for r in args.recipes}
     rows = input_rows(inputs, test[1], train, test, config, adapter.num_classes, len(adapter.variant_names),
                       cross=[("exact_fhat", "inverse_f")] if {"exact_fhat", "inverse_f"} <= set(inputs) else [], recipes=recipes,

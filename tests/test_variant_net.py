@@ -328,11 +328,13 @@ def test_diagnose_variant_net_command_measures_each_input_against_the_exact_fhat
     import pandas as pd
 
     assert _diagnose_variant_net().main(["--train-per-variant", "32", "--heldout-per-variant", "32", "--gen-batch", "16",
-                                      "--alphas", "0.5", "--epochs", "1", "--corrector-epochs", "1", "--cache", "",
+                                      "--alphas", "0.5", "--epochs", "1", "--corrector-epochs", "1", "--image-corrector-epochs", "1",
+                                      "--cache", "",
                                       "--out", str(tmp_path / "out")]) == 0
     assert list(tmp_path.iterdir()) == [tmp_path / "out"] and not list(Path.cwd().glob("[0-9a-f]" * 16)), "--cache '': no map kept"
     table = pd.read_csv(tmp_path / "out" / "variant_net_inputs.csv", index_col="input")
-    assert list(table.index) == ["exact_fhat", "alpha_0.5", "inverse_f", "reencoded", "learned_corrector", "exact_fhat_net_on_inverse_f"]
+    assert list(table.index) == ["exact_fhat", "alpha_0.5", "inverse_f", "reencoded", "learned_corrector", "image_corrector",
+                                 "exact_fhat_net_on_inverse_f"]
     error = table["fmse_to_fhat"]
     assert error["exact_fhat"] == 0 and error["inverse_f"] > 1e-4
     assert error["alpha_0.5"] == pytest.approx(0.25 * error["inverse_f"], rel=1e-4)
@@ -414,6 +416,46 @@ def test_learned_corrector_finds_what_f_and_g_hold_of_fhat():
     corrector = diagnose.fit_corrector(f_hat - error, f_hat + error, f_hat, epochs=4, batch_size=32)
     corrected = diagnose.corrected(corrector, f_hat - error, f_hat + error)
     assert (corrected - f_hat).pow(2).mean() < 0.2 * error.pow(2).mean()
+
+
+def test_png_levels_decoded_from_fhat_are_the_generated_images():
+    """The image corrector's images are decoded again from the cached ``f̂``: they must be the
+    generated images' 8-bit levels, bit for bit."""
+    import inv_decoder
+
+    diagnose = _diagnose_variant_net()
+    inverse = inv_decoder.inverse_adapter("VAR", None, "runs/inv_decoder")
+    img, _, f_hat = inverse.generate("var16", inverse.random_labels(8, 9_950_000), 9_950_000)
+    levels = diagnose.png_levels(inverse, f_hat)
+    assert levels.dtype == torch.uint8
+    assert torch.equal(levels.float() / 255, inv_decoder.to_png_levels(img).cpu())
+
+
+def test_an_image_corrector_reads_what_only_the_image_holds():
+    """Where part of ``f̂`` shows in the image (its 4×4 block means) and not in ``f`` or ``g``, the
+    corrector that reads the image takes most of ``g``'s error out on held-out images and the one
+    without it cannot; images of a side that is not a power of two times the map's are refused."""
+    import torch.nn.functional as F
+
+    diagnose = _diagnose_variant_net()
+
+    def toy(n: int, seed: int):
+        gen = torch.Generator().manual_seed(seed)
+        images = torch.randint(0, 256, (n, 3, 16, 16), generator=gen, dtype=torch.uint8)
+        g = 0.1 * torch.randn(n, 4, 4, 4, generator=gen)
+        f_hat = g.clone()
+        f_hat[:, :3] += 4 * (F.avg_pool2d(images.float() / 255, 4) - 0.5)
+        return images, g, f_hat
+
+    images, g, f_hat = toy(2048, 0)
+    held_images, held_g, held_f_hat = toy(256, 1)
+    error = float((held_g - held_f_hat).pow(2).mean())
+    with_image = diagnose.fit_corrector(g, g, f_hat, epochs=6, batch_size=64, images_N3HW=images)
+    without = diagnose.fit_corrector(g, g, f_hat, epochs=6, batch_size=64)
+    assert float((diagnose.corrected(with_image, held_g, held_g, images_N3HW=held_images) - held_f_hat).pow(2).mean()) < 0.2 * error
+    assert float((diagnose.corrected(without, held_g, held_g) - held_f_hat).pow(2).mean()) > 0.8 * error
+    with pytest.raises(ValueError, match="power of two"):
+        diagnose.fit_corrector(g, g, f_hat, epochs=1, images_N3HW=images[..., :12, :12])
 
 
 def test_identifiability_splits_the_error_by_what_the_image_records():
