@@ -135,6 +135,8 @@ def train_variant_net(x_NChw: torch.Tensor, y_N: torch.Tensor, num_variants: int
     gen = torch.Generator().manual_seed(int(cfg["seed"]))
     # distillation is off in every shipped recipe (it needs the exact f̂, which only a diagnosis keeps)
     distill, temperature = float(cfg.get("distill_weight", 0.0)), float(cfg.get("distill_temperature", 2.0))
+    if not 0 <= distill <= 1 or temperature <= 0:
+        raise ValueError(f"distill_weight must lie in [0, 1] and distill_temperature be positive, not {distill} and {temperature}")
     if distill > 0 and teacher is None:
         raise ValueError("distill_weight > 0 needs a teacher (a net and the maps it reads)")
     teacher_net, teacher_x = teacher if distill > 0 else (None, None)

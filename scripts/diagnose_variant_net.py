@@ -297,7 +297,7 @@ def main(argv: Optional[list] = None) -> int:
                         help="also train on f̂ + A·(f − f̂) for each A (default 0.25 0.5 0.75)")
     parser.add_argument("--inputs", nargs="+", choices=list(BASE_INPUTS), default=list(BASE_INPUTS),
                         help="which of the base inputs to train a net on (default: all); the re-encoding is "
-                             "skipped when neither 'reencoded' nor --corrector-epochs needs it")
+                             "skipped when neither 'reencoded' nor a corrector needs it")
     parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=[],
                         help="also train nets on the re-encoded f with another recipe: 'mirrored' (the maps of the images "
                              "mirrored left-right join the training maps, and scoring averages the posteriors of an image and "
@@ -326,6 +326,8 @@ def main(argv: Optional[list] = None) -> int:
     args = parser.parse_args(argv)
     if args.recipes and "reencoded" not in args.inputs:
         parser.error("--recipes train on the re-encoded f: keep 'reencoded' in --inputs")
+    if not 0 <= args.distill_weight <= 1 or args.distill_temperature <= 0:
+        parser.error("--distill-weight must lie in [0, 1] and --distill-temperature be positive")
     if any("distilled" in r for r in args.recipes) and "exact_fhat" not in args.inputs:
         parser.error("the distilled recipes are taught by the exact_fhat net: keep 'exact_fhat' in --inputs")
     keep_freed_memory()

@@ -99,8 +99,8 @@ def test_an_ensemble_averages_its_members_posteriors(tmp_path):
 def test_a_distilled_net_follows_its_teacher():
     """``distill_weight``: the loss blends the labels with a teacher's posterior on its own maps. At
     weight 1 the labels are ignored, so a teacher that names variant 2 for every image makes a student
-    that does too; at weight 0 the teacher changes nothing, bit for bit; and a weight without a
-    teacher, or a teacher with other maps, is refused."""
+    that does too; at weight 0 the teacher changes nothing, bit for bit; and a weight outside
+    [0, 1], a weight without a teacher, or a teacher with other maps, is refused."""
     f, y = _toy_maps(192, 7)
     teacher, _ = vn.train_variant_net(f, torch.full_like(y, 2), 3, dict(epochs=4, batch_size=32, lr=3e-3), progress=False)
     assert (vn.variant_log_probs(teacher, f).argmax(1) == 2).all()
@@ -114,6 +114,8 @@ def test_a_distilled_net_follows_its_teacher():
     torch.testing.assert_close(vn.variant_log_probs(ignored, f), vn.variant_log_probs(plain, f), rtol=0, atol=0)
     with pytest.raises(ValueError, match="needs a teacher"):
         vn.train_variant_net(f, y, 3, dict(epochs=1, distill_weight=0.5), progress=False)
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        vn.train_variant_net(f, y, 3, dict(epochs=1, distill_weight=1.5), progress=False, teacher=(teacher, f))
     with pytest.raises(ValueError, match="one per image"):
         vn.train_variant_net(f, y, 3, dict(epochs=1, distill_weight=0.5), progress=False, teacher=(teacher, f[:10]))
 
