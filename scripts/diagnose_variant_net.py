@@ -120,8 +120,10 @@ Maps = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tenso
 def generate_maps(adapter: FamilyAdapter, batches: range, gen_batch: int, seed: int, cache: Optional[Path],
                   keep_images: int = 0, progress: bool = True, mirror: bool = False) -> Maps:
     """``(f, f̂, variant, class, images, f_mirror)`` of generation batches ``batches`` of every variant;
-    the PNG images of the first ``keep_images`` generations of each variant (regenerated when
-    cached); with ``mirror`` also ``D⁻¹`` of each image mirrored left–right (kept in the cache too)."""
+    the PNG images of the first ``keep_images`` generations of each variant; with ``mirror`` also
+    ``D⁻¹`` of each image mirrored left–right (kept in the cache too). A cached batch is not generated
+    again: its image, where one is needed, is decoded from its ``f̂`` (:func:`png_levels`, bit for bit
+    the generated one)."""
     from tqdm.auto import tqdm
 
     from inv_decoder import to_png_levels
@@ -134,24 +136,25 @@ def generate_maps(adapter: FamilyAdapter, batches: range, gen_batch: int, seed: 
         path = cache / f"{variant}_{job_seed}_{gen_batch}.pt" if cache is not None else None
         wants_images = (j - batches.start) * gen_batch < keep_images
         stored = torch.load(path, weights_only=True) if path is not None and path.is_file() else {}
-        if stored and not wants_images and (not mirror or "f_mirror" in stored):
-            f, f_hat, f_mirror = stored["f"], stored["f_hat"], stored.get("f_mirror")
-        else:
+        changed, x = not stored, None
+        if not stored:
             img, _, f_hat = adapter.generate(variant, labels, job_seed)
             x = to_png_levels(img)
-            f, f_hat = adapter.encode(x).float().cpu(), f_hat.float().cpu()
-            f_mirror = adapter.encode(x.flip(-1)).float().cpu() if mirror else stored.get("f_mirror")
-            if wants_images:
-                images.append(x.cpu())
-            if path is not None and (not stored or (mirror and "f_mirror" not in stored)):
-                path.parent.mkdir(parents=True, exist_ok=True)
-                keep = {"f": f.clone(), "f_hat": f_hat.clone()} | ({"f_mirror": f_mirror.clone()} if f_mirror is not None else {})
-                with atomic_path(path) as tmp:
-                    torch.save(keep, tmp)
+            stored = {"f": adapter.encode(x).float().cpu(), "f_hat": f_hat.float().cpu()}
+        if x is None and (wants_images or (mirror and "f_mirror" not in stored)):
+            x = (png_levels(adapter, stored["f_hat"]).float() / 255).to(adapter.device)
+        if mirror and "f_mirror" not in stored:
+            stored["f_mirror"], changed = adapter.encode(x.flip(-1)).float().cpu(), True
+        if path is not None and changed:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                torch.save({key: value.clone() for key, value in stored.items()}, tmp)
+        if wants_images:
+            images.append(x.cpu())
         if mirror:
-            mirrors.append(f_mirror)
-        fs.append(f)
-        fhats.append(f_hat)
+            mirrors.append(stored["f_mirror"])
+        fs.append(stored["f"])
+        fhats.append(stored["f_hat"])
         variants.append(torch.full((gen_batch,), vi, dtype=torch.long))
         classes.append(labels.cpu().long())
     return (torch.cat(fs), torch.cat(fhats), torch.cat(variants), torch.cat(classes),

@@ -433,6 +433,27 @@ def test_png_levels_decoded_from_fhat_are_the_generated_images():
     assert torch.equal(levels.float() / 255, inv_decoder.to_png_levels(img).cpu())
 
 
+def test_cached_batches_get_images_and_mirror_maps_without_being_generated_again(tmp_path, monkeypatch):
+    """A batch cached without mirror maps, asked for them and for its images, decodes its image from
+    the cached ``f̂`` instead of generating it again: the same images and mirror maps, bit for bit, as
+    a run with no cache, and the mirror maps join the cache."""
+    import inv_decoder
+
+    diagnose = _diagnose_variant_net()
+    inverse = inv_decoder.inverse_adapter("VAR", None, "runs/inv_decoder")
+    plain = diagnose.generate_maps(inverse, range(1), 8, 0, tmp_path, progress=False)
+    fresh = diagnose.generate_maps(inverse, range(1), 8, 0, None, keep_images=8, progress=False, mirror=True)
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("generated a batch the cache holds")
+
+    monkeypatch.setattr(inverse, "generate", no_generation)
+    cached = diagnose.generate_maps(inverse, range(1), 8, 0, tmp_path, keep_images=8, progress=False, mirror=True)
+    assert torch.equal(cached[0], plain[0]) and torch.equal(cached[0], fresh[0])
+    assert torch.equal(cached[4], fresh[4]) and torch.equal(cached[5], fresh[5]) and len(cached[5]) == 32
+    assert all("f_mirror" in torch.load(path, weights_only=True) for path in tmp_path.glob("*.pt"))
+
+
 def test_an_image_corrector_reads_what_only_the_image_holds():
     """Where part of ``f̂`` shows in the image (its 4×4 block means) and not in ``f`` or ``g``, the
     corrector that reads the image takes most of ``g``'s error out on held-out images and the one
