@@ -66,7 +66,7 @@ from variant_net_maps import SEED_OFFSET, TrainingMaps, adapter_fingerprint, gen
 
 __all__ = ["DEFAULT_CONFIG", "FAMILY_CONFIG", "default_config", "SEED_OFFSET", "NET_FAMILIES", "FEATURE_STEM", "INPUT_MAPS",
            "input_map_of", "net_input", "VariantNet", "VariantNetEnsemble", "AnyVariantNet", "TrainingMaps", "generation_seed", "adapter_fingerprint",
-           "generate_training_maps", "train_variant_net", "train_variant_nets", "save_variant_net", "load_variant_net",
+           "generate_training_maps", "joint_targets", "train_variant_net", "train_variant_nets", "save_variant_net", "load_variant_net",
            "shipped_file", "default_output_dir", "default_map_cache", "ensure_variant_net", "train_and_save",
            "variant_log_probs", "variant_nll", "variant_accuracy", "heldout_maps"]
 
@@ -98,6 +98,18 @@ def input_map_of(net: AnyVariantNet) -> str:
     return net.shape.get("input_map", "f")
 
 
+def joint_targets(y_N: torch.Tensor, class_N: Optional[torch.Tensor], num_classes: int, net_classes: int) -> torch.Tensor:
+    """The index of each image's target among a net's outputs (variant-major): ``variant · K + class`` for a
+    net of ``net_classes = K > 1`` (variant, class) pairs, the variant itself for ``K = 1``."""
+    if net_classes == 1:
+        return y_N
+    if class_N is None or net_classes != num_classes:
+        raise ValueError(f"a net of {net_classes} classes per variant needs each image's class label among {net_classes}")
+    if int(class_N.min()) < 0 or int(class_N.max()) >= num_classes:
+        raise ValueError(f"class labels must lie in [0, {num_classes})")
+    return y_N * num_classes + class_N
+
+
 def train_variant_net(x_NChw: torch.Tensor, y_N: torch.Tensor, num_variants: int, config: Optional[dict] = None,
                       progress: bool = True, class_N: Optional[torch.Tensor] = None, num_classes: int = 1,
                       teacher: Optional[Tuple[AnyVariantNet, torch.Tensor]] = None) -> Tuple[VariantNet, List[float]]:
@@ -120,10 +132,7 @@ def train_variant_net(x_NChw: torch.Tensor, y_N: torch.Tensor, num_variants: int
     cfg = dict(DEFAULT_CONFIG, **(config or {}))
     torch.manual_seed(int(cfg["seed"]))
     joint = bool(cfg["class_targets"]) and class_N is not None and num_classes > 1
-    if joint:
-        if int(class_N.min()) < 0 or int(class_N.max()) >= num_classes:
-            raise ValueError(f"class labels must lie in [0, {num_classes})")
-        y_N = y_N * num_classes + class_N
+    y_N = joint_targets(y_N, class_N, num_classes, num_classes if joint else 1)
     net = VariantNet(x_NChw.shape[1], x_NChw.shape[-1], num_variants, int(cfg["width"]), int(cfg["hidden"]), float(cfg["dropout"]),
                      num_classes if joint else 1, str(cfg["input_map"]))
     net.mean_C.copy_(x_NChw.mean((0, 2, 3)))

@@ -5,7 +5,7 @@
                                            [--inputs exact_fhat inverse_f reencoded] [--members 1]
                                            [--recipes mirrored distilled mirrored_distilled]
                                            [--refine-images 256 --refine-steps 50] [--corrector-epochs 12]
-                                           [--image-corrector-epochs 12]
+                                           [--image-corrector-epochs 12] [--end-to-end-epochs 3 --end-to-end-lr 1e-4]
                                            [--identifiability-images 16] [--out runs/diagnose_variant_net]
 
 The variant net (:mod:`variant_net`) names a generation's variant from the inverse decoder's
@@ -65,6 +65,12 @@ Two more questions, each off by default:
   ``g`` (brought to the map's grid by strided convolutions): does a network read from the image
   what the inverse decoder misses? The images are decoded again from the cached ``f̂`` (bit for bit
   the generated ones) and kept as 8-bit levels.
+* ``--end-to-end-epochs N`` — ``end_to_end``: does a reader trained for the task keep more of the
+  variant than one trained to bring back ``f̂``? The ``inverse_f`` row's net and the inverse decoder's
+  encoder are trained on together for N more epochs, from the PNG image (decoded again from the cached
+  ``f̂``) to the variant, the encoder at a peak learning rate of ``--end-to-end-lr``
+  (:mod:`reader_finetune`); ``inverse_f_net_trained_on`` is the control, the net alone trained on
+  the same way on the cached ``f``. Its ``fmse_to_fhat`` is the fine-tuned encoder's.
 * ``--identifiability-images N`` — ``image_identifiability``: how much of the inverse decoder's
   error could *any* reader of the PNG image take out? On the first held-out images of each variant
   (N in all), the decoder's Jacobian ``J = ∂D/∂f`` at ``f̂`` (``J = U·diag(S)·Vᵀ``) splits the error
@@ -103,14 +109,14 @@ from atomic import atomic_path  # noqa: E402
 from models.adapter import FamilyAdapter  # noqa: E402
 from runtime import keep_freed_memory  # noqa: E402
 from map_corrector import Corrector, corrected, fit_corrector  # noqa: E402
-from signals import optimise_latent  # noqa: E402
+from image_readback import PNG_ROUNDING_VARIANCE, identifiability_row, refinement_row  # noqa: E402
+from reader_finetune import end_to_end_rows  # noqa: E402
 
 __all__ = ["Maps", "generate_maps", "reencoded", "png_levels", "input_rows", "view_accuracy", "recipe_changes", "refinement_row",
-           "Corrector", "fit_corrector", "corrected", "identifiability_row", "PNG_ROUNDING_VARIANCE"]
+           "Corrector", "fit_corrector", "corrected", "identifiability_row", "PNG_ROUNDING_VARIANCE", "end_to_end_rows"]
 
 BASE_INPUTS = ("exact_fhat", "inverse_f", "reencoded")  # the inputs every run trains a net on unless --inputs says otherwise
 RECIPES = ("mirrored", "distilled", "mirrored_distilled")  # other recipes on the re-encoded f (--recipes; recipe_changes)
-PNG_ROUNDING_VARIANCE = (1 / 255) ** 2 / 12  # per pixel in [0, 1] units: uniform rounding to 8-bit levels
 
 # f, f̂, variant, class, image (or empty), f of the mirrored image (or empty)
 Maps = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -180,7 +186,7 @@ def png_levels(adapter: FamilyAdapter, f_hat_NChw: torch.Tensor, chunk: int = 25
 def input_rows(inputs: Dict[str, Tuple[torch.Tensor, torch.Tensor]], f_hat_test: torch.Tensor, train: Maps, test: Maps,
                config: dict, num_classes: int, num_variants: int, cross: Sequence[Tuple[str, str]] = (),
                progress: bool = True, recipes: Optional[Dict[str, Tuple[str, dict]]] = None,
-               mirrored: Optional[Dict[str, Tuple[torch.Tensor, torch.Tensor]]] = None) -> List[dict]:
+               mirrored: Optional[Dict[str, Tuple[torch.Tensor, torch.Tensor]]] = None) -> Tuple[List[dict], Dict[str, variant_net.AnyVariantNet]]:
     """One row per named ``(train input, held-out input)`` pair: a net (``config["members"]`` of them,
     averaged) trained on the first, scored on the second; per ``(trained on, scored on)`` pair in
     ``cross`` the first's net on the second's input; and per ``name: (input, changes)`` of ``recipes``
@@ -188,7 +194,8 @@ def input_rows(inputs: Dict[str, Tuple[torch.Tensor, torch.Tensor]], f_hat_test:
     the images and of their mirror images (``mirrored[input]``, training and held-out), scored by
     the mean posterior of both views; with ``distill_weight``, taught by the ``exact_fhat`` row's net
     from the exact ``f̂`` of its training images (:func:`variant_net.train_variant_net`). With
-    ``mirrored``, each base net is also scored by that mean posterior (``<input>_net_mirror_averaged``)."""
+    ``mirrored``, each base net is also scored by that mean posterior (``<input>_net_mirror_averaged``).
+    Returns the rows and the nets by row name."""
     rows, nets = [], {}
     jobs = [(name, name, {}) for name in inputs] + [(name, source, changes) for name, (source, changes) in (recipes or {}).items()]
     for name, source, changes in jobs:
@@ -219,7 +226,7 @@ def input_rows(inputs: Dict[str, Tuple[torch.Tensor, torch.Tensor]], f_hat_test:
         if name in inputs:
             both_views = [inputs[name][1], mirrored[name][1]]
             rows.append(dict(input=f"{name}_net_mirror_averaged", heldout_accuracy=view_accuracy(nets[name], both_views, test[2])))
-    return rows
+    return rows, nets
 
 
 def view_accuracy(net: variant_net.AnyVariantNet, views: Sequence[torch.Tensor], y: torch.Tensor) -> float:
@@ -241,49 +248,6 @@ def recipe_changes(recipe: str, distill_weight: float, distill_temperature: floa
     if "distilled" in recipe:
         changes.update(distill_weight=distill_weight, distill_temperature=distill_temperature)
     return changes
-
-
-def refinement_row(adapter: FamilyAdapter, images: torch.Tensor, f: torch.Tensor, f_hat: torch.Tensor, steps: int, lr: float) -> dict:
-    """Latent refinement from ``f``: MSE to ``f̂`` and image error, before and after ``steps`` Adam steps."""
-    from quantizer import per_image_mse
-
-    start = time.perf_counter()
-    with torch.no_grad():
-        before = float(per_image_mse(adapter.decode(f), images).mean())
-    refined, error = optimise_latent(adapter, images, f, steps, lr, halve_every=max(1, steps // 2))
-    return dict(input=f"adam_refined_{steps}_steps", images=len(images), fmse_to_fhat=float((refined.cpu() - f_hat).pow(2).mean()),
-                fmse_to_fhat_before=float((f - f_hat).pow(2).mean()), image_mse_before=before,
-                image_mse=float(error.mean()), seconds=round(time.perf_counter() - start, 1))
-
-
-def identifiability_row(adapter: FamilyAdapter, f_NChw: torch.Tensor, f_hat_NChw: torch.Tensor, chunk: int = 64) -> dict:
-    """How much of the error ``f − f̂`` the PNG image records, linearised at ``f̂`` (module docstring,
-    ``--identifiability-images``): the share of its energy below the rounding noise and the squared
-    error a linear reader of the image would keep."""
-    start = time.perf_counter()
-    hidden, kept, before = [], [], []
-    shape = f_hat_NChw.shape[1:]
-    basis = torch.eye(shape.numel())
-    for f, f_hat in zip(f_NChw.float(), f_hat_NChw.float()):
-        point = f_hat.flatten()
-
-        def decode(z: torch.Tensor) -> torch.Tensor:
-            return adapter.decode(z.view(1, *shape)).float().flatten()
-
-        def push(u: torch.Tensor) -> torch.Tensor:
-            return torch.func.jvp(decode, (point,), (u,))[1]
-
-        jacobian = torch.cat([torch.func.vmap(push)(basis[i:i + chunk]) for i in range(0, len(basis), chunk)]).T  # pixels × latent
-        _, S, Vh = torch.linalg.svd(jacobian, full_matrices=False)
-        c = Vh @ (f.flatten() - point)
-        noise = PNG_ROUNDING_VARIANCE / S.pow(2).clamp_min(1e-30)
-        below = S.pow(2) * c.pow(2) < PNG_ROUNDING_VARIANCE
-        hidden.append(float(c[below].pow(2).sum() / c.pow(2).sum()))
-        kept.append(float((c.pow(2) * noise / (c.pow(2) + noise)).mean()))
-        before.append(float(c.pow(2).mean()))
-    return dict(input="image_identifiability", images=len(f_NChw), fmse_to_fhat=sum(kept) / len(kept),
-                fmse_to_fhat_before=sum(before) / len(before), hidden_error_share=sum(hidden) / len(hidden),
-                seconds=round(time.perf_counter() - start, 1))
 
 
 def main(argv: Optional[list] = None) -> int:
@@ -320,6 +284,10 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--image-corrector-epochs", type=at_least(0), default=0,
                         help="also fit a corrector that reads the PNG image beside f and g for N epochs and train a net on "
                              "it (default 0: off)")
+    parser.add_argument("--end-to-end-epochs", type=at_least(0), default=0,
+                        help="also train the inverse_f net and the encoder together from the image for N more epochs, beside "
+                             "the net alone trained so on f (default 0: off; needs 'inverse_f' in --inputs and one member)")
+    parser.add_argument("--end-to-end-lr", type=float, default=1e-4, help="the encoder's peak learning rate there (default %(default)s)")
     parser.add_argument("--identifiability-images", type=at_least(0), default=0,
                         help="measure how much of f's error the PNG image records on N held-out images, in all (default 0: off)")
     parser.add_argument("--cache", default=str(ROOT / "runs" / "diagnose_variant_net_maps"),
@@ -333,6 +301,8 @@ def main(argv: Optional[list] = None) -> int:
         parser.error("--distill-weight must lie in [0, 1] and --distill-temperature be positive")
     if any("distilled" in r for r in args.recipes) and "exact_fhat" not in args.inputs:
         parser.error("the distilled recipes are taught by the exact_fhat net: keep 'exact_fhat' in --inputs")
+    if args.end_to_end_epochs and ("inverse_f" not in args.inputs or args.members != 1):
+        parser.error("--end-to-end-epochs trains on from the inverse_f net: keep 'inverse_f' in --inputs and one member")
     keep_freed_memory()
     torch.set_num_threads(2)
     adapter = inv_decoder.inverse_adapter(args.family, args.weights_dir, ROOT / "runs" / "inv_decoder")
@@ -366,18 +336,23 @@ def main(argv: Optional[list] = None) -> int:
         corrector = fit_corrector(train[0], g_train, train[1], args.corrector_epochs, seed=args.seed)
         inputs["learned_corrector"] = (corrected(corrector, train[0], g_train), corrected(corrector, test[0], g_test))
         print(f"fitted the corrector in {time.perf_counter() - start:.0f} s", flush=True)
+    if args.image_corrector_epochs or args.end_to_end_epochs:
+        images_train, images_test = png_levels(adapter, train[1]), png_levels(adapter, test[1])
     if args.image_corrector_epochs:
         start = time.perf_counter()
-        images_train, images_test = png_levels(adapter, train[1]), png_levels(adapter, test[1])
         corrector = fit_corrector(train[0], g_train, train[1], args.image_corrector_epochs, seed=args.seed, images_N3HW=images_train,
                                   progress=True)
         inputs["image_corrector"] = (corrected(corrector, train[0], g_train, images_N3HW=images_train),
                                      corrected(corrector, test[0], g_test, images_N3HW=images_test))
         print(f"fitted the image corrector in {time.perf_counter() - start:.0f} s", flush=True)
     recipes = {f"reencoded_{r}": ("reencoded", recipe_changes(r, args.distill_weight, args.distill_temperature)) for r in args.recipes}
-    rows = input_rows(inputs, test[1], train, test, config, adapter.num_classes, len(adapter.variant_names),
+    rows, nets = input_rows(inputs, test[1], train, test, config, adapter.num_classes, len(adapter.variant_names),
                       cross=[("exact_fhat", "inverse_f")] if {"exact_fhat", "inverse_f"} <= set(inputs) else [], recipes=recipes,
                       mirrored=mirrored)
+
+    if args.end_to_end_epochs:
+        rows += end_to_end_rows(adapter, nets["inverse_f"], (images_train, images_test), (train[0], test[0]), (train[2], test[2]),
+                                train[3], test[1], adapter.num_classes, args.end_to_end_epochs, args.end_to_end_lr, seed=args.seed)
 
     def first_heldout(per_variant: int) -> torch.Tensor:
         """Indices of the first ``per_variant`` held-out maps of each variant (they lie variant by variant)."""

@@ -331,12 +331,13 @@ def test_diagnose_variant_net_command_measures_each_input_against_the_exact_fhat
 
     assert _diagnose_variant_net().main(["--train-per-variant", "32", "--heldout-per-variant", "32", "--gen-batch", "16",
                                       "--alphas", "0.5", "--epochs", "1", "--corrector-epochs", "1", "--image-corrector-epochs", "1",
-                                      "--cache", "",
+                                      "--end-to-end-epochs", "1", "--cache", "",
                                       "--out", str(tmp_path / "out")]) == 0
     assert list(tmp_path.iterdir()) == [tmp_path / "out"] and not list(Path.cwd().glob("[0-9a-f]" * 16)), "--cache '': no map kept"
     table = pd.read_csv(tmp_path / "out" / "variant_net_inputs.csv", index_col="input")
     assert list(table.index) == ["exact_fhat", "alpha_0.5", "inverse_f", "reencoded", "learned_corrector", "image_corrector",
-                                 "exact_fhat_net_on_inverse_f"]
+                                 "exact_fhat_net_on_inverse_f", "inverse_f_net_trained_on", "end_to_end"]
+    assert table.loc["inverse_f_net_trained_on", "fmse_to_fhat"] == table.loc["inverse_f", "fmse_to_fhat"]
     error = table["fmse_to_fhat"]
     assert error["exact_fhat"] == 0 and error["inverse_f"] > 1e-4
     assert error["alpha_0.5"] == pytest.approx(0.25 * error["inverse_f"], rel=1e-4)
@@ -395,6 +396,8 @@ def test_diagnose_variant_net_recipes_add_mirrored_and_distilled_rows(tmp_path):
     assert not torch.equal(stored[0]["f_mirror"], stored[0]["f"].flip(-1)), "D⁻¹ of the mirror image, not the mirrored map"
     with pytest.raises(SystemExit):
         diagnose.main(args[:args.index("--inputs") + 1] + ["reencoded", "--recipes", "distilled"])
+    with pytest.raises(SystemExit):
+        diagnose.main(args[:args.index("--inputs") + 1] + ["reencoded", "--end-to-end-epochs", "1"])
     assert diagnose.recipe_changes("mirrored_distilled", 0.3, 4.0) == dict(mirror=True, distill_weight=0.3, distill_temperature=4.0)
 
 
@@ -505,3 +508,48 @@ def test_identifiability_splits_the_error_by_what_the_image_records():
         else:
             assert row["hidden_error_share"] < 0.05
             assert row["fmse_to_fhat"] < 8 / 16 * diagnose.PNG_ROUNDING_VARIANCE * 1.01
+
+
+def test_end_to_end_reader_learns_what_its_encoder_threw_away():
+    """An encoder that starts blind to the red channel, where the variant is: trained through the net's
+    loss, reader and net name held-out images' variants; the net alone on the blind maps (the
+    control) stays near chance. The adapter's encoder is left as it was, and the tuned weights apply
+    only inside ``encoder_weights``."""
+    from types import SimpleNamespace
+
+    import variant_net
+
+    _diagnose_variant_net()  # puts scripts/ on the path
+    import reader_finetune
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 2, stride=2)
+    with torch.no_grad():
+        conv.weight[:, 0] = 0  # blind to red
+    conv.requires_grad_(False)
+    adapter = SimpleNamespace(encoder_modules=lambda: [conv], encode=lambda x: conv(x))
+
+    def toy(n: int, seed: int):
+        gen = torch.Generator().manual_seed(seed)
+        y = torch.randint(0, 2, (n,), generator=gen)
+        images = torch.randint(0, 128, (n, 3, 8, 8), generator=gen, dtype=torch.uint8)
+        images[:, 0] += (127 * y).to(torch.uint8).view(-1, 1, 1)
+        return images, y
+
+    images, y = toy(512, 0)
+    held_images, held_y = toy(256, 1)
+    f = reader_finetune.read_maps(adapter, images)
+    head, _ = variant_net.train_variant_net(f, y, 2, dict(epochs=1, batch_size=32, width=8, hidden=16), progress=False)
+    before = {k: v.clone() for k, v in conv.state_dict().items()}
+    alone, none = reader_finetune.finetune_reader(adapter, head, images, y, None, 1, epochs=4, train_encoder=False, f_NChw=f,
+                                                  head_lr=1e-2, batch_size=32, progress=False)
+    tuned_net, tuned = reader_finetune.finetune_reader(adapter, head, images, y, None, 1, epochs=4, encoder_lr=1e-2, head_lr=1e-2,
+                                                       batch_size=32, progress=False)
+    assert none is None and all(torch.equal(v, conv.state_dict()[k]) for k, v in before.items()) and not conv.weight.requires_grad
+    assert variant_net.variant_accuracy(alone, reader_finetune.read_maps(adapter, held_images), held_y) < 0.65
+    with reader_finetune.encoder_weights(adapter, tuned):
+        assert float(conv.weight[:, 0].abs().sum()) > 0
+        assert variant_net.variant_accuracy(tuned_net, reader_finetune.read_maps(adapter, held_images), held_y) > 0.9
+    assert float(conv.weight[:, 0].abs().sum()) == 0
+    with pytest.raises(ValueError, match="frozen encoder"):
+        reader_finetune.finetune_reader(adapter, head, images, y, None, 1, epochs=1, train_encoder=False)
