@@ -20,8 +20,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import sys
+import time
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -125,13 +126,11 @@ def finetune_reader(adapter: FamilyAdapter, head: variant_net.VariantNet, images
 def end_to_end_rows(adapter: FamilyAdapter, head: variant_net.VariantNet, images: Tuple[torch.Tensor, torch.Tensor],
                     maps: Tuple[torch.Tensor, torch.Tensor], labels: Tuple[torch.Tensor, torch.Tensor], class_N: torch.Tensor,
                     f_hat_test: torch.Tensor, num_classes: int, epochs: int, encoder_lr: float, seed: int = 0,
-                    progress: bool = True) -> list:
+                    progress: bool = True) -> List[dict]:
     """Two rows of the diagnosis table, both from ``head`` (the net trained on ``f``, its ``inverse_f``
     row) trained on for ``epochs``: ``inverse_f_net_trained_on`` (the net alone, on the cached ``f``:
     the control) and ``end_to_end`` (the encoder too, from the image). ``images``, ``maps`` (``f``) and
     ``labels`` (variants) are (training, held-out) pairs; ``class_N`` the training images' classes."""
-    import time
-
     rows = []
     for name, train_encoder in (("inverse_f_net_trained_on", False), ("end_to_end", True)):
         start = time.perf_counter()
