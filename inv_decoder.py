@@ -39,7 +39,7 @@ from atomic import atomic_path
 from models.adapter import FamilyAdapter
 from models.checkpoints import CheckpointError, read_state_dict
 
-__all__ = ["DEFAULT_CONFIG", "encoder_state_prefixes", "generate_training_tokens", "finetune", "load_inverse_decoder", "inverse_adapter",
+__all__ = ["DEFAULT_CONFIG", "encoder_state_prefixes", "encoder_state", "put_encoder_state", "generate_training_tokens", "finetune", "load_inverse_decoder", "inverse_adapter",
            "default_output_dir", "shipped_file", "ensure_inverse_decoder", "augment_flags", "to_png_levels", "SHIPPED_SUBDIR", "WEIGHTS_FILE", "KINDS"]
 
 DEFAULT_CONFIG: Dict[str, object] = dict(
@@ -74,20 +74,27 @@ def encoder_state_prefixes(adapter: FamilyAdapter) -> List[str]:
     return [f"{name}." for name, module in adapter.tokenizer.named_children() if id(module) in wanted]
 
 
-def _encoder_state(adapter: FamilyAdapter) -> Dict[str, torch.Tensor]:
+def encoder_state(adapter: FamilyAdapter) -> Dict[str, torch.Tensor]:
+    """A copy of the weights of ``adapter``'s ``D⁻¹`` (tokenizer state-dict keys, on the CPU, contiguous):
+    what an inverse decoder file holds, and a snapshot that later training does not change."""
     prefixes = tuple(encoder_state_prefixes(adapter))
-    return {k: v.detach().cpu().contiguous() for k, v in adapter.tokenizer.state_dict().items() if k.startswith(prefixes)}
+    return {k: v.detach().cpu().contiguous().clone() for k, v in adapter.tokenizer.state_dict().items() if k.startswith(prefixes)}
+
+
+def put_encoder_state(adapter: FamilyAdapter, state: Dict[str, torch.Tensor], source: str = "these weights") -> FamilyAdapter:
+    """Put encoder weights (:func:`encoder_state`'s keys, all of them and no others) into ``adapter``'s tokenizer."""
+    prefixes = tuple(encoder_state_prefixes(adapter))
+    expected = {k for k in adapter.tokenizer.state_dict() if k.startswith(prefixes)}
+    if set(state) != expected:
+        raise CheckpointError(f"{source} is not an inverse decoder for this {adapter.family} tokenizer: "
+                              f"missing {sorted(expected - set(state))[:5]}, unexpected {sorted(set(state) - expected)[:5]}")
+    adapter.tokenizer.load_state_dict(state, strict=False)
+    return adapter
 
 
 def load_inverse_decoder(adapter: FamilyAdapter, path: Path | str) -> FamilyAdapter:
     """Put fine-tuned encoder weights into ``adapter``'s tokenizer (strict on those keys)."""
-    state = read_state_dict(path)
-    expected = _encoder_state(adapter)
-    if set(state) != set(expected):
-        raise CheckpointError(f"{path} is not an inverse decoder for this {adapter.family} tokenizer: "
-                              f"missing {sorted(set(expected) - set(state))[:5]}, unexpected {sorted(set(state) - set(expected))[:5]}")
-    adapter.tokenizer.load_state_dict(state, strict=False)
-    return adapter
+    return put_encoder_state(adapter, read_state_dict(path), str(path))
 
 
 @torch.no_grad()
@@ -215,7 +222,7 @@ def finetune(adapter: FamilyAdapter, out_dir: Path | str, config: Optional[dict]
                 bar.set_postfix(loss=f"{total / count:.3e}")
             losses.append(total / max(count, 1))
             with atomic_path(ckpt_path) as tmp:  # a run killed while saving resumes from the previous epoch
-                torch.save({"encoder": _encoder_state(adapter), "optimizer": opt.state_dict(), "losses": losses,
+                torch.save({"encoder": encoder_state(adapter), "optimizer": opt.state_dict(), "losses": losses,
                             "epoch": epoch + 1, "rng": torch.get_rng_state()}, tmp)
             if progress:
                 print(f"epoch {epoch + 1}: loss {losses[-1]:.4e}", file=sys.stderr)
@@ -227,7 +234,7 @@ def finetune(adapter: FamilyAdapter, out_dir: Path | str, config: Optional[dict]
     summary = {"family": adapter.family, "config": record, "losses": losses, "train_images": int(len(tokens))}
     (out / "inv_decoder.json").write_text(json.dumps(summary, indent=2))
     with atomic_path(out / WEIGHTS_FILE) as tmp:  # last: its presence means the fine-tuning finished
-        save_file(_encoder_state(adapter), str(tmp))
+        save_file(encoder_state(adapter), str(tmp))
     _save_loss_curve(losses, out / "loss_curve.png", f"{adapter.family} inverse decoder{' (augmented)' if cfg['augment'] else ''}")
     return summary
 

@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-__all__ = ["Corrector", "fit_corrector", "corrected"]
+__all__ = ["Corrector", "fit_corrector", "corrected", "unit_images"]
 
 
 class Corrector(nn.Module):
@@ -62,12 +62,14 @@ class Corrector(nn.Module):
         return g_BChw + self.out(h)
 
 
+def unit_images(images: torch.Tensor) -> torch.Tensor:
+    """Images kept as 8-bit levels (``uint8``, to save memory) or floats, as floats in [0, 1]."""
+    return images.float() / 255 if images.dtype == torch.uint8 else images.float()
+
+
 def _image_batch(images_N3HW: Optional[torch.Tensor], idx: torch.Tensor) -> Optional[torch.Tensor]:
-    """The images at ``idx`` as floats in [0, 1] (kept as 8-bit levels to save memory)."""
-    if images_N3HW is None:
-        return None
-    batch = images_N3HW[idx]
-    return batch.float() / 255 if batch.dtype == torch.uint8 else batch.float()
+    """The images at ``idx`` as floats in [0, 1]."""
+    return None if images_N3HW is None else unit_images(images_N3HW[idx])
 
 
 def fit_corrector(f_NChw: torch.Tensor, g_NChw: torch.Tensor, f_hat_NChw: torch.Tensor, epochs: int, seed: int = 0,

@@ -28,24 +28,16 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import variant_net  # noqa: E402
+from inv_decoder import encoder_state, put_encoder_state  # noqa: E402
+from map_corrector import unit_images  # noqa: E402
 from models.adapter import FamilyAdapter  # noqa: E402
 
 __all__ = ["finetune_reader", "encoder_weights", "read_maps", "end_to_end_rows"]
 
-EncoderState = Dict[str, torch.Tensor]
-
-
-def _encoder_state(adapter: FamilyAdapter) -> EncoderState:
-    return {f"{i}.{key}": value.detach().clone() for i, module in enumerate(adapter.encoder_modules())
-            for key, value in module.state_dict().items()}
-
-
-def _load_encoder_state(adapter: FamilyAdapter, state: EncoderState) -> None:
-    for i, module in enumerate(adapter.encoder_modules()):
-        prefix = f"{i}."
-        module.load_state_dict({key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)})
+EncoderState = Dict[str, torch.Tensor]  # inv_decoder.encoder_state's keys
 
 
 @contextlib.contextmanager
@@ -55,22 +47,18 @@ def encoder_weights(adapter: FamilyAdapter, state: Optional[EncoderState]) -> It
     if state is None:
         yield adapter
         return
-    saved = _encoder_state(adapter)
-    _load_encoder_state(adapter, state)
+    saved = encoder_state(adapter)
+    put_encoder_state(adapter, state)
     try:
         yield adapter
     finally:
-        _load_encoder_state(adapter, saved)
+        put_encoder_state(adapter, saved)
 
 
 @torch.no_grad()
 def read_maps(adapter: FamilyAdapter, images_N3HW: torch.Tensor, chunk: int = 256) -> torch.Tensor:
     """``D⁻¹`` of each image (``uint8`` levels or floats in [0, 1]), ``chunk`` at a time."""
-    return torch.cat([adapter.encode(_as_unit(part)).float().cpu() for part in images_N3HW.split(chunk)])
-
-
-def _as_unit(images: torch.Tensor) -> torch.Tensor:
-    return images.float() / 255 if images.dtype == torch.uint8 else images.float()
+    return torch.cat([adapter.encode(unit_images(part)).float().cpu() for part in images_N3HW.split(chunk)])
 
 
 def finetune_reader(adapter: FamilyAdapter, head: variant_net.VariantNet, images_N3HW: torch.Tensor, y_N: torch.Tensor,
@@ -91,7 +79,7 @@ def finetune_reader(adapter: FamilyAdapter, head: variant_net.VariantNet, images
     head = copy.deepcopy(head).train()
     targets_N = variant_net.joint_targets(y_N, class_N, num_classes, head.shape.get("num_classes", 1))
     groups = [dict(params=list(head.parameters()), lr=head_lr / 25, weight_decay=weight_decay)]
-    saved = _encoder_state(adapter)
+    saved = encoder_state(adapter)
     encoder_params = [p for module in adapter.encoder_modules() for p in module.parameters()]
     was_trainable = [p.requires_grad for p in encoder_params]
     if train_encoder:
@@ -109,15 +97,15 @@ def finetune_reader(adapter: FamilyAdapter, head: variant_net.VariantNet, images
             order = torch.randperm(len(images_N3HW), generator=gen)
             for step in range(per_epoch):
                 pick = order[step * batch:(step + 1) * batch]
-                f_BChw = adapter.encode(_as_unit(images_N3HW[pick])).float() if train_encoder else f_NChw[pick]
+                f_BChw = adapter.encode(unit_images(images_N3HW[pick])).float() if train_encoder else f_NChw[pick]
                 loss = F.cross_entropy(head(f_BChw), targets_N[pick])
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
                 schedule.step()
-        tuned = _encoder_state(adapter) if train_encoder else None
+        tuned = encoder_state(adapter) if train_encoder else None
     finally:
-        _load_encoder_state(adapter, saved)
+        put_encoder_state(adapter, saved)
         for p, trainable in zip(encoder_params, was_trainable):
             p.requires_grad_(trainable)
     return head.eval(), tuned

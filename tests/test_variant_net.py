@@ -527,7 +527,8 @@ def test_end_to_end_reader_learns_what_its_encoder_threw_away():
     with torch.no_grad():
         conv.weight[:, 0] = 0  # blind to red
     conv.requires_grad_(False)
-    adapter = SimpleNamespace(encoder_modules=lambda: [conv], encode=lambda x: conv(x))
+    adapter = SimpleNamespace(family="toy", tokenizer=torch.nn.ModuleDict(dict(encoder=conv)), encoder_modules=lambda: [conv],
+                              encode=lambda x: conv(x))
 
     def toy(n: int, seed: int):
         gen = torch.Generator().manual_seed(seed)
