@@ -62,7 +62,8 @@ import torch.nn.functional as F
 from atomic import atomic_path
 from models.adapter import FamilyAdapter
 from models.variant_net import INPUT_MAPS, AnyVariantNet, VariantNet, VariantNetEnsemble
-from variant_net_maps import SEED_OFFSET, TrainingMaps, adapter_fingerprint, generate_training_maps, generation_seed, net_input
+from variant_net_maps import (SEED_OFFSET, TrainingMaps, adapter_fingerprint, generate_training_maps, generation_seed, labelled_maps,
+                              net_input)
 
 __all__ = ["DEFAULT_CONFIG", "FAMILY_CONFIG", "default_config", "SEED_OFFSET", "NET_FAMILIES", "FEATURE_STEM", "INPUT_MAPS",
            "input_map_of", "net_input", "VariantNet", "VariantNetEnsemble", "AnyVariantNet", "TrainingMaps", "generation_seed", "adapter_fingerprint",
@@ -320,24 +321,6 @@ def heldout_maps(inverse: FamilyAdapter, net_path: Path | str, per_variant: int,
                                   input_map_of(net), first_batch=trained_batches)
 
 
-def _labelled_maps(inverse: FamilyAdapter, folders: Sequence[Path], input_map: str) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The maps a net of ``input_map`` reads and the variant index of the images in ``<folder>/<variant>/``."""
-    from dataset import images_under, load_images
-
-    maps, labels = [], []
-    for folder in folders:
-        for vi, variant in enumerate(inverse.variant_names):
-            paths = images_under(Path(folder) / variant)
-            for s in range(0, len(paths), 64):
-                with torch.no_grad():
-                    f = inverse.encode(load_images(paths[s:s + 64], size=inverse.image_size)).float()
-                maps.append(net_input(inverse, f, input_map))
-                labels.append(torch.full((len(paths[s:s + 64]),), vi, dtype=torch.long))
-    if not maps:
-        raise FileNotFoundError(f"no images in <folder>/<variant>/ under {', '.join(map(str, folders))}")
-    return torch.cat(maps), torch.cat(labels)
-
-
 def main(argv: Optional[list] = None) -> int:
     from cli import add_weights_arguments, at_least
 
@@ -398,7 +381,7 @@ def main(argv: Optional[list] = None) -> int:
         print(f"accuracy on {len(y)} fresh {family} generations it was not trained on: {variant_accuracy(net, x, y):.4f} "
               f"(chance {1 / len(variants):.4f})")
     for folder in args.eval:
-        x, y = _labelled_maps(inverse, [folder], input_map_of(net))
+        x, y = labelled_maps(inverse, [folder], input_map_of(net))
         print(f"accuracy on the {len(y)} {family} images of {folder}: {variant_accuracy(net, x, y):.4f} (chance {1 / len(variants):.4f})")
     return 0
 

@@ -19,17 +19,18 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
 from atomic import atomic_path
+from dataset import images_under, load_images
 from models.adapter import FamilyAdapter
 from models.variant_net import INPUT_MAPS
 
 __all__ = ["SEED_OFFSET", "INPUT_MAPS", "TrainingMaps", "net_input", "generation_seed", "adapter_fingerprint",
-           "generate_training_maps"]
+           "generate_training_maps", "labelled_maps"]
 
 SEED_OFFSET = 9_000_000  # make_demo_dataset < 7e6, inv_decoder 7e6 … 8e6, diagnose_zoo 8e6 … 9e6
 
@@ -136,3 +137,20 @@ def _cached(store: Optional[Path], stem: str, make: Callable[[], torch.Tensor]) 
         with atomic_path(path) as tmp:
             torch.save(made.clone(), tmp)
     return made
+
+
+def labelled_maps(inverse: FamilyAdapter, folders: Sequence[Path | str], input_map: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The maps a net of ``input_map`` reads and the variant index of the images in ``<folder>/<variant>/``
+    (``variant_net.py --eval``: a net scored on a labelled Dataset folder)."""
+    maps, labels = [], []
+    for folder in folders:
+        for vi, variant in enumerate(inverse.variant_names):
+            paths = images_under(Path(folder) / variant)
+            for s in range(0, len(paths), 64):
+                with torch.no_grad():
+                    f = inverse.encode(load_images(paths[s:s + 64], size=inverse.image_size)).float()
+                maps.append(net_input(inverse, f, input_map))
+                labels.append(torch.full((len(paths[s:s + 64]),), vi, dtype=torch.long))
+    if not maps:
+        raise FileNotFoundError(f"no images in <folder>/<variant>/ under {', '.join(map(str, folders))}")
+    return torch.cat(maps), torch.cat(labels)

@@ -2,7 +2,7 @@
 
     python scripts/bench_features.py [--dataset Dataset] [--batches 4] [--batch-size 32] [--threads 1] [--breakdown]
 
-Times :func:`feature_extractor.features_for_batch` on ``--batches`` batches of the Dataset's
+Times :func:`batch_features.features_for_batch` on ``--batches`` batches of the Dataset's
 training images (one warm-up batch first, not counted), with ``--threads`` threads — one, as in
 the cold run's worker processes — and no cache. Prints the extractor version, seconds per batch
 (each, and the median) and milliseconds per image. Machine speed drifts between sessions, so
@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+import batch_features  # noqa: E402
 import feature_extractor  # noqa: E402
 from dataset import images_under, load_images  # noqa: E402
 from runtime import keep_freed_memory  # noqa: E402
@@ -56,12 +57,12 @@ def main(argv: list | None = None) -> int:
     paths = training_sample(args.dataset, (args.batches + 1) * args.batch_size)
     extractor = feature_extractor.FeatureExtractor(use_cache=False, progress=False)
     images = load_images(paths, size=extractor.image_size)
-    feature_extractor.features_for_batch(extractor.adapters, images[:args.batch_size], nets=extractor.nets)  # warm-up
+    batch_features.features_for_batch(extractor.adapters, images[:args.batch_size], nets=extractor.nets)  # warm-up
     seconds, parts = [], []
     for b in range(1, args.batches + 1):
         timings: dict = {}
         start = time.perf_counter()
-        feature_extractor.features_for_batch(extractor.adapters, images[b * args.batch_size:(b + 1) * args.batch_size],
+        batch_features.features_for_batch(extractor.adapters, images[b * args.batch_size:(b + 1) * args.batch_size],
                                              timings=timings, nets=extractor.nets)
         seconds.append(time.perf_counter() - start)
         parts.append(timings)

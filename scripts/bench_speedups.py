@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+import batch_features  # noqa: E402
 import feature_extractor  # noqa: E402
 from bench_features import training_sample  # noqa: E402
 from dataset import load_images  # noqa: E402
@@ -78,7 +79,7 @@ def main(argv: list | None = None) -> int:
                 round_trip(plain.adapters[family]), round_trip(fast.adapters[family]), args.rounds))
 
     report("features_for_batch (32 images)", alternate(
-        lambda: feature_extractor.features_for_batch(plain.adapters, images), lambda: feature_extractor.features_for_batch(fast.adapters, images), args.rounds))
+        lambda: batch_features.features_for_batch(plain.adapters, images), lambda: batch_features.features_for_batch(fast.adapters, images), args.rounds))
     return 0
 
 

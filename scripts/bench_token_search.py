@@ -5,7 +5,7 @@
 Takes up to ``--per-group`` VAR-made test images and as many non-belonging ones (natural,
 RAR, outlier IAR, in equal shares), encodes them with the VAR inverse decoder, and runs greedy
 quantization, the reference search, our search (its defaults: a 20-iteration anneal), our search
-with the feature extractor's shorter anneal (``feature_extractor.SEARCH_ITERS``) and with a
+with the feature extractor's shorter anneal (``batch_features.SEARCH_ITERS``) and with a
 120-iteration anneal, on the same feature maps.
 Prints wall-clock time per image, the QuantLoss TPR@1%FPR of each, the mean QuantLoss (f-MSE) of
 the VAR-made images (how well each fits them), and the speed-ups. With ``--full-size`` it also
@@ -30,7 +30,7 @@ import family_eval  # noqa: E402
 import inv_decoder  # noqa: E402
 from cli import add_scored_split_arguments  # noqa: E402
 from dataset import list_split, load_images  # noqa: E402
-from feature_extractor import SEARCH_ITERS  # noqa: E402
+from batch_features import SEARCH_ITERS  # noqa: E402
 from metrics import tpr_at_fpr  # noqa: E402
 from quantizer import greedy_tokens, search_tokens, search_tokens_reference  # noqa: E402
 

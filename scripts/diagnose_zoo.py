@@ -6,7 +6,7 @@
 For each family (VAR, RAR), fresh PNG-rounded generations of every variant (seeds from a range
 no Dataset image and no fine-tuning image uses) are mapped back to tokens with the tokenizer's
 original encoder and with the shipped/fine-tuned inverse decoder (VAR: our token search with its
-defaults; the feature extractor anneals over ``feature_extractor.SEARCH_ITERS`` iterations). It
+defaults; the feature extractor anneals over ``batch_features.SEARCH_ITERS`` iterations). It
 reports
 
 * **token recovery** — the fraction of generated tokens found again, per encoder (and per scale

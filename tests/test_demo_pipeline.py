@@ -187,8 +187,9 @@ def test_worker_processes_match_one_process_and_fill_the_store(tiny_dataset, tmp
 def test_batch_timings_name_every_part_and_change_no_feature(tiny_dataset, tmp_path):
     """``features_for_batch(timings=…)`` (``bench_features.py --breakdown``) times each family's
     signals and each variant, and computes the same rows as without it."""
+    from batch_features import features_for_batch
     from dataset import load_images
-    from feature_extractor import FeatureExtractor, features_for_batch
+    from feature_extractor import FeatureExtractor
     from models.registry import VARIANT_NAMES
 
     extractor = FeatureExtractor(inv_root=tmp_path / "inv", use_cache=False, progress=False)
@@ -266,8 +267,9 @@ def test_a_gated_batch_scores_only_the_needed_families(tiny_dataset, tmp_path):
     others, empty per-token arrays and a 0 marker; what is computed matches the ungated batch."""
     import numpy as np
 
+    from batch_features import features_for_batch
     from dataset import load_images
-    from feature_extractor import FeatureExtractor, features_for_batch
+    from feature_extractor import FeatureExtractor
 
     extractor = FeatureExtractor(inv_root=tmp_path / "inv", use_cache=False, progress=False)
     images = load_images(sorted((tiny_dataset / "test").glob("*.png"))[:3], size=extractor.image_size)
@@ -295,8 +297,9 @@ def test_an_images_variant_features_do_not_depend_on_its_batch_mates(tiny_datase
     import numpy as np
     import torch
 
+    from batch_features import features_for_batch
     from dataset import load_images
-    from feature_extractor import FeatureExtractor, features_for_batch
+    from feature_extractor import FeatureExtractor
     from models.registry import VARIANT_NAMES
 
     extractor = FeatureExtractor(inv_root=tmp_path / "inv", use_cache=False, progress=False)

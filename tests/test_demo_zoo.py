@@ -138,7 +138,7 @@ def test_colour_correction_brings_saturated_generations_back_into_range(family):
 def test_reencoding_recovers_more_of_rars_tokens():
     # The re-encoding correction the feature extractor applies to RAR (1 iteration): on 192 fresh
     # generations it recovers 52 % of the tokens instead of 41 % (scripts/diagnose_zoo.py).
-    from feature_extractor import REENCODE_ITERS
+    from batch_features import REENCODE_ITERS
     from signals import reencode_tokens
 
     adapter = _shipped_inverse_decoder("RAR")
