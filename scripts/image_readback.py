@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -60,7 +61,9 @@ def identifiability_row(adapter: FamilyAdapter, f_NChw: torch.Tensor, f_hat_NChw
         def push(u: torch.Tensor) -> torch.Tensor:
             return torch.func.jvp(decode, (point,), (u,))[1]
 
-        jacobian = torch.cat([torch.func.vmap(push)(basis[i:i + chunk]) for i in range(0, len(basis), chunk)]).T  # pixels × latent
+        with warnings.catch_warnings():  # torch's forward-mode AD loads its decompositions through the deprecated torch.jit.script
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=DeprecationWarning)
+            jacobian = torch.cat([torch.func.vmap(push)(basis[i:i + chunk]) for i in range(0, len(basis), chunk)]).T  # pixels × latent
         _, S, Vh = torch.linalg.svd(jacobian, full_matrices=False)
         c = Vh @ (f.flatten() - point)
         noise = PNG_ROUNDING_VARIANCE / S.pow(2).clamp_min(1e-30)
