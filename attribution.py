@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from models.registry import CLASS_NAMES
-from provenance import family_of_labels, load_gate, make_gate, save_gate
+from provenance import AnyGate, family_of_labels, load_gate, make_gate, save_gate
 from variant_classifier import FlatClassifier, VariantClassifier
 
 __all__ = ["METHODS", "ALL_METHODS", "METHOD_CHOICES", "TOKEN_METHODS", "fit_bundle", "load_bundle", "predict",
@@ -42,7 +42,7 @@ METHOD_CHOICES = ("auto",) + ALL_METHODS  # auto: fit both METHODS, keep the one
 MANIFEST = "bundle.json"  # what a bundle folder holds; written last
 
 
-def _two_stage_predict(gate, classifiers: dict, features: pd.DataFrame) -> pd.Series:
+def _two_stage_predict(gate: AnyGate, classifiers: Dict[str, VariantClassifier], features: pd.DataFrame) -> pd.Series:
     families = gate.predict(features)
     out = pd.Series("outlier", index=features.index, dtype=object)
     for family, clf in classifiers.items():

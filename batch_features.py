@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import time
 from functools import partial
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -51,6 +51,9 @@ from models.adapter import FamilyAdapter
 from quantizer import search_tokens
 from signals import family_signals_and_tokens, refine_tokens
 from variant_features import token_evidence, variant_features
+
+if TYPE_CHECKING:
+    from provenance import ScoringGate
 
 __all__ = ["features_for_batch", "SHARED_CANDIDATES", "VARIANT_CHUNK", "SEARCH_ITERS", "REFINE_FAMILIES", "REFINE_LR",
            "REENCODE_FAMILIES", "REENCODE_ITERS"]
@@ -81,7 +84,7 @@ REENCODE_ITERS = 1
 
 @torch.no_grad()
 def features_for_batch(adapters: Dict[str, FamilyAdapter], img01_B3HW: torch.Tensor, refine_steps: int = 0,
-                       timings: Optional[Dict[str, float]] = None, variant_gate=None,
+                       timings: Optional[Dict[str, float]] = None, variant_gate: Optional[ScoringGate] = None,
                        forced: Optional[Dict[str, np.ndarray]] = None,
                        nets: Optional[Dict[str, Tuple[variant_net.AnyVariantNet, List[str]]]] = None) -> Tuple[pd.DataFrame, pd.DataFrame]:
     """Feature columns for one batch of images (rows in input order), and its per-token
@@ -167,7 +170,7 @@ def _variant_columns(adapter: FamilyAdapter, tokens_BL: torch.Tensor, evidence_B
     return {name: np.concatenate(parts) for name, parts in features.items()}, token_lists
 
 
-def _needed(variant_gate, signals: pd.DataFrame, adapters: Dict[str, FamilyAdapter],
+def _needed(variant_gate: Optional[ScoringGate], signals: pd.DataFrame, adapters: Dict[str, FamilyAdapter],
             forced: Optional[Dict[str, np.ndarray]], B: int) -> Dict[str, np.ndarray]:
     """Family → which images of the batch get its variant features (see :func:`features_for_batch`)."""
     if variant_gate is None:

@@ -9,6 +9,7 @@ Images load as float tensors in ``[0, 1]``, ``B×3×H×W``.
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -64,7 +65,7 @@ def read_labelled_features(features_path: Path | str, labels_path: Path | str) -
     return features, labels.reindex(features.index).to_numpy()
 
 
-def add_labelled_split_arguments(parser, splits: Iterable[str] = ("train", "val")) -> None:
+def add_labelled_split_arguments(parser: argparse.ArgumentParser, splits: Iterable[str] = ("train", "val")) -> None:
     """``--{split}-features`` / ``--{split}-labels`` options, defaulting to what ``submission.py`` wrote."""
     for split in splits:
         parser.add_argument(f"--{split}-features", type=Path, default=REPORT_DIR / f"features_{split}.parquet",

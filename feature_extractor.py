@@ -40,7 +40,7 @@ from dataset import load_images
 from feature_store import COMPLETENESS_PREFIX, FeatureStore, file_sha256, marker_columns
 from models.adapter import FamilyAdapter
 from models.zoo import check_weights_dir, is_zoo_dir, load_family
-from provenance import leave_out_unneeded
+from provenance import ScoringGate, leave_out_unneeded
 from runtime import keep_freed_memory, use_usable_cores
 
 __all__ = ["EXTRACTOR_NAME", "EXTRACTOR_VERSION", "TOKEN_LL_SUFFIX", "FeatureExtractor", "weight_files"]
@@ -115,7 +115,8 @@ class FeatureExtractor:
                                         enabled=use_cache, rebuild=rebuild)
 
     def features(self, paths: Sequence[Path | str], ids: Optional[Sequence[str]] = None,
-                 keys: Optional[Sequence[str]] = None, with_tokens: bool = False, variant_gate=None) -> pd.DataFrame:
+                 keys: Optional[Sequence[str]] = None, with_tokens: bool = False,
+                 variant_gate: Optional[ScoringGate] = None) -> pd.DataFrame:
         """Feature frame indexed by ``ids`` (default: the paths), computing only what is not cached.
         ``keys``: the files' sha256, when the caller has them already (else they are computed).
         ``variant_gate`` (a :class:`provenance.ScoringGate`): each image gets the variant features
@@ -187,7 +188,7 @@ class FeatureExtractor:
         return out
 
     def _batch(self, keys: List[str], paths: List[Path], forced: Optional[Dict[str, np.ndarray]] = None,
-               variant_gate=None) -> pd.DataFrame:
+               variant_gate: Optional[ScoringGate] = None) -> pd.DataFrame:
         """Compute, store and return the feature rows of one batch (its token rows are stored too)."""
         rows, token_rows = features_for_batch(self.adapters, load_images(paths, size=self.image_size), self.refine_steps,
                                               variant_gate=variant_gate, forced=forced, nets=self.nets)
@@ -208,7 +209,7 @@ def _worker_init(kwargs: dict) -> None:
     _WORKER = FeatureExtractor(**kwargs)
 
 
-def _worker_batch(job) -> pd.DataFrame:
+def _worker_batch(job: tuple) -> pd.DataFrame:
     return _WORKER._batch(*job)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import List, Optional, Sequence
 
 import numpy as np
@@ -24,7 +25,7 @@ from models.registry import CLASS_NAMES, FAMILY_OF, VARIANT_NAMES
 __all__ = ["plot_distributions", "plot_family_rocs", "plot_importance", "write_feature_report"]
 
 
-def _plt():
+def _plt() -> ModuleType:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -11,11 +11,12 @@ from __future__ import annotations
 from typing import Tuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = ["tpr_at_fpr", "roc_auc", "roc_points", "threshold_at_fpr", "balanced_accuracy_at"]
 
 
-def _check(name: str, values) -> np.ndarray:
+def _check(name: str, values: ArrayLike) -> np.ndarray:
     arr = np.asarray(values, dtype=np.float64)
     if arr.ndim != 1 or arr.size == 0:
         raise ValueError(f"{name} must be a non-empty 1-D array of scores, got shape {arr.shape}")
@@ -24,12 +25,12 @@ def _check(name: str, values) -> np.ndarray:
     return arr
 
 
-def _labels_and_scores(belonging, non_belonging) -> Tuple[np.ndarray, np.ndarray]:
+def _labels_and_scores(belonging: ArrayLike, non_belonging: ArrayLike) -> Tuple[np.ndarray, np.ndarray]:
     pos, neg = _check("belonging", belonging), _check("non_belonging", non_belonging)
     return np.r_[np.ones(len(pos)), np.zeros(len(neg))], -np.r_[pos, neg]
 
 
-def roc_points(belonging, non_belonging) -> Tuple[np.ndarray, np.ndarray]:
+def roc_points(belonging: ArrayLike, non_belonging: ArrayLike) -> Tuple[np.ndarray, np.ndarray]:
     """``(fpr, tpr)`` of the ROC curve (belonging = positive, lower score = more positive)."""
     from sklearn.metrics import roc_curve
 
@@ -38,7 +39,7 @@ def roc_points(belonging, non_belonging) -> Tuple[np.ndarray, np.ndarray]:
     return fpr, tpr
 
 
-def tpr_at_fpr(belonging, non_belonging, fpr: float = 0.01) -> float:
+def tpr_at_fpr(belonging: ArrayLike, non_belonging: ArrayLike, fpr: float = 0.01) -> float:
     """True-positive rate at the largest ROC point with false-positive rate ≤ ``fpr``."""
     if not 0.0 <= fpr <= 1.0:
         raise ValueError(f"fpr must be in [0, 1], got {fpr}")
@@ -46,7 +47,7 @@ def tpr_at_fpr(belonging, non_belonging, fpr: float = 0.01) -> float:
     return float(tprs[np.searchsorted(fprs, fpr, side="right") - 1])
 
 
-def roc_auc(belonging, non_belonging) -> float:
+def roc_auc(belonging: ArrayLike, non_belonging: ArrayLike) -> float:
     """Area under the ROC curve (1.0: every belonging image scores below every other)."""
     from sklearn.metrics import roc_auc_score
 
@@ -54,14 +55,14 @@ def roc_auc(belonging, non_belonging) -> float:
     return float(roc_auc_score(y, s))
 
 
-def threshold_at_fpr(non_belonging, fpr: float = 0.01) -> float:
+def threshold_at_fpr(non_belonging: ArrayLike, fpr: float = 0.01) -> float:
     """Largest threshold ``t`` such that ``score < t`` accepts at most ``fpr`` of ``non_belonging``."""
     neg = np.sort(_check("non_belonging", non_belonging))
     allowed = int(np.floor(fpr * len(neg)))
     return float(neg[allowed]) if allowed < len(neg) else float(np.inf)
 
 
-def balanced_accuracy_at(threshold: float, belonging, non_belonging) -> float:
+def balanced_accuracy_at(threshold: float, belonging: ArrayLike, non_belonging: ArrayLike) -> float:
     """Mean of TPR and TNR when ``score < threshold`` means belonging."""
     pos, neg = _check("belonging", belonging), _check("non_belonging", non_belonging)
     return float(0.5 * (np.mean(pos < threshold) + np.mean(neg >= threshold)))

@@ -43,7 +43,7 @@ import json
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -218,7 +218,7 @@ def scoring_gate_sample(labels: pd.Series, per_class: int = SCORING_GATE_PER_CLA
     return list(ordered.groupby(ordered.to_numpy(), sort=True).head(per_class).sort_index(kind="stable").index)
 
 
-def make_gate(strategy: str, seed: int = 0):
+def make_gate(strategy: str, seed: int = 0) -> AnyGate:
     """A gate of ``strategy`` (one of :data:`STRATEGIES`), unfitted."""
     if strategy == "learned":
         return LearnedGate(seed)
@@ -227,6 +227,7 @@ def make_gate(strategy: str, seed: int = 0):
     return FamilyGate(strategy=strategy)
 
 
+AnyGate = Union[FamilyGate, LearnedGate]  # a family gate of any strategy (stage one)
 _GATE_FILES = {LearnedGate: "learned_gate.joblib", FamilyGate: "gate.json"}
 
 
@@ -236,12 +237,12 @@ def saved_gate_path(folder: Path | str) -> Optional[Path]:
     return found[0] if found else None
 
 
-def save_gate(gate, folder: Path | str) -> None:
+def save_gate(gate: AnyGate, folder: Path | str) -> None:
     """``learned_gate.joblib`` (+ its JSON config) or ``gate.json`` (threshold gate) in ``folder``."""
     gate.save(Path(folder) / _GATE_FILES[type(gate)])
 
 
-def load_gate(folder: Path | str):
+def load_gate(folder: Path | str) -> Optional[AnyGate]:
     """The gate saved in ``folder`` by :func:`save_gate`; ``None`` if there is none."""
     path = saved_gate_path(folder)
     if path is None:

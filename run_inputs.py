@@ -51,7 +51,7 @@ def _readable_only(meta: pd.DataFrame, inspected: pd.DataFrame, name: str) -> Tu
     return meta[readable], dropped
 
 
-def _labelled_split(root: Path, name: str):
+def _labelled_split(root: Path, name: str) -> pd.DataFrame:
     from dataset import list_split
 
     if not root.is_dir():

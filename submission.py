@@ -37,11 +37,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 import pandas as pd
 
 from atomic import atomic_path
+
+if TYPE_CHECKING:  # imported where used: --help and the input checks load no model code
+    from feature_extractor import FeatureExtractor
+    from provenance import ScoringGate
 
 ROOT = Path(__file__).resolve().parent
 
@@ -138,7 +142,8 @@ def _bundle(method: str, args: argparse.Namespace, weights_digest: str, train: p
                       gate_strategy=args.gate_strategy, seed=args.seed, stage_sizes=stage_sizes), model_dir
 
 
-def _by_split(frame: pd.DataFrame, train_meta: pd.DataFrame, val_meta: pd.DataFrame, test_paths: List[Path]):
+def _by_split(frame: pd.DataFrame, train_meta: pd.DataFrame, val_meta: pd.DataFrame,
+              test_paths: List[Path]) -> Tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """``(train, val, test)`` of a frame with one row per input image, in that order, indexed by image id."""
     n_train, n_val = len(train_meta), len(val_meta)
     return (frame.iloc[:n_train].set_axis(pd.Index(train_meta.index, name="image_id")),
@@ -146,7 +151,7 @@ def _by_split(frame: pd.DataFrame, train_meta: pd.DataFrame, val_meta: pd.DataFr
             frame.iloc[n_train + n_val:].set_axis(pd.Index([p.name for p in test_paths], name="image_id")))
 
 
-def _scoring_gate_sample(extractor, train_meta: pd.DataFrame, inspected: pd.DataFrame) -> Tuple[pd.DataFrame, pd.Series]:
+def _scoring_gate_sample(extractor: FeatureExtractor, train_meta: pd.DataFrame, inspected: pd.DataFrame) -> Tuple[pd.DataFrame, pd.Series]:
     """The full features of the training images the :class:`provenance.ScoringGate` is fitted on,
     and their labels (computed first; they are part of the training features anyway)."""
     from provenance import scoring_gate_sample
@@ -162,7 +167,8 @@ def _percent(value: float) -> str:
     return "   n/a  " if math.isnan(value) else f"{100 * value:6.2f} %"
 
 
-def _features_of_shard(extractor, paths: List[str], keys: List[str], shard: Tuple[int, int], gate=None) -> int:
+def _features_of_shard(extractor: FeatureExtractor, paths: List[str], keys: List[str], shard: Tuple[int, int],
+                       gate: Optional[ScoringGate] = None) -> int:
     """``--stage features``: compute and cache the features of part ``K`` of ``N`` of the images
     (what the scoring ``gate`` needs of them, when given)."""
     from feature_store import shard_keys

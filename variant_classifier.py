@@ -27,7 +27,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
 import joblib
 import numpy as np
@@ -36,6 +36,9 @@ import pandas as pd
 from models.registry import CLASS_NAMES, FAMILY_OF, VARIANT_NAMES
 from net_blend import blend_family, choose_weight, net_log_posterior
 from runtime import usable_cores
+
+if TYPE_CHECKING:
+    from lightgbm import LGBMClassifier
 
 __all__ = ["FEATURE_STEMS", "CLASSIFIER_VERSION", "family_feature_frame", "margins_over_others", "tune_lightgbm",
            "CalibratedLGBM", "OneClass", "VariantClassifier", "FlatClassifier"]
@@ -96,7 +99,7 @@ def margins_over_others(block: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(margins, index=block.index, columns=[f"{c}_margin" for c in block.columns])
 
 
-def _lgbm(params: dict, seed: int):
+def _lgbm(params: dict, seed: int) -> LGBMClassifier:
     """A LightGBM classifier of ``params`` on every usable core (:func:`runtime.usable_cores`: one in
     a one-CPU Slurm job). ``deterministic`` with row-wise histograms makes its fits the same for any
     number of threads (``tests/test_attribution.py`` checks 1 against 2), so the thread count
@@ -136,7 +139,7 @@ class OneClass:
     def __init__(self, label: str) -> None:
         self.classes_ = np.array([label])
 
-    def predict_proba(self, X) -> np.ndarray:
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         return np.ones((len(X), 1))
 
 

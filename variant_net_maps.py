@@ -84,7 +84,7 @@ def adapter_fingerprint(adapter: FamilyAdapter) -> str:
     return hasher.hexdigest()
 
 
-def _hash_module(hasher, name: str, module: nn.Module) -> None:
+def _hash_module(hasher: "hashlib._Hash", name: str, module: nn.Module) -> None:
     for key, tensor in sorted(module.state_dict().items()):
         hasher.update(f"{name}.{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         hasher.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
