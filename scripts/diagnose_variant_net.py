@@ -347,8 +347,8 @@ def main(argv: Optional[list] = None) -> int:
         print(f"fitted the image corrector in {time.perf_counter() - start:.0f} s", flush=True)
     recipes = {f"reencoded_{r}": ("reencoded", recipe_changes(r, args.distill_weight, args.distill_temperature)) for r in args.recipes}
     rows, nets = input_rows(inputs, test[1], train, test, config, adapter.num_classes, len(adapter.variant_names),
-                      cross=[("exact_fhat", "inverse_f")] if {"exact_fhat", "inverse_f"} <= set(inputs) else [], recipes=recipes,
-                      mirrored=mirrored)
+                            cross=[("exact_fhat", "inverse_f")] if {"exact_fhat", "inverse_f"} <= set(inputs) else [], recipes=recipes,
+                            mirrored=mirrored)
 
     if args.end_to_end_epochs:
         rows += end_to_end_rows(adapter, nets["inverse_f"], (images_train, images_test), (train[0], test[0]), (train[2], test[2]),

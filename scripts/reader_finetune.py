@@ -41,18 +41,28 @@ EncoderState = Dict[str, torch.Tensor]  # inv_decoder.encoder_state's keys
 
 
 @contextlib.contextmanager
+def _encoder_kept(adapter: FamilyAdapter) -> Iterator[None]:
+    """The adapter's encoder as it is now (weights and which parameters are trainable), put back after the block."""
+    saved = encoder_state(adapter)
+    trainable = [(p, p.requires_grad) for module in adapter.encoder_modules() for p in module.parameters()]
+    try:
+        yield
+    finally:
+        put_encoder_state(adapter, saved)
+        for p, flag in trainable:
+            p.requires_grad_(flag)
+
+
+@contextlib.contextmanager
 def encoder_weights(adapter: FamilyAdapter, state: Optional[EncoderState]) -> Iterator[FamilyAdapter]:
     """``adapter`` with its encoder's weights replaced by ``state`` (``None``: unchanged) inside the block, and
     put back after it."""
     if state is None:
         yield adapter
         return
-    saved = encoder_state(adapter)
-    put_encoder_state(adapter, state)
-    try:
+    with _encoder_kept(adapter):
+        put_encoder_state(adapter, state)
         yield adapter
-    finally:
-        put_encoder_state(adapter, saved)
 
 
 @torch.no_grad()
@@ -79,9 +89,7 @@ def finetune_reader(adapter: FamilyAdapter, head: variant_net.VariantNet, images
     head = copy.deepcopy(head).train()
     targets_N = variant_net.joint_targets(y_N, class_N, num_classes, head.shape.get("num_classes", 1))
     groups = [dict(params=list(head.parameters()), lr=head_lr / 25, weight_decay=weight_decay)]
-    saved = encoder_state(adapter)
     encoder_params = [p for module in adapter.encoder_modules() for p in module.parameters()]
-    was_trainable = [p.requires_grad for p in encoder_params]
     if train_encoder:
         groups.append(dict(params=encoder_params, lr=encoder_lr / 25, weight_decay=0.0))
     batch = min(batch_size, len(images_N3HW))
@@ -90,9 +98,9 @@ def finetune_reader(adapter: FamilyAdapter, head: variant_net.VariantNet, images
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, [head_lr, encoder_lr][:len(groups)], total_steps=epochs * per_epoch,
                                                    pct_start=0.1)
     gen = torch.Generator().manual_seed(seed)
-    for p in encoder_params:
-        p.requires_grad_(train_encoder)
-    try:
+    with _encoder_kept(adapter):
+        for p in encoder_params:
+            p.requires_grad_(train_encoder)
         for _ in tqdm(range(epochs), desc="end-to-end reader" if train_encoder else "net alone, same schedule", disable=not progress):
             order = torch.randperm(len(images_N3HW), generator=gen)
             for step in range(per_epoch):
@@ -104,10 +112,6 @@ def finetune_reader(adapter: FamilyAdapter, head: variant_net.VariantNet, images
                 optimiser.step()
                 schedule.step()
         tuned = encoder_state(adapter) if train_encoder else None
-    finally:
-        put_encoder_state(adapter, saved)
-        for p, trainable in zip(encoder_params, was_trainable):
-            p.requires_grad_(trainable)
     return head.eval(), tuned
 
 
