@@ -174,7 +174,7 @@ class FeatureExtractor:
 
     def token_log_likelihoods(self, paths: Sequence[Path | str], ids: Optional[Sequence[str]] = None,
                               keys: Optional[Sequence[str]] = None) -> pd.DataFrame:
-        """Per-token log-likelihood frame (see :func:`features_for_batch`) indexed by ``ids``, of
+        """Per-token log-likelihood frame (see :func:`batch_features.features_for_batch`) indexed by ``ids``, of
         every variant, computing what is missing (with the features, which are cached alongside)."""
         paths, ids, keys = _paths_ids_keys(paths, ids, keys)
         if not self.token_store.enabled:
