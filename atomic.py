@@ -3,9 +3,10 @@
 A process killed while writing (``kill -9``, a full disk, a lost node) must not leave a
 truncated file that a later run takes for a finished one. :func:`atomic_path` hands out a
 temporary name beside the target; when the block ends without an error the file is flushed to
-disk and renamed over the target (``os.replace``, atomic on POSIX within one file system), else
-the temporary file is removed. Readers therefore see the old file or the new one, never part
-of one. Used for ``submission.csv``, feature-store shards and inverse-decoder checkpoints.
+disk, renamed over the target (``os.replace``, atomic on POSIX within one file system) and the
+folder synced, so the new name survives a power loss too; else the temporary file is removed.
+Readers therefore see the old file or the new one, never part of one. Used for
+``submission.csv``, feature-store shards and inverse-decoder checkpoints.
 """
 from __future__ import annotations
 
@@ -30,6 +31,21 @@ def atomic_path(path: Path | str, *, durable: bool = True) -> Iterator[Path]:
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
         os.replace(tmp, path)
+        if durable:  # the rename itself survives a power loss only once the folder is synced
+            _sync_folder(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _sync_folder(folder: Path) -> None:
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:  # a platform or file system without folder handles
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)

@@ -84,13 +84,14 @@ def _images_in(folder: Path) -> list:
 
 
 def list_split(root: Path | str, split: str, labels_csv: Optional[Path | str] = None) -> pd.DataFrame:
-    """All images of ``split`` under ``root`` with their labels and sources."""
+    """All images of ``split`` under ``root`` with their labels and sources (hidden folders such
+    as ``.ipynb_checkpoints`` are not class folders and are passed over)."""
     root = Path(root)
     folder = root / split
     if not folder.is_dir():
         raise FileNotFoundError(f"no folder {folder}: expected the Dataset layout <root>/{split}/")
     rows = []
-    class_dirs = [d for d in sorted(folder.iterdir()) if d.is_dir()]
+    class_dirs = [d for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")]  # not .ipynb_checkpoints
     if class_dirs:
         for d in class_dirs:
             if d.name not in CLASS_NAMES:

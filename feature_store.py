@@ -114,12 +114,7 @@ class FeatureStore:
         return self._replace(merged, read) if len(read) > 1 else None
 
     def _replace(self, merged: pd.DataFrame, shards: List[Path]) -> Optional[Path]:
-        path = self.write(merged)
-        directory = os.open(self.folder, os.O_RDONLY)
-        try:
-            os.fsync(directory)  # the merged shard's name is durable before any old shard goes
-        finally:
-            os.close(directory)
+        path = self.write(merged)  # atomic_path syncs the folder: the merged shard's name is durable before any old shard goes
         for shard in shards:
             shard.unlink(missing_ok=True)
         return path
@@ -137,15 +132,15 @@ class FeatureStore:
 
     def lookup(self, keys: Iterable[str]) -> Tuple[pd.DataFrame, List[str]]:
         """``(stored rows of keys, keys without a row)`` from one pass over the shards (merging
-        them when there are more than :data:`COMPACT_AFTER`); the missing keys in input order,
-        without duplicates."""
+        them when there are more than :data:`COMPACT_AFTER`); both in input order, without
+        duplicates (byte-identical images share one key and one row)."""
         keys = list(keys)
         if not self.enabled:
             return pd.DataFrame(index=pd.Index([], name="key")), list(dict.fromkeys(keys))
         merged, read = self._read_shards()
         if len(read) > COMPACT_AFTER:
             self._replace(merged, read)
-        stored = merged.reindex([k for k in keys if k in merged.index])
+        stored = merged.reindex([k for k in dict.fromkeys(keys) if k in merged.index])
         return stored, [k for k in dict.fromkeys(keys) if k not in stored.index]
 
     def missing(self, keys: Iterable[str]) -> List[str]:

@@ -31,12 +31,12 @@ __all__ = ["Inputs", "gather_inputs", "read_test_labels", "resized_images", "tes
 
 
 def test_folder_images(folder: Path) -> Tuple[List[Path], List[Path]]:
-    """The image files directly in ``folder`` (sorted), and its other visible entries — subfolders,
-    files of other types — which get no row."""
+    """The visible image files directly in ``folder`` (sorted), and its other entries — subfolders,
+    files of other types, hidden entries (``.DS_Store``, ``._x.png``) — which get no row."""
     from dataset import IMAGE_SUFFIXES
 
-    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
-    images = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    entries = sorted(folder.iterdir())
+    images = [p for p in entries if not p.name.startswith(".") and p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     return images, [p for p in entries if p not in images]
 
 
@@ -94,7 +94,7 @@ def gather_inputs(test_dir: Path, train_dir: Path, val_dir: Path) -> Inputs:
     if not test_paths:
         raise SystemExit(f"{test_dir}: no test images found ({', '.join(IMAGE_SUFFIXES)} files directly in the folder)")
     if skipped:
-        warn(f"{len(skipped)} entries of {test_dir} are not image files directly in it and get no row", skipped)
+        warn(f"{len(skipped)} entries of {test_dir} are not visible image files directly in it and get no row", skipped)
     train_meta, val_meta = _labelled_split(train_dir, "train"), _labelled_split(val_dir, "val")
     inspected = inspect_images(list(train_meta["path"]) + list(val_meta["path"]) + [str(p) for p in test_paths])
     inspected = inspected[~inspected.index.duplicated()]

@@ -17,7 +17,7 @@ import pandas as pd
 from models.registry import CLASS_NAMES
 from provenance import family_of_labels
 
-__all__ = ["proportion_interval", "interval_text", "summary", "per_class_table", "confusion", "write_report"]
+__all__ = ["proportion_interval", "interval_text", "summary", "per_class_table", "confusion", "report_files", "write_report"]
 
 
 def proportion_interval(successes: int, n: int, z: float = 1.959964) -> Tuple[float, float]:
@@ -85,6 +85,11 @@ def _confusion_png(matrix: pd.DataFrame, path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def report_files(name: str) -> Tuple[str, ...]:
+    """The files :func:`write_report` writes for the report ``name``."""
+    return (f"{name}_per_class.csv", f"{name}_confusion.csv", f"{name}_confusion.png", f"{name}.md")
 
 
 def write_report(folder: Path | str, name: str, y_true: Sequence[str], y_pred: Sequence[str], title: str) -> Dict[str, float]:

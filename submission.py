@@ -17,9 +17,10 @@ recall and a confusion-matrix PNG (and the same on test when labels are known: `
 ``--demo``'s hidden ``Dataset/test_labels.csv``). Bad input loses no test row and
 stops nothing: an undecodable test image gets ``outlier``, an undecodable training or validation
 image is left out, an image of another size than the models' is resized (which weakens its
-signals), and entries of the test folder that are not image files directly in it get no row —
-each named in a warning and listed in the report's ``summary.json``. Same inputs →
-byte-identical ``submission.csv``.
+signals), and entries of the test folder that are not visible image files directly in it
+(subfolders, other files, hidden entries such as ``._x.png``) get no row — each named in a
+warning and listed in the report's ``summary.json``. Same inputs → byte-identical
+``submission.csv``.
 
 The feature pass can be spread over many jobs (``python scripts/slurm_submit.py`` does it on a
 Slurm cluster): ``--stage prepare`` checks the inputs, builds the demo Dataset and fine-tunes
@@ -30,6 +31,7 @@ them all cached.
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import json
 import math
@@ -54,24 +56,32 @@ __all__ = ["main", "build_parser", "write_submission", "validate_submission", "d
 STAGES = ("all", "prepare", "features")
 
 
-def write_submission(labels: pd.Series, path: Path) -> None:
-    """``image_name,label`` sorted by name, written to a temporary file and renamed into place."""
+def write_submission(labels: pd.Series, path: Path, expected_names: Optional[List[str]] = None) -> None:
+    """``image_name,label`` sorted by name, written to a temporary file, validated there (when
+    ``expected_names`` is given) and only then renamed into place: a failed check leaves the
+    previous file as it was. A name holding a line break (legal on POSIX) is quoted."""
     frame = pd.DataFrame({"image_name": labels.index.astype(str), "label": labels.to_numpy()}).sort_values("image_name")
+    awkward = frame["image_name"].str.contains("[\r\n]", regex=True).any()
     with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False, lineterminator="\n")
+        frame.to_csv(tmp, index=False, lineterminator="\n", quoting=csv.QUOTE_ALL if awkward else csv.QUOTE_MINIMAL)
+        if expected_names is not None:
+            validate_submission(tmp, expected_names, shown_as=path)
 
 
-def validate_submission(path: Path, expected_names: List[str]) -> None:
+def validate_submission(path: Path, expected_names: List[str], shown_as: Optional[Path] = None) -> None:
+    """Raise ``RuntimeError`` unless ``path`` has the columns ``image_name,label``, one row per
+    name of ``expected_names`` and no other row (``shown_as``: the name used in the message)."""
     from dataset import read_label_csv
 
+    shown = shown_as or path
     frame = read_label_csv(path)
     if list(frame.columns[:2]) != ["image_name", "label"]:
-        raise RuntimeError(f"{path}: columns must be image_name,label")
+        raise RuntimeError(f"{shown}: columns must be image_name,label")
     if frame["image_name"].duplicated().any():
-        raise RuntimeError(f"{path}: duplicated image names")
+        raise RuntimeError(f"{shown}: duplicated image names")
     missing, extra = set(expected_names) - set(frame["image_name"]), set(frame["image_name"]) - set(expected_names)
     if missing or extra:
-        raise RuntimeError(f"{path}: {len(missing)} test images without a row, {len(extra)} rows for unknown images")
+        raise RuntimeError(f"{shown}: {len(missing)} test images without a row, {len(extra)} rows for unknown images")
 
 
 def _frame_digest(*parts) -> str:
@@ -84,12 +94,23 @@ def _frame_digest(*parts) -> str:
     return digest.hexdigest()
 
 
+def _json_safe(value):
+    """``value`` with every non-finite float as ``None`` (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def demo_dataset_outdated(root: Path) -> Optional[str]:
     """Why the demo Dataset at ``root`` must be (re)built — missing, or made by other zoo weights
     than the shipped demo zoo's — or ``None`` when it is current. Refuses to replace a folder that
     is not a demo Dataset (no ``dataset.json`` naming a zoo)."""
     sys.path.insert(0, str(ROOT / "scripts"))
-    from make_demo_dataset import zoo_digest
+    from make_demo_dataset import DATASET_RECIPE, zoo_digest
     from models.zoo import DEMO_ZOO_DIR
 
     info_path = root / "dataset.json"
@@ -99,9 +120,18 @@ def demo_dataset_outdated(root: Path) -> Optional[str]:
         if any(root.iterdir()):
             raise SystemExit(f"{root} exists but is not a demo Dataset (no dataset.json); pass --dataset NEW_FOLDER for the demo")
         return "empty"
-    info = json.loads(info_path.read_text())
-    if info.get("zoo_sha256sums_digest") != zoo_digest(DEMO_ZOO_DIR):
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"{info_path} cannot be read ({err}); {root} is not replaced. "
+                         "Pass --dataset NEW_FOLDER for the demo") from None
+    if not isinstance(info, dict) or "zoo_sha256sums_digest" not in info:
+        raise SystemExit(f"{root} is not a demo Dataset ({info_path} names no demo zoo) and is not replaced; "
+                         "pass --dataset NEW_FOLDER for the demo")
+    if info["zoo_sha256sums_digest"] != zoo_digest(DEMO_ZOO_DIR):
         return f"{info_path} names other zoo weights than {DEMO_ZOO_DIR}/SHA256SUMS"
+    if info.get("recipe") != DATASET_RECIPE:
+        return f"{info_path} was made by an earlier recipe ({info.get('recipe', 1)}, now {DATASET_RECIPE})"
     if not (root / "test").is_dir():
         return "no test split"
     return None
@@ -188,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
     from models.registry import CLASS_NAMES
     from provenance import ScoringGate
     from run_inputs import gather_inputs, read_test_labels, resized_images
-    from scoring import interval_text, summary as score_summary, write_report
+    from scoring import interval_text, report_files, summary as score_summary, write_report
 
     started = time.perf_counter()
     dataset_root = args.dataset
@@ -263,13 +293,15 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
     bundle = bundles[method]
 
-    labels = predict(bundle, inputs_of[method][2] if method in inputs_of else test)
+    test_inputs = inputs_of[method][2] if method in inputs_of else test
+    labels = predict(bundle, test_inputs) if len(test_inputs) else pd.Series(dtype=object, name="label")
     labels = pd.concat([labels, pd.Series("outlier", index=[p.name for p in bad], name="label")])
-    write_submission(labels, args.out)
-    validate_submission(args.out, [p.name for p in inputs.test_paths])
+    write_submission(labels, args.out, [p.name for p in inputs.test_paths])
 
     report_dir = args.report_dir or args.out.with_name(args.out.stem + "_report")
     report_dir.mkdir(parents=True, exist_ok=True)
+    for stale in [*report_files("test"), *(f"tokens_{split}.parquet" for split in ("train", "val", "test"))]:
+        (report_dir / stale).unlink(missing_ok=True)  # an earlier run's must not pass for this run's
     for split, frame, meta in (("train", train, train_meta), ("val", val, val_meta)):
         frame.to_parquet(report_dir / f"features_{split}.parquet")
         pd.DataFrame({"image_name": meta.index, "label": meta["label"].to_numpy()}).to_csv(report_dir / f"labels_{split}.csv", index=False)
@@ -282,7 +314,8 @@ def run(args: argparse.Namespace) -> int:
     if truth is not None and len(truth):
         summary["test"] = write_report(report_dir, "test", truth, labels.reindex(truth.index), f"Test ({method})")
     summary["seconds"] = round(time.perf_counter() - started, 1)
-    (report_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    with atomic_path(report_dir / "summary.json") as tmp:
+        tmp.write_text(json.dumps(_json_safe(summary), indent=2, allow_nan=False))
     print(f"wrote {args.out} ({len(labels)} rows); report in {report_dir}")
     for split in ("validation", "test"):
         if split in summary:

@@ -14,7 +14,7 @@ token NLL) from the right 25 %, so validation content is never trained on.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 from PIL import Image
@@ -45,10 +45,15 @@ def load_photo(name: str) -> np.ndarray:
     return np.asarray(getattr(data, name)())[..., :3]
 
 
-def _region(photo: np.ndarray, part: str) -> np.ndarray:
+def _region(photo: np.ndarray, part: str, strip: Optional[Tuple[int, int]] = None) -> np.ndarray:
     width = photo.shape[1]
     cut = int(round(width * TRAIN_FRACTION))
-    return {"train": photo[:, :cut], "val": photo[:, cut:], "all": photo}[part]
+    region = {"train": photo[:, :cut], "val": photo[:, cut:], "all": photo}[part]
+    if strip is None:
+        return region
+    index, count = strip
+    height = region.shape[0]
+    return region[index * height // count:(index + 1) * height // count]
 
 
 def _crop(region: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
@@ -65,13 +70,17 @@ def _crop(region: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray
     return arr[:, ::-1] if rng.random() < 0.5 else arr
 
 
-def random_crops(photos: Tuple[str, ...], n: int, seed: int, part: str = "train", size: int = 64) -> Tuple[np.ndarray, np.ndarray]:
-    """``n`` crops (``n×size×size×3`` uint8) cycling over ``photos``, with their photo indices."""
+def random_crops(photos: Tuple[str, ...], n: int, seed: int, part: str = "train", size: int = 64,
+                 strip: Optional[Tuple[int, int]] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """``n`` crops (``n×size×size×3`` uint8) cycling over ``photos``, with their photo indices.
+
+    ``strip=(i, k)`` crops only within the ``i``-th of ``k`` equal strips of rows of ``part``:
+    crops of different strips share no pixel (the demo Dataset's splits use it)."""
     rng = np.random.default_rng(seed)
-    regions: Dict[str, np.ndarray] = {p: _region(load_photo(p), part) for p in photos}
+    regions: Dict[str, np.ndarray] = {p: _region(load_photo(p), part, strip) for p in photos}
     labels = rng.permutation(np.arange(n) % len(photos))
-    crops = np.stack([_crop(regions[photos[c]], rng, size) for c in labels])
-    return crops, labels
+    crops = [_crop(regions[photos[c]], rng, size) for c in labels]
+    return (np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8)), labels
 
 
 def crops_tensor(crops: np.ndarray):

@@ -14,7 +14,9 @@ Images of the 8 variant classes are fresh samples of that variant with its sampl
 and a uniformly random class label. The ``outlier`` class is one third natural crops of the
 three *reserved* photos no model ever saw, one third natural crops of the model photos' held-out
 right quarter (content like the models' training data, pixels never trained on), and one third
-samples of the zoo's outlier IAR (another tokenizer and codebook). Sources are recorded as the
+samples of the zoo's outlier IAR (another tokenizer and codebook). Each split crops the photos
+within a strip of rows of its own (the first third of every photo's rows for train, the second
+for val, the last for test), so no natural pixel is in two splits. Sources are recorded as the
 variant name, ``natural_reserved``, ``natural_heldout`` or ``outlier_iar``.
 
 Generation seeds are ``seed·100000 + batch`` (< 7 000 000): disjoint from the seed range
@@ -55,6 +57,11 @@ SPLITS = ("train", "val", "test")
 FULL_COUNTS = {"train": 300, "val": 100, "test": 100}
 SMALL_COUNTS = {"train": 8, "val": 6, "test": 6}
 GEN_BATCH = 50
+# What ``dataset.json`` records as ``recipe``: 2 since each split's natural outliers are cut from a
+# strip of rows of each photo of its own (recipe 1 cut every split's from the whole of the same
+# photos, so test crops could overlap training ones). ``submission.py --demo`` rebuilds a Dataset
+# of another recipe.
+DATASET_RECIPE = 2
 
 
 def _to_u8(img01_B3HW: torch.Tensor) -> np.ndarray:
@@ -88,8 +95,9 @@ def _thirds(n: int) -> List[int]:
 
 def _outliers(n: int, split_i: int, seed: int, outlier_adapter, first_seed: int) -> List[Tuple[np.ndarray, str]]:
     thirds = _thirds(n)
-    reserved, _ = demo_photos.random_crops(demo_photos.RESERVED_PHOTOS, thirds[0], seed * 10 + split_i, "all")
-    heldout, _ = demo_photos.random_crops(demo_photos.MODEL_PHOTOS, thirds[1], seed * 10 + 5 + split_i, "val")
+    strip = (split_i, len(SPLITS))  # each split crops its own rows of every photo: no pixel in two splits
+    reserved, _ = demo_photos.random_crops(demo_photos.RESERVED_PHOTOS, thirds[0], seed * 10 + split_i, "all", strip=strip)
+    heldout, _ = demo_photos.random_crops(demo_photos.MODEL_PHOTOS, thirds[1], seed * 10 + 5 + split_i, "val", strip=strip)
     generated = _generate(outlier_adapter, next(iter(outlier_adapter.variant_names)), thirds[2], first_seed)
     return ([(a, "natural_reserved") for a in reserved] + [(a, "natural_heldout") for a in heldout]
             + [(a, "outlier_iar") for a in generated])
@@ -191,7 +199,7 @@ def build(out: Path, seed: int, counts: Dict[str, int], zoo_dir: Path | None = N
             frame.sort_values("image_name").to_csv(tmp / "test_labels.csv", index=False)
         else:
             frame.to_csv(tmp / f"{split}_meta.csv", index=False)
-    info = {"seed": seed, "counts_per_class": counts, "classes": list(CLASS_NAMES), "zoo": str(zoo),
+    info = {"recipe": DATASET_RECIPE, "seed": seed, "counts_per_class": counts, "classes": list(CLASS_NAMES), "zoo": str(zoo),
             "zoo_sha256sums_digest": zoo_digest(Path(zoo)), "images": {s: len(rows[s]) for s in SPLITS}}
     (tmp / "dataset.json").write_text(json.dumps(info, indent=2))
     shutil.rmtree(out, ignore_errors=True)

@@ -137,10 +137,37 @@ def test_demo_dataset_is_rebuilt_when_the_zoo_changes(tiny_dataset, tmp_path):
     (stale / "test").mkdir(parents=True)
     (stale / "dataset.json").write_text('{"zoo_sha256sums_digest": "0000"}')
     assert "other zoo weights" in submission.demo_dataset_outdated(stale)
+    current = json.loads((tiny_dataset / "dataset.json").read_text())
+    assert current["recipe"] == make_demo_dataset.DATASET_RECIPE
+    (stale / "dataset.json").write_text(json.dumps({k: v for k, v in current.items() if k != "recipe"}))
+    assert "earlier recipe (1, now" in submission.demo_dataset_outdated(stale)
     foreign = tmp_path / "foreign"
     (foreign / "test").mkdir(parents=True)
     with pytest.raises(SystemExit, match="not a demo Dataset"):
         submission.demo_dataset_outdated(foreign)
+    # a dataset.json of something else, or one that does not parse, protects the folder as well
+    (foreign / "dataset.json").write_text('{"name": "my real data"}')
+    with pytest.raises(SystemExit, match="not a demo Dataset .*names no demo zoo"):
+        submission.demo_dataset_outdated(foreign)
+    (foreign / "dataset.json").write_text("{not json")
+    with pytest.raises(SystemExit, match="cannot be read .* is not replaced"):
+        submission.demo_dataset_outdated(foreign)
+    assert (foreign / "test").is_dir()
+
+
+def test_each_split_crops_its_own_rows_of_every_photo():
+    """The natural outliers of train, val and test share no pixel: each split's strip of rows."""
+    import demo_photos
+
+    for photo in demo_photos.RESERVED_PHOTOS + demo_photos.MODEL_PHOTOS:
+        part = "all" if photo in demo_photos.RESERVED_PHOTOS else "val"
+        whole = demo_photos._region(demo_photos.load_photo(photo), part)
+        strips = [demo_photos._region(demo_photos.load_photo(photo), part, (i, 3)) for i in range(3)]
+        assert sum(len(s) for s in strips) == len(whole) and min(min(s.shape[:2]) for s in strips) >= 64, photo
+        assert all((s == whole[start:start + len(s)]).all() for s, start in
+                   zip(strips, (0, len(strips[0]), len(strips[0]) + len(strips[1]))))
+    crops, labels = demo_photos.random_crops(demo_photos.RESERVED_PHOTOS, 0, 1, "all", strip=(2, 3))
+    assert crops.shape == (0, 64, 64, 3) and len(labels) == 0
 
 
 def test_missing_training_split_is_named_before_any_model_loads(tmp_path, monkeypatch):
@@ -345,6 +372,26 @@ def test_a_cached_row_lacking_a_needed_family_is_completed(tiny_dataset, tmp_pat
     assert len(extractor.store.shards()) == len(shards) + 1, "the token rows were complete already"
 
 
+def test_byte_identical_images_share_one_row_also_when_completed(tiny_dataset, tmp_path):
+    """Two files with the same bytes have one store key: a cached row of it lacking a family is
+    completed once, and both files get the same features."""
+    import shutil
+
+    from feature_extractor import FeatureExtractor
+
+    first = sorted((tiny_dataset / "test").glob("*.png"))[0]
+    twin = tmp_path / "twin.png"
+    shutil.copy(first, twin)
+    extractor = FeatureExtractor(inv_root=tmp_path / "inv", cache_dir=tmp_path / "cache", batch_size=4, progress=False)
+    extractor.features([first, twin], variant_gate=_FixedGate(var=[False], rar=[False]))
+    full = extractor.features([first, twin])
+    assert len(full) == 2 and not full.isna().any().any()
+    pd.testing.assert_series_equal(full.iloc[0], full.iloc[1], check_names=False)
+    key = extractor.store.read().index[0]
+    rows, missing = extractor.store.lookup([key, key])
+    assert len(rows) == 1 and missing == []
+
+
 def test_default_workers():
     assert submission.default_workers(None, "cpu") >= 1
     assert submission.default_workers(None, "cuda") == 1
@@ -356,6 +403,19 @@ def test_write_submission_sorted_into_a_new_folder(tmp_path):
     submission.write_submission(pd.Series(["var16", "outlier"], index=["b.png", "a.png"]), out)
     assert out.read_text() == "image_name,label\na.png,outlier\nb.png,var16\n"
     assert not list(out.parent.glob("*.tmp"))
+
+
+def test_a_submission_failing_its_check_leaves_the_previous_file(tmp_path):
+    out = tmp_path / "submission.csv"
+    submission.write_submission(pd.Series(["var16"], index=["a.png"]), out, ["a.png"])
+    before = out.read_bytes()
+    with pytest.raises(RuntimeError, match="1 test images without a row"):
+        submission.write_submission(pd.Series(["rarb"], index=["a.png"]), out, ["a.png", "b.png"])
+    assert out.read_bytes() == before and not list(tmp_path.glob("*.tmp"))
+    # a name with a line break (legal on POSIX) is quoted, so the file reads back one row per image
+    names = ["a.png", "b\rc.png", "d\ne.png", 'q"uote,comma.png']
+    submission.write_submission(pd.Series(["var16", "rarb", "outlier", "var30"], index=names), out, names)
+    assert sorted(pd.read_csv(out)["image_name"]) == sorted(names)
 
 
 def test_bad_inputs_are_named_and_no_test_image_loses_its_row(tiny_dataset, tmp_path, capsys):
@@ -379,6 +439,8 @@ def test_bad_inputs_are_named_and_no_test_image_loses_its_row(tiny_dataset, tmp_
     shutil.copy(sorted((root / "train" / "rarb").glob("*.png"))[0], root / "test" / "copied.png")
     (root / "test" / "nested").mkdir()
     shutil.copy(first, root / "test" / "nested" / "inner.png")
+    (root / "test" / "._resource_fork.png").write_bytes(b"\x00\x05\x16\x07")  # what macOS leaves beside a copy
+    (root / "train" / ".ipynb_checkpoints").mkdir()  # a hidden folder is no class folder
 
     truth = pd.read_csv(tiny_dataset / "test_labels.csv")
     partial = pd.concat([truth.iloc[:3], pd.DataFrame({"image_name": ["ghost.png"], "label": ["var16"]})])
@@ -388,10 +450,11 @@ def test_bad_inputs_are_named_and_no_test_image_loses_its_row(tiny_dataset, tmp_
     assert submission.main(["--test", str(root / "test"), "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
                             "--labels", str(tmp_path / "some_labels.csv")]) == 0
     table = pd.read_csv(out).set_index("image_name")["label"]
-    assert sorted(table.index) == sorted(p.name for p in (root / "test").iterdir() if p.suffix == ".png")
+    assert sorted(table.index) == sorted(p.name for p in (root / "test").iterdir() if p.suffix == ".png" and p.name[0] != ".")
     assert table["empty.png"] == "outlier" and table["large.png"] in CLASS_NAMES
     err = capsys.readouterr().err
     for named in ("train/var16/broken.png", "test/empty.png", "test/large.png (96×96)", "test/notes.txt", "test/nested",
+                  "test/._resource_fork.png",
                   "name no image of the test folder: ghost.png", f"{len(table) - 3} test image(s) have no label",
                   "test/copied.png (= a train image)"):
         assert named in err, named
@@ -399,7 +462,7 @@ def test_bad_inputs_are_named_and_no_test_image_loses_its_row(tiny_dataset, tmp_
     assert summary["unreadable_labelled_images"] == [str(root / "train" / "var16" / "broken.png")]
     assert summary["unreadable_test_images"] == [str(root / "test" / "empty.png")]
     assert summary["resized_images"] == [str(root / "test" / "large.png")]
-    assert summary["skipped_test_entries"] == [str(root / "test" / "nested"), str(root / "test" / "notes.txt")]
+    assert summary["skipped_test_entries"] == [str(root / "test" / name) for name in ("._resource_fork.png", "nested", "notes.txt")]
     assert summary["test"]["n"] == 3  # only the labelled test images are scored
     assert summary["images_in_two_splits"] == [f"{root / 'test' / 'copied.png'} (= a train image)"]
 
@@ -419,6 +482,15 @@ def test_training_data_of_some_classes_only(tiny_dataset, tmp_path, capsys):
                             "--out", str(out)]) == 0
     assert set(pd.read_csv(out)["label"]) <= set(kept)
     assert "6 of the 9 classes have no training image and are never predicted: var20, var24, var30, rarl" in capsys.readouterr().err
+    # a test folder of undecodable files only: every one gets outlier, and no earlier test report survives
+    broken = tmp_path / "Dataset" / "broken"
+    broken.mkdir()
+    (broken / "x.png").write_bytes(b"\x89PNG not really")
+    (tmp_path / "s_report" / "test.md").write_text("an earlier run's")
+    assert submission.main(["--test", str(broken), "--train", str(tmp_path / "Dataset" / "train"), "--val",
+                            str(tmp_path / "Dataset" / "val"), "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]) == 0
+    assert out.read_text() == "image_name,label\nx.png,outlier\n"
+    assert not (tmp_path / "s_report" / "test.md").exists()
 
 
 def test_a_malformed_labels_file_stops_the_run_before_any_model_loads(tiny_dataset, tmp_path, monkeypatch):
