@@ -50,8 +50,9 @@ EXTRACTOR_NAME = "iar_features"
 # scored_{family} markers, and a ScoringGate may leave a family's variant features out (NaN);
 # 13: variant features in fixed-size chunks (batch_features.VARIANT_CHUNK), whatever the batch mates
 # 14: {variant}_fnet_nll (variant_net.py) for VAR; 15: for RAR too
-EXTRACTOR_VERSION = "16"  # 16: VAR's net reads f after one re-encoding correction (variant_net.net_input)
+EXTRACTOR_VERSION = "17"  # 16: VAR's net reads f after one re-encoding correction (variant_net.net_input)
 # (RAR's net reading it too changed no code here, only the net's file, whose digest names the store)
+# 17: {family}_aedr is AEDR's double reconstruction through the quantizer (up to 16 it repeated enc_loss)
 TOKEN_LL_SUFFIX = "_token_ll"  # the per-token store: <name>_token_ll-v<version>-<weights digest>
 
 

@@ -35,7 +35,8 @@ def roc_points(belonging: ArrayLike, non_belonging: ArrayLike) -> Tuple[np.ndarr
     from sklearn.metrics import roc_curve
 
     y, s = _labels_and_scores(belonging, non_belonging)
-    fpr, tpr, _ = roc_curve(y, s)
+    # every operating point: the default drops the middle of collinear runs, which can be the one at the target FPR
+    fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
     return fpr, tpr
 
 

@@ -23,7 +23,9 @@ With ``D⁻¹`` the (inverse) encoder, ``Q`` the family's quantizer and ``D`` th
   range. The map is first fitted by least squares to ``D(D⁻¹(x))``, undone on ``x``, and ``x`` is
   encoded again, so the inverse decoder starts from colours like the ones it was trained on.
 * Baselines, computed with the *original* encoder: **Reconstruction** ``‖D(Q(D⁻¹(x))) − x‖²``,
-  **AEDR** (the calibrated double-reconstruction ratio), and **LatentTracer** (optimise the latent
+  **AEDR** (the double-reconstruction ratio ``(‖x̃ − x‖² + ε) / (‖x̃̃ − x̃‖² + ε)`` of the whole
+  autoencoder, quantizer included: ``x̃ = D(Q(D⁻¹(x)))``, ``x̃̃ = D(Q(D⁻¹(x̃)))``; EncLoss's
+  calibration is the same ratio without ``Q``), and **LatentTracer** (optimise the latent
   from ``f̂`` for 100 Adam steps, lr 0.01 halved at step 50, to reconstruct ``x``; the final error).
 
 The token readers serve the variant features: :func:`reencode_tokens` cancels the inverse
@@ -90,7 +92,8 @@ def family_signals_and_tokens(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, 
     first, second = per_image_mse(x_rec, x), per_image_mse(x_rec2, x_rec)
     out["enc_loss_raw"] = first
     out["enc_loss"] = (first + _EPS) / (second + _EPS)
-    out["aedr"] = out["enc_loss"]
+    decoded_twice = adapter.decode(adapter.quantize(adapter.encode(decoded))[1])
+    out["aedr"] = (out["reconstruction"] + _EPS) / (per_image_mse(decoded_twice, decoded) + _EPS)
     out["combined"] = out.get("quant_loss_searched", out["quant_loss"]) * out["enc_loss"]
     return FamilyReading(out, tokens, f_tokens, f, f_round_trip)
 
@@ -127,7 +130,7 @@ def optimise_latent(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, init_BChw:
 
     With ``colour = (M, b)`` (see :func:`colour_fit`) the per-image affine colour map is optimised
     too, from that start, and the error is ``‖clamp(M·clamp(D(latent)) + b) − x‖²``.
-    Returns ``(latent, per-image error of the last step)``; the learning rate halves every
+    Returns ``(latent, per-image error of that latent)``; the learning rate halves every
     ``halve_every`` steps. The decoder is frozen; only the latent (and the colour map) moves.
     """
     x = img01_B3HW.to(adapter.device).float()
@@ -136,20 +139,21 @@ def optimise_latent(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, init_BChw:
     M, b = ((t.detach().to(adapter.device).clone(memory_format=torch.contiguous_format).requires_grad_(True) for t in colour)
             if colour is not None else (None, None))
     opt = torch.optim.Adam([latent] + ([M, b] if colour is not None else []), lr=lr)
-    per_image = torch.zeros(x.shape[0])
+    def error() -> torch.Tensor:
+        decoded = adapter.decode_raw(latent).clamp(0, 1)
+        return per_image_mse(apply_colour(M, b, decoded).clamp(0, 1) if colour is not None else decoded, x)
+
     with torch.enable_grad():
         for step in range(1, iters + 1):
-            decoded = adapter.decode_raw(latent).clamp(0, 1)
-            if colour is not None:
-                decoded = apply_colour(M, b, decoded).clamp(0, 1)
-            per_image = per_image_mse(decoded, x)
+            per_image = error()
             opt.zero_grad(set_to_none=True)
             per_image.sum().backward()
             opt.step()
             if step % halve_every == 0:
                 for group in opt.param_groups:
                     group["lr"] *= 0.5
-    return latent.detach(), per_image.detach().cpu()
+    with torch.no_grad():
+        return latent.detach(), error().cpu()
 
 
 def refine_tokens(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, f_BChw: torch.Tensor, steps: int, lr: float = 0.02,
@@ -220,7 +224,7 @@ def latent_tracer(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, iters: int =
 
 
 def refined_enc_loss(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, steps: int = REFINED_ENC_STEPS, lr: float = 0.01) -> torch.Tensor:
-    """Refined EncLoss: the per-image error ``‖clamp(D(f)) − x‖²`` at the ``steps``-th Adam step
+    """Refined EncLoss: the per-image error ``‖clamp(D(f)) − x‖²`` after ``steps`` Adam steps
     from ``f = D⁻¹(x)`` (constant learning rate; see the module doc)."""
     with torch.no_grad():
         f = adapter.encode(img01_B3HW.to(adapter.device).float())

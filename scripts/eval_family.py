@@ -41,7 +41,8 @@ from runtime import keep_freed_memory  # noqa: E402
 from signals import latent_tracer, signal_frame  # noqa: E402
 
 
-SIGNALS_VERSION = 2  # 2: the inverse decoder's refined EncLoss (signals.refined_enc_loss)
+SIGNALS_VERSION = 3  # 2: the inverse decoder's refined EncLoss (signals.refined_enc_loss); 3: AEDR through the
+# quantizer, and the refined EncLoss / LatentTracer error of the latent returned (after the last step, not before it)
 
 
 def signals_key(meta: pd.DataFrame, weights_dir, inv_root: Path, device: str, latent_tracer_limit: int, seed: int) -> str:

@@ -27,6 +27,15 @@ def test_tpr_at_fpr_counts_by_hand():
     assert tpr_at_fpr(pos, neg, 0.02) == pytest.approx(4 / 5)
 
 
+def test_tpr_at_fpr_reads_the_point_inside_a_run_of_ties():
+    """Tied (belonging, non-belonging) pairs put ROC points on one diagonal line; the point at the
+    target FPR is read even though it is in the middle of that line."""
+    pos = np.r_[[0.0, 1.0, 2.0, 3.0, 4.0], np.arange(100, 195, dtype=float)]  # 100 belonging scores
+    neg = np.r_[[0.0, 1.0, 2.0, 3.0, 4.0], np.arange(1000, 1095, dtype=float)]  # 100 others, 5 tied with them
+    assert tpr_at_fpr(pos, neg, 0.03) == pytest.approx(3 / 100)
+    assert tpr_at_fpr(pos, neg, 0.01) == pytest.approx(1 / 100)
+
+
 def test_threshold_and_balanced_accuracy():
     neg = np.arange(100, dtype=float)
     t = threshold_at_fpr(neg, 0.05)

@@ -23,6 +23,12 @@ def test_signal_algebra(small_zoo_dir, var_fixture):
     second = (adapter.decode(adapter.encode(rec)) - rec).square().flatten(1).mean(1)
     assert torch.allclose(s["enc_loss_raw"], first)
     assert torch.allclose(s["enc_loss"], (first + 1e-10) / (second + 1e-10))
+    # AEDR: the same ratio through the whole autoencoder, quantizer included
+    once = adapter.decode(adapter.quantize(f)[1])
+    twice = adapter.decode(adapter.quantize(adapter.encode(once))[1])
+    assert torch.allclose(s["reconstruction"], (once - x).square().flatten(1).mean(1))
+    assert torch.allclose(s["aedr"], (s["reconstruction"] + 1e-10) / ((twice - once).square().flatten(1).mean(1) + 1e-10))
+    assert not torch.allclose(s["aedr"], s["enc_loss"])
 
 
 def test_rar_signals_have_no_search_and_frame_is_indexed(small_zoo_dir, rar_fixture):
@@ -35,6 +41,19 @@ def test_rar_signals_have_no_search_and_frame_is_indexed(small_zoo_dir, rar_fixt
     assert {"rar_quant_loss", "rar_enc_loss", "rar_combined", "rar_aedr"} <= set(frame.columns)
     direct = family_signals(adapter, t["in.image"][:1])["quant_loss"].item()
     assert abs(frame.loc["a.png", "rar_quant_loss"] - direct) < 1e-9
+
+
+def test_optimise_latent_reports_the_error_of_the_latent_it_returns(small_zoo_dir, rar_fixture):
+    from quantizer import per_image_mse
+    from signals import optimise_latent
+
+    adapter = load_family("RAR", small_zoo_dir)
+    x = (rar_fixture[1]["in.image"] + 1) / 2
+    start = adapter.encode(x)
+    for steps in (0, 3):
+        latent, error = optimise_latent(adapter, x, start, iters=steps, lr=0.05)
+        assert torch.allclose(error, per_image_mse(adapter.decode_raw(latent).clamp(0, 1), x))
+    assert torch.equal(optimise_latent(adapter, x, start, iters=0)[0], start)
 
 
 def test_latent_tracer_improves_on_the_decoded_quantization(small_zoo_dir, rar_fixture):
