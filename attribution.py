@@ -161,20 +161,41 @@ def load_bundle(method: str, folder: Path | str) -> dict:
             "classifiers": {f: VariantClassifier.load(folder / f"{f}.joblib") for f in families}}
 
 
+# The modules whose code fits each kind of method's models (and the libraries behind them): any
+# edit to one of them, or another library version, refits instead of loading a stale bundle.
+_FITTING_MODULES = {"frame": ("attribution", "variant_classifier", "provenance", "net_blend", "metrics", "runtime"),
+                    "prada": ("attribution", "flat_prada")}
+_FITTING_LIBRARIES = {"frame": ("lightgbm", "sklearn", "numpy", "pandas"), "prada": ("torch", "numpy", "pandas")}
+
+
+def _code_digest(kind: str) -> str:
+    import hashlib
+    import importlib
+    import inspect
+
+    digest = hashlib.sha256()
+    for name in _FITTING_LIBRARIES[kind]:
+        digest.update(f"{name}=={importlib.import_module(name).__version__};".encode())
+    for name in _FITTING_MODULES[kind]:
+        digest.update(Path(inspect.getsourcefile(importlib.import_module(name))).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def model_version(method: str) -> str:
     """The version of the code that fits ``method``'s models, part of a cached bundle's key: the
     classifiers' (:data:`variant_classifier.CLASSIFIER_VERSION`) for the feature-frame methods,
     PRADA's own (:data:`flat_prada.PRADA_VERSION`) for ``prada``, so a change to one refits only
-    the methods it touches."""
+    the methods it touches; with a digest of the fitting modules' source and the libraries'
+    versions, so an edit nobody marked with a new version refits as well."""
     if method == "prada":
         from flat_prada import PRADA_VERSION
 
-        return f"prada-{PRADA_VERSION}"
+        return f"prada-{PRADA_VERSION}-{_code_digest('prada')}"
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {ALL_METHODS}")
     from variant_classifier import CLASSIFIER_VERSION
 
-    return CLASSIFIER_VERSION
+    return f"{CLASSIFIER_VERSION}-{_code_digest('frame')}"
 
 
 def pick_method(val_accuracy: Dict[str, float]) -> str:

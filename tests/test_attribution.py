@@ -302,7 +302,7 @@ def test_scoring_gate_simulation_blanks_what_the_gate_skips_and_counts_the_work(
                                        train_labels, val, val_labels, per_class=10, min_probability=0.03)
 
 
-def test_model_version_keys_each_method_to_its_own_code(monkeypatch):
+def test_model_version_keys_each_method_to_its_own_code(monkeypatch, tmp_path):
     """A cached bundle's key holds the version of the code that fits it: a classifier change refits
     flat and two-stage but not PRADA, and a PRADA change only PRADA."""
     import flat_prada
@@ -319,3 +319,14 @@ def test_model_version_keys_each_method_to_its_own_code(monkeypatch):
     assert model_version("flat") == before["flat"]
     with pytest.raises(ValueError, match="unknown method"):
         model_version("auto")
+    # an edit of a fitting module that nobody marked with a new version refits too
+    import attribution
+
+    monkeypatch.undo()
+    (tmp_path / "fitting_probe.py").write_text("WEIGHT = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(attribution._FITTING_MODULES, "frame", attribution._FITTING_MODULES["frame"] + ("fitting_probe",))
+    probed = model_version("flat")
+    assert probed != before["flat"] and model_version("flat") == probed
+    (tmp_path / "fitting_probe.py").write_text("WEIGHT = 2\n")
+    assert model_version("flat") != probed and model_version("prada") == before["prada"]
