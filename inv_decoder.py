@@ -102,6 +102,9 @@ def generate_training_tokens(adapter: FamilyAdapter, n_images: int, seed: int, b
     """Tokens of ``n_images`` fresh generations, split evenly over the family's variants."""
     from tqdm.auto import tqdm
 
+    if not 0 <= seed < 10 or n_images > 100_000:  # seeds from 8e6 on are diagnose_zoo's and the variant nets'
+        raise ValueError(f"fine-tuning seed must be in 0 … 9 and images ≤ 100 000 (got seed {seed}, {n_images} images): "
+                         f"its generation seeds stay in [{SEED_OFFSET}, {SEED_OFFSET + 1_000_000})")
     variants = adapter.variant_names
     chunks = []
     jobs = []
@@ -152,6 +155,12 @@ def _save_loss_curve(losses: List[float], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _resume_settings(cfg: dict) -> Dict[str, str]:
+    """What a checkpoint must have been trained with to be resumed under ``cfg``: every setting
+    but the number of epochs (a finished run may be continued for more)."""
+    return {k: json.dumps(v, sort_keys=True, default=str) for k, v in cfg.items() if k != "epochs"}
+
+
 def finetune(adapter: FamilyAdapter, out_dir: Path | str, config: Optional[dict] = None, *,
              exclude_folders: Sequence[Path] = (), progress: bool = True) -> Dict[str, object]:
     """Fine-tune ``adapter``'s encoder in place; resumable; returns the run summary."""
@@ -165,8 +174,12 @@ def finetune(adapter: FamilyAdapter, out_dir: Path | str, config: Optional[dict]
     ckpt_path = out / "checkpoint.pt"
     tokens_path = out / "train_tokens.pt"
     torch.manual_seed(int(cfg["seed"]))
+    settings = _resume_settings(cfg)
     if tokens_path.is_file():
         tokens = torch.load(tokens_path, weights_only=True)
+        if len(tokens) != int(cfg["images"]):
+            raise RuntimeError(f"{tokens_path} holds {len(tokens)} fine-tuning images, not the {cfg['images']} asked for: "
+                               f"it belongs to another run; remove {out} or give another output folder")
     else:
         tokens = generate_training_tokens(adapter, int(cfg["images"]), int(cfg["seed"]), progress=progress)
         with atomic_path(tokens_path) as tmp:
@@ -191,6 +204,10 @@ def finetune(adapter: FamilyAdapter, out_dir: Path | str, config: Optional[dict]
             load_inverse_decoder(adapter, init)
     if ckpt_path.is_file():
         state = torch.load(ckpt_path, weights_only=True)
+        if state.get("settings", settings) != settings:  # checkpoints before the settings were stored are taken as they are
+            changed = sorted(k for k in set(settings) | set(state["settings"]) if settings.get(k) != state["settings"].get(k))
+            raise RuntimeError(f"{ckpt_path} was trained with other settings ({', '.join(changed)}): remove {out} "
+                               "or give another output folder (only --epochs may grow when a run is resumed)")
         adapter.tokenizer.load_state_dict(state["encoder"], strict=False)
         opt.load_state_dict(state["optimizer"])
         losses, start_epoch = list(state["losses"]), int(state["epoch"])
@@ -223,7 +240,7 @@ def finetune(adapter: FamilyAdapter, out_dir: Path | str, config: Optional[dict]
             losses.append(total / max(count, 1))
             with atomic_path(ckpt_path) as tmp:  # a run killed while saving resumes from the previous epoch
                 torch.save({"encoder": encoder_state(adapter), "optimizer": opt.state_dict(), "losses": losses,
-                            "epoch": epoch + 1, "rng": torch.get_rng_state()}, tmp)
+                            "epoch": epoch + 1, "rng": torch.get_rng_state(), "settings": settings}, tmp)
             if progress:
                 print(f"epoch {epoch + 1}: loss {losses[-1]:.4e}", file=sys.stderr)
     finally:

@@ -66,8 +66,8 @@ def net_input(adapter: FamilyAdapter, f_BChw: torch.Tensor, input_map: str,
 
 def generation_seed(seed: int, variant_index: int, batch_index: int) -> int:
     """The generation seed of one training batch: inside ``[SEED_OFFSET, SEED_OFFSET + 1e6)`` for ``seed < 10``."""
-    if not 0 <= batch_index < 10_000 or not 0 <= variant_index < 10:
-        raise ValueError("at most 10 variants and 10 000 batches per variant")
+    if not 0 <= batch_index < 10_000 or not 0 <= variant_index < 10 or not 0 <= seed < 10:
+        raise ValueError("seed 0 … 9, at most 10 variants and 10 000 batches per variant")
     return SEED_OFFSET + 100_000 * seed + 10_000 * variant_index + batch_index
 
 

@@ -33,6 +33,12 @@ def test_finetune_lowers_loss_and_resume_is_exact(small_zoo_dir, tmp_path):
     for key, value in _weights(straight).items():
         assert torch.equal(value, _weights(loaded)[key])
 
+    # a folder of another run is not taken for this one's: other settings, or other training images
+    with pytest.raises(RuntimeError, match=r"checkpoint.pt was trained with other settings \(lr\)"):
+        inv_decoder.finetune(load_family("RAR", small_zoo_dir), tmp_path / "straight", dict(CFG, lr=1e-3), progress=False)
+    with pytest.raises(RuntimeError, match="holds 12 fine-tuning images, not the 18 asked for"):
+        inv_decoder.finetune(load_family("RAR", small_zoo_dir), tmp_path / "straight", dict(CFG, images=18), progress=False)
+
 
 def test_var_prefixes_include_quant_conv(small_zoo_dir):
     assert inv_decoder.encoder_state_prefixes(load_family("VAR", small_zoo_dir)) == ["encoder.", "quant_conv."]
