@@ -43,7 +43,7 @@ from models.zoo import check_weights_dir, is_zoo_dir, load_family
 from provenance import ScoringGate, leave_out_unneeded
 from runtime import keep_freed_memory, use_usable_cores
 
-__all__ = ["EXTRACTOR_NAME", "EXTRACTOR_VERSION", "TOKEN_LL_SUFFIX", "FeatureExtractor", "weight_files"]
+__all__ = ["EXTRACTOR_NAME", "EXTRACTOR_VERSION", "TOKEN_LL_SUFFIX", "FeatureExtractor", "store_name", "weight_files"]
 
 EXTRACTOR_NAME = "iar_features"
 # 11: the same features as 10, with per-token log-likelihoods stored beside them; 12: rows carry
@@ -81,6 +81,14 @@ def weight_files(weights_dir: Optional[Path]) -> List[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix in (".pth", ".bin", ".safetensors"))
 
 
+def store_name(refine_steps: int, device_type: str) -> str:
+    """The feature store's name: features read with latent refinement, or computed on another
+    device than the CPU (whose convolutions may round differently, e.g. in TF32 on a GPU), go to a
+    store of their own, so a run never mixes rows computed two ways."""
+    name = EXTRACTOR_NAME if not refine_steps else f"{EXTRACTOR_NAME}_refine{refine_steps}"
+    return name if device_type == "cpu" else f"{name}_{device_type}"
+
+
 class FeatureExtractor:
     """Loads both families with their inverse decoders and serves cached feature rows."""
 
@@ -110,7 +118,7 @@ class FeatureExtractor:
         self.image_size = self.adapters["VAR"].image_size
         digest = hashlib.sha256("".join(file_sha256(p) for p in files).encode()).hexdigest()
         self.weights_digest = digest
-        name = EXTRACTOR_NAME if not self.refine_steps else f"{EXTRACTOR_NAME}_refine{self.refine_steps}"
+        name = store_name(self.refine_steps, self.adapters["VAR"].device.type)
         self.store = FeatureStore(cache_dir, name, EXTRACTOR_VERSION, digest, enabled=use_cache, rebuild=rebuild)
         self.token_store = FeatureStore(cache_dir, f"{name}{TOKEN_LL_SUFFIX}", EXTRACTOR_VERSION, digest,
                                         enabled=use_cache, rebuild=rebuild)
@@ -160,9 +168,13 @@ class FeatureExtractor:
         bar = dict(desc="features", disable=not self.progress or not todo, unit="batch", total=len(jobs))
         if self.workers > 1 and len(jobs) > 1:
             import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
 
-            with multiprocessing.get_context("spawn").Pool(min(self.workers, len(jobs)), _worker_init, (self._worker_kwargs,)) as pool:
-                computed = list(tqdm(pool.imap(_worker_batch, jobs), **bar))
+            # not multiprocessing.Pool: a worker killed (OOM killer, kill -9) makes this raise
+            # BrokenProcessPool instead of waiting forever; finished batches are in the store already
+            with ProcessPoolExecutor(min(self.workers, len(jobs)), mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=_worker_init, initargs=(self._worker_kwargs,)) as pool:
+                computed = list(tqdm(pool.map(_worker_batch, jobs), **bar))
         else:
             computed = [self._batch(*job) for job in tqdm(jobs, **bar)]
         table = pd.concat([stored] + computed) if computed else stored

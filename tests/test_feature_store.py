@@ -151,3 +151,10 @@ def test_inspected_images_carry_the_store_key(tmp_path):
     frame = inspect_images([tmp_path / "a.png", tmp_path / "b.png"])
     assert frame.loc[str(tmp_path / "a.png"), "sha256"] == file_sha256(tmp_path / "a.png")
     assert frame["readable"].tolist() == [True, False]
+
+
+def test_refined_or_gpu_features_get_stores_of_their_own():
+    from feature_extractor import EXTRACTOR_NAME, store_name
+
+    names = {store_name(0, "cpu"), store_name(25, "cpu"), store_name(0, "cuda"), store_name(25, "cuda")}
+    assert store_name(0, "cpu") == EXTRACTOR_NAME and len(names) == 4
