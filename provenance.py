@@ -109,13 +109,18 @@ class FamilyGate:
         train_fam, val_fam = family_of_labels(train_labels), family_of_labels(val_labels)
         for family in FAMILIES:
             own, other = val_fam == family, val_fam != family
+            if not own.any() or not other.any():
+                raise ValueError(f"a {self.strategy} threshold for {family} needs validation images of {family} and of "
+                                 f"other sources (validation holds {int(own.sum())} and {int(other.sum())}); "
+                                 "add them, or use the learned gate")
             if signals and family in signals:
                 chosen = signals[family]
             else:
                 scored = []
                 for name in CANDIDATE_SIGNALS:
                     column = f"{family}_{name}"
-                    if column in val.columns and val[column].notna().all():
+                    # every value present on both splits: a NaN would make a threshold or a quantile NaN
+                    if column in val.columns and val[column].notna().all() and train[column].notna().all():
                         v = val[column].to_numpy()
                         scored.append((tpr_at_fpr(v[own], v[other]), roc_auc(v[own], v[other]), name))
                 if not scored:

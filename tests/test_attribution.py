@@ -45,6 +45,18 @@ def test_gate_strategies_separate_families(data):
     assert all(v["fpr"] <= 0.01 for v in gate.validation.values())
 
 
+def test_gate_skips_signals_missing_on_train_and_names_a_family_without_validation_images(data):
+    (train, ytr), (val, yva), _ = data
+    holed = train.copy()
+    holed.iloc[0, holed.columns.get_loc("VAR_combined")] = np.nan
+    holed.iloc[0, holed.columns.get_loc("RAR_combined")] = np.nan
+    gate = FamilyGate(strategy="train_quantile").fit(holed, ytr, val, yva)
+    assert "combined" not in gate.signals.values() and all(np.isfinite(t) for t in gate.thresholds.values())
+    no_rar = np.array([FAMILY_OF.get(label) != "RAR" for label in yva])
+    with pytest.raises(ValueError, match="threshold for RAR needs validation images of RAR and of other sources"):
+        FamilyGate().fit(train, ytr, val[no_rar], yva[no_rar])
+
+
 def test_gate_prefers_the_relatively_lower_family():
     gate = FamilyGate(signals={"VAR": "combined", "RAR": "combined"}, thresholds={"VAR": np.log(1e-3), "RAR": np.log(1e-1)})
     frame = pd.DataFrame({"VAR_combined": [1e-6, 1e-3 * 0.9, 1.0], "RAR_combined": [1e-3, 1e-3, 1.0]}, index=list("abc"))
