@@ -12,8 +12,9 @@ version 10; version 9 used the default layout).
 
 Rows are cached in a :class:`feature_store.FeatureStore` keyed by the sha256 of the image file,
 in a store named after this extractor's version and a digest of every weight file used (zoo or
-official files and inverse decoders), so a rerun computes only new images and a change of
-weights or code version never reuses stale rows. Each image's per-token log-likelihoods (for
+official files and inverse decoders), and after the device when it is not the CPU
+(:func:`store_name`), so a rerun computes only new images and a change of weights or code
+version never reuses stale rows. Each image's per-token log-likelihoods (for
 :mod:`flat_prada`) are kept the same way in a second store beside the first
 (:meth:`FeatureExtractor.token_log_likelihoods`). Each batch is written as its own shards as soon
 as it is computed: an interrupted run resumes where it stopped. ``workers=N`` spreads batches
@@ -50,9 +51,9 @@ EXTRACTOR_NAME = "iar_features"
 # scored_{family} markers, and a ScoringGate may leave a family's variant features out (NaN);
 # 13: variant features in fixed-size chunks (batch_features.VARIANT_CHUNK), whatever the batch mates
 # 14: {variant}_fnet_nll (variant_net.py) for VAR; 15: for RAR too
-EXTRACTOR_VERSION = "17"  # 16: VAR's net reads f after one re-encoding correction (variant_net.net_input)
-# (RAR's net reading it too changed no code here, only the net's file, whose digest names the store)
-# 17: {family}_aedr is AEDR's double reconstruction through the quantizer (up to 16 it repeated enc_loss)
+# 16: VAR's net reads f after one re-encoding correction (variant_net.net_input) (RAR's net reading
+# it too changed no code here, only the net's file, whose digest names the store)
+EXTRACTOR_VERSION = "17"  # 17: {family}_aedr is AEDR's double reconstruction through the quantizer (up to 16 it repeated enc_loss)
 TOKEN_LL_SUFFIX = "_token_ll"  # the per-token store: <name>_token_ll-v<version>-<weights digest>
 
 

@@ -140,8 +140,9 @@ class FeatureStore:
         merged, read = self._read_shards()
         if len(read) > COMPACT_AFTER:
             self._replace(merged, read)
-        stored = merged.reindex([k for k in dict.fromkeys(keys) if k in merged.index])
-        return stored, [k for k in dict.fromkeys(keys) if k not in stored.index]
+        unique = list(dict.fromkeys(keys))
+        stored = merged.reindex([k for k in unique if k in merged.index])
+        return stored, [k for k in unique if k not in stored.index]
 
     def missing(self, keys: Iterable[str]) -> List[str]:
         """Keys without a stored row, in input order, without duplicates."""

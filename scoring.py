@@ -99,14 +99,15 @@ def write_report(folder: Path | str, name: str, y_true: Sequence[str], y_pred: S
     stats = summary(y_true, y_pred)
     table = per_class_table(y_true, y_pred)
     matrix = confusion(y_true, y_pred)
-    table.to_csv(folder / f"{name}_per_class.csv")
-    matrix.to_csv(folder / f"{name}_confusion.csv")
-    _confusion_png(matrix, folder / f"{name}_confusion.png", title)
+    per_class_csv, confusion_csv, confusion_png, markdown = report_files(name)
+    table.to_csv(folder / per_class_csv)
+    matrix.to_csv(folder / confusion_csv)
+    _confusion_png(matrix, folder / confusion_png, title)
     lines = [f"# {title}", "", f"- images: {stats['n']}", f"- 9-class accuracy: {100 * stats['accuracy']:.2f} % (95 % interval {interval_text(stats['accuracy_ci95'])} %)",
              f"- family accuracy: {100 * stats['family_accuracy']:.2f} %", f"- outlier recall: {100 * stats['outlier_recall']:.2f} %",
              "", table.round(3).to_markdown() if _has_tabulate() else table.round(3).to_string(), "",
-             f"![confusion matrix]({name}_confusion.png)", ""]
-    (folder / f"{name}.md").write_text("\n".join(lines))
+             f"![confusion matrix]({confusion_png})", ""]
+    (folder / markdown).write_text("\n".join(lines))
     return stats
 
 
