@@ -55,15 +55,18 @@ from variant_features import token_evidence, variant_features
 if TYPE_CHECKING:
     from provenance import ScoringGate
 
-__all__ = ["features_for_batch", "SHARED_CANDIDATES", "VARIANT_CHUNK", "SEARCH_ITERS", "REFINE_FAMILIES", "REFINE_LR",
+__all__ = ["features_for_batch", "SHARED_CANDIDATES", "CHUNK", "SEARCH_ITERS", "REFINE_FAMILIES", "REFINE_LR",
            "REENCODE_FAMILIES", "REENCODE_ITERS"]
 
 SHARED_CANDIDATES = 1  # labels the larger variants of a family are evaluated under
-# Variant features are computed this many images at a time, always (the last chunk padded): the
-# passes then have the same shapes whichever images share a batch, so an image's features do not
-# depend on its batch mates (with the scoring gate, the images a family is computed for vary per
-# batch; matrix products of other sizes round differently, ~1e-6, enough to move a LightGBM split).
-VARIANT_CHUNK = 8
+# Every pass over images runs this many at a time, always (the last chunk padded with copies of its
+# first image): the inverse decoder, round trips and token reading, the variant nets and the
+# teacher-forced passes then have the same shapes whichever images share a batch, so an image's
+# features do not depend on its batch mates or the batch size (a Slurm array batches images by
+# content hash, a local run by order; with the scoring gate, the images a family's variant features
+# are computed for vary per batch; matrix products of other sizes round differently, ~1e-5,
+# enough to move a LightGBM split). 8 costs no time against 32 on 2 cores.
+CHUNK = 8
 # VAR's token search anneals over 10 iterations here instead of ``search_tokens``' default 20, at
 # half the cost; ``scripts/bench_token_search.py`` prints both (time, QuantLoss TPR, mean f-MSE).
 SEARCH_ITERS = 10
@@ -115,20 +118,12 @@ def features_for_batch(adapters: Dict[str, FamilyAdapter], img01_B3HW: torch.Ten
     token_columns: Dict[str, List[np.ndarray]] = {}
     read: Dict[str, tuple] = {}
     for family, adapter in adapters.items():
-        refine = refine_steps > 0 and family in REFINE_FAMILIES
-        reencode_iters = REENCODE_ITERS if family in REENCODE_FAMILIES and not refine else 0
-        search = partial(search_tokens, max_iters=SEARCH_ITERS) if family == "VAR" else None
-        signals, tokens, f, f_net, f_round_trip = family_signals_and_tokens(adapter, img01_B3HW, search, reencode_iters)
-        if nets and family in nets:  # the net reads its map of D⁻¹(x), as it was trained, whatever the tokens are read from
-            net, names = nets[family]
-            net_map = variant_net.net_input(adapter, f_net, variant_net.input_map_of(net), f_round_trip)  # EncLoss's round trip reused
-            columns[family].update(variant_net.variant_nll(net, names, net_map))
-        if refine:
-            tokens, f = refine_tokens(adapter, img01_B3HW, f, refine_steps, REFINE_LR, search)
-        read[family] = (tokens, token_evidence(adapter.token_distances(f, tokens)))
+        net = nets.get(family) if nets else None
+        parts = [_read_family(adapter, img01_B3HW[index], refine_steps, net) for index in _padded_chunks(B)]
+        signals = {name: np.concatenate([part[0][name] for part in parts])[:B] for name in parts[0][0]}
+        columns[family].update(signals)
+        read[family] = tuple(torch.cat([part[i] for part in parts])[:B] for i in (1, 2))
         clock.lap(f"{family}_signals")
-        for name, values in signals.items():
-            columns[family][f"{family}_{name}"] = values.detach().cpu().double().numpy()
     needs = _needed(variant_gate, pd.DataFrame({k: v for part in columns.values() for k, v in part.items()}), adapters, forced, B)
     for family, adapter in adapters.items():
         chosen = np.flatnonzero(needs[family])
@@ -145,16 +140,16 @@ def features_for_batch(adapters: Dict[str, FamilyAdapter], img01_B3HW: torch.Ten
 
 
 def _variant_columns(adapter: FamilyAdapter, tokens_BL: torch.Tensor, evidence_BLV: torch.Tensor, rows: np.ndarray,
-                     clock: "_Stopwatch", chunk_size: int = VARIANT_CHUNK) -> Tuple[Dict[str, np.ndarray], Dict[str, List[np.ndarray]]]:
+                     clock: "_Stopwatch", chunk_size: int = CHUNK) -> Tuple[Dict[str, np.ndarray], Dict[str, List[np.ndarray]]]:
     """The family's variant feature columns (``{variant}_{name}``, one value per image of ``rows``)
     and per-token arrays, computed ``chunk_size`` images at a time (the last chunk padded with
     copies of its first image)."""
-    scale_sizes = [pn * pn for pn in adapter.patch_nums] if adapter.family == "VAR" else None
+    scale_sizes = adapter.scale_sizes() if adapter.family == "VAR" else None
     features: Dict[str, List[np.ndarray]] = {}
     token_lists: Dict[str, List[np.ndarray]] = {}
-    for start in range(0, len(rows), chunk_size):
+    for start, index in zip(range(0, len(rows), chunk_size), _padded_chunks(len(rows), chunk_size)):
         chunk = rows[start:start + chunk_size]
-        index = torch.as_tensor(np.concatenate([chunk, np.repeat(chunk[:1], chunk_size - len(chunk))]), dtype=torch.long)
+        index = torch.as_tensor(rows[index.numpy()], dtype=torch.long)
         tokens, evidence = tokens_BL[index.to(tokens_BL.device)], evidence_BLV[index.to(evidence_BLV.device)]
         candidates = None  # the first (smallest) variant scores every label; the others reuse its best ones
         for variant in adapter.variant_names:
@@ -168,6 +163,35 @@ def _variant_columns(adapter: FamilyAdapter, tokens_BL: torch.Tensor, evidence_B
                 features.setdefault(f"{variant}_{name}", []).append(np.asarray(values)[:len(chunk)])
             clock.lap(variant)
     return {name: np.concatenate(parts) for name, parts in features.items()}, token_lists
+
+
+def _padded_chunks(n: int, chunk_size: int = CHUNK) -> List[torch.Tensor]:
+    """Indices ``0 … n−1`` in chunks of exactly ``chunk_size``, the last padded with its first index."""
+    chunks = []
+    for start in range(0, n, chunk_size):
+        index = torch.arange(start, min(start + chunk_size, n))
+        chunks.append(torch.cat([index, index[:1].expand(chunk_size - len(index))]))
+    return chunks
+
+
+def _read_family(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, refine_steps: int,
+                 net: Optional[Tuple[variant_net.AnyVariantNet, List[str]]]) -> Tuple[Dict[str, np.ndarray], torch.Tensor, torch.Tensor]:
+    """One chunk's family columns (signals, and the variant net's ``{variant}_fnet_nll`` when a net
+    is given), its recovered tokens ``B×L`` and their code posterior ``B×L×V``."""
+    family = adapter.family
+    refine = refine_steps > 0 and family in REFINE_FAMILIES
+    reencode_iters = REENCODE_ITERS if family in REENCODE_FAMILIES and not refine else 0
+    search = partial(search_tokens, max_iters=SEARCH_ITERS) if family == "VAR" else None
+    signals, tokens, f, f_net, f_round_trip = family_signals_and_tokens(adapter, img01_B3HW, search, reencode_iters)
+    columns: Dict[str, np.ndarray] = {}
+    if net is not None:  # the net reads its map of D⁻¹(x), as it was trained, whatever the tokens are read from
+        model, names = net
+        net_map = variant_net.net_input(adapter, f_net, variant_net.input_map_of(model), f_round_trip)  # EncLoss's round trip reused
+        columns.update(variant_net.variant_nll(model, names, net_map))
+    columns.update({f"{family}_{name}": values.detach().cpu().double().numpy() for name, values in signals.items()})
+    if refine:
+        tokens, f = refine_tokens(adapter, img01_B3HW, f, refine_steps, REFINE_LR, search)
+    return columns, tokens, token_evidence(adapter.token_distances(f, tokens))
 
 
 def _needed(variant_gate: Optional[ScoringGate], signals: pd.DataFrame, adapters: Dict[str, FamilyAdapter],

@@ -49,11 +49,16 @@ __all__ = ["EXTRACTOR_NAME", "EXTRACTOR_VERSION", "TOKEN_LL_SUFFIX", "FeatureExt
 EXTRACTOR_NAME = "iar_features"
 # 11: the same features as 10, with per-token log-likelihoods stored beside them; 12: rows carry
 # scored_{family} markers, and a ScoringGate may leave a family's variant features out (NaN);
-# 13: variant features in fixed-size chunks (batch_features.VARIANT_CHUNK), whatever the batch mates
+# 13: variant features in fixed-size chunks (batch_features.CHUNK), whatever the batch mates
 # 14: {variant}_fnet_nll (variant_net.py) for VAR; 15: for RAR too
 # 16: VAR's net reads f after one re-encoding correction (variant_net.net_input) (RAR's net reading
 # it too changed no code here, only the net's file, whose digest names the store)
-EXTRACTOR_VERSION = "17"  # 17: {family}_aedr is AEDR's double reconstruction through the quantizer (up to 16 it repeated enc_loss)
+# 17: {family}_aedr is AEDR's double reconstruction through the quantizer (up to 16 it repeated enc_loss)
+# 18: every pass in fixed-size chunks (batch_features.CHUNK; batches of 32 unchanged); the label
+# marginals with the prior 1/C whatever the number of candidate labels (the larger variants' were
+# log C / L nats per token off the smallest one's), every *_best statistic at the best label,
+# Min-K%++'s spread in two passes
+EXTRACTOR_VERSION = "18"
 TOKEN_LL_SUFFIX = "_token_ll"  # the per-token store: <name>_token_ll-v<version>-<weights digest>
 
 

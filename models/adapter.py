@@ -20,7 +20,13 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-__all__ = ["FamilyAdapter"]
+__all__ = ["FamilyAdapter", "at_tokens"]
+
+
+def at_tokens(values_NLV: torch.Tensor, tokens_NL: torch.Tensor) -> torch.Tensor:
+    """Each position's value at its token (``N×L``): log-probabilities → the tokens' log-likelihoods,
+    logits → their logits. ``N`` may be several leading dimensions."""
+    return values_NLV.gather(-1, tokens_NL.unsqueeze(-1)).squeeze(-1)
 
 
 class FamilyAdapter(ABC):
@@ -153,7 +159,7 @@ class FamilyAdapter(ABC):
         """``log p(tokenᵢ | tokens<ᵢ, label)`` for every position, ``B×ℓ`` (one teacher-forced pass)."""
         tokens_BL = tokens_BL.to(self.device)
         logits = self.token_logits(variant, tokens_BL, labels_B, positions)
-        return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens_BL[:, : logits.shape[1]].unsqueeze(-1)).squeeze(-1)
+        return at_tokens(torch.log_softmax(logits.float(), dim=-1), tokens_BL[:, : logits.shape[1]])
 
     @abstractmethod
     def sampling_logits(self, variant: str, cond_logits_BLV: torch.Tensor, uncond_logits_BLV: torch.Tensor) -> torch.Tensor:

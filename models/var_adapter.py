@@ -6,6 +6,7 @@ tokens' teacher-forcing input. The unconditional label is ``num_classes``.
 """
 from __future__ import annotations
 
+import itertools
 from typing import List, Optional, Tuple
 
 import torch
@@ -29,7 +30,7 @@ class VARAdapter(FamilyAdapter):
 
     def split_scales(self, tokens_BL: torch.Tensor) -> List[torch.Tensor]:
         """Flat ``B×L`` tokens → one ``B×pn²`` tensor per scale."""
-        return list(torch.split(tokens_BL, [pn * pn for pn in self.patch_nums], dim=1))
+        return list(torch.split(tokens_BL, self.scale_sizes(), dim=1))
 
     def encoder_modules(self) -> List[nn.Module]:
         return [self.tokenizer.encoder, self.tokenizer.quant_conv]
@@ -60,13 +61,24 @@ class VARAdapter(FamilyAdapter):
         if labels_B is None:
             labels_B = torch.full((B,), var.num_classes, dtype=torch.long, device=self.device)
         x_BLCv = self.tokenizer.quantize.teacher_forcing_input(self.split_scales(tokens_BL))
-        if positions is not None:
-            x_BLCv = x_BLCv[:, : max(positions - var.first_l, 0)]
-        return var(labels_B.to(self.device), x_BLCv)
+        if positions is None:
+            return var(labels_B.to(self.device), x_BLCv)
+        # the positions of one scale attend to each other, so a prefix pass runs to the end of the
+        # scale it stops in: cut inside a scale, its first positions would see fewer inputs
+        through = next((end for end in self.scale_ends() if end >= positions), self.scale_ends()[-1])
+        return var(labels_B.to(self.device), x_BLCv[:, : max(through - var.first_l, 0)])[:, :positions]
+
+    def scale_ends(self) -> List[int]:
+        """Where each scale's tokens end in the flat sequence (cumulative ``pn²``)."""
+        return list(itertools.accumulate(self.scale_sizes()))
+
+    def scale_sizes(self) -> List[int]:
+        """Tokens per scale, ``pn²`` each, coarsest first."""
+        return [pn * pn for pn in self.patch_nums]
 
     def sampling_logits(self, variant: str, cond_logits_BLV: torch.Tensor, uncond_logits_BLV: torch.Tensor) -> torch.Tensor:
         per_scale = guidance_per_scale(self.sampling[variant]["cfg"], len(self.patch_nums))
-        t_L = torch.cat([torch.full((pn * pn,), t) for pn, t in zip(self.patch_nums, per_scale)]).to(cond_logits_BLV)
+        t_L = torch.cat([torch.full((size,), t) for size, t in zip(self.scale_sizes(), per_scale)]).to(cond_logits_BLV)
         return guided_logits(cond_logits_BLV, uncond_logits_BLV, t_L[: cond_logits_BLV.shape[-2], None])
 
     def in_sampling_support(self, variant: str, sampling_logits_BLV: torch.Tensor, tokens_BL: torch.Tensor) -> Optional[torch.Tensor]:

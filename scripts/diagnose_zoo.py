@@ -116,7 +116,7 @@ def sampler_log_prior(adapter: FamilyAdapter, variant: str, labels_B: torch.Tens
     coarser scales' tokens chosen so far (one teacher-forced pass of the prefix per scale)."""
     from models.var_sampler import filter_top_k_top_p
 
-    sizes = [pn * pn for pn in adapter.patch_nums]
+    sizes = adapter.scale_sizes()
     settings = adapter.sampling[variant]
 
     def log_prior(si: int, coarser: list) -> torch.Tensor:
@@ -153,7 +153,7 @@ def natural_round_trip(adapter: FamilyAdapter, n: int, batch: int, seed: int) ->
 
 
 def _feature_frame(adapter: FamilyAdapter, tokens_BL: torch.Tensor, evidence_BLV: Optional[torch.Tensor] = None) -> pd.DataFrame:
-    sizes = [pn * pn for pn in adapter.patch_nums] if adapter.family == "VAR" else None
+    sizes = adapter.scale_sizes() if adapter.family == "VAR" else None
     columns: Dict[str, np.ndarray] = {}
     for variant in adapter.variant_names:
         feats = variant_features(adapter, variant, tokens_BL, scale_sizes=sizes, evidence_BLV=evidence_BLV)
@@ -260,7 +260,7 @@ def diagnose_family(family: str, weights_dir, per_variant: int, batch: int, seed
         for encoder in ("exact_fhat", "inverse"):
             row[f"token_recovery_{encoder}_variant{v_i + 1}"] = float(torch.cat(hits[encoder])[mine].mean())
     if family == "VAR":
-        sizes = [pn * pn for pn in original.patch_nums]
+        sizes = original.scale_sizes()
         for encoder in ("inverse", "exact_fhat"):
             for k, chunk in enumerate(torch.split(torch.cat(hits[encoder]).mean(0), sizes)):
                 row[f"token_recovery_{encoder}_scale{k}"] = float(chunk.mean())

@@ -317,10 +317,11 @@ def test_a_gated_batch_scores_only_the_needed_families(tiny_dataset, tmp_path):
     pd.testing.assert_frame_equal(gated[signals], full[signals])
 
 
-def test_an_images_variant_features_do_not_depend_on_its_batch_mates(tiny_dataset, tmp_path):
-    """Variant features are computed in fixed-size chunks, so in a batch of the same size an image
-    gets exactly the same ones whatever the gate asks of the others and in whichever order: rows are
-    keyed by image content in the store, and a Slurm array batches images differently from a local run."""
+def test_an_images_features_do_not_depend_on_its_batch_mates(tiny_dataset, tmp_path):
+    """Every pass runs in fixed-size chunks (``batch_features.CHUNK``), so an image gets exactly the
+    same row whatever the gate asks of the others, in whichever order and in batches of whatever
+    size: rows are keyed by image content in the store, and a Slurm array batches images
+    differently from a local run (and a run's last batch is smaller)."""
     import numpy as np
     import torch
 
@@ -338,6 +339,8 @@ def test_an_images_variant_features_do_not_depend_on_its_batch_mates(tiny_datase
         gated = features_for_batch(extractor.adapters, images, variant_gate=_FixedGate(var=var_needed, rar=[True]))[0]
         order = list(np.random.default_rng(0).permutation(12))
         everything = features_for_batch(extractor.adapters, images[order])[0].set_axis(order).sort_index()
+        in_small_batches = pd.concat([features_for_batch(extractor.adapters, images[a:b])[0] for a, b in ((0, 3), (3, 4), (4, 12))],
+                                     ignore_index=True)
     finally:
         torch.set_num_threads(threads)
     variants = [c for c in gated.columns if c.split("_", 1)[0] in VARIANT_NAMES]
@@ -345,6 +348,7 @@ def test_an_images_variant_features_do_not_depend_on_its_batch_mates(tiny_datase
         scored = [c for c in variants if var_needed[i] or not c.startswith("var")]
         pd.testing.assert_series_equal(gated.loc[i, scored].astype(float), everything.loc[i, scored].astype(float),
                                        check_names=False, rtol=0, atol=0)
+    pd.testing.assert_frame_equal(in_small_batches, everything, rtol=0, atol=0)
 
 
 def test_a_cached_row_lacking_a_needed_family_is_completed(tiny_dataset, tmp_path):
