@@ -30,7 +30,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import joblib
 import numpy as np
@@ -40,7 +40,7 @@ from torch import nn
 
 from models.registry import VARIANT_NAMES
 
-__all__ = ["PradaScore", "PradaClassifier", "token_arrays", "EPOCHS", "PRADA_VERSION"]
+__all__ = ["PradaScore", "PradaClassifier", "token_arrays", "stage_sizes_of", "EPOCHS", "PRADA_VERSION"]
 
 # PRADA's own script trains 3000 full-batch epochs. On the demo Dataset (python flat_prada.py on the
 # report frames of submission.py --method prada) 300 / 1000 / 3000 epochs gave 41.56 / 42.11 /
@@ -56,10 +56,11 @@ LABEL_SMOOTHING = 0.05
 STAGE_PENALTY = 0.1
 
 
-def token_arrays(tokens: pd.DataFrame, variant: str) -> tuple:
+def token_arrays(tokens: pd.DataFrame, variant: str) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(cond_NL, uncond_NL)`` float32 tensors of one variant's columns of a per-token frame."""
-    return tuple(torch.from_numpy(np.stack(tokens[f"{variant}_{kind}"].to_numpy()).astype(np.float32))
-                 for kind in ("cond", "uncond"))
+    cond_NL, uncond_NL = (torch.from_numpy(np.stack(tokens[f"{variant}_{kind}"].to_numpy()).astype(np.float32))
+                          for kind in ("cond", "uncond"))
+    return cond_NL, uncond_NL
 
 
 class PradaScore(nn.Module):
@@ -76,7 +77,7 @@ class PradaScore(nn.Module):
 
     def forward(self, cond_NL: torch.Tensor, uncond_NL: torch.Tensor) -> torch.Tensor:
         ratio_NL = (2 - self.alpha) * cond_NL - self.alpha * uncond_NL
-        total_N = torch.zeros(cond_NL.shape[0])
+        total_N = cond_NL.new_zeros(cond_NL.shape[0])
         for s, chunk in enumerate(torch.split(ratio_NL, self.stage_sizes, dim=1)):
             if self.training:
                 chunk = chunk + self.input_noise * chunk.std() * torch.randn_like(chunk)
@@ -118,11 +119,12 @@ class PradaClassifier:
             own = labels == variant
             if not own.any():
                 continue  # no training image: never predicted
-            torch.manual_seed(self.seed + VARIANT_NAMES.index(variant))
             rows = own | negatives
             cond, uncond = token_arrays(tokens.loc[rows], variant)
-            score = PradaScore(self.stage_sizes[variant])
-            losses = score.fit(cond, uncond, torch.from_numpy(own[rows]), self.epochs)
+            with torch.random.fork_rng():  # seeds the initialisation and input noise, not the caller's generator
+                torch.manual_seed(self.seed + VARIANT_NAMES.index(variant))
+                score = PradaScore(self.stage_sizes[variant])
+                losses = score.fit(cond, uncond, torch.from_numpy(own[rows]), self.epochs)
             self.scores[variant] = score
             self.config[variant] = {"n_own": int(own.sum()), "n_outlier": int(negatives.sum()), "first_loss": losses[0],
                                     "final_loss": losses[-1], "alpha": float(score.alpha.detach()),
@@ -136,10 +138,12 @@ class PradaClassifier:
                             index=tokens.index)
 
     def predict(self, tokens: pd.DataFrame) -> pd.Series:
+        """Per image the variant of highest score, or ``outlier`` when no score is above 0 (PRADA's rule)."""
         scores = self.decision_scores(tokens)
         return scores.idxmax(axis=1).where(scores.max(axis=1) > 0, "outlier").rename("label")
 
     def save(self, path: Path | str) -> None:
+        """The classifier with joblib at ``path``, its training config as JSON beside it."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         joblib.dump(self, path)
@@ -147,6 +151,7 @@ class PradaClassifier:
 
     @staticmethod
     def load(path: Path | str) -> "PradaClassifier":
+        """A classifier :meth:`save` wrote."""
         return joblib.load(path)
 
 
@@ -162,6 +167,7 @@ def stage_sizes_of(tokens: pd.DataFrame, var_patch_nums: Sequence[int]) -> Dict[
 
 
 def main(argv: Optional[list] = None) -> int:
+    """Fit PRADA on the train split's per-token frame and print its validation accuracy."""
     from dataset import REPORT_DIR, read_labelled_features
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
