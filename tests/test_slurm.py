@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import make_demo_dataset  # noqa: E402
 import slurm_submit  # noqa: E402
 import submission  # noqa: E402
-from cli import shard_spec  # noqa: E402
+from cli import InputError, shard_spec  # noqa: E402
 from feature_store import FeatureStore, file_sha256, shard_keys  # noqa: E402
 
 DAEMONS = ("slurmctld", "slurmd", "sbatch", "squeue", "scontrol")
@@ -75,7 +75,7 @@ def test_stage_features_refuses_what_would_lose_work(tmp_path):
 
 
 def test_jobs_of_an_array_do_not_each_build_what_prepare_builds_once(tiny_dataset, small_zoo_dir, tmp_path):
-    with pytest.raises(SystemExit, match="--stage prepare"):  # the demo Dataset
+    with pytest.raises(InputError, match="--stage prepare"):  # the demo Dataset
         submission.main(["--demo", "--dataset", str(tmp_path / "none"), "--stage", "features", "--shard", "0/2"])
     assert not (tmp_path / "none").exists()
     with pytest.raises(FileNotFoundError, match="--stage prepare"):  # inverse decoders: no weights ship them
