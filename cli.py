@@ -2,16 +2,24 @@
 
 Every command that loads weights (``--weights-dir``) or reads feature files runs its ``main``
 through :func:`run_main`. A :class:`models.checkpoints.CheckpointError` — a weight folder or file
-missing, unreadable, or not the architecture it should be — and a ``FileNotFoundError`` — an
+missing, unreadable, or not the architecture it should be —, an :class:`InputError` — an input
+file or folder that cannot be used (a malformed labels CSV, features and labels that disagree, a
+missing split folder, a ``--device`` this machine has not) — and a ``FileNotFoundError`` — an
 input path that does not exist — are printed as ``error: …`` (the message names the file and
 what to check) and the command exits with status 2, as argparse does for a bad option. Every
 other exception is a bug and keeps its traceback.
 
+Checks made before any model loads: :func:`check_weight_files` (every file of both families, so
+a folder missing one file fails at once, not after hours of fine-tuning the other family's
+inverse decoder) and :func:`check_device`.
+
 :func:`at_least` is the argparse type of count options (``--batch-size 0`` is refused at once,
 not after the feature pass); :func:`add_weights_arguments` and :func:`add_scored_split_arguments`
-give the commands their common options (which weights and inverse decoders; which labelled split
-of which Dataset); :func:`warn` names files in one line on stderr; :func:`folder_images` gives the
-commands that read a folder the images in it that can be decoded, naming the others.
+give the commands their common options (which weights, inverse decoders and variant nets — by
+default where ``submission.py`` keeps them, ``cache/inv_decoder`` and ``cache/variant_net``;
+which labelled split of which Dataset); :func:`warn` names files in one line on stderr;
+:func:`folder_images` gives the commands that read a folder the images in it that can be
+decoded, naming the others.
 """
 from __future__ import annotations
 
@@ -25,17 +33,29 @@ from models.checkpoints import CheckpointError
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["run_main", "warn", "readable_folder_images", "folder_images", "at_least", "shard_spec", "add_weights_arguments",
-           "add_scored_split_arguments", "USER_ERROR_STATUS"]
+__all__ = ["run_main", "InputError", "warn", "readable_folder_images", "folder_images", "at_least", "shard_spec",
+           "add_weights_arguments", "add_scored_split_arguments", "required_weight_files", "check_weight_files",
+           "check_device", "USER_ERROR_STATUS", "CACHE_DIR", "INV_DECODER_DIR", "VARIANT_NET_DIR"]
 
 USER_ERROR_STATUS = 2
+# submission.py's layout: <--cache-dir>/inv_decoder/<FAMILY>/ and <--cache-dir>/variant_net/<FAMILY>/;
+# every command that fine-tunes or reads them defaults to the same folders
+CACHE_DIR = Path("cache")
+INV_DECODER_DIR = "inv_decoder"
+VARIANT_NET_DIR = "variant_net"
+FAMILIES = ("VAR", "RAR")
+
+
+class InputError(ValueError):
+    """An input file or folder that cannot be used; the message names it and the fix.
+    :func:`run_main` prints it as one ``error:`` line and exits with status 2."""
 
 
 def run_main(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]] = None) -> int:
-    """``main(argv)``, with weight-file errors and missing inputs turned into one line on stderr and status 2."""
+    """``main(argv)``, with weight-file errors, bad inputs and missing inputs turned into one line on stderr and status 2."""
     try:
         return main(argv)
-    except (CheckpointError, FileNotFoundError) as err:
+    except (CheckpointError, InputError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return USER_ERROR_STATUS
 
@@ -52,6 +72,8 @@ def readable_folder_images(folder: Path) -> "pd.DataFrame":
     left out. Ends the command with status 2 when none is left."""
     from dataset import images_under, inspect_images
 
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such folder; give a folder of images" + (" (this is a file)" if folder.exists() else ""))
     paths = images_under(folder)
     inspected = inspect_images(paths) if paths else None
     undecodable = [] if inspected is None else list(inspected.index[~inspected["readable"].to_numpy(bool)])
@@ -68,15 +90,78 @@ def folder_images(folder: Path) -> List[Path]:
     return [Path(p) for p in readable_folder_images(folder).index]
 
 
-def add_weights_arguments(parser: argparse.ArgumentParser, root: Optional[Path] = None) -> None:
-    """``--weights-dir`` and ``--inv-root`` of the commands that map images back with an inverse
-    decoder; ``--inv-root`` defaults to ``runs/inv_decoder`` under the repository folder ``root``
-    (scripts) or under the working directory (``root`` None: the top-level commands)."""
+def add_weights_arguments(parser: argparse.ArgumentParser, root: Optional[Path] = None, nets: bool = False) -> None:
+    """``--weights-dir`` and ``--inv-root`` (and, with ``nets``, ``--net-root``) of the commands that
+    map images back with an inverse decoder; the roots default to ``submission.py``'s
+    (``cache/inv_decoder``, ``cache/variant_net``: :data:`CACHE_DIR`) under the repository folder
+    ``root`` (scripts) or under the working directory (``root`` None: the top-level commands)."""
     parser.add_argument("--weights-dir", type=Path, help="official checkpoints or a zoo folder (default: the demo zoo)")
-    inv_root = Path("runs") / "inv_decoder"
-    shown = "the repository's runs/inv_decoder" if root is not None else "runs/inv_decoder"
-    parser.add_argument("--inv-root", type=Path, default=root / inv_root if root is not None else inv_root,
-                        help=f"where inverse decoders not shipped with the weights live, fine-tuned there if missing (default: {shown})")
+    cache = root / CACHE_DIR if root is not None else CACHE_DIR
+    where = "the repository's " if root is not None else ""
+    parser.add_argument("--inv-root", type=Path, default=cache / INV_DECODER_DIR,
+                        help="where inverse decoders not shipped with the weights live, fine-tuned there if missing "
+                             f"(default: {where}{CACHE_DIR / INV_DECODER_DIR}, as submission.py's --cache-dir {CACHE_DIR})")
+    if nets:
+        parser.add_argument("--net-root", type=Path, default=cache / VARIANT_NET_DIR,
+                            help="where variant nets not shipped with the weights live, trained there if missing "
+                                 f"(default: {where}{CACHE_DIR / VARIANT_NET_DIR}, as submission.py's --cache-dir {CACHE_DIR})")
+
+
+def required_weight_files(weights_dir: Optional[Path | str]) -> List[Path]:
+    """Every tokenizer and generator file of both families that a run with ``weights_dir`` (the
+    demo zoo for ``None``) loads: the files its ``zoo.json`` names, or the official file names
+    (:data:`models.registry.OFFICIAL_VARIANTS`). A :class:`CheckpointError` if ``weights_dir`` is
+    not a folder, or its ``zoo.json`` lacks a family."""
+    from models.registry import OFFICIAL_VARIANTS
+    from models.zoo import check_weights_dir, is_zoo_dir, read_zoo_manifest
+
+    folder = check_weights_dir(weights_dir)
+    if weights_dir is None or is_zoo_dir(folder):
+        families = read_zoo_manifest(folder).get("families", {})
+        absent = [family for family in FAMILIES if family not in families]
+        if absent:
+            raise CheckpointError(f"{folder / 'zoo.json'} has no family {', '.join(absent)}; a run needs both VAR and RAR")
+        names = [name for family in FAMILIES for name in
+                 [families[family]["tokenizer"]["file"]] + [v["file"] for v in families[family]["variants"].values()]]
+    else:
+        names = [cfg["files"][part] for cfg in OFFICIAL_VARIANTS.values() for part in ("tokenizer", "generator")]
+    return [folder / name for name in dict.fromkeys(names)]
+
+
+def check_weight_files(weights_dir: Optional[Path | str]) -> None:
+    """A :class:`CheckpointError` naming every file of :func:`required_weight_files` that is
+    missing — checked up front, so a folder missing one family's file does not first fine-tune
+    the other family's inverse decoder for hours."""
+    needed = required_weight_files(weights_dir)
+    missing = [path for path in needed if not path.is_file()]
+    if missing:
+        more = f" and {len(missing) - 1} more ({', '.join(p.name for p in missing[1:])})" if len(missing) > 1 else ""
+        raise CheckpointError(f"weight file not found: {missing[0]}{more}; a run needs all {len(needed)} files of both "
+                              "families (check --weights-dir and the file names)")
+
+
+def check_device(name: str) -> str:
+    """``name`` if torch can run models on that device on this machine; else an :class:`InputError`
+    saying why (``gpu`` is no torch device; ``cuda`` needs a CUDA build of torch and a GPU)."""
+    if name == "cpu":
+        return name  # no torch import: --help and the input checks stay fast
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise InputError(f"--device {name}: not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}, but no GPU is visible"
+            raise InputError(f"--device {name}: this torch {torch.__version__} cannot use CUDA ({build}); "
+                             "use --device cpu, or run where a CUDA build of torch sees a GPU")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InputError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), cuda:0 to "
+                             f"cuda:{torch.cuda.device_count() - 1}")
+    elif device.type != "cpu":
+        raise InputError(f"--device {name}: not supported; use cpu or cuda")
+    return name
 
 
 def add_scored_split_arguments(parser: argparse.ArgumentParser, root: Path) -> None:

@@ -6,6 +6,11 @@ Dataset root, e.g. ``train/var16/img_00012.png``, so ids are unique across split
 images) and ``source`` (what made the image — the variant, ``natural`` or ``outlier_iar`` — where
 a sidecar ``<split>_meta.csv`` or the hidden ``test_labels.csv`` says so, else the label).
 Images load as float tensors in ``[0, 1]``, ``B×3×H×W``.
+
+A file or folder that cannot be used — a labels CSV that does not parse or lacks its columns,
+features and labels that disagree, a class folder of an unknown name — raises
+:class:`cli.InputError` (a ``ValueError``) naming it: one ``error:`` line under
+:func:`cli.run_main`.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cli import InputError
 from models.registry import CLASS_NAMES
 
 __all__ = ["IMAGE_SUFFIXES", "REPORT_DIR", "list_split", "load_images", "inspect_images", "read_label_csv", "read_feature_frame", "read_labelled_features", "add_labelled_split_arguments", "images_under"]
@@ -27,25 +33,38 @@ REPORT_DIR = Path("submission_report")
 
 
 def read_label_csv(path: Path | str) -> pd.DataFrame:
-    """A CSV with ``image_name,label`` (+ optional columns), validated."""
-    frame = pd.read_csv(path)
+    """A CSV with ``image_name,label`` (+ optional columns), validated (:class:`cli.InputError` if not)."""
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not a CSV file of image_name,label ({type(err).__name__}: {err})") from None
     missing = {"image_name", "label"} - set(frame.columns)
     if missing:
-        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; expected image_name,label")
-    unknown = sorted(set(frame["label"]) - set(CLASS_NAMES))
+        raise InputError(f"{path}: missing column(s) {sorted(missing)}; expected image_name,label")
+    unknown = sorted(set(frame["label"]) - set(CLASS_NAMES), key=str)
     if unknown:
-        raise ValueError(f"{path}: unknown label(s) {unknown}; expected one of {', '.join(CLASS_NAMES)}")
+        raise InputError(f"{path}: unknown label(s) {unknown}; expected one of {', '.join(CLASS_NAMES)}")
     return frame
 
 
 def read_feature_frame(path: Path | str) -> pd.DataFrame:
     """A feature frame (``.parquet`` or ``.csv``, first column the image id) as written by
-    ``submission.py`` or ``feature_extractor.py``."""
+    ``submission.py`` or ``feature_extractor.py`` — or a per-token frame ``tokens_<split>.parquet``,
+    which ``submission.py --method prada`` leaves in its report folder."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such feature file; `python submission.py --demo` writes "
-                                f"{REPORT_DIR}/features_{{train,val,test}}.parquet, `python feature_extractor.py FOLDER --out FILE` any other")
-    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, index_col=0)
+        if path.name.startswith("tokens_"):
+            hint = (f"`python submission.py --demo --method prada` writes {REPORT_DIR}/tokens_{{train,val,test}}.parquet "
+                    "(the other methods write no per-token frames)")
+        else:
+            hint = (f"`python submission.py --demo` writes {REPORT_DIR}/features_{{train,val,test}}.parquet, "
+                    "`python feature_extractor.py FOLDER --out FILE` any other")
+        kind = "per-token" if path.name.startswith("tokens_") else "feature"
+        raise FileNotFoundError(f"{path}: no such {kind} file; {hint}")
+    try:
+        return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, index_col=0)
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError, pandas' ParserError too
+        raise InputError(f"{path}: not a feature frame ({type(err).__name__}: {err})") from None
 
 
 def read_labelled_features(features_path: Path | str, labels_path: Path | str) -> tuple[pd.DataFrame, np.ndarray]:
@@ -60,7 +79,7 @@ def read_labelled_features(features_path: Path | str, labels_path: Path | str) -
     extra = labels.index.difference(features.index)
     if len(missing) or len(extra):
         example = (list(missing) or list(extra))[0]
-        raise ValueError(f"{features_path} and {labels_path} disagree: {len(missing)} image(s) without a label, "
+        raise InputError(f"{features_path} and {labels_path} disagree: {len(missing)} image(s) without a label, "
                          f"{len(extra)} label(s) without features (e.g. {example}); regenerate both with the same run")
     return features, labels.reindex(features.index).to_numpy()
 
@@ -95,7 +114,7 @@ def list_split(root: Path | str, split: str, labels_csv: Optional[Path | str] = 
     if class_dirs:
         for d in class_dirs:
             if d.name not in CLASS_NAMES:
-                raise ValueError(f"{d}: unknown class folder; expected one of {', '.join(CLASS_NAMES)}")
+                raise InputError(f"{d}: unknown class folder; expected one of {', '.join(CLASS_NAMES)}")
             rows += [(f"{split}/{d.name}/{p.name}", str(p), d.name) for p in _images_in(d)]
     else:
         rows += [(f"{split}/{p.name}", str(p), None) for p in _images_in(folder)]

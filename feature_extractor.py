@@ -233,12 +233,12 @@ def _worker_batch(job: tuple) -> pd.DataFrame:
 
 
 def main(argv: Optional[list] = None) -> int:
-    from cli import add_weights_arguments, at_least, readable_folder_images
+    from cli import add_weights_arguments, at_least, check_device, check_weight_files, readable_folder_images
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, help="a folder of images (searched recursively)")
     parser.add_argument("--out", type=Path, required=True, help="output .parquet or .csv")
-    add_weights_arguments(parser)
+    add_weights_arguments(parser, nets=True)
     parser.add_argument("--cache-dir", type=Path, default=Path("cache/features"), help="the feature store (default cache/features)")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the feature store")
     parser.add_argument("--rebuild", action="store_true", help="discard this extractor's cached rows first")
@@ -246,14 +246,18 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--workers", type=at_least(1), default=1, help="processes with one thread each (default 1: one process)")
     parser.add_argument("--refine-steps", type=at_least(0), default=0,
                         help="latent-refinement steps before RAR's tokens are read (default 0: off; slower)")
+    parser.add_argument("--device", default="cpu", help="torch device of the models: cpu (default), cuda or cuda:N")
     args = parser.parse_args(argv)
+    check_device(args.device)
+    check_weight_files(args.weights_dir)  # every file of both families, before a missing inverse decoder is fine-tuned
     keep_freed_memory()
     use_usable_cores()
     readable = readable_folder_images(args.folder)  # each file read and hashed once
     paths = [Path(p) for p in readable.index]
-    extractor = FeatureExtractor(weights_dir=args.weights_dir, inv_root=args.inv_root, cache_dir=args.cache_dir,
-                                 use_cache=not args.no_cache, rebuild=args.rebuild, batch_size=args.batch_size,
-                                 workers=args.workers, refine_steps=args.refine_steps)
+    extractor = FeatureExtractor(weights_dir=args.weights_dir, inv_root=args.inv_root, net_root=args.net_root,
+                                 cache_dir=args.cache_dir, use_cache=not args.no_cache, rebuild=args.rebuild,
+                                 batch_size=args.batch_size, device=args.device, workers=args.workers,
+                                 refine_steps=args.refine_steps)
     frame = extractor.features(paths, [str(p.relative_to(args.folder)) for p in paths], keys=list(readable["sha256"]))
     frame.to_parquet(args.out) if args.out.suffix == ".parquet" else frame.to_csv(args.out)
     print(f"{len(frame)} rows × {frame.shape[1]} features → {args.out}")

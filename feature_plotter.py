@@ -1,13 +1,19 @@
 """Look at the features: per-class distributions, per-family ROC curves, feature importance.
 
-    python feature_plotter.py --features cache/report_features.parquet --labels labels.csv --out feature_report
+    python feature_plotter.py --features submission_report/features_val.parquet \\
+        --labels submission_report/labels_val.csv --out feature_report [--models cache/models/two-stage-…]
 
-Input: a feature frame (parquet/CSV, rows = images, as written by ``feature_extractor.py``) and
-the images' labels (``image_name,label`` CSV whose names match the frame's index). Output: one
-PNG per feature group with per-class box plots (log scale for the positive-valued signals — the
-diagnosis that shows which features separate which classes), ROC curves of each family's
-signals (belonging vs everything else), the LightGBM gain importance of a fitted model bundle if
-``--models`` is given, and ``report.md`` embedding them all.
+Input: a feature frame (parquet/CSV, rows = images, as ``submission.py`` leaves in its report
+folder or ``feature_extractor.py`` writes) and the images' labels (``image_name,label`` CSV whose
+names match the frame's index). Output: one PNG per feature group — the family signals, and one
+group per kind of per-variant feature the frame holds (``{variant}_{kind}``: ``nll_best``,
+``fnet_nll``, ``nll_evidence``, ``nll_sampling``, …) — with per-class box plots (log scale for
+the positive-valued signals — the diagnosis that shows which features separate which classes;
+each box says from how many images it is drawn, ``n=``, since the scoring gate leaves a family's
+variant features out of the images it finds unlikely to be of that family), ROC curves of each
+family's signals (belonging vs everything else), the LightGBM gain importance of a fitted model
+bundle if ``--models`` is given (a warning if that folder holds no model), and ``report.md``
+embedding them all.
 """
 from __future__ import annotations
 
@@ -15,14 +21,16 @@ import argparse
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
 from models.registry import CLASS_NAMES, FAMILY_OF, VARIANT_NAMES
 
-__all__ = ["plot_distributions", "plot_family_rocs", "plot_importance", "write_feature_report"]
+__all__ = ["feature_groups", "plot_distributions", "plot_family_rocs", "plot_importance", "write_feature_report"]
+
+FAMILY_PREFIXES = ("VAR", "RAR")
 
 
 def _plt() -> ModuleType:
@@ -35,18 +43,21 @@ def _plt() -> ModuleType:
 
 
 def plot_distributions(features: pd.DataFrame, labels: pd.Series, columns: Sequence[str], path: Path, title: str) -> None:
-    """Box plots of each column by class (log10 for strictly positive columns)."""
+    """Box plots of each column by class (log10 for strictly positive columns), each class's tick
+    naming how many images have a value there (``n=``; the scoring gate leaves some out)."""
     plt = _plt()
     cols = min(4, len(columns))
     rows = int(np.ceil(len(columns) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), dpi=90, squeeze=False)
     classes = [c for c in CLASS_NAMES if (labels == c).any()]
     for ax, column in zip(axes.flat, columns):
-        values = features[column]
-        log = bool((values > 0).all())
-        data = [np.log10(values[labels == c].dropna()) if log else values[labels == c].dropna() for c in classes]
-        ax.boxplot(data, showfliers=False)
-        ax.set_xticks(range(1, len(classes) + 1), classes, rotation=60, fontsize=7)
+        values = features[column].astype(float)
+        present = values.dropna()
+        log = bool(len(present)) and bool((present > 0).all())
+        data = [values[labels == c].dropna() for c in classes]
+        data = [np.log10(d) if log else d for d in data]
+        ax.boxplot([d if len(d) else [np.nan] for d in data], showfliers=False)
+        ax.set_xticks(range(1, len(classes) + 1), [f"{c}\nn={len(d)}" for c, d in zip(classes, data)], rotation=60, fontsize=6)
         ax.set_title(("log10 " if log else "") + column, fontsize=8)
     for ax in list(axes.flat)[len(columns):]:
         ax.axis("off")
@@ -103,21 +114,44 @@ def plot_importance(models_dir: Path, path: Path, top: int = 25) -> Optional[Pat
     return path
 
 
+def feature_groups(columns: Sequence[str]) -> Dict[str, List[str]]:
+    """The numeric feature columns present, grouped: ``family_signals`` (``VAR_*``, ``RAR_*``), then
+    one group per per-variant kind ``{variant}_{kind}`` in the order the kinds first appear (the
+    variants in :data:`models.registry.VARIANT_NAMES` order), then ``other`` for the rest."""
+    present = set(columns)
+    family = [c for c in columns if c.split("_", 1)[0] in FAMILY_PREFIXES]
+    kinds = dict.fromkeys(kind for variant, sep, kind in (c.partition("_") for c in columns) if sep and variant in VARIANT_NAMES)
+    per_variant = {kind: [f"{v}_{kind}" for v in VARIANT_NAMES if f"{v}_{kind}" in present] for kind in kinds}
+    grouped = set(family).union(*per_variant.values())
+    groups = {"family_signals": family, **per_variant, "other": [c for c in columns if c not in grouped]}
+    return {name: cols for name, cols in groups.items() if cols}
+
+
 def write_feature_report(features: pd.DataFrame, labels: pd.Series, out: Path, models_dir: Optional[Path] = None) -> Path:
+    """The PNGs and ``report.md`` in ``out``; a warning when ``models_dir`` holds no model to show."""
+    from cli import warn
+
     out.mkdir(parents=True, exist_ok=True)
     labels = labels.reindex(features.index)
+    numeric = features.select_dtypes(include=[np.number, bool])
     sections: List[str] = ["# Feature report", "", f"{len(features)} images, {features.shape[1]} features.", ""]
-    groups = {"family_signals": [c for c in features.columns if c.split("_", 1)[0] in ("VAR", "RAR")]}
-    for stem in ("nll_best", "nll_marginal", "nll_uncond", "cfg_gap", "minkpp", "hinge"):
-        groups[stem] = [f"{v}_{stem}" for v in VARIANT_NAMES if f"{v}_{stem}" in features.columns]
-    for name, columns in groups.items():
-        if columns:
-            plot_distributions(features, labels, columns, out / f"dist_{name}.png", name)
-            sections += [f"## {name}", f"![{name}](dist_{name}.png)", ""]
+    for name, columns in feature_groups(list(numeric.columns)).items():
+        plot_distributions(numeric, labels, columns, out / f"dist_{name}.png", name)
+        sections += [f"## {name}", f"![{name}](dist_{name}.png)", ""]
+        present = numeric[columns].notna().sum()
+        if present.min() < len(features):  # the scoring gate's doing: say it beside the plot, too
+            sections[-1:] = [f"Values present in {present.min()}–{present.max()} of the {len(features)} images per column "
+                             "(n= under each box).", ""]
     plot_family_rocs(features, labels, out / "family_rocs.png")
     sections += ["## Family signals: ROC", "![roc](family_rocs.png)", ""]
-    if models_dir is not None and plot_importance(models_dir, out / "importance.png"):
-        sections += ["## Feature importance (LightGBM gain)", "![importance](importance.png)", ""]
+    if models_dir is not None:
+        if not models_dir.is_dir():
+            warn("--models is not a folder; no feature importance", [models_dir])
+        elif plot_importance(models_dir, out / "importance.png"):
+            sections += ["## Feature importance (LightGBM gain)", "![importance](importance.png)", ""]
+        else:
+            warn("--models holds no *.joblib model (give a bundle folder, e.g. cache/models/two-stage-…); no feature importance",
+                 [models_dir])
     (out / "report.md").write_text("\n".join(sections))
     return out / "report.md"
 
@@ -126,7 +160,8 @@ def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--features", type=Path, required=True, help="a feature frame, e.g. submission_report/features_val.parquet")
     parser.add_argument("--labels", type=Path, required=True, help="its labels, CSV image_name,label, e.g. submission_report/labels_val.csv")
-    parser.add_argument("--models", type=Path, help="a model bundle folder (for feature importance)")
+    parser.add_argument("--models", type=Path,
+                        help="a model bundle folder, e.g. cache/models/two-stage-… (for feature importance)")
     parser.add_argument("--out", type=Path, default=Path("feature_report"), help="folder for the PNGs and report.md (default feature_report)")
     args = parser.parse_args(argv)
     from dataset import read_labelled_features

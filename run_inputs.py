@@ -14,20 +14,37 @@ run or costs a test row; each oddity is named in a warning on stderr and listed 
 * with ``--labels``, test images without a label are not scored, and labels naming no test image
   are reported.
 
-A missing or empty split folder, a class folder of an unknown name and a malformed labels file
-stop the run at once with one line naming the path and the fix.
+Before that, :func:`check_before_work` refuses a run without ``--test`` or ``--demo``, a
+``--device`` this machine has not, and a ``--weights-dir`` missing any weight file of either
+family. A missing or empty split folder, a class folder of an unknown name and a malformed labels file
+stop the run at once with a :class:`cli.InputError` naming the path and the fix (one ``error:``
+line and status 2 under :func:`cli.run_main`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
-from cli import warn
+from cli import InputError, warn
 
-__all__ = ["Inputs", "gather_inputs", "read_test_labels", "resized_images", "test_folder_images"]
+__all__ = ["Inputs", "check_before_work", "gather_inputs", "read_test_labels", "resized_images", "test_folder_images"]
+
+
+def check_before_work(test_dir: Optional[Path], demo: bool, device: str, weights_dir: Optional[Path]) -> None:
+    """What ``submission.py`` checks before any work: a :class:`cli.InputError` without a test
+    folder or ``--demo``, or for a ``--device`` this machine has not (:func:`cli.check_device`); a
+    :class:`models.checkpoints.CheckpointError` for a weight file missing from ``weights_dir``
+    (:func:`cli.check_weight_files`: every file of both families, before one family's inverse
+    decoder is fine-tuned for hours)."""
+    from cli import check_device, check_weight_files
+
+    if test_dir is None and not demo:
+        raise InputError("give --test FOLDER (the images to attribute, labelled train/ and val/ beside it) or --demo")
+    check_device(device)
+    check_weight_files(weights_dir)
 
 
 def test_folder_images(folder: Path) -> Tuple[List[Path], List[Path]]:
@@ -48,7 +65,7 @@ def _readable_only(meta: pd.DataFrame, inspected: pd.DataFrame, name: str) -> Tu
     if dropped:
         warn(f"{len(dropped)} {name} image(s) cannot be decoded and are left out", dropped)
     if not readable.any():
-        raise SystemExit(f"no {name} image can be decoded; check the files under the {name} folder")
+        raise InputError(f"no {name} image can be decoded; check the files under the {name} folder")
     return meta[readable], dropped
 
 
@@ -56,16 +73,16 @@ def _labelled_split(root: Path, name: str) -> pd.DataFrame:
     from dataset import list_split
 
     if not root.is_dir():
-        raise SystemExit(f"{root}: no {name} folder; give --{name} DIR (one subfolder of images per class) "
+        raise InputError(f"{root}: no {name} folder; give --{name} DIR (one subfolder of images per class) "
                          f"or put {name}/ beside the test folder")
     try:
         frame = list_split(root.parent, root.name)
-    except ValueError as err:  # a class folder with an unknown name
-        raise SystemExit(f"--{name}: {err}") from None
+    except InputError as err:  # a class folder with an unknown name
+        raise InputError(f"--{name}: {err}") from None
     if frame.empty:
-        raise SystemExit(f"{root}: no images; expected {root}/<class>/*.png")
+        raise InputError(f"{root}: no images; expected {root}/<class>/*.png")
     if frame["label"].isna().any():
-        raise SystemExit(f"{root}: the {name} split must be labelled by class folders")
+        raise InputError(f"{root}: the {name} split must be labelled by class folders")
     return frame
 
 
@@ -89,11 +106,11 @@ def gather_inputs(test_dir: Path, train_dir: Path, val_dir: Path) -> Inputs:
     from dataset import IMAGE_SUFFIXES, inspect_images
 
     if not test_dir.is_dir():
-        raise SystemExit(f"{test_dir}: no such folder; give --test DIR, the folder of images to attribute"
+        raise InputError(f"{test_dir}: no such folder; give --test DIR, the folder of images to attribute"
                          + (" (this is a file)" if test_dir.exists() else ""))
     test_paths, skipped = test_folder_images(test_dir)
     if not test_paths:
-        raise SystemExit(f"{test_dir}: no test images found ({', '.join(IMAGE_SUFFIXES)} files directly in the folder)")
+        raise InputError(f"{test_dir}: no test images found ({', '.join(IMAGE_SUFFIXES)} files directly in the folder)")
     if skipped:
         warn(f"{len(skipped)} entries of {test_dir} are not visible image files directly in it and get no row", skipped)
     train_meta, val_meta = _labelled_split(train_dir, "train"), _labelled_split(val_dir, "val")
@@ -137,7 +154,7 @@ def read_test_labels(path: Path, test_paths: List[Path]) -> pd.Series:
     try:
         frame = read_label_csv(path)
     except (OSError, ValueError, pd.errors.ParserError) as err:
-        raise SystemExit(f"--labels: {err}") from None
+        raise InputError(f"--labels: {err}") from None
     truth = frame.drop_duplicates("image_name").set_index("image_name")["label"]
     names = [p.name for p in test_paths]
     unlabelled, unknown = [n for n in names if n not in truth.index], sorted(set(truth.index) - set(names))

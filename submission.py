@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, List, Optional, Tuple
 import pandas as pd
 
 from atomic import atomic_path
+from cli import CACHE_DIR, INV_DECODER_DIR, VARIANT_NET_DIR, InputError
 
 if TYPE_CHECKING:  # imported where used: --help and the input checks load no model code
     from feature_extractor import FeatureExtractor
@@ -108,7 +109,7 @@ def _json_safe(value):
 def demo_dataset_outdated(root: Path) -> Optional[str]:
     """Why the demo Dataset at ``root`` must be (re)built — missing, or made by other zoo weights
     than the shipped demo zoo's — or ``None`` when it is current. Refuses to replace a folder that
-    is not a demo Dataset (no ``dataset.json`` naming a zoo)."""
+    is not a demo Dataset (no ``dataset.json`` naming a zoo): :class:`cli.InputError`."""
     sys.path.insert(0, str(ROOT / "scripts"))
     from make_demo_dataset import DATASET_RECIPE, zoo_digest
     from models.zoo import DEMO_ZOO_DIR
@@ -118,15 +119,15 @@ def demo_dataset_outdated(root: Path) -> Optional[str]:
         return "missing"
     if not info_path.is_file():
         if any(root.iterdir()):
-            raise SystemExit(f"{root} exists but is not a demo Dataset (no dataset.json); pass --dataset NEW_FOLDER for the demo")
+            raise InputError(f"{root} exists but is not a demo Dataset (no dataset.json); pass --dataset NEW_FOLDER for the demo")
         return "empty"
     try:
         info = json.loads(info_path.read_text())
     except (OSError, ValueError) as err:
-        raise SystemExit(f"{info_path} cannot be read ({err}); {root} is not replaced. "
+        raise InputError(f"{info_path} cannot be read ({err}); {root} is not replaced. "
                          "Pass --dataset NEW_FOLDER for the demo") from None
     if not isinstance(info, dict) or "zoo_sha256sums_digest" not in info:
-        raise SystemExit(f"{root} is not a demo Dataset ({info_path} names no demo zoo) and is not replaced; "
+        raise InputError(f"{root} is not a demo Dataset ({info_path} names no demo zoo) and is not replaced; "
                          "pass --dataset NEW_FOLDER for the demo")
     if info["zoo_sha256sums_digest"] != zoo_digest(DEMO_ZOO_DIR):
         return f"{info_path} names other zoo weights than {DEMO_ZOO_DIR}/SHA256SUMS"
@@ -225,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
     if args.demo:
         why = demo_dataset_outdated(dataset_root)
         if why and args.stage == "features":
-            raise SystemExit(f"the demo Dataset in {dataset_root} is {why}: build it once first (--stage prepare), "
+            raise InputError(f"the demo Dataset in {dataset_root} is {why}: build it once first (--stage prepare), "
                              "not in every job of an array")
         if why:
             print(f"building the demo Dataset in {dataset_root} ({why}) …", file=sys.stderr)
@@ -233,8 +234,6 @@ def run(args: argparse.Namespace) -> int:
                            check=True)
         args.test = args.test or dataset_root / "test"
         args.labels = args.labels or dataset_root / "test_labels.csv"
-    if args.test is None:
-        raise SystemExit("give --test FOLDER (or --demo)")
     test_dir = args.test
     train_dir = args.train or test_dir.parent / "train"
     val_dir = args.val or test_dir.parent / "val"
@@ -244,8 +243,8 @@ def run(args: argparse.Namespace) -> int:
     absent = [c for c in CLASS_NAMES if c not in set(train_meta["label"])]
     if absent:
         warn(f"{len(absent)} of the {len(CLASS_NAMES)} classes have no training image and are never predicted", absent, show=9)
-    extractor = FeatureExtractor(weights_dir=args.weights_dir, inv_root=args.cache_dir / "inv_decoder",
-                                 net_root=args.cache_dir / "variant_net",
+    extractor = FeatureExtractor(weights_dir=args.weights_dir, inv_root=args.cache_dir / INV_DECODER_DIR,
+                                 net_root=args.cache_dir / VARIANT_NET_DIR,
                                  cache_dir=args.cache_dir / "features", use_cache=not args.no_cache, rebuild=args.rebuild,
                                  batch_size=args.batch_size, device=args.device,
                                  workers=args.workers or default_workers(args.weights_dir, args.device),
@@ -330,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     from cli import at_least, shard_spec
     from provenance import STRATEGIES
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)  # as spelled: slurm_submit.py must see every --rebuild
     parser.add_argument("--test", type=Path, help="folder of test images")
     parser.add_argument("--train", type=Path, help="labelled train folder (default: beside --test)")
     parser.add_argument("--val", type=Path, help="labelled validation folder (default: beside --test)")
@@ -338,7 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--report-dir", type=Path, help="default: <out>_report/")
     parser.add_argument("--labels", type=Path, help="CSV image_name,label of the test images, to score the submission")
     parser.add_argument("--weights-dir", type=Path, help="official checkpoints or a zoo folder (default: the demo zoo)")
-    parser.add_argument("--cache-dir", type=Path, default=Path("cache"), help="features, inverse decoders, models")
+    parser.add_argument("--cache-dir", type=Path, default=CACHE_DIR,
+                        help=f"features, inverse decoders ({INV_DECODER_DIR}/), variant nets ({VARIANT_NET_DIR}/), models "
+                             f"(default {CACHE_DIR})")
     parser.add_argument("--method", choices=list(METHOD_CHOICES), default="auto",
                         help="two-stage: family gate, then a variant classifier per family; flat: one 9-class "
                              "LightGBM; auto (default): fit both, keep the one of higher validation accuracy; prada: "
@@ -371,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the scoring gate and the classifiers' fits (default 0)")
     parser.add_argument("--device", default="cpu",
                         help="torch device of the models (feature pass, fine-tuning of missing inverse decoders and "
-                             "variant nets): cpu (default) or cuda")
+                             "variant nets): cpu (default), cuda or cuda:N (checked at start: cuda needs a CUDA build of torch)")
     parser.add_argument("--stage", choices=STAGES, default="all",
                         help="all (default): the whole job; prepare: check the inputs, build the demo Dataset if needed, "
                              "fine-tune missing inverse decoders and compute the scoring gate's sample, then stop; features: compute and cache the "
@@ -393,8 +395,10 @@ def main(argv: Optional[list] = None) -> int:
     if args.stage == "features" and (args.no_cache or args.rebuild):
         parser.error("--stage features fills the feature cache: --no-cache would throw its work away and --rebuild "
                      "would delete what the other shards wrote (rebuild once, with --stage prepare)")
+    from run_inputs import check_before_work
     from runtime import keep_freed_memory, use_usable_cores
 
+    check_before_work(args.test, args.demo, args.device, args.weights_dir)
     keep_freed_memory()  # allocator tuning for this process; worker processes apply it themselves
     use_usable_cores()  # inside a Slurm job: its allocation, not the whole node
     return run(args)

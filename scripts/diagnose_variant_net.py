@@ -106,6 +106,7 @@ import torch  # noqa: E402
 import inv_decoder  # noqa: E402
 import variant_net  # noqa: E402
 from atomic import atomic_path  # noqa: E402
+from cli import CACHE_DIR, INV_DECODER_DIR  # noqa: E402
 from models.adapter import FamilyAdapter  # noqa: E402
 from runtime import keep_freed_memory  # noqa: E402
 from map_corrector import Corrector, corrected, fit_corrector  # noqa: E402
@@ -305,7 +306,7 @@ def main(argv: Optional[list] = None) -> int:
         parser.error("--end-to-end-epochs trains on from the inverse_f net: keep 'inverse_f' in --inputs and one member")
     keep_freed_memory()
     torch.set_num_threads(2)
-    adapter = inv_decoder.inverse_adapter(args.family, args.weights_dir, ROOT / "runs" / "inv_decoder")
+    adapter = inv_decoder.inverse_adapter(args.family, args.weights_dir, ROOT / CACHE_DIR / INV_DECODER_DIR)
     cache = Path(args.cache) / variant_net.adapter_fingerprint(adapter)[:16] if args.cache else None
     n_train = -(-args.train_per_variant // args.gen_batch)
     n_test = -(-args.heldout_per_variant // args.gen_batch)

@@ -71,6 +71,7 @@ import torch  # noqa: E402
 
 import inv_decoder  # noqa: E402
 import variant_net  # noqa: E402
+from cli import CACHE_DIR, INV_DECODER_DIR, VARIANT_NET_DIR  # noqa: E402
 from models.adapter import FamilyAdapter  # noqa: E402
 from models.zoo import load_family  # noqa: E402
 from quantizer import LogPrior, per_image_mse, prior_guided_tokens, search_tokens  # noqa: E402
@@ -197,11 +198,11 @@ def diagnose_family(family: str, weights_dir, per_variant: int, batch: int, seed
     from tqdm.auto import tqdm
 
     original = load_family(family, weights_dir)
-    path = inv_decoder.ensure_inverse_decoder(family, weights_dir, ROOT / "runs" / "inv_decoder")
+    path = inv_decoder.ensure_inverse_decoder(family, weights_dir, ROOT / CACHE_DIR / INV_DECODER_DIR)
     inverse = inv_decoder.load_inverse_decoder(load_family(family, weights_dir), path)
     net = None
     if family in variant_net.NET_FAMILIES:  # the feature extractor's variant net, on the same inverse decoder's f
-        net = variant_net.load_variant_net(variant_net.ensure_variant_net(family, weights_dir, ROOT / "runs" / "variant_net", inverse))[0]
+        net = variant_net.load_variant_net(variant_net.ensure_variant_net(family, weights_dir, ROOT / CACHE_DIR / VARIANT_NET_DIR, inverse))[0]
     net_hits: list = []
     frames = {"oracle": [], "exact_fhat": [], "recovered": []}
     labels, hits, err_true, err_found = [], {"original": [], "inverse": [], "exact_fhat": []}, [], []

@@ -7,7 +7,10 @@
               --test /shared/Dataset/test --weights-dir /shared/weights --cache-dir /shared/cache --device cuda
 
 Submits three jobs, each a ``submission.py`` run with the same SUBMISSION_ARGS (anything
-``submission.py`` takes; they are checked before anything is submitted):
+``submission.py`` takes, options spelled out in full). They are checked before anything is
+submitted: their syntax, ``--test`` or ``--demo`` given, the folders they name (``--test`` and the
+``train/`` and ``val/`` it implies or ``--train`` / ``--val``, ``--weights-dir`` with every weight
+file of both families, ``--labels``) present — seen from here, so give paths the nodes see the same:
 
 1. **prepare** (``--stage prepare``): checks the inputs, builds the demo Dataset if ``--demo``
    needs it, fine-tunes missing inverse decoders and computes the full features of the scoring
@@ -26,7 +29,9 @@ are cancelled, and a resubmission computes only the features still missing. ``--
 the prepare job only (it empties the store once); ``--no-cache`` is refused. Batch scripts and logs
 go to ``--logs``; ``--dry-run`` writes the scripts and prints the ``sbatch`` commands without
 submitting anything; if ``sbatch`` refuses a job, the ones already queued are cancelled. Jobs run
-in the current directory with this Python interpreter.
+in the current directory with this Python interpreter, one task each (``--ntasks=1``, which
+``--gpus-per-task`` needs). ``--sbatch-option KEY=VALUE`` adds any other ``#SBATCH`` option but
+those this script sets (:data:`RESERVED_OPTIONS`).
 """
 from __future__ import annotations
 
@@ -41,36 +46,69 @@ from typing import Dict, List, Optional, Sequence
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-__all__ = ["batch_script", "job_plan", "submit", "main"]
+__all__ = ["batch_script", "job_plan", "sbatch_options", "submit", "main", "RESERVED_OPTIONS"]
 
 SHARD_VARIABLE = "${SLURM_ARRAY_TASK_ID}"
+# the #SBATCH options batch_script and submit set themselves (workdir: chdir's old name)
+RESERVED_OPTIONS = ("array", "chdir", "workdir", "dependency", "job-name", "ntasks", "output")
 
 
 def batch_script(name: str, command: Sequence[str], *, workdir: Path, logs: Path, options: Dict[str, str],
                  array_size: Optional[int] = None) -> str:
-    """An ``sbatch`` script running ``command`` (shell-quoted; :data:`SHARD_VARIABLE` is left to expand)."""
+    """An ``sbatch`` script running ``command`` (shell-quoted; :data:`SHARD_VARIABLE` is left to expand)
+    as one task; ``options``' values are quoted as sbatch reads ``#SBATCH`` lines (as a shell would)."""
     output = logs / (f"{name}-%A_%a.out" if array_size else f"{name}-%j.out")
     lines = ["#!/bin/bash", f"#SBATCH --job-name=iarprov-{name}", f"#SBATCH --chdir={shlex.quote(str(workdir))}",
-             f"#SBATCH --output={shlex.quote(str(output))}"]
+             f"#SBATCH --output={shlex.quote(str(output))}", "#SBATCH --ntasks=1"]  # --gpus-per-task needs --ntasks
     if array_size:
         lines.append(f"#SBATCH --array=0-{array_size - 1}")
-    lines += [f"#SBATCH --{key}={value}" for key, value in options.items()]
+    lines += [f"#SBATCH --{key}={shlex.quote(value)}" for key, value in options.items()]
     words = [word if SHARD_VARIABLE in word else shlex.quote(word) for word in command]
     lines += ["set -euo pipefail", "exec " + " ".join(words), ""]
     return "\n".join(lines)
 
 
+def _missing_inputs(parsed: argparse.Namespace) -> List[str]:
+    """What the jobs would stop on at once, said here instead: no ``--test`` nor ``--demo``, a
+    folder or file they name that does not exist, a weight file missing from ``--weights-dir``."""
+    from cli import check_weight_files
+    from models.checkpoints import CheckpointError
+
+    if parsed.test is None and not parsed.demo:
+        return ["give --test FOLDER (labelled train/ and val/ beside it, or --train/--val) or --demo"]
+    problems = []
+    folders = {"--train": parsed.train, "--val": parsed.val}
+    if parsed.test is not None:  # without it, --demo's Dataset is built by the prepare job
+        folders = {"--test": parsed.test, "--train": parsed.train or parsed.test.parent / "train",
+                   "--val": parsed.val or parsed.test.parent / "val"}
+    for option, folder in folders.items():
+        given = option == "--test" or getattr(parsed, option[2:]) is not None
+        if folder is not None and not folder.is_dir() and (given or parsed.test.is_dir()):  # not thrice for one typo
+            problems.append(f"{option} {folder}{'' if given else ' (beside --test)'}: no such folder")
+    if parsed.labels is not None and not parsed.labels.is_file():
+        problems.append(f"--labels {parsed.labels}: no such file")
+    try:
+        check_weight_files(parsed.weights_dir)
+    except CheckpointError as err:
+        problems.append(str(err))
+    return problems
+
+
 def job_plan(submission_args: Sequence[str], shards: int, python: str = sys.executable) -> List[dict]:
-    """The three jobs — name, command, array size — for ``submission.py`` arguments ``submission_args``."""
+    """The three jobs — name, command, array size — for ``submission.py`` arguments ``submission_args``,
+    refused with the parser's message (status 2) if they could not run (:func:`_missing_inputs`)."""
     import submission
 
-    parser = submission.build_parser()
-    parser.prog = "submission.py (the arguments after --)"
+    parser = submission.build_parser()  # allow_abbrev=False: --rebuild is only ever spelled out
+    parser.prog, parser.usage = "submission.py (the arguments after --)", argparse.SUPPRESS  # the message, not 20 lines of usage
     parsed = parser.parse_args(list(submission_args))  # exits with the parser's message
     if parsed.no_cache:
-        raise SystemExit("--no-cache: the array's features reach the last job only through the cache; leave it out")
+        parser.error("--no-cache: the array's features reach the last job only through the cache; leave it out")
     if parsed.stage != "all" or parsed.shard is not None:
-        raise SystemExit("--stage and --shard are set by this script; leave them out of SUBMISSION_ARGS")
+        parser.error("--stage and --shard are set by this script; leave them out of SUBMISSION_ARGS")
+    problems = _missing_inputs(parsed)
+    if problems:
+        parser.error("; ".join(problems) + " (nothing was submitted)")
     base = [python, str(ROOT / "submission.py")]
     kept = [a for a in submission_args if a != "--rebuild"]  # the store is emptied once, before the array
     return [
@@ -79,6 +117,23 @@ def job_plan(submission_args: Sequence[str], shards: int, python: str = sys.exec
          "array": shards},
         {"name": "submission", "command": base + kept, "array": None},
     ]
+
+
+def sbatch_options(items: Sequence[str]) -> Dict[str, str]:
+    """``--sbatch-option KEY=VALUE`` items as a dict; a ``ValueError`` for an item that is not
+    KEY=VALUE, or whose KEY is one of :data:`RESERVED_OPTIONS` (or a prefix of one, which sbatch
+    would take for it)."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().lstrip("-")
+        if not sep or not key:
+            raise ValueError(f"--sbatch-option {item!r}: expected KEY=VALUE")
+        taken = [name for name in RESERVED_OPTIONS if name.startswith(key)]
+        if taken:
+            raise ValueError(f"--sbatch-option {item!r}: --{taken[0]} is set by this script for every job; leave it out")
+        options[key] = value
+    return options
 
 
 def submit(script: Path, after: Optional[str] = None) -> str:
@@ -119,11 +174,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     for key in ("mem", "time", "partition", "account", "gpus_per_task"):
         if getattr(args, key) is not None:
             options[key.replace("_", "-")] = str(getattr(args, key))
-    for item in args.sbatch_option:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            parser.error(f"--sbatch-option {item!r}: expected KEY=VALUE")
-        options[key.lstrip("-")] = value
+    try:
+        options.update(sbatch_options(args.sbatch_option))
+    except ValueError as err:
+        parser.error(str(err))
     if not args.dry_run and shutil.which("sbatch") is None:
         raise SystemExit("sbatch not found: run this on a Slurm login node (or --dry-run to see the batch scripts)")
     logs = args.logs.resolve()
@@ -135,8 +189,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         script.write_text(batch_script(job["name"], job["command"], workdir=Path.cwd(), logs=logs, options=options,
                                        array_size=job["array"]))
         if args.dry_run:
-            print("sbatch --parsable" + (f" --dependency=afterok:<{previous}> --kill-on-invalid-dep=yes" if previous else "")
-                  + f" {script}")
+            dependency = [f"--dependency=afterok:<{previous}>", "--kill-on-invalid-dep=yes"] if previous else []
+            print(shlex.join(["sbatch", "--parsable", *dependency, str(script)]))
             previous = job["name"]
             continue
         try:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cli import USER_ERROR_STATUS, run_main
+from cli import USER_ERROR_STATUS, InputError, run_main
 from models.checkpoints import CheckpointError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,7 +74,7 @@ def test_an_unknown_class_folder_is_named_without_a_traceback(tmp_path):
     import submission
 
     test_dir = _tiny_layout(tmp_path / "data", train_class="cats")
-    with pytest.raises(SystemExit, match=r"--train: .*train/cats: unknown class folder; expected one of var16"):
+    with pytest.raises(InputError, match=r"--train: .*train/cats: unknown class folder; expected one of var16"):
         submission.main(["--test", str(test_dir), "--out", str(tmp_path / "s.csv")])
 
 
@@ -82,9 +82,9 @@ def test_a_test_folder_that_does_not_exist_is_named_as_missing(tmp_path):
     import submission
 
     test_dir = _tiny_layout(tmp_path / "data")
-    with pytest.raises(SystemExit, match=r"tset: no such folder; give --test DIR"):
+    with pytest.raises(InputError, match=r"tset: no such folder; give --test DIR"):
         submission.main(["--test", str(test_dir.with_name("tset")), "--out", str(tmp_path / "s.csv")])
-    with pytest.raises(SystemExit, match=r"x\.png: no such folder; give --test DIR.*\(this is a file\)"):
+    with pytest.raises(InputError, match=r"x\.png: no such folder; give --test DIR.*\(this is a file\)"):
         submission.main(["--test", str(test_dir / "x.png"), "--out", str(tmp_path / "s.csv")])
     assert not (tmp_path / "s.csv").exists()
 
@@ -121,3 +121,138 @@ def test_submission_refuses_a_folder_as_out_before_any_work(tmp_path, capsys):
     with pytest.raises(SystemExit):
         submission.main(["--test", str(tmp_path), "--out", str(tmp_path)])
     assert "is a folder; give a file name" in capsys.readouterr().err
+
+
+# --- bad input files, user errors of submission.py, devices, weight files, default roots -----
+
+def test_bad_input_files_become_one_line(tmp_path, capsys):
+    """``dataset``'s checks raise :class:`cli.InputError`, which :func:`run_main` prints as one line."""
+    import feature_plotter
+    import pandas as pd
+
+    def main(argv):
+        raise InputError(f"{argv[0]}: missing column(s) ['label']")
+
+    assert run_main(main, ["/x/labels.csv"]) == USER_ERROR_STATUS
+    assert capsys.readouterr().err == "error: /x/labels.csv: missing column(s) ['label']\n"
+    features = tmp_path / "features.parquet"
+    pd.DataFrame({"VAR_quant_loss": [1.0, 2.0]}, index=pd.Index(["a.png", "b.png"], name="image_id")).to_parquet(features)
+    (tmp_path / "labels.csv").write_text("image_name,label\na.png,var16\nc.png,rarb\n")  # b.png unlabelled, c.png extra
+    assert run_main(feature_plotter.main, ["--features", str(features), "--labels", str(tmp_path / "labels.csv"),
+                                           "--out", str(tmp_path / "report")]) == USER_ERROR_STATUS
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "disagree: 1 image(s) without a label, 1 label(s) without features" in err
+    (tmp_path / "labels.csv").write_text("image_name,label\na.png,var16\nb.png,cat\n")
+    assert run_main(feature_plotter.main, ["--features", str(features), "--labels", str(tmp_path / "labels.csv")]) == USER_ERROR_STATUS
+    assert "unknown label(s) ['cat']" in capsys.readouterr().err
+
+
+def test_a_missing_per_token_frame_names_the_run_that_writes_it(tmp_path):
+    from dataset import read_feature_frame
+
+    with pytest.raises(FileNotFoundError, match=r"tokens_train\.parquet: no such per-token file; `python submission.py --demo --method prada`"):
+        read_feature_frame(tmp_path / "tokens_train.parquet")
+    with pytest.raises(FileNotFoundError, match=r"features_val\.parquet: no such feature file; `python submission.py --demo` writes"):
+        read_feature_frame(tmp_path / "features_val.parquet")
+
+
+def test_submission_user_errors_are_one_error_line_with_status_2(tmp_path, capsys):
+    import submission
+
+    assert run_main(submission.main, ["--out", str(tmp_path / "s.csv")]) == USER_ERROR_STATUS
+    assert capsys.readouterr().err.startswith("error: give --test FOLDER")
+    assert run_main(submission.main, ["--test", str(tmp_path / "absent"), "--out", str(tmp_path / "s.csv")]) == USER_ERROR_STATUS
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'absent'}: no such folder; give --test DIR")
+
+
+def test_a_device_this_machine_lacks_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    import submission
+    import torch
+
+    test_dir = _tiny_layout(tmp_path / "data")
+    args = ["--test", str(test_dir), "--out", str(tmp_path / "s.csv"), "--cache-dir", str(tmp_path / "cache")]
+    assert run_main(submission.main, args + ["--device", "gpu"]) == USER_ERROR_STATUS
+    assert capsys.readouterr().err == "error: --device gpu: not a torch device; use cpu, cuda or cuda:N\n"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert run_main(submission.main, args + ["--device", "cuda"]) == USER_ERROR_STATUS
+    err = capsys.readouterr().err
+    assert err.startswith("error: --device cuda: this torch ") and "cannot use CUDA" in err and err.count("\n") == 1
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "s.csv").exists()
+
+
+def _partial_official_weights(folder: Path) -> Path:
+    """A folder holding VAR's official files (empty) but none of RAR's."""
+    folder.mkdir()
+    for name in ("vae_ch160v4096z32.pth", "var_d16.pth", "var_d20.pth", "var_d24.pth", "var_d30.pth"):
+        (folder / name).write_bytes(b"")
+    return folder
+
+
+def test_every_weight_file_of_both_families_is_checked_up_front(tmp_path, capsys, small_zoo_dir):
+    import shutil
+
+    import feature_extractor
+    import submission
+    from cli import check_weight_files, required_weight_files
+
+    weights = _partial_official_weights(tmp_path / "weights")
+    test_dir = _tiny_layout(tmp_path / "data")
+    args = ["--test", str(test_dir), "--weights-dir", str(weights), "--out", str(tmp_path / "s.csv"),
+            "--cache-dir", str(tmp_path / "cache")]
+    assert run_main(submission.main, args) == USER_ERROR_STATUS
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: weight file not found: {weights / 'maskgit-vqgan-imagenet-f16-256.bin'} and 4 more")
+    assert "rar_b.bin, rar_l.bin, rar_xl.bin, rar_xxl.bin" in err and "all 10 files" in err
+    assert not (tmp_path / "cache").exists(), "nothing was fine-tuned or cached before the check"
+    assert run_main(feature_extractor.main, [str(test_dir), "--out", str(tmp_path / "f.parquet"),
+                                             "--weights-dir", str(weights)]) == USER_ERROR_STATUS
+    assert "error: weight file not found:" in capsys.readouterr().err
+    # a zoo folder: the files its zoo.json names
+    assert {p.name for p in required_weight_files(small_zoo_dir)} == {"var_tok.safetensors", "var_gen.safetensors",
+                                                                      "rar_tok.safetensors", "rar_gen.safetensors"}
+    zoo = Path(shutil.copytree(small_zoo_dir, tmp_path / "zoo"))
+    (zoo / "rar_gen.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="weight file not found: .*rar_gen.safetensors"):
+        check_weight_files(zoo)
+    check_weight_files(None)  # the demo zoo is complete
+
+
+def test_every_command_defaults_to_submissions_cache_layout(tmp_path, monkeypatch):
+    """``feature_extractor.py`` and ``quantizer.py`` read the inverse decoders and variant nets
+    where ``submission.py`` fine-tunes them: ``<--cache-dir cache>/inv_decoder`` and ``/variant_net``."""
+    import argparse
+
+    import feature_extractor
+    import submission
+    from cli import add_weights_arguments
+
+    cache = submission.build_parser().parse_args([]).cache_dir
+    parser = argparse.ArgumentParser()
+    add_weights_arguments(parser, nets=True)
+    defaults = parser.parse_args([])
+    assert (defaults.inv_root, defaults.net_root) == (cache / "inv_decoder", cache / "variant_net")
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    class Recorder:
+        def __init__(self, **kwargs):
+            seen.update(kwargs)
+            raise Stop  # before any model loads
+
+    monkeypatch.setattr(feature_extractor, "FeatureExtractor", Recorder)
+    test_dir = _tiny_layout(tmp_path)
+    with pytest.raises(Stop):
+        feature_extractor.main([str(test_dir), "--out", str(tmp_path / "f.parquet")])
+    assert (seen["inv_root"], seen["net_root"], seen["device"]) == (cache / "inv_decoder", cache / "variant_net", "cpu")
+    with pytest.raises(Stop):
+        feature_extractor.main([str(test_dir), "--out", str(tmp_path / "f.parquet"), "--net-root", str(tmp_path / "nets")])
+    assert seen["net_root"] == tmp_path / "nets"
+
+
+def test_feature_extractor_names_a_folder_that_does_not_exist(tmp_path, capsys):
+    import feature_extractor
+
+    assert run_main(feature_extractor.main, [str(tmp_path / "absent"), "--out", str(tmp_path / "f.parquet")]) == USER_ERROR_STATUS
+    assert capsys.readouterr().err == f"error: {tmp_path / 'absent'}: no such folder; give a folder of images\n"

@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import make_demo_dataset  # noqa: E402
 import submission  # noqa: E402
 from attribution import pick_method  # noqa: E402
+from cli import InputError  # noqa: E402
 from models.registry import CLASS_NAMES  # noqa: E402
 from models.zoo import DEMO_ZOO_DIR  # noqa: E402
 
@@ -143,14 +144,14 @@ def test_demo_dataset_is_rebuilt_when_the_zoo_changes(tiny_dataset, tmp_path):
     assert "earlier recipe (1, now" in submission.demo_dataset_outdated(stale)
     foreign = tmp_path / "foreign"
     (foreign / "test").mkdir(parents=True)
-    with pytest.raises(SystemExit, match="not a demo Dataset"):
+    with pytest.raises(InputError, match="not a demo Dataset"):
         submission.demo_dataset_outdated(foreign)
     # a dataset.json of something else, or one that does not parse, protects the folder as well
     (foreign / "dataset.json").write_text('{"name": "my real data"}')
-    with pytest.raises(SystemExit, match="not a demo Dataset .*names no demo zoo"):
+    with pytest.raises(InputError, match="not a demo Dataset .*names no demo zoo"):
         submission.demo_dataset_outdated(foreign)
     (foreign / "dataset.json").write_text("{not json")
-    with pytest.raises(SystemExit, match="cannot be read .* is not replaced"):
+    with pytest.raises(InputError, match="cannot be read .* is not replaced"):
         submission.demo_dataset_outdated(foreign)
     assert (foreign / "test").is_dir()
 
@@ -183,11 +184,11 @@ def test_missing_training_split_is_named_before_any_model_loads(tmp_path, monkey
         raise AssertionError("models were loaded before the splits were checked")
 
     monkeypatch.setattr(feature_extractor, "FeatureExtractor", no_models)
-    with pytest.raises(SystemExit, match=r"mine/train: no train folder; give --train DIR"):
+    with pytest.raises(InputError, match=r"mine/train: no train folder; give --train DIR"):
         submission.main(["--test", str(test_dir), "--out", str(tmp_path / "s.csv")])
     (tmp_path / "mine" / "train" / "var16").mkdir(parents=True)
     Image.new("RGB", (64, 64)).save(tmp_path / "mine" / "train" / "var16" / "y.png")
-    with pytest.raises(SystemExit, match=r"mine/val: no val folder; give --val DIR"):
+    with pytest.raises(InputError, match=r"mine/val: no val folder; give --val DIR"):
         submission.main(["--test", str(test_dir), "--out", str(tmp_path / "s.csv")])
     assert not (tmp_path / "s.csv").exists()
 
@@ -505,6 +506,6 @@ def test_a_malformed_labels_file_stops_the_run_before_any_model_loads(tiny_datas
 
     monkeypatch.setattr(feature_extractor, "FeatureExtractor", no_models)
     (tmp_path / "labels.csv").write_text("name,class\nx.png,var16\n")
-    with pytest.raises(SystemExit, match=r"--labels: .*labels.csv: missing column\(s\) \['image_name', 'label'\]"):
+    with pytest.raises(InputError, match=r"--labels: .*labels.csv: missing column\(s\) \['image_name', 'label'\]"):
         submission.main(["--test", str(tiny_dataset / "test"), "--labels", str(tmp_path / "labels.csv"),
                          "--out", str(tmp_path / "s.csv")])

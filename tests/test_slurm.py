@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import make_demo_dataset  # noqa: E402
 import slurm_submit  # noqa: E402
 import submission  # noqa: E402
-from cli import shard_spec  # noqa: E402
+from cli import InputError, shard_spec  # noqa: E402
 from feature_store import FeatureStore, file_sha256, shard_keys  # noqa: E402
 
 DAEMONS = ("slurmctld", "slurmd", "sbatch", "squeue", "scontrol")
@@ -60,11 +60,65 @@ def test_job_plan_and_batch_scripts(tmp_path):
     script = slurm_submit.batch_script("features", plan[1]["command"], workdir=tmp_path, logs=tmp_path / "logs",
                                        options={"cpus-per-task": "2", "mem": "4G"}, array_size=3)
     assert "#SBATCH --array=0-2" in script and "#SBATCH --mem=4G" in script
+    assert "#SBATCH --ntasks=1" in script, "sbatch refuses --gpus-per-task without --ntasks"
     assert "'my cache'" in script, "arguments are shell-quoted"
     assert "--shard ${SLURM_ARRAY_TASK_ID}/3" in script, "the task id is left for the shell to expand"
     for refused in (["--demo", "--no-cache"], ["--demo", "--stage", "features"], ["--demo", "--shard", "0/2"]):
         with pytest.raises(SystemExit):
             slurm_submit.job_plan(refused, shards=2)
+
+
+def _layout(root: Path, train_class: str = "var16") -> Path:
+    """train/<class>/, val/var16/ and test/, one black image each; the test folder."""
+    from PIL import Image
+
+    for split in (f"train/{train_class}", "val/var16", "test"):
+        (root / split).mkdir(parents=True)
+        Image.new("RGB", (64, 64)).save(root / split / "x.png")
+    return root / "test"
+
+
+def test_an_abbreviated_option_is_refused_not_passed_to_every_job():
+    """``--rebui`` would reach every job of the array, each emptying the shared store."""
+    with pytest.raises(SystemExit) as stop:
+        slurm_submit.job_plan(["--demo", "--rebui"], shards=2)
+    assert stop.value.code == 2
+    with pytest.raises(SystemExit):
+        submission.build_parser().parse_args(["--demo", "--cache", "c"])
+
+
+def test_what_the_jobs_would_stop_on_is_refused_before_submitting(tmp_path, capsys):
+    test_dir = _layout(tmp_path / "data")
+    (tmp_path / "lone" / "test").mkdir(parents=True)
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "vae_ch160v4096z32.pth").write_bytes(b"")
+    refused = {"give --test FOLDER": ["--out", "x.csv"],
+               f"--test {tmp_path / 'nope'}: no such folder": ["--test", str(tmp_path / "nope")],
+               f"--val {tmp_path / 'data' / 'val2'}: no such folder": ["--test", str(test_dir), "--val", str(tmp_path / "data" / "val2")],
+               f"--train {tmp_path / 'lone' / 'train'} (beside --test): no such folder": ["--test", str(tmp_path / "lone" / "test")],
+               "--labels": ["--test", str(test_dir), "--labels", str(tmp_path / "labels.csv")],
+               "weight file not found: ": ["--test", str(test_dir), "--weights-dir", str(weights)]}
+    for message, args in refused.items():
+        with pytest.raises(SystemExit) as stop:
+            slurm_submit.job_plan(args, shards=2)
+        assert stop.value.code == 2 and message in capsys.readouterr().err, args
+    assert len(slurm_submit.job_plan(["--test", str(test_dir)], shards=2)) == 3
+
+
+def test_sbatch_options_the_script_sets_are_refused_and_values_quoted(tmp_path, capsys, monkeypatch):
+    import shlex
+
+    monkeypatch.chdir(tmp_path)
+    logs = tmp_path / "slurm logs"
+    for taken in ("array=0-3", "dependency=afterok:1", "output=x.out", "chdir=/", "job-name=x", "ntasks=2", "dep=afterany:1"):
+        with pytest.raises(SystemExit) as stop:
+            slurm_submit.main(["--dry-run", "--logs", str(logs), "--sbatch-option", taken, "--", "--demo"])
+        assert stop.value.code == 2 and "is set by this script" in capsys.readouterr().err, taken
+    assert slurm_submit.main(["--dry-run", "--logs", str(logs), "--sbatch-option", "comment=two words", "--", "--demo"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert [shlex.split(line)[-1] for line in printed] == [str(logs / f"{job}.sbatch") for job in ("prepare", "features", "submission")]
+    assert "#SBATCH --comment='two words'" in (logs / "prepare.sbatch").read_text()
 
 
 def test_stage_features_refuses_what_would_lose_work(tmp_path):
@@ -75,7 +129,7 @@ def test_stage_features_refuses_what_would_lose_work(tmp_path):
 
 
 def test_jobs_of_an_array_do_not_each_build_what_prepare_builds_once(tiny_dataset, small_zoo_dir, tmp_path):
-    with pytest.raises(SystemExit, match="--stage prepare"):  # the demo Dataset
+    with pytest.raises(InputError, match="--stage prepare"):  # the demo Dataset
         submission.main(["--demo", "--dataset", str(tmp_path / "none"), "--stage", "features", "--shard", "0/2"])
     assert not (tmp_path / "none").exists()
     with pytest.raises(FileNotFoundError, match="--stage prepare"):  # inverse decoders: no weights ship them
@@ -208,18 +262,19 @@ def test_slurm_array_fills_the_store_and_the_last_job_writes_the_submission(slur
 def test_a_failed_prepare_job_cancels_the_jobs_after_it(slurm_cluster, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     logs = tmp_path / "logs"
+    test_dir = _layout(tmp_path / "data", train_class="cats")  # passes the checks before submitting, not the job's
     printed = subprocess.run([sys.executable, str(ROOT / "scripts" / "slurm_submit.py"), "--shards", "2", "--cpus-per-task", "1",
-                              "--logs", str(logs), "--", "--test", str(tmp_path / "no_such_folder")],
+                              "--logs", str(logs), "--", "--test", str(test_dir)],
                              env=slurm_cluster, capture_output=True, text=True, check=True).stdout
     states = _job_states(_submitted(printed), slurm_cluster, timeout_s=120)  # dependents left pending would time out
     assert states[0] == ["FAILED"] and set(states[1]) == {"CANCELLED"} and states[2] == ["CANCELLED"], states
-    assert "no_such_folder" in next(logs.glob("prepare-*.out")).read_text()
+    assert "cats: unknown class folder" in next(logs.glob("prepare-*.out")).read_text()
 
 
 def test_a_refused_job_leaves_nothing_queued(slurm_cluster, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "slurm_submit.py"), "--shards", "5000", "--cpus-per-task", "1",
-                           "--logs", str(tmp_path / "logs"), "--", "--test", str(tmp_path)],  # an array over MaxArraySize
+                           "--logs", str(tmp_path / "logs"), "--", "--test", str(_layout(tmp_path / "data"))],  # an array over MaxArraySize
                           env=slurm_cluster, capture_output=True, text=True)
     assert done.returncode != 0 and "sbatch refused" in done.stderr, done.stderr
     cancelled = re.search(r"cancelled the jobs already submitted \((\d+)\)", done.stderr)
