@@ -40,7 +40,7 @@ from batch_features import features_for_batch
 from dataset import load_images
 from feature_store import COMPLETENESS_PREFIX, FeatureStore, file_sha256, marker_columns
 from models.adapter import FamilyAdapter
-from models.zoo import check_weights_dir, is_zoo_dir, load_family
+from models.zoo import check_weights_dir, file_digest, is_zoo_dir, load_family
 from provenance import ScoringGate, leave_out_unneeded
 from runtime import keep_freed_memory, use_usable_cores
 
@@ -114,10 +114,11 @@ class FeatureExtractor:
         for family in variant_net.NET_FAMILIES:
             path = variant_net.ensure_variant_net(family, weights_dir, net_root, self.adapters[family], train_missing=fine_tune_missing,
                                                   progress=progress)
-            self.nets[family] = variant_net.load_variant_net(path)
+            self.nets[family] = variant_net.load_variant_net(path, self.adapters[family].variant_names)
             files.append(path)
         self.image_size = self.adapters["VAR"].image_size
-        digest = hashlib.sha256("".join(file_sha256(p) for p in files).encode()).hexdigest()
+        # file_digest: file_sha256, each file read once per process (ensure_* may have hashed the weights already)
+        digest = hashlib.sha256("".join(file_digest(p) for p in files).encode()).hexdigest()
         self.weights_digest = digest
         name = store_name(self.refine_steps, self.adapters["VAR"].device.type)
         self.store = FeatureStore(cache_dir, name, EXTRACTOR_VERSION, digest, enabled=use_cache, rebuild=rebuild)

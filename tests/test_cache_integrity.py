@@ -1,18 +1,22 @@
-"""A cached inverse decoder, its fine-tuning data and checkpoint are only ever reused for the run and
-weights that made them; its files are written so that a kill leaves no half file."""
+"""A cached inverse decoder, its fine-tuning data and checkpoint, a cached variant net and the variant
+nets' map cache are only ever reused for the run, weights and inverse decoder that made them; files
+are written so that a kill leaves no half file and no record that describes another file."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
 import torch
 
 import inv_decoder
+import variant_net as vn
 from models.checkpoints import CheckpointError
 from models.zoo import load_family
 
 CFG = dict(images=6, epochs=1, batch_size=6, lr=3e-3, seed=0)
+TINY_NET = dict(images_per_variant=4, gen_batch=4, epochs=1, batch_size=8, members=1)
 
 
 def _other_weights(zoo, tmp_path, file="rar_gen.safetensors"):
@@ -133,3 +137,79 @@ def test_a_cached_inverse_decoder_of_other_weights_is_refused(small_zoo_dir, tmp
     record_path.write_text(json.dumps(record))
     with pytest.raises(CheckpointError, match=r"has no record of the weights it was fine-tuned on.*another --cache-dir"):
         inv_decoder.ensure_inverse_decoder("RAR", small_zoo_dir, tmp_path / "inv", config=CFG)
+
+
+# ---------------------------------------------------------------- variant nets: the cache, the names, the two files
+def test_a_cached_variant_net_serves_only_its_weights_and_inverse_decoder(small_zoo_dir, tmp_path):
+    """A net trained under a cache folder is refused for other weights and for another inverse decoder
+    (the one refitted after cache/inv_decoder was deleted)."""
+    inverse = inv_decoder.inverse_adapter("VAR", small_zoo_dir, tmp_path / "inv", config=CFG)
+    path = vn.ensure_variant_net("VAR", small_zoo_dir, tmp_path / "nets", inverse, TINY_NET, progress=False)
+    stamp = path.stat().st_mtime_ns
+    assert vn.ensure_variant_net("VAR", small_zoo_dir, tmp_path / "nets", inverse, TINY_NET, progress=False) == path
+    assert path.stat().st_mtime_ns == stamp, "found, not trained again"
+
+    shutil.rmtree(tmp_path / "inv")  # the inverse decoder refitted, here with another seed
+    refitted = inv_decoder.inverse_adapter("VAR", small_zoo_dir, tmp_path / "inv", config=dict(CFG, seed=1))
+    with pytest.raises(CheckpointError, match=r"variant_net.safetensors was trained on another inverse decoder's maps.*another --cache-dir"):
+        vn.ensure_variant_net("VAR", small_zoo_dir, tmp_path / "nets", refitted, TINY_NET, progress=False)
+
+    other = _other_weights(small_zoo_dir, tmp_path, "var_gen.safetensors")
+    from safetensors.torch import save_file
+
+    save_file(inv_decoder.encoder_state(inverse), str(tmp_path / "kept.safetensors"))  # the same inverse decoder, other weights
+    on_other = inv_decoder.load_inverse_decoder(load_family("VAR", other), tmp_path / "kept.safetensors")
+    with pytest.raises(CheckpointError, match=r"was trained on other weights than the ones in use"):
+        vn.ensure_variant_net("VAR", other, tmp_path / "nets", on_other, TINY_NET, progress=False)
+
+
+def test_a_net_for_other_variants_is_refused_on_load(tmp_path):
+    """``load_variant_net(path, variants)``: a net whose outputs name other variants (another zoo's) is refused, naming the file."""
+    net, _ = vn.train_variant_net(torch.randn(8, 4, 8, 8), torch.arange(8) % 2, 2, dict(epochs=1, batch_size=4), progress=False)
+    path = vn.save_variant_net(net, ["var16", "var20"], tmp_path / vn.WEIGHTS_FILE)
+    assert vn.load_variant_net(path, ("var16", "var20"))[1] == ["var16", "var20"]
+    with pytest.raises(CheckpointError, match=r"variant_net.safetensors names the variants var16, var20, not this family's var20, var16"):
+        vn.load_variant_net(path, ("var20", "var16"))
+
+
+def test_a_kill_between_a_nets_two_files_never_leaves_a_record_of_another_net(small_zoo_dir, tmp_path, monkeypatch):
+    """Saving a net over an older one and stopping after the first of its two files: the pair left
+    must not pass for one net (its record's counts would start the held-out set inside training data)."""
+    import atomic
+
+    inverse = load_family("VAR", small_zoo_dir)
+    names = list(inverse.variant_names)
+    x, y = torch.randn(8, 4, 8, 8), torch.zeros(8, dtype=torch.long)
+    old, _ = vn.train_variant_net(x, y, len(names), dict(epochs=1, batch_size=4), progress=False)
+    new, _ = vn.train_variant_net(x, y, len(names), dict(epochs=1, batch_size=4, seed=1), progress=False)
+    path = tmp_path / "net" / vn.WEIGHTS_FILE
+    vn.save_variant_net(old, names, path, {"config": dict(images_per_variant=8, gen_batch=4)})
+    replace, calls = os.replace, []
+
+    def killed_after_the_first(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", killed_after_the_first)
+    with pytest.raises(KeyboardInterrupt):
+        vn.save_variant_net(new, names, path, {"config": dict(images_per_variant=4, gen_batch=4)})
+    monkeypatch.undo()
+    with pytest.raises(CheckpointError, match=r"variant_net.json describes another net than .*variant_net.safetensors"):
+        vn.heldout_maps(inverse, path, 1, progress=False)
+
+
+# ---------------------------------------------------------------- the variant nets' map cache
+def test_the_map_cache_is_named_by_code_version_and_layout(small_zoo_dir, tmp_path):
+    """Maps made in channels-last layout (the feature extractor's, which rounds differently) are kept
+    apart from the default layout's, and every folder names the maps' code version."""
+    adapter = load_family("VAR", small_zoo_dir)
+    plain = vn.generate_training_maps(adapter, 2, 0, 2, progress=False, cache_dir=tmp_path)
+    adapter.use_channels_last()
+    fast = vn.generate_training_maps(adapter, 2, 0, 2, progress=False, cache_dir=tmp_path)
+    folders = sorted(p.name for p in tmp_path.iterdir())
+    assert len(folders) == 2, "one folder per layout"
+    assert all(f"-v{vn.MAPS_VERSION}" in name for name in folders)
+    assert vn.maps_folder_name(adapter) in folders and vn.maps_folder_name(adapter).endswith("-channels_last")
+    torch.testing.assert_close(fast.x_NChw, plain.x_NChw, rtol=0, atol=1e-3)
