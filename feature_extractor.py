@@ -40,7 +40,7 @@ from batch_features import features_for_batch
 from dataset import load_images
 from feature_store import COMPLETENESS_PREFIX, FeatureStore, file_sha256, marker_columns
 from models.adapter import FamilyAdapter
-from models.zoo import check_weights_dir, is_zoo_dir, load_family
+from models.zoo import check_weights_dir, file_digest, is_zoo_dir, load_family
 from provenance import ScoringGate, leave_out_unneeded
 from runtime import keep_freed_memory, use_usable_cores
 
@@ -98,11 +98,11 @@ def store_name(refine_steps: int, device_type: str) -> str:
 class FeatureExtractor:
     """Loads both families with their inverse decoders and serves cached feature rows."""
 
-    def __init__(self, *, weights_dir: Optional[Path] = None, inv_root: Path = Path("runs/inv_decoder"),
+    def __init__(self, *, weights_dir: Optional[Path] = None, inv_root: Path = Path("cache/inv_decoder"),
                  cache_dir: Path = Path("cache/features"), use_cache: bool = True, rebuild: bool = False,
                  batch_size: int = 32, device: str = "cpu", progress: bool = True, inv_config: Optional[dict] = None,
                  workers: int = 1, refine_steps: int = 0, fine_tune_missing: bool = True,
-                 net_root: Path = Path("runs/variant_net")) -> None:
+                 net_root: Path = Path("cache/variant_net")) -> None:
         self.batch_size, self.progress, self.workers = batch_size, progress, max(1, int(workers))
         self.refine_steps = max(0, int(refine_steps))
         self._worker_kwargs = dict(weights_dir=weights_dir, inv_root=inv_root, cache_dir=cache_dir, use_cache=use_cache,
@@ -119,10 +119,11 @@ class FeatureExtractor:
         for family in variant_net.NET_FAMILIES:
             path = variant_net.ensure_variant_net(family, weights_dir, net_root, self.adapters[family], train_missing=fine_tune_missing,
                                                   progress=progress)
-            self.nets[family] = variant_net.load_variant_net(path)
+            self.nets[family] = variant_net.load_variant_net(path, self.adapters[family].variant_names)
             files.append(path)
         self.image_size = self.adapters["VAR"].image_size
-        digest = hashlib.sha256("".join(file_sha256(p) for p in files).encode()).hexdigest()
+        # file_digest: file_sha256, each file read once per process (ensure_* may have hashed the weights already)
+        digest = hashlib.sha256("".join(file_digest(p) for p in files).encode()).hexdigest()
         self.weights_digest = digest
         name = store_name(self.refine_steps, self.adapters["VAR"].device.type)
         self.store = FeatureStore(cache_dir, name, EXTRACTOR_VERSION, digest, enabled=use_cache, rebuild=rebuild)

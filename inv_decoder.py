@@ -21,7 +21,14 @@ The demo zoo ships its inverse decoders (``demo_zoo/inv_decoders/<family>[_aug]/
 ``scripts/build_demo_zoo.py``); they are used whenever present.
 
 Outputs in ``--out/<family>[ _aug]/``: ``inv_decoder.safetensors`` (tokenizer-keyed encoder
-weights), ``inv_decoder.json`` (config, losses), ``loss_curve.png``, ``checkpoint.pt``.
+weights), ``inv_decoder.json`` (config, losses, the weights' digest), ``loss_curve.png``,
+``checkpoint.pt`` and ``train_tokens.pt`` (the fine-tuning data, with the seed, image count and
+weights digest they were made for).
+
+A folder is only ever taken for the run that made it: tokens or a checkpoint made with another
+seed, image count or other weights (:func:`models.zoo.weights_digest`), and a checkpoint of more
+epochs than asked for, are refused with the file named; so is an inverse decoder under a cache
+folder (:func:`ensure_inverse_decoder`) fine-tuned on other weights than the ones in use.
 """
 from __future__ import annotations
 
@@ -38,9 +45,11 @@ import torch
 from atomic import atomic_path
 from models.adapter import FamilyAdapter
 from models.checkpoints import CheckpointError, read_state_dict
+from models.zoo import weights_digest
 
 __all__ = ["DEFAULT_CONFIG", "encoder_state_prefixes", "encoder_state", "put_encoder_state", "generate_training_tokens", "finetune", "load_inverse_decoder", "inverse_adapter",
-           "default_output_dir", "shipped_file", "ensure_inverse_decoder", "augment_flags", "to_png_levels", "SHIPPED_SUBDIR", "WEIGHTS_FILE", "KINDS"]
+           "default_output_dir", "shipped_file", "ensure_inverse_decoder", "augment_flags", "to_png_levels", "inverse_decoder_digest",
+           "SHIPPED_SUBDIR", "WEIGHTS_FILE", "RECORD_FILE", "KINDS"]
 
 DEFAULT_CONFIG: Dict[str, object] = dict(
     images=1536, epochs=6, batch_size=32, lr=1e-4, seed=0, augment=False, augment_p=0.5,
@@ -51,6 +60,7 @@ DEFAULT_CONFIG: Dict[str, object] = dict(
 SEED_OFFSET = 7_000_000  # generation seeds of fine-tuning data; make_demo_dataset uses small seeds
 SHIPPED_SUBDIR = "inv_decoders"  # inverse decoders shipped beside a zoo's weights
 WEIGHTS_FILE = "inv_decoder.safetensors"
+RECORD_FILE = "inv_decoder.json"  # beside WEIGHTS_FILE: config, losses, weights_digest
 KINDS = ("plain", "augmented")  # fine-tuned without / with the augmentation curriculum
 
 
@@ -90,6 +100,16 @@ def put_encoder_state(adapter: FamilyAdapter, state: Dict[str, torch.Tensor], so
                               f"missing {sorted(expected - set(state))[:5]}, unexpected {sorted(set(state) - expected)[:5]}")
     adapter.tokenizer.load_state_dict(state, strict=False)
     return adapter
+
+
+def inverse_decoder_digest(adapter: FamilyAdapter) -> str:
+    """sha256 of the weights ``adapter`` has in place of its encoder (:func:`encoder_state`, in key
+    order): names its inverse decoder whatever file it came from, and whatever device or layout it runs in."""
+    hasher = hashlib.sha256()
+    for key, tensor in sorted(encoder_state(adapter).items()):
+        hasher.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        hasher.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return hasher.hexdigest()
 
 
 def load_inverse_decoder(adapter: FamilyAdapter, path: Path | str) -> FamilyAdapter:
@@ -151,14 +171,41 @@ def _save_loss_curve(losses: List[float], path: Path, title: str) -> None:
     ax.set_ylabel("mean ‖f_Z − D⁻¹(D(f_Z))‖²")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
 
 
-def _resume_settings(cfg: dict) -> Dict[str, str]:
-    """What a checkpoint must have been trained with to be resumed under ``cfg``: every setting
-    but the number of epochs (a finished run may be continued for more)."""
-    return {k: json.dumps(v, sort_keys=True, default=str) for k, v in cfg.items() if k != "epochs"}
+def _resume_settings(cfg: dict, weights: str) -> Dict[str, str]:
+    """What a checkpoint must have been trained with to be resumed under ``cfg`` on the weights of
+    digest ``weights``: those weights and every setting but the number of epochs (a finished run
+    may be continued for more)."""
+    settings = {k: json.dumps(v, sort_keys=True, default=str) for k, v in cfg.items() if k != "epochs"}
+    return dict(settings, weights_digest=weights)
+
+
+def _training_tokens(adapter: FamilyAdapter, path: Path, cfg: dict, weights: str, progress: bool) -> torch.Tensor:
+    """The run's fine-tuning tokens: read from ``path`` if they were made for its seed, image count
+    and weights (all three stored with them), else generated and written there; tokens made for
+    another run are refused, naming the file."""
+    made_for = {"seed": int(cfg["seed"]), "images": int(cfg["images"]), "weights_digest": weights}
+    if not path.is_file():
+        tokens = generate_training_tokens(adapter, made_for["images"], made_for["seed"], progress=progress)
+        with atomic_path(path) as tmp:
+            torch.save(dict(made_for, tokens=tokens), tmp)
+        return tokens
+    stored = torch.load(path, weights_only=True)
+    if not isinstance(stored, dict):  # a bare tensor: written before the seed and weights were stored with it
+        problems = [f"{len(stored)} fine-tuning images that record no seed and no weights (an older run's)"]
+    else:
+        count, seed, made_by = len(stored["tokens"]), stored.get("seed"), stored.get("weights_digest")
+        problems = ([f"{count} fine-tuning images, not the {made_for['images']} asked for"] if count != made_for["images"] else []) \
+            + ([f"generations of seed {seed}, not {made_for['seed']}"] if seed != made_for["seed"] else []) \
+            + ([f"generations of other weights (digest {str(made_by)[:16]}…, these are {weights[:16]}…)"] if made_by != weights else [])
+    if problems:
+        raise CheckpointError(f"{path} holds {'; '.join(problems)}: it belongs to another run; remove it "
+                              f"(and {path.parent / 'checkpoint.pt'}) or choose another --out")
+    return stored["tokens"]
 
 
 def finetune(adapter: FamilyAdapter, out_dir: Path | str, config: Optional[dict] = None, *,
@@ -167,6 +214,7 @@ def finetune(adapter: FamilyAdapter, out_dir: Path | str, config: Optional[dict]
     from tqdm.auto import tqdm
 
     cfg = {**DEFAULT_CONFIG, **(config or {})}
+    weights = adapter.weights_digest  # what the tokens, the checkpoint and the record must have been made from
     if cfg["augment"]:
         from augmentation import augment_batch, curriculum_stage
     out = Path(out_dir)
@@ -174,16 +222,8 @@ def finetune(adapter: FamilyAdapter, out_dir: Path | str, config: Optional[dict]
     ckpt_path = out / "checkpoint.pt"
     tokens_path = out / "train_tokens.pt"
     torch.manual_seed(int(cfg["seed"]))
-    settings = _resume_settings(cfg)
-    if tokens_path.is_file():
-        tokens = torch.load(tokens_path, weights_only=True)
-        if len(tokens) != int(cfg["images"]):
-            raise RuntimeError(f"{tokens_path} holds {len(tokens)} fine-tuning images, not the {cfg['images']} asked for: "
-                               f"it belongs to another run; remove {out} or give another output folder")
-    else:
-        tokens = generate_training_tokens(adapter, int(cfg["images"]), int(cfg["seed"]), progress=progress)
-        with atomic_path(tokens_path) as tmp:
-            torch.save(tokens, tmp)
+    settings = _resume_settings(cfg, weights)
+    tokens = _training_tokens(adapter, tokens_path, cfg, weights, progress)
     if exclude_folders:
         with torch.no_grad():
             train_hashes = set().union(*(_pixel_hashes(to_png_levels(adapter.decode(adapter.tokens_to_fhat(tokens[i:i + 64]))))
@@ -206,9 +246,12 @@ def finetune(adapter: FamilyAdapter, out_dir: Path | str, config: Optional[dict]
         state = torch.load(ckpt_path, weights_only=True)
         if state.get("settings", settings) != settings:  # checkpoints before the settings were stored are taken as they are
             changed = sorted(k for k in set(settings) | set(state["settings"]) if settings.get(k) != state["settings"].get(k))
-            raise RuntimeError(f"{ckpt_path} was trained with other settings ({', '.join(changed)}): remove {out} "
-                               "or give another output folder (only --epochs may grow when a run is resumed)")
-        adapter.tokenizer.load_state_dict(state["encoder"], strict=False)
+            raise CheckpointError(f"{ckpt_path} was trained with other settings ({', '.join(changed)}): remove {out} "
+                                  "or give another output folder (only --epochs may grow when a run is resumed)")
+        if int(state["epoch"]) > int(cfg["epochs"]):
+            raise CheckpointError(f"{ckpt_path} holds {int(state['epoch'])} epochs of fine-tuning, more than the {cfg['epochs']} asked for: "
+                                  f"ask for --epochs {int(state['epoch'])} or more, or remove {out} or give another output folder")
+        put_encoder_state(adapter, state["encoder"], str(ckpt_path))
         opt.load_state_dict(state["optimizer"])
         losses, start_epoch = list(state["losses"]), int(state["epoch"])
         torch.set_rng_state(state["rng"])
@@ -248,8 +291,9 @@ def finetune(adapter: FamilyAdapter, out_dir: Path | str, config: Optional[dict]
             m.eval().requires_grad_(False)
     from safetensors.torch import save_file
 
-    summary = {"family": adapter.family, "config": record, "losses": losses, "train_images": int(len(tokens))}
-    (out / "inv_decoder.json").write_text(json.dumps(summary, indent=2))
+    summary = {"family": adapter.family, "config": record, "losses": losses, "train_images": int(len(tokens)), "weights_digest": weights}
+    with atomic_path(out / RECORD_FILE) as tmp:
+        Path(tmp).write_text(json.dumps(summary, indent=2))
     with atomic_path(out / WEIGHTS_FILE) as tmp:  # last: its presence means the fine-tuning finished
         save_file(encoder_state(adapter), str(tmp))
     _save_loss_curve(losses, out / "loss_curve.png", f"{adapter.family} inverse decoder{' (augmented)' if cfg['augment'] else ''}")
@@ -269,13 +313,27 @@ def ensure_inverse_decoder(family: str, weights_dir: Optional[Path], inv_root: P
         return shipped
     out = default_output_dir(Path(inv_root), family, augment)
     path = out / WEIGHTS_FILE
+    if path.is_file():
+        _check_made_from(path, weights_digest(family, weights_dir))
     if not path.is_file() and not fine_tune_missing:
-        raise FileNotFoundError(f"no {family} inverse decoder at {path}: fine-tune it first "
-                                f"(submission.py --stage prepare, or inv_decoder.py --family {family})")
+        raise FileNotFoundError(f"no {family} inverse decoder at {path}: fine-tune it first (python submission.py "
+                                f"--stage prepare with the same --cache-dir, or python inv_decoder.py --family {family} "
+                                f"--weights-dir DIR --out {inv_root})")
     if not path.is_file():
         print(f"[{family}] no inverse decoder at {path}: fine-tuning one now", file=sys.stderr)
         finetune(load_family(family, weights_dir, device=device), out, dict(config or {}, augment=augment))
     return path
+
+
+def _check_made_from(path: Path, weights: str) -> None:
+    """Refuse the inverse decoder at ``path`` (not a shipped one) unless its record names the weights of digest ``weights``."""
+    record_path = path.parent / RECORD_FILE
+    recorded = json.loads(record_path.read_text()).get("weights_digest") if record_path.is_file() else None
+    if recorded != weights:
+        why = (f"was fine-tuned on other weights (digest {recorded[:16]}…, these are {weights[:16]}…)" if recorded is not None
+               else f"has no record of the weights it was fine-tuned on ({record_path.name} missing, or older than that record)")
+        raise CheckpointError(f"{path} {why}: remove it (with its folder {path.parent}) or give another --cache-dir "
+                              "(--inv-root for the commands that take one)")
 
 
 def inverse_adapter(family: str, weights_dir: Optional[Path], inv_root: Path | str, augment: bool = False,
@@ -288,12 +346,13 @@ def inverse_adapter(family: str, weights_dir: Optional[Path], inv_root: Path | s
 
 
 def main(argv: Optional[list] = None) -> int:
-    from cli import at_least
+    from cli import CACHE_DIR, INV_DECODER_DIR, at_least
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", required=True, choices=["VAR", "RAR", "var", "rar"], help="whose tokenizer's encoder to fine-tune")
     parser.add_argument("--weights-dir", type=Path, help="official checkpoints or a zoo folder (default: demo zoo)")
-    parser.add_argument("--out", type=Path, default=Path("runs/inv_decoder"), help="output root (default runs/inv_decoder)")
+    parser.add_argument("--out", type=Path, default=CACHE_DIR / INV_DECODER_DIR,
+                        help=f"output root (default {CACHE_DIR / INV_DECODER_DIR}, where submission.py looks)")
     parser.add_argument("--images", type=at_least(1), default=DEFAULT_CONFIG["images"], help="fresh generations to fine-tune on")
     parser.add_argument("--epochs", type=at_least(1), default=DEFAULT_CONFIG["epochs"], help="(default %(default)s)")
     parser.add_argument("--batch-size", type=at_least(1), default=DEFAULT_CONFIG["batch_size"], help="(default %(default)s)")

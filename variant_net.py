@@ -20,7 +20,8 @@ from the batch's seed), and the class is summed out when it scores (the label is
 then); and each shipped net is an ensemble of three trained alike from consecutive seeds, whose
 posteriors are averaged.
 
-Its training maps come from :mod:`variant_net_maps` (generation, seeds, the on-disk cache). What a
+Its training maps come from :mod:`variant_net_maps` (generation, seeds, the on-disk cache); its files
+and the checks that a cached net fits the weights and inverse decoder in use are :mod:`variant_net_files`. What a
 net reads is its ``input_map`` (:func:`variant_net_maps.net_input`, recorded in its file). Both
 families' nets read ``f`` after one re-encoding correction, ``f + f − D⁻¹(D(f))``: the inverse
 decoder's error at ``f`` estimated by mapping ``D(f)`` back, and taken out once. That is one decode
@@ -40,7 +41,7 @@ use (``--weights-dir``; slow on a CPU: 81 920 generations per VAR variant and 20
 by default, :func:`default_config`, kept on disk as they are made, so an interrupted training
 resumes: ``--map-cache``; ``--images-per-variant`` for fewer).
 
-    python variant_net.py --family VAR                          # train under runs/variant_net/VAR/
+    python variant_net.py --family VAR                          # train under cache/variant_net/VAR/
     python variant_net.py --family VAR --eval Dataset/val       # and report its accuracy on labelled folders
     python variant_net.py --family VAR --existing --eval Dataset/train Dataset/val   # score the net in use, train nothing
     python variant_net.py --family VAR --existing --eval-generations 2048 --map-cache runs/variant_net_maps
@@ -59,15 +60,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from atomic import atomic_path
 from models.adapter import FamilyAdapter
 from models.variant_net import INPUT_MAPS, AnyVariantNet, VariantNet, VariantNetEnsemble
-from variant_net_maps import (SEED_OFFSET, TrainingMaps, adapter_fingerprint, generate_training_maps, generation_seed, labelled_maps,
-                              net_input)
+from variant_net_files import (METADATA_KEY, WEIGHTS_FILE, check_made_from, load_variant_net, provenance_record, read_record,
+                               save_variant_net)
+from variant_net_maps import (MAPS_VERSION, SEED_OFFSET, TrainingMaps, adapter_fingerprint, generate_training_maps, generation_seed,
+                              labelled_maps, maps_folder_name, net_input)
 
 __all__ = ["DEFAULT_CONFIG", "FAMILY_CONFIG", "default_config", "SEED_OFFSET", "NET_FAMILIES", "FEATURE_STEM", "INPUT_MAPS",
            "input_map_of", "net_input", "VariantNet", "VariantNetEnsemble", "AnyVariantNet", "TrainingMaps", "generation_seed", "adapter_fingerprint",
-           "generate_training_maps", "joint_targets", "train_variant_net", "train_variant_nets", "save_variant_net", "load_variant_net",
+           "generate_training_maps", "MAPS_VERSION", "maps_folder_name", "joint_targets", "train_variant_net", "train_variant_nets",
+           "save_variant_net", "load_variant_net", "read_record", "check_made_from", "METADATA_KEY", "WEIGHTS_FILE",
            "shipped_file", "default_output_dir", "default_map_cache", "ensure_variant_net", "train_and_save",
            "variant_log_probs", "variant_nll", "variant_accuracy", "heldout_maps"]
 
@@ -82,8 +85,6 @@ FAMILY_CONFIG: Dict[str, Dict[str, object]] = {"VAR": dict(input_map="reencoded"
 NET_FAMILIES = tuple(FAMILY_CONFIG)
 FEATURE_STEM = "fnet_nll"
 SHIPPED_SUBDIR = "variant_nets"
-WEIGHTS_FILE = "variant_net.safetensors"
-METADATA_KEY = "variant_net"  # the file's metadata: {"variants": [...], "shape": {...}} as JSON
 EVAL_CHUNK = 8  # images per forward pass, always (padded): an image's output does not depend on its batch mates
 
 
@@ -191,45 +192,6 @@ def train_variant_nets(x_NChw: torch.Tensor, y_N: torch.Tensor, num_variants: in
     return (nets[0] if len(nets) == 1 else VariantNetEnsemble(nets).eval()), [losses for _, losses in trained]
 
 
-def save_variant_net(net: AnyVariantNet, variants: Sequence[str], path: Path | str, record: Optional[dict] = None) -> Path:
-    """Weights (``.safetensors``, the variant order and architecture in its metadata) and a JSON record beside them."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if len(variants) != net.shape["num_variants"]:
-        raise ValueError(f"{len(variants)} variant names for a net of {net.shape['num_variants']} outputs")
-    # one metadata key: safetensors writes several in a random order, and the file's bytes must not vary
-    meta = {METADATA_KEY: json.dumps({"variants": list(variants), "shape": net.shape}, sort_keys=True)}
-    with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(tmp), metadata=meta)
-    with atomic_path(path.with_suffix(".json")) as tmp:
-        Path(tmp).write_text(json.dumps(dict(record or {}, variants=list(variants), shape=net.shape), indent=2))
-    return path
-
-
-def load_variant_net(path: Path | str) -> Tuple[AnyVariantNet, List[str]]:
-    """The net and its variant names, in output order."""
-    from safetensors import safe_open
-
-    from models.checkpoints import load_strict, read_state_dict
-
-    with safe_open(str(path), "pt") as handle:
-        meta = handle.metadata() or {}
-    if METADATA_KEY not in meta:
-        raise ValueError(f"{path}: not a variant net (no variant names in its metadata); train one with `python variant_net.py`")
-    described = json.loads(meta[METADATA_KEY])
-    shape = described["shape"]
-
-    def member() -> VariantNet:
-        return VariantNet(shape["channels"], shape["size"], shape["num_variants"], shape["width"], shape["hidden"], shape["dropout"],
-                          shape.get("num_classes", 1), shape.get("input_map", "f"))
-
-    net = VariantNetEnsemble([member() for _ in range(shape["members"])]) if "members" in shape else member()
-    load_strict(net, read_state_dict(Path(path)), str(path))
-    return net.eval(), list(described["variants"])
-
-
 def default_output_dir(root: Path | str, family: str) -> Path:
     return Path(root) / family.upper()
 
@@ -244,15 +206,20 @@ def ensure_variant_net(family: str, weights_dir: Optional[Path], root: Path | st
     """Path of the family's variant net: the one shipped beside the weights if there is one, else
     the one under ``root``, trained first on generations mapped back by ``inverse`` (the family's
     adapter with its plain inverse decoder) if missing; their maps are kept under
-    ``root/<FAMILY>/maps/``, so an interrupted training resumes where its generation stopped."""
+    ``root/<FAMILY>/maps/``, so an interrupted training resumes where its generation stopped.
+    A net found under ``root`` must have been trained on ``inverse``'s weights and inverse decoder
+    (:func:`variant_net_files.check_made_from`), else a :class:`models.checkpoints.CheckpointError` names it."""
     from models.zoo import DEMO_ZOO_DIR
 
     shipped = shipped_file(weights_dir or DEMO_ZOO_DIR, family)
     if shipped.is_file():
         return shipped
     path = default_output_dir(root, family) / WEIGHTS_FILE
+    if path.is_file():
+        check_made_from(path, inverse)
     if not path.is_file() and not train_missing:
-        raise FileNotFoundError(f"no {family} variant net at {path}: train it first (python variant_net.py --family {family})")
+        raise FileNotFoundError(f"no {family} variant net at {path}: train it first (python submission.py --stage prepare with "
+                                f"the same --cache-dir, or python variant_net.py --family {family} --weights-dir DIR --out {root})")
     if not path.is_file():
         print(f"[{family}] no variant net at {path}: training one now", file=sys.stderr)
         train_and_save(inverse, path, config, progress, cache_dir=default_map_cache(root, family))
@@ -267,13 +234,15 @@ def train_and_save(inverse: FamilyAdapter, path: Path, config: Optional[dict] = 
                    cache_dir: Optional[Path | str] = None) -> Path:
     """Generate the training maps with ``inverse`` (kept in, or read from, ``cache_dir``: see
     :func:`generate_training_maps`), train a net on them and save it at ``path``
-    (its JSON record: config, per-epoch losses, accuracy on its training maps, seconds)."""
+    (its JSON record: config, per-epoch losses, accuracy on its training maps, seconds, and the digests of
+    the weights and inverse decoder that made the maps, :func:`variant_net_files.provenance_record`)."""
     cfg = dict(default_config(inverse.family), **(config or {}))
     clock = time.perf_counter()
     x, y, classes = generate_training_maps(inverse, int(cfg["images_per_variant"]), int(cfg["seed"]), int(cfg["gen_batch"]), progress,
                                            cache_dir, str(cfg["input_map"]))
     net, member_losses = train_variant_nets(x, y, len(inverse.variant_names), cfg, progress, classes, inverse.num_classes)
-    record = {"config": cfg, "epoch_losses": [float(np.mean(epoch)) for epoch in zip(*member_losses)], "member_epoch_losses": member_losses,
+    record = {**provenance_record(inverse), "config": cfg, "epoch_losses": [float(np.mean(epoch)) for epoch in zip(*member_losses)],
+              "member_epoch_losses": member_losses,
               "train_accuracy": variant_accuracy(net, x, y), "seconds": round(time.perf_counter() - clock, 1),
               "torch": torch.__version__, "threads": torch.get_num_threads()}
     return save_variant_net(net, inverse.variant_names, path, record)
@@ -311,24 +280,23 @@ def heldout_maps(inverse: FamilyAdapter, net_path: Path | str, per_variant: int,
     """``per_variant`` fresh generations per variant that the net at ``net_path`` was not trained on,
     as it reads them: the generation batches right after its training ones (its JSON record names
     their seed, count and batch size), so their seeds lie in the range no Dataset image uses."""
-    record_path = Path(net_path).with_suffix(".json")
-    if not record_path.is_file():
-        raise FileNotFoundError(f"{record_path}: no training record beside the net, so its held-out generations are unknown")
-    net, _ = load_variant_net(net_path)
-    cfg = dict(default_config(inverse.family), **json.loads(record_path.read_text())["config"])
+    record = read_record(net_path)  # refused when it does not describe this net's file
+    net, _ = load_variant_net(net_path, inverse.variant_names)
+    cfg = dict(default_config(inverse.family), **record["config"])
     trained_batches = -(-int(cfg["images_per_variant"]) // int(cfg["gen_batch"]))
     return generate_training_maps(inverse, per_variant, int(cfg["seed"]), int(cfg["gen_batch"]), progress, cache_dir,
                                   input_map_of(net), first_batch=trained_batches)
 
 
 def main(argv: Optional[list] = None) -> int:
-    from cli import add_weights_arguments, at_least
+    from cli import CACHE_DIR, VARIANT_NET_DIR, add_weights_arguments, at_least
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", required=True, choices=[f for f in NET_FAMILIES] + [f.lower() for f in NET_FAMILIES],
                         help="whose variants the net names")
     add_weights_arguments(parser)
-    parser.add_argument("--out", type=Path, default=Path("runs/variant_net"), help="output root (default runs/variant_net)")
+    parser.add_argument("--out", type=Path, default=CACHE_DIR / VARIANT_NET_DIR,
+                        help=f"output root (default {CACHE_DIR / VARIANT_NET_DIR}, where submission.py looks)")
     # recipe options default to None: what is not given comes from the family's recipe (default_config)
     def recipe(key: str) -> str:
         return ", ".join(f"{f} {default_config(f)[key]}" for f in NET_FAMILIES)
@@ -375,7 +343,7 @@ def main(argv: Optional[list] = None) -> int:
         config = {key: value for key, value in given.items() if value is not None}  # train_and_save adds the family's recipe
         train_and_save(inverse, path, config, cache_dir=cache)
         print(f"variant net → {path}: {json.loads(path.with_suffix('.json').read_text())['train_accuracy']:.4f} on its training maps")
-    net, variants = load_variant_net(path) if args.eval or args.eval_generations else (None, [])
+    net, variants = load_variant_net(path, inverse.variant_names) if args.eval or args.eval_generations else (None, [])
     if args.eval_generations:
         x, y, _ = heldout_maps(inverse, path, args.eval_generations, cache)
         print(f"accuracy on {len(y)} fresh {family} generations it was not trained on: {variant_accuracy(net, x, y):.4f} "

@@ -11,8 +11,10 @@ one re-encoding correction, ``f + f − D⁻¹(D(f))`` (both shipped nets', `doc
 
 Making the maps is most of a net's cost (a 64-image VAR batch: about 1 s to generate and map back
 and 0.5 s more to re-encode, on 2 cores: the demo zoo's 5 120 batches took 44 minutes to re-encode), so :func:`generate_training_maps` keeps each batch's maps on
-disk, in a folder named by every weight that made them (:func:`adapter_fingerprint`): an
-interrupted run resumes and a retrained net reuses them, bit for bit.
+disk, in a folder named by every weight that made them (:func:`adapter_fingerprint`), the version
+of the code that made them (:data:`MAPS_VERSION`), and the convolution layout and device they were
+made with, which round differently (:func:`maps_folder_name`): an interrupted run resumes and a
+retrained net reuses them, bit for bit.
 """
 from __future__ import annotations
 
@@ -29,10 +31,13 @@ from dataset import images_under, load_images
 from models.adapter import FamilyAdapter
 from models.variant_net import INPUT_MAPS
 
-__all__ = ["SEED_OFFSET", "INPUT_MAPS", "TrainingMaps", "net_input", "generation_seed", "adapter_fingerprint",
-           "generate_training_maps", "labelled_maps"]
+__all__ = ["SEED_OFFSET", "MAPS_VERSION", "INPUT_MAPS", "TrainingMaps", "net_input", "generation_seed", "adapter_fingerprint",
+           "maps_folder_name", "generate_training_maps", "labelled_maps"]
 
 SEED_OFFSET = 9_000_000  # make_demo_dataset < 7e6, inv_decoder 7e6 … 8e6, diagnose_zoo 8e6 … 9e6
+# part of the map cache's folder name: raise it whenever the code changes what a batch's maps hold
+# (1: what the unversioned folders before it held)
+MAPS_VERSION = "1"
 
 
 class TrainingMaps(NamedTuple):
@@ -84,6 +89,16 @@ def adapter_fingerprint(adapter: FamilyAdapter) -> str:
     return hasher.hexdigest()
 
 
+def maps_folder_name(adapter: FamilyAdapter) -> str:
+    """The folder of the map cache that holds ``adapter``'s maps: its weights (:func:`adapter_fingerprint`),
+    :data:`MAPS_VERSION`, and, when not the defaults, the channels-last layout and the device, whose
+    convolutions round differently (so maps made one way are never read back for another)."""
+    name = f"{adapter_fingerprint(adapter)[:16]}-v{MAPS_VERSION}"
+    if adapter.channels_last:
+        name += "-channels_last"
+    return name if adapter.device.type == "cpu" else f"{name}-{adapter.device.type}"
+
+
 def _hash_module(hasher: "hashlib._Hash", name: str, module: nn.Module) -> None:
     for key, tensor in sorted(module.state_dict().items()):
         hasher.update(f"{name}.{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
@@ -101,14 +116,14 @@ def generate_training_maps(adapter: FamilyAdapter, per_variant: int, seed: int =
     of :func:`generation_seed`: a net's held-out generations are the batches after its training ones.
 
     With ``cache_dir`` each batch's maps (``f``, and the net's map when that is not ``f``) are also
-    written (atomically) under ``cache_dir/<adapter fingerprint>/`` and read from there next time,
+    written (atomically) under ``cache_dir/<maps_folder_name>/`` and read from there next time,
     bit for bit what generating them gives: an interrupted run resumes, and a larger or retrained
     net reuses what was generated."""
     from tqdm.auto import tqdm
 
     from inv_decoder import to_png_levels
 
-    store = Path(cache_dir) / adapter_fingerprint(adapter)[:16] if cache_dir is not None else None
+    store = Path(cache_dir) / maps_folder_name(adapter) if cache_dir is not None else None
     jobs = [(vi, v, j, start) for vi, v in enumerate(adapter.variant_names) for j, start in enumerate(range(0, per_variant, gen_batch), first_batch)]
     maps, labels, classes = [], [], []
     for vi, variant, j, start in tqdm(jobs, desc=f"{adapter.family} variant-net data", disable=not progress):

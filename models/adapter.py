@@ -35,6 +35,9 @@ class FamilyAdapter(ABC):
     family: str = ""
     value_range: str = "01"  # native pixel range of the tokenizer: "01" or "pm1"
     _channels_last: bool = False  # see use_channels_last
+    # what names the weights this adapter was loaded from (models.zoo.load_family sets it): see weights_digest
+    weights_digest_source: Optional[Callable[[], str]] = None
+    _weights_digest: Optional[str] = None
 
     def __init__(self, tokenizer: nn.Module, generator_loaders: Dict[str, Callable[[], nn.Module]],
                  sampling: Dict[str, dict], image_size: int, num_classes: int, device: str | torch.device = "cpu") -> None:
@@ -45,6 +48,17 @@ class FamilyAdapter(ABC):
         self.sampling = {k: dict(v) for k, v in sampling.items()}
         self.image_size = image_size
         self.num_classes = num_classes
+
+    @property
+    def weights_digest(self) -> str:
+        """sha256 naming the weights this adapter was loaded from (:func:`models.zoo.weights_digest`),
+        computed on first use; what the inverse decoders and variant nets made from them record."""
+        if self._weights_digest is None:
+            if self.weights_digest_source is None:
+                raise ValueError(f"this {self.family} adapter does not know which weights it was loaded from: "
+                                 "load it with models.zoo.load_family")
+            self._weights_digest = self.weights_digest_source()
+        return self._weights_digest
 
     # ------------------------------------------------------------------ variants
     @property
@@ -100,6 +114,11 @@ class FamilyAdapter(ABC):
             module.to(memory_format=layout)
         self._channels_last = enabled
         return self
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether ``D⁻¹`` and ``D`` run in channels-last layout (:meth:`use_channels_last`)."""
+        return self._channels_last
 
     def _conv_layout(self, x_BCHW: torch.Tensor) -> torch.Tensor:
         return x_BCHW.contiguous(memory_format=torch.channels_last) if self._channels_last else x_BCHW

@@ -11,12 +11,19 @@
 
 Families: ``"VAR"`` and ``"RAR"``; the demo zoo also has ``"OUTLIER"`` (a third IAR used only to
 make outlier images).
+
+:func:`weights_digest` names what a family's adapter is made of (its files' sha256, configurations
+and sampling settings): the inverse decoders and variant nets trained on those weights record it,
+so a cache made from other weights is refused, not reused. :func:`load_family` gives each adapter
+its digest (computed when first asked for).
 """
 from __future__ import annotations
 
+import hashlib
 import json
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch.nn as nn
 
@@ -28,7 +35,7 @@ from .registry import (OFFICIAL_VARIANTS, build_maskgit_vqgan, build_rar_generat
 from .var_adapter import VARAdapter
 from .var_vqvae import VARVQVAE
 
-__all__ = ["DEMO_ZOO_DIR", "load_family", "read_zoo_manifest", "is_zoo_dir", "check_weights_dir"]
+__all__ = ["DEMO_ZOO_DIR", "load_family", "read_zoo_manifest", "is_zoo_dir", "check_weights_dir", "weights_digest", "file_digest"]
 
 DEMO_ZOO_DIR = Path(__file__).resolve().parent.parent / "demo_zoo"
 _VAE_STATS_KEY = "quantize.ema_vocab_hit_SV"
@@ -80,8 +87,17 @@ def check_weights_dir(weights_dir: Optional[Path | str]) -> Path:
     return folder
 
 
-def load_family(family: str, weights_dir: Optional[Path | str] = None, device: str = "cpu") -> FamilyAdapter:
-    """Adapter for ``family`` from the demo zoo, a zoo folder, or a folder of official files."""
+class _FamilySources(NamedTuple):
+    """Where a family's adapter comes from: its tokenizer and each variant's (config, file, sampling)."""
+    family: str  # "VAR" or "RAR": which architecture
+    tok_cfg: dict
+    tok_path: Path
+    variants: Dict[str, Tuple[dict, Path, dict]]
+    image_size: int
+    num_classes: int
+
+
+def _family_sources(family: str, weights_dir: Optional[Path | str]) -> _FamilySources:
     family = family.upper()
     zoo_dir = check_weights_dir(weights_dir)
     if weights_dir is None or is_zoo_dir(zoo_dir):
@@ -90,8 +106,8 @@ def load_family(family: str, weights_dir: Optional[Path | str] = None, device: s
             raise KeyError(f"{zoo_dir}/zoo.json has no family {family!r}; it has {', '.join(manifest['families'])}")
         fam = manifest["families"][family]
         variants = {name: (v["config"], zoo_dir / v["file"], v.get("sampling", {})) for name, v in fam["variants"].items()}
-        return _make_adapter("VAR" if family == "VAR" else "RAR", fam["tokenizer"]["config"], zoo_dir / fam["tokenizer"]["file"],
-                             variants, manifest["image_size"], manifest["num_classes"], device)
+        return _FamilySources("VAR" if family == "VAR" else "RAR", fam["tokenizer"]["config"], zoo_dir / fam["tokenizer"]["file"],
+                              variants, manifest["image_size"], manifest["num_classes"])
     if family not in ("VAR", "RAR"):
         raise KeyError(f"official weights exist only for VAR and RAR, not {family!r}")
     official = {name: cfg for name, cfg in OFFICIAL_VARIANTS.items() if cfg["family"] == family}
@@ -99,4 +115,45 @@ def load_family(family: str, weights_dir: Optional[Path | str] = None, device: s
     variants = {name: (cfg["generator"], zoo_dir / cfg["files"]["generator"], cfg["sampling"]) for name, cfg in official.items()}
     tok_cfg = first["tokenizer"]
     image_size = tok_cfg.get("image_size", tok_cfg.get("resolution", 256))
-    return _make_adapter(family, tok_cfg, zoo_dir / first["files"]["tokenizer"], variants, image_size, 1000, device)
+    return _FamilySources(family, tok_cfg, zoo_dir / first["files"]["tokenizer"], variants, image_size, 1000)
+
+
+_FILE_DIGESTS: Dict[Tuple[str, int, int], str] = {}  # (resolved path, size, mtime) → sha256: each file hashed once per process
+
+
+def file_digest(path: Path | str) -> str:
+    """sha256 of a file's bytes (``"missing"`` for no file), remembered while the file's size and mtime stay the same."""
+    path = Path(path)
+    if not path.is_file():
+        return "missing"
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _FILE_DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _FILE_DIGESTS[key] = digest.hexdigest()
+    return _FILE_DIGESTS[key]
+
+
+def weights_digest(family: str, weights_dir: Optional[Path | str] = None) -> str:
+    """sha256 naming every weight ``family``'s adapter from ``weights_dir`` (default: the demo zoo)
+    is made of: the sha256 of its tokenizer's and generators' files, their configurations, the
+    sampling settings, image size and class count. Not the folder's path: a copy of a zoo has the
+    digest of the original."""
+    sources = _family_sources(family, weights_dir)
+    described = {"family": sources.family, "image_size": sources.image_size, "num_classes": sources.num_classes,
+                 "tokenizer": [sources.tok_cfg, file_digest(sources.tok_path)],
+                 "variants": {name: [cfg, sampling, file_digest(path)] for name, (cfg, path, sampling) in sources.variants.items()}}
+    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def load_family(family: str, weights_dir: Optional[Path | str] = None, device: str = "cpu") -> FamilyAdapter:
+    """Adapter for ``family`` from the demo zoo, a zoo folder, or a folder of official files;
+    its ``weights_digest`` is :func:`weights_digest` of the same (computed when first asked for)."""
+    sources = _family_sources(family, weights_dir)
+    adapter = _make_adapter(sources.family, sources.tok_cfg, sources.tok_path, sources.variants, sources.image_size,
+                            sources.num_classes, device)
+    adapter.weights_digest_source = partial(weights_digest, family, weights_dir)
+    return adapter

@@ -202,7 +202,8 @@ def diagnose_family(family: str, weights_dir, per_variant: int, batch: int, seed
     inverse = inv_decoder.load_inverse_decoder(load_family(family, weights_dir), path)
     net = None
     if family in variant_net.NET_FAMILIES:  # the feature extractor's variant net, on the same inverse decoder's f
-        net = variant_net.load_variant_net(variant_net.ensure_variant_net(family, weights_dir, ROOT / CACHE_DIR / VARIANT_NET_DIR, inverse))[0]
+        net = variant_net.load_variant_net(variant_net.ensure_variant_net(family, weights_dir, ROOT / CACHE_DIR / VARIANT_NET_DIR, inverse),
+                                           inverse.variant_names)[0]
     net_hits: list = []
     frames = {"oracle": [], "exact_fhat": [], "recovered": []}
     labels, hits, err_true, err_found = [], {"original": [], "inverse": [], "exact_fhat": []}, [], []
