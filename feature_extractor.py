@@ -40,7 +40,8 @@ from batch_features import features_for_batch
 from dataset import load_images
 from feature_store import COMPLETENESS_PREFIX, FeatureStore, file_sha256, marker_columns
 from models.adapter import FamilyAdapter
-from models.zoo import check_weights_dir, file_digest, is_zoo_dir, load_family
+from models.files import file_digest
+from models.zoo import check_weights_dir, is_zoo_dir, load_family
 from provenance import ScoringGate, leave_out_unneeded
 from runtime import keep_freed_memory, use_usable_cores
 

@@ -22,7 +22,6 @@ by their keys (what ``submission.py --stage features --shard K/N`` computes; see
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import time
@@ -34,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from atomic import atomic_path
+from models.files import file_sha256  # re-exported: the store keys images by it
 
 __all__ = ["file_sha256", "shard_keys", "FeatureStore", "COMPACT_AFTER", "COMPLETENESS_PREFIX", "marker_columns"]
 
@@ -47,14 +47,6 @@ COMPLETENESS_PREFIX = "scored_"  # marker columns (1.0 / 0.0): which optional pa
 def marker_columns(rows: pd.DataFrame) -> List[str]:
     """The :data:`COMPLETENESS_PREFIX` marker columns of ``rows`` (not features)."""
     return [c for c in rows.columns if c.startswith(COMPLETENESS_PREFIX)]
-
-
-def file_sha256(path: Path | str, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def shard_keys(keys: Iterable[str], index: int, count: int) -> List[str]:

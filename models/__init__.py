@@ -11,7 +11,7 @@ Modules (one concept each): ``var_vae_blocks`` (VQVAE encoder/decoder), ``var_qu
 ``var_transformer``, ``var_sampler``, ``maskgit_vqgan`` (RAR's tokenizer), ``rar_generator``,
 ``rar_sampler``, ``registry`` (official configs + builders), ``checkpoints`` (strict loading),
 ``adapter`` / ``var_adapter`` / ``rar_adapter`` (family interface), ``zoo`` (demo zoo or
-``--weights-dir``), ``check_reference`` (CLI proving equality with the official code), and
+``--weights-dir``), ``check_reference`` (CLI proving equality with the official code), ``files`` (file hashing), and
 ``variant_net``, ours, not official: the small CNN that names a variant from ``f``.
 """
 from __future__ import annotations

@@ -33,9 +33,10 @@ from .rar_adapter import RARAdapter
 from .registry import (OFFICIAL_VARIANTS, build_maskgit_vqgan, build_rar_generator, build_var_transformer,
                        build_var_vae)
 from .var_adapter import VARAdapter
+from .files import file_digest
 from .var_vqvae import VARVQVAE
 
-__all__ = ["DEMO_ZOO_DIR", "load_family", "read_zoo_manifest", "is_zoo_dir", "check_weights_dir", "weights_digest", "file_digest"]
+__all__ = ["DEMO_ZOO_DIR", "load_family", "read_zoo_manifest", "is_zoo_dir", "check_weights_dir", "weights_digest"]
 
 DEMO_ZOO_DIR = Path(__file__).resolve().parent.parent / "demo_zoo"
 _VAE_STATS_KEY = "quantize.ema_vocab_hit_SV"
@@ -116,25 +117,6 @@ def _family_sources(family: str, weights_dir: Optional[Path | str]) -> _FamilySo
     tok_cfg = first["tokenizer"]
     image_size = tok_cfg.get("image_size", tok_cfg.get("resolution", 256))
     return _FamilySources(family, tok_cfg, zoo_dir / first["files"]["tokenizer"], variants, image_size, 1000)
-
-
-_FILE_DIGESTS: Dict[Tuple[str, int, int], str] = {}  # (resolved path, size, mtime) → sha256: each file hashed once per process
-
-
-def file_digest(path: Path | str) -> str:
-    """sha256 of a file's bytes (``"missing"`` for no file), remembered while the file's size and mtime stay the same."""
-    path = Path(path)
-    if not path.is_file():
-        return "missing"
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _FILE_DIGESTS:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        _FILE_DIGESTS[key] = digest.hexdigest()
-    return _FILE_DIGESTS[key]
 
 
 def weights_digest(family: str, weights_dir: Optional[Path | str] = None) -> str:
