@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from atomic import atomic_path
+from augmentation import DEFAULT_SCHEDULE
 from models.adapter import FamilyAdapter
 from models.checkpoints import CheckpointError, read_state_dict
 from models.zoo import weights_digest
@@ -53,7 +54,7 @@ __all__ = ["DEFAULT_CONFIG", "encoder_state_prefixes", "encoder_state", "put_enc
 
 DEFAULT_CONFIG: Dict[str, object] = dict(
     images=1536, epochs=6, batch_size=32, lr=1e-4, seed=0, augment=False, augment_p=0.5,
-    schedule=[["none", 1], ["weak", 1], ["medium", 2], ["strong", 2]], init=None,
+    schedule=[list(stage) for stage in DEFAULT_SCHEDULE], init=None,
 )
 # ``init``: an inverse decoder file to start from instead of the tokenizer's encoder (e.g. the plain
 # one, to continue its curriculum with augmentation); the run's JSON records its name and sha256.
@@ -255,7 +256,7 @@ def finetune(adapter: FamilyAdapter, out_dir: Path | str, config: Optional[dict]
         opt.load_state_dict(state["optimizer"])
         losses, start_epoch = list(state["losses"]), int(state["epoch"])
         torch.set_rng_state(state["rng"])
-    gen = torch.Generator().manual_seed(int(cfg["seed"]) + 1)
+    gen = torch.Generator()  # seeded per epoch below, so a resumed run draws the same order
     for m in adapter.encoder_modules():
         m.train().requires_grad_(True)
     try:
