@@ -119,7 +119,7 @@ def features_for_batch(adapters: Dict[str, FamilyAdapter], img01_B3HW: torch.Ten
     read: Dict[str, tuple] = {}
     for family, adapter in adapters.items():
         net = nets.get(family) if nets else None
-        parts = [_read_family(adapter, img01_B3HW[index], refine_steps, net) for index in _padded_chunks(B)]
+        parts = [_read_family(adapter, img01_B3HW[index], refine_steps, net) for index, _ in _padded_chunks(B)]
         signals = {name: np.concatenate([part[0][name] for part in parts])[:B] for name in parts[0][0]}
         columns[family].update(signals)
         read[family] = tuple(torch.cat([part[i] for part in parts])[:B] for i in (1, 2))
@@ -147,9 +147,8 @@ def _variant_columns(adapter: FamilyAdapter, tokens_BL: torch.Tensor, evidence_B
     scale_sizes = adapter.scale_sizes() if adapter.family == "VAR" else None
     features: Dict[str, List[np.ndarray]] = {}
     token_lists: Dict[str, List[np.ndarray]] = {}
-    for start, index in zip(range(0, len(rows), chunk_size), _padded_chunks(len(rows), chunk_size)):
-        chunk = rows[start:start + chunk_size]
-        index = torch.as_tensor(rows[index.numpy()], dtype=torch.long)
+    for positions, count in _padded_chunks(len(rows), chunk_size):
+        index = torch.as_tensor(rows[positions.numpy()], dtype=torch.long)
         tokens, evidence = tokens_BL[index.to(tokens_BL.device)], evidence_BLV[index.to(evidence_BLV.device)]
         candidates = None  # the first (smallest) variant scores every label; the others reuse its best ones
         for variant in adapter.variant_names:
@@ -158,19 +157,20 @@ def _variant_columns(adapter: FamilyAdapter, tokens_BL: torch.Tensor, evidence_B
                 candidates = feats.pop("label_ranking")[:, :SHARED_CANDIDATES]
             feats.pop("label_ranking", None)
             for kind in ("cond", "uncond"):
-                token_lists.setdefault(f"{variant}_{kind}", []).extend(list(feats.pop(f"token_ll_{kind}"))[:len(chunk)])
+                token_lists.setdefault(f"{variant}_{kind}", []).extend(list(feats.pop(f"token_ll_{kind}"))[:count])
             for name, values in feats.items():
-                features.setdefault(f"{variant}_{name}", []).append(np.asarray(values)[:len(chunk)])
+                features.setdefault(f"{variant}_{name}", []).append(np.asarray(values)[:count])
             clock.lap(variant)
     return {name: np.concatenate(parts) for name, parts in features.items()}, token_lists
 
 
-def _padded_chunks(n: int, chunk_size: int = CHUNK) -> List[torch.Tensor]:
-    """Indices ``0 … n−1`` in chunks of exactly ``chunk_size``, the last padded with its first index."""
+def _padded_chunks(n: int, chunk_size: int = CHUNK) -> List[Tuple[torch.Tensor, int]]:
+    """Indices ``0 … n−1`` in chunks of exactly ``chunk_size`` (the last padded with its first
+    index), each with how many of its indices are real (the rest are padding)."""
     chunks = []
     for start in range(0, n, chunk_size):
         index = torch.arange(start, min(start + chunk_size, n))
-        chunks.append(torch.cat([index, index[:1].expand(chunk_size - len(index))]))
+        chunks.append((torch.cat([index, index[:1].expand(chunk_size - len(index))]), len(index)))
     return chunks
 
 

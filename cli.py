@@ -28,8 +28,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
 
-from models.checkpoints import CheckpointError
-
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -43,7 +41,6 @@ USER_ERROR_STATUS = 2
 CACHE_DIR = Path("cache")
 INV_DECODER_DIR = "inv_decoder"
 VARIANT_NET_DIR = "variant_net"
-FAMILIES = ("VAR", "RAR")
 
 
 class InputError(ValueError):
@@ -53,6 +50,8 @@ class InputError(ValueError):
 
 def run_main(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]] = None) -> int:
     """``main(argv)``, with weight-file errors, bad inputs and missing inputs turned into one line on stderr and status 2."""
+    from models.checkpoints import CheckpointError  # here, not at the top: importing cli loads no torch
+
     try:
         return main(argv)
     except (CheckpointError, InputError, FileNotFoundError) as err:
@@ -109,29 +108,32 @@ def add_weights_arguments(parser: argparse.ArgumentParser, root: Optional[Path] 
 
 def required_weight_files(weights_dir: Optional[Path | str]) -> List[Path]:
     """Every tokenizer and generator file of both families that a run with ``weights_dir`` (the
-    demo zoo for ``None``) loads: the files its ``zoo.json`` names, or the official file names
-    (:data:`models.registry.OFFICIAL_VARIANTS`). A :class:`CheckpointError` if ``weights_dir`` is
-    not a folder, or its ``zoo.json`` lacks a family."""
-    from models.registry import OFFICIAL_VARIANTS
-    from models.zoo import check_weights_dir, is_zoo_dir, read_zoo_manifest
+    demo zoo for ``None``) loads (:func:`models.zoo.family_files`): the files its ``zoo.json``
+    names, or the official file names. A :class:`CheckpointError` if ``weights_dir`` is not a
+    folder, or its ``zoo.json`` lacks a family."""
+    from models.checkpoints import CheckpointError
+    from models.registry import FAMILIES
+    from models.zoo import check_weights_dir, family_files
 
     folder = check_weights_dir(weights_dir)
-    if weights_dir is None or is_zoo_dir(folder):
-        families = read_zoo_manifest(folder).get("families", {})
-        absent = [family for family in FAMILIES if family not in families]
-        if absent:
-            raise CheckpointError(f"{folder / 'zoo.json'} has no family {', '.join(absent)}; a run needs both VAR and RAR")
-        names = [name for family in FAMILIES for name in
-                 [families[family]["tokenizer"]["file"]] + [v["file"] for v in families[family]["variants"].values()]]
-    else:
-        names = [cfg["files"][part] for cfg in OFFICIAL_VARIANTS.values() for part in ("tokenizer", "generator")]
-    return [folder / name for name in dict.fromkeys(names)]
+    files: List[Path] = []
+    absent = []
+    for family in FAMILIES:
+        try:
+            files += family_files(family, weights_dir)
+        except KeyError:  # a zoo.json without the family
+            absent.append(family)
+    if absent:
+        raise CheckpointError(f"{folder / 'zoo.json'} has no family {', '.join(absent)}; a run needs both VAR and RAR")
+    return list(dict.fromkeys(files))
 
 
 def check_weight_files(weights_dir: Optional[Path | str]) -> None:
     """A :class:`CheckpointError` naming every file of :func:`required_weight_files` that is
     missing — checked up front, so a folder missing one family's file does not first fine-tune
     the other family's inverse decoder for hours."""
+    from models.checkpoints import CheckpointError
+
     needed = required_weight_files(weights_dir)
     missing = [path for path in needed if not path.is_file()]
     if missing:

@@ -26,11 +26,10 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from models.registry import CLASS_NAMES, FAMILY_OF, VARIANT_NAMES
+from models.registry import CLASS_NAMES, FAMILIES, FAMILY_OF, VARIANT_NAMES
 
 __all__ = ["feature_groups", "plot_distributions", "plot_family_rocs", "plot_importance", "write_feature_report"]
 
-FAMILY_PREFIXES = ("VAR", "RAR")
 
 
 def _plt() -> ModuleType:
@@ -73,7 +72,7 @@ def plot_family_rocs(features: pd.DataFrame, labels: pd.Series, path: Path) -> N
 
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), dpi=90)
-    for ax, family in zip(axes, ("VAR", "RAR")):
+    for ax, family in zip(axes, FAMILIES):
         own = labels.map(lambda l: FAMILY_OF.get(l) == family).to_numpy()
         for column in [c for c in features.columns if c.startswith(f"{family}_")]:
             v = features[column].to_numpy()
@@ -119,7 +118,7 @@ def feature_groups(columns: Sequence[str]) -> Dict[str, List[str]]:
     one group per per-variant kind ``{variant}_{kind}`` in the order the kinds first appear (the
     variants in :data:`models.registry.VARIANT_NAMES` order), then ``other`` for the rest."""
     present = set(columns)
-    family = [c for c in columns if c.split("_", 1)[0] in FAMILY_PREFIXES]
+    family = [c for c in columns if c.split("_", 1)[0] in FAMILIES]
     kinds = dict.fromkeys(kind for variant, sep, kind in (c.partition("_") for c in columns) if sep and variant in VARIANT_NAMES)
     per_variant = {kind: [f"{v}_{kind}" for v in VARIANT_NAMES if f"{v}_{kind}" in present] for kind in kinds}
     grouped = set(family).union(*per_variant.values())

@@ -45,7 +45,8 @@ import torch
 from atomic import atomic_path
 from augmentation import DEFAULT_SCHEDULE
 from models.adapter import FamilyAdapter
-from models.checkpoints import CheckpointError, read_state_dict
+from models.checkpoints import CheckpointError, hash_tensors, read_state_dict
+from models.files import file_sha256
 from models.zoo import weights_digest
 
 __all__ = ["DEFAULT_CONFIG", "encoder_state_prefixes", "encoder_state", "put_encoder_state", "generate_training_tokens", "finetune", "load_inverse_decoder", "inverse_adapter",
@@ -107,9 +108,7 @@ def inverse_decoder_digest(adapter: FamilyAdapter) -> str:
     """sha256 of the weights ``adapter`` has in place of its encoder (:func:`encoder_state`, in key
     order): names its inverse decoder whatever file it came from, and whatever device or layout it runs in."""
     hasher = hashlib.sha256()
-    for key, tensor in sorted(encoder_state(adapter).items()):
-        hasher.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        hasher.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    hash_tensors(hasher, "encoder", encoder_state(adapter))
     return hasher.hexdigest()
 
 
@@ -240,7 +239,7 @@ def finetune(adapter: FamilyAdapter, out_dir: Path | str, config: Optional[dict]
     record = {k: v for k, v in cfg.items() if k != "init" or v}
     if cfg.get("init"):
         init = Path(str(cfg["init"]))
-        record["init"] = {"file": f"{init.parent.name}/{init.name}", "sha256": hashlib.sha256(init.read_bytes()).hexdigest()}
+        record["init"] = {"file": f"{init.parent.name}/{init.name}", "sha256": file_sha256(init)}
         if not ckpt_path.is_file():  # a resumed run takes its encoder from the checkpoint
             load_inverse_decoder(adapter, init)
     if ckpt_path.is_file():

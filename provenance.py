@@ -49,7 +49,7 @@ import numpy as np
 import pandas as pd
 
 from metrics import roc_auc, tpr_at_fpr
-from models.registry import FAMILY_OF
+from models.registry import FAMILIES, FAMILY_OF
 from variant_classifier import CalibratedLGBM
 
 __all__ = ["CANDIDATE_SIGNALS", "STRATEGIES", "FamilyGate", "LearnedGate", "ScoringGate", "family_of_labels",
@@ -59,7 +59,6 @@ __all__ = ["CANDIDATE_SIGNALS", "STRATEGIES", "FamilyGate", "LearnedGate", "Scor
 CANDIDATE_SIGNALS = ("combined", "quant_loss_searched", "quant_loss", "enc_loss")
 STRATEGIES = ("learned", "fpr", "balanced", "train_quantile")
 THRESHOLD_STRATEGIES = STRATEGIES[1:]
-FAMILIES = ("VAR", "RAR")
 SCORING_GATE_PER_CLASS = 40  # training images per class whose features are all computed, to fit the scoring gate on
 SCORING_MIN_PROBABILITY = 0.03  # a family's variant likelihoods are computed when the gate gives it at least this
 

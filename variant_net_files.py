@@ -25,6 +25,7 @@ from atomic import atomic_path
 from inv_decoder import inverse_decoder_digest
 from models.adapter import FamilyAdapter
 from models.checkpoints import CheckpointError
+from models.files import file_sha256
 from models.variant_net import AnyVariantNet, VariantNet, VariantNetEnsemble
 
 __all__ = ["METADATA_KEY", "WEIGHTS_FILE", "record_path", "save_variant_net", "load_variant_net", "read_record",
@@ -95,8 +96,7 @@ def read_record(net_path: Path | str) -> dict:
         raise FileNotFoundError(f"{path}: no training record beside the net, so its held-out generations are unknown")
     record = json.loads(path.read_text())
     if "weights_sha256" in record and Path(net_path).is_file():
-        actual = hashlib.sha256(Path(net_path).read_bytes()).hexdigest()
-        if actual != record["weights_sha256"]:
+        if file_sha256(net_path) != record["weights_sha256"]:
             raise CheckpointError(f"{path} describes another net than {net_path} (a training stopped between writing the two?): "
                                   f"remove both and train it again")
     return record

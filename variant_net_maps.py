@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
-import torch.nn as nn
 
 from atomic import atomic_path
 from dataset import images_under, load_images
 from models.adapter import FamilyAdapter
+from models.checkpoints import hash_tensors
 from models.variant_net import INPUT_MAPS
 
 __all__ = ["SEED_OFFSET", "MAPS_VERSION", "INPUT_MAPS", "TrainingMaps", "net_input", "generation_seed", "adapter_fingerprint",
@@ -82,10 +82,10 @@ def adapter_fingerprint(adapter: FamilyAdapter) -> str:
     hasher = hashlib.sha256(json.dumps(adapter.sampling, sort_keys=True, default=str).encode())
     for variant in adapter.variant_names:
         loaded = variant in adapter.loaded_variants
-        _hash_module(hasher, variant, adapter.generator(variant))
+        hash_tensors(hasher, variant, adapter.generator(variant).state_dict())
         if not loaded:
             adapter.release([variant])
-    _hash_module(hasher, "tokenizer", adapter.tokenizer)
+    hash_tensors(hasher, "tokenizer", adapter.tokenizer.state_dict())
     return hasher.hexdigest()
 
 
@@ -97,12 +97,6 @@ def maps_folder_name(adapter: FamilyAdapter) -> str:
     if adapter.channels_last:
         name += "-channels_last"
     return name if adapter.device.type == "cpu" else f"{name}-{adapter.device.type}"
-
-
-def _hash_module(hasher: "hashlib._Hash", name: str, module: nn.Module) -> None:
-    for key, tensor in sorted(module.state_dict().items()):
-        hasher.update(f"{name}.{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        hasher.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
 @torch.no_grad()

@@ -8,12 +8,15 @@ naming the file, the offending keys and what to do.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Mapping, Optional
+from typing import TYPE_CHECKING, Dict, Mapping, Optional
 
 import torch
 import torch.nn as nn
 
-__all__ = ["CheckpointError", "read_state_dict", "load_strict", "strip_prefix"]
+if TYPE_CHECKING:
+    import hashlib
+
+__all__ = ["CheckpointError", "read_state_dict", "load_strict", "strip_prefix", "hash_tensors"]
 
 
 class CheckpointError(RuntimeError):
@@ -72,3 +75,11 @@ def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: st
         raise CheckpointError("\n  ".join(parts))
     module.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=False)
     return module
+
+
+def hash_tensors(hasher: "hashlib._Hash", prefix: str, state: Mapping[str, torch.Tensor]) -> None:
+    """Feed ``hasher`` every tensor of ``state`` in key order: ``{prefix}.{key}``, dtype, shape and
+    bytes (read on the CPU), so the digest names the values whatever device or layout holds them."""
+    for key, tensor in sorted(state.items()):
+        hasher.update(f"{prefix}.{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        hasher.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())

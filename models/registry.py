@@ -19,12 +19,13 @@ from .var_transformer import VARTransformer
 from .var_vqvae import OFFICIAL_VAR_CH_MULT, VARVQVAE
 
 __all__ = [
-    "CLASS_NAMES", "VARIANT_NAMES", "FAMILY_OF", "OFFICIAL_VARIANTS", "official_variant",
+    "CLASS_NAMES", "VARIANT_NAMES", "FAMILIES", "FAMILY_OF", "OFFICIAL_VARIANTS", "official_variant",
     "build_var_vae", "build_var_transformer", "build_maskgit_vqgan", "build_rar_generator",
 ]
 
 VARIANT_NAMES = ("var16", "var20", "var24", "var30", "rarb", "rarl", "rarxl", "rarxxl")
 CLASS_NAMES = VARIANT_NAMES + ("outlier",)
+FAMILIES = ("VAR", "RAR")  # the families of the official models (the demo zoo adds "OUTLIER", no class of its own)
 FAMILY_OF = {name: ("VAR" if name.startswith("var") else "RAR") for name in VARIANT_NAMES}
 
 OFFICIAL_VAR_TOKENIZER: Dict[str, Any] = dict(

@@ -23,20 +23,20 @@ import hashlib
 import json
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch.nn as nn
 
 from .adapter import FamilyAdapter
+from .files import file_digest
 from .checkpoints import CheckpointError, load_strict, read_state_dict
 from .rar_adapter import RARAdapter
 from .registry import (OFFICIAL_VARIANTS, build_maskgit_vqgan, build_rar_generator, build_var_transformer,
                        build_var_vae)
 from .var_adapter import VARAdapter
-from .files import file_digest
 from .var_vqvae import VARVQVAE
 
-__all__ = ["DEMO_ZOO_DIR", "load_family", "read_zoo_manifest", "is_zoo_dir", "check_weights_dir", "weights_digest"]
+__all__ = ["DEMO_ZOO_DIR", "load_family", "read_zoo_manifest", "is_zoo_dir", "check_weights_dir", "family_files", "weights_digest"]
 
 DEMO_ZOO_DIR = Path(__file__).resolve().parent.parent / "demo_zoo"
 _VAE_STATS_KEY = "quantize.ema_vocab_hit_SV"
@@ -117,6 +117,13 @@ def _family_sources(family: str, weights_dir: Optional[Path | str]) -> _FamilySo
     tok_cfg = first["tokenizer"]
     image_size = tok_cfg.get("image_size", tok_cfg.get("resolution", 256))
     return _FamilySources(family, tok_cfg, zoo_dir / first["files"]["tokenizer"], variants, image_size, 1000)
+
+
+def family_files(family: str, weights_dir: Optional[Path | str] = None) -> List[Path]:
+    """The weight files ``family``'s adapter from ``weights_dir`` (default: the demo zoo) loads:
+    its tokenizer's, then each variant's generator's (a ``KeyError`` for a family the zoo lacks)."""
+    sources = _family_sources(family, weights_dir)
+    return [sources.tok_path] + [path for _, path, _ in sources.variants.values()]
 
 
 def weights_digest(family: str, weights_dir: Optional[Path | str] = None) -> str:

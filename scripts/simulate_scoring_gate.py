@@ -36,8 +36,8 @@ import pandas as pd  # noqa: E402
 
 from attribution import fit_bundle, predict  # noqa: E402
 from dataset import add_labelled_split_arguments, read_labelled_features  # noqa: E402
-from models.registry import FAMILY_OF  # noqa: E402
-from provenance import FAMILIES, ScoringGate, family_of_labels, leave_out_unneeded, scoring_gate_sample  # noqa: E402
+from models.registry import FAMILIES, FAMILY_OF  # noqa: E402
+from provenance import ScoringGate, family_of_labels, leave_out_unneeded, scoring_gate_sample  # noqa: E402
 
 __all__ = ["simulate"]
 
