@@ -55,7 +55,7 @@ EXTRACTOR_NAME = "iar_features"
 # 16: VAR's net reads f after one re-encoding correction (variant_net.net_input) (RAR's net reading
 # it too changed no code here, only the net's file, whose digest names the store)
 # 17: {family}_aedr is AEDR's double reconstruction through the quantizer (up to 16 it repeated enc_loss)
-# 18: every pass in fixed-size chunks (batch_features.CHUNK; batches of 32 unchanged); the label
+# 18: every pass in fixed-size chunks (batch_features.CHUNK); the label
 # marginals with the prior 1/C whatever the number of candidate labels (the larger variants' were
 # log C / L nats per token off the smallest one's), every *_best statistic at the best label,
 # Min-K%++'s spread in two passes
