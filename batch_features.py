@@ -64,7 +64,7 @@ SHARED_CANDIDATES = 1  # labels the larger variants of a family are evaluated un
 # teacher-forced passes then have the same shapes whichever images share a batch, so an image's
 # features do not depend on its batch mates or the batch size (a Slurm array batches images by
 # content hash, a local run by order; with the scoring gate, the images a family's variant features
-# are computed for vary per batch; matrix products of other sizes round differently, ~1e-5,
+# are computed for vary per batch; matrix products of other sizes round differently in the last digits,
 # enough to move a LightGBM split). The cold run did not get slower with it (docs/speed.md).
 CHUNK = 8
 # VAR's token search anneals over 10 iterations here instead of ``search_tokens``' default 20, at
