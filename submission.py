@@ -106,38 +106,6 @@ def _json_safe(value):
     return value
 
 
-def demo_dataset_outdated(root: Path) -> Optional[str]:
-    """Why the demo Dataset at ``root`` must be (re)built — missing, or made by other zoo weights
-    than the shipped demo zoo's — or ``None`` when it is current. Refuses to replace a folder that
-    is not a demo Dataset (no ``dataset.json`` naming a zoo): :class:`cli.InputError`."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from make_demo_dataset import DATASET_RECIPE, zoo_digest
-    from models.zoo import DEMO_ZOO_DIR
-
-    info_path = root / "dataset.json"
-    if not root.exists():
-        return "missing"
-    if not info_path.is_file():
-        if any(root.iterdir()):
-            raise InputError(f"{root} exists but is not a demo Dataset (no dataset.json); pass --dataset NEW_FOLDER for the demo")
-        return "empty"
-    try:
-        info = json.loads(info_path.read_text())
-    except (OSError, ValueError) as err:
-        raise InputError(f"{info_path} cannot be read ({err}); {root} is not replaced. "
-                         "Pass --dataset NEW_FOLDER for the demo") from None
-    if not isinstance(info, dict) or "zoo_sha256sums_digest" not in info:
-        raise InputError(f"{root} is not a demo Dataset ({info_path} names no demo zoo) and is not replaced; "
-                         "pass --dataset NEW_FOLDER for the demo")
-    if info["zoo_sha256sums_digest"] != zoo_digest(DEMO_ZOO_DIR):
-        return f"{info_path} names other zoo weights than {DEMO_ZOO_DIR}/SHA256SUMS"
-    if info.get("recipe") != DATASET_RECIPE:
-        return f"{info_path} was made by an earlier recipe ({info.get('recipe', 1)}, now {DATASET_RECIPE})"
-    if not (root / "test").is_dir():
-        return "no test split"
-    return None
-
-
 def default_workers(weights_dir: Optional[Path], device: str) -> int:
     """One single-threaded feature process per usable core for a (small) zoo on the CPU; else 1.
 
@@ -224,6 +192,9 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     dataset_root = args.dataset
     if args.demo:
+        sys.path.insert(0, str(ROOT / "scripts"))
+        from make_demo_dataset import demo_dataset_outdated
+
         why = demo_dataset_outdated(dataset_root)
         if why and args.stage == "features":
             raise InputError(f"the demo Dataset in {dataset_root} is {why}: build it once first (--stage prepare), "

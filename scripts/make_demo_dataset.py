@@ -35,7 +35,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -47,6 +47,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import demo_photos  # noqa: E402
+from cli import InputError  # noqa: E402
 from inv_decoder import SEED_OFFSET, SHIPPED_SUBDIR  # noqa: E402
 from variant_net import SHIPPED_SUBDIR as NET_SUBDIR  # noqa: E402
 from models.registry import CLASS_NAMES, FAMILY_OF, VARIANT_NAMES  # noqa: E402
@@ -142,6 +143,34 @@ def zoo_digest(zoo_dir: Path) -> str:
     readers = (f"{SHIPPED_SUBDIR}/", f"{NET_SUBDIR}/")
     lines = [line for line in sums.read_text().splitlines() if not line.split(maxsplit=1)[-1].startswith(readers)]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def demo_dataset_outdated(root: Path) -> Optional[str]:
+    """Why the demo Dataset at ``root`` must be (re)built — missing, or made by other zoo weights
+    than the shipped demo zoo's — or ``None`` when it is current. Refuses to replace a folder that
+    is not a demo Dataset (no ``dataset.json`` naming a zoo): :class:`cli.InputError`."""
+    info_path = root / "dataset.json"
+    if not root.exists():
+        return "missing"
+    if not info_path.is_file():
+        if any(root.iterdir()):
+            raise InputError(f"{root} exists but is not a demo Dataset (no dataset.json); pass --dataset NEW_FOLDER for the demo")
+        return "empty"
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, ValueError) as err:
+        raise InputError(f"{info_path} cannot be read ({err}); {root} is not replaced. "
+                         "Pass --dataset NEW_FOLDER for the demo") from None
+    if not isinstance(info, dict) or "zoo_sha256sums_digest" not in info:
+        raise InputError(f"{root} is not a demo Dataset ({info_path} names no demo zoo) and is not replaced; "
+                         "pass --dataset NEW_FOLDER for the demo")
+    if info["zoo_sha256sums_digest"] != zoo_digest(DEMO_ZOO_DIR):
+        return f"{info_path} names other zoo weights than {DEMO_ZOO_DIR}/SHA256SUMS"
+    if info.get("recipe") != DATASET_RECIPE:
+        return f"{info_path} was made by an earlier recipe ({info.get('recipe', 1)}, now {DATASET_RECIPE})"
+    if not (root / "test").is_dir():
+        return "no test split"
+    return None
 
 
 def build(out: Path, seed: int, counts: Dict[str, int], zoo_dir: Path | None = None, progress: bool = True,

@@ -132,27 +132,27 @@ def test_zoo_digest_names_the_generating_weights_only(tmp_path):
 
 def test_demo_dataset_is_rebuilt_when_the_zoo_changes(tiny_dataset, tmp_path):
     """``--demo`` reuses a Dataset only if the shipped zoo made it; it never replaces a folder that is not a demo Dataset."""
-    assert submission.demo_dataset_outdated(tiny_dataset) is None
-    assert submission.demo_dataset_outdated(tmp_path / "absent") == "missing"
+    assert make_demo_dataset.demo_dataset_outdated(tiny_dataset) is None
+    assert make_demo_dataset.demo_dataset_outdated(tmp_path / "absent") == "missing"
     stale = tmp_path / "stale"
     (stale / "test").mkdir(parents=True)
     (stale / "dataset.json").write_text('{"zoo_sha256sums_digest": "0000"}')
-    assert "other zoo weights" in submission.demo_dataset_outdated(stale)
+    assert "other zoo weights" in make_demo_dataset.demo_dataset_outdated(stale)
     current = json.loads((tiny_dataset / "dataset.json").read_text())
     assert current["recipe"] == make_demo_dataset.DATASET_RECIPE
     (stale / "dataset.json").write_text(json.dumps({k: v for k, v in current.items() if k != "recipe"}))
-    assert "earlier recipe (1, now" in submission.demo_dataset_outdated(stale)
+    assert "earlier recipe (1, now" in make_demo_dataset.demo_dataset_outdated(stale)
     foreign = tmp_path / "foreign"
     (foreign / "test").mkdir(parents=True)
     with pytest.raises(InputError, match="not a demo Dataset"):
-        submission.demo_dataset_outdated(foreign)
+        make_demo_dataset.demo_dataset_outdated(foreign)
     # a dataset.json of something else, or one that does not parse, protects the folder as well
     (foreign / "dataset.json").write_text('{"name": "my real data"}')
     with pytest.raises(InputError, match="not a demo Dataset .*names no demo zoo"):
-        submission.demo_dataset_outdated(foreign)
+        make_demo_dataset.demo_dataset_outdated(foreign)
     (foreign / "dataset.json").write_text("{not json")
     with pytest.raises(InputError, match="cannot be read .* is not replaced"):
-        submission.demo_dataset_outdated(foreign)
+        make_demo_dataset.demo_dataset_outdated(foreign)
     assert (foreign / "test").is_dir()
 
 
