@@ -14,8 +14,10 @@ with ``p(family)`` and ``p_clf(v | family)`` from the classifier's probabilities
 columns, their sum and their share) and ``p_net(v) = exp(−{v}_fnet_nll)``. ``w = 0`` is the
 classifier alone, ``w = 1`` the classifier's family with the net's variant. The weight is chosen
 per family on train only (:func:`choose_weight`): the one of :data:`WEIGHTS` of lowest log-loss of
-the true variant, within the family, on the classifier's out-of-fold probabilities of the
-family's training images. Images the net did not score (no ``fnet_nll``: the scoring gate skipped
+the true variant, within the family, on the classifier's calibrated out-of-fold probabilities of
+the family's training images (nested cross-validation:
+:meth:`variant_classifier.CalibratedLGBM.calibrated_out_of_fold`), the kind of probabilities the
+weight is then applied to. Images the net did not score (no ``fnet_nll``: the scoring gate skipped
 the family) keep the classifier's probabilities.
 """
 from __future__ import annotations

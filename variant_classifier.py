@@ -6,8 +6,9 @@ value relative to the family mean and its margin over the likeliest other varian
 d16 from d20 is *which* model finds the tokens likelier). A LightGBM multiclass model is tuned by
 stratified cross-validation on the training split only, its probabilities calibrated (sigmoid,
 cross-validated), blended with the family's variant net's posterior by a weight chosen on train
-(:mod:`net_blend`: the demo zoo's VAR defers to its net, RAR keeps most of the classifier's), and an
-image whose top probability is below a threshold tuned on validation is rejected as ``outlier``.
+(on calibrated out-of-fold probabilities, by nested cross-validation; :mod:`net_blend`: the demo
+zoo's VAR defers to its net, RAR keeps most of the classifier's), and an image whose top
+probability is below a threshold tuned on validation is rejected as ``outlier``.
 The flat alternative (:class:`FlatClassifier`) is one 9-class LightGBM over every feature, each
 family's share blended the same way.
 
@@ -49,7 +50,8 @@ __all__ = ["FEATURE_STEMS", "CLASSIFIER_VERSION", "family_feature_frame", "margi
 # on or how, with the same feature frames, must not load models fitted the old way.
 # 2: the per-variant margins over the other variants (``_margin``). 3: the variant nets' ``fnet_nll`` among the stems.
 # 4: each family's variant posterior blended with its variant net's (net_blend), the weight chosen on train.
-CLASSIFIER_VERSION = "4"
+# 5: the weight chosen on calibrated out-of-fold probabilities (nested CV), the kind it is applied to.
+CLASSIFIER_VERSION = "5"
 FEATURE_STEMS = ("nll_marginal", "nll_topk", "nll_best", "nll_uncond", "cfg_gap", "mink", "minkpp", "hinge", "zlib",
                  "nll_sampling", "nll_sampling_best", "support_miss", "nll_evidence", "nll_evidence_best", "fnet_nll")
 # Small trees: on the demo zoo 7 leaves beat 15 in every model's CV (gate, VAR, RAR), then 4
@@ -114,25 +116,38 @@ def _lgbm(params: dict, seed: int) -> LGBMClassifier:
                           max_bin=MAX_BIN, verbose=-1, **params)
 
 
-def tune_lightgbm(X: pd.DataFrame, y: np.ndarray, seed: int = 0, folds: int = 3) -> Dict[str, object]:
-    """Pick hyper-parameters from :data:`PARAM_GRID` by stratified CV log-loss on (X, y) only; with the
-    chosen parameters' out-of-fold probabilities of (X, y) (``oof_proba``, classes as columns)."""
-    from sklearn.metrics import log_loss
+def _folds(X: pd.DataFrame, y: np.ndarray, folds: int, seed: int):
+    """The stratified folds of the tuning, and of the calibrated out-of-fold probabilities."""
     from sklearn.model_selection import StratifiedKFold
 
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(X, y)
+
+
+def tune_lightgbm(X: pd.DataFrame, y: np.ndarray, seed: int = 0, folds: int = 3) -> Dict[str, object]:
+    """Pick hyper-parameters from :data:`PARAM_GRID` by stratified CV log-loss on (X, y) only."""
+    from sklearn.metrics import log_loss
+
     labels = np.unique(y)
     results = []
     for params in PARAM_GRID:
-        losses, oof = [], np.zeros((len(y), len(labels)))
-        for train_idx, test_idx in splitter.split(X, y):
+        losses = []
+        for train_idx, test_idx in _folds(X, y, folds, seed):
             model = _lgbm(params, seed).fit(X.iloc[train_idx], y[train_idx])
-            oof[test_idx] = model.predict_proba(X.iloc[test_idx])
-            losses.append(log_loss(y[test_idx], oof[test_idx], labels=labels))
-        results.append((float(np.mean(losses)), params, oof))
-    best_loss, best, best_oof = min(results, key=lambda r: r[0])
-    return {"params": best, "cv_log_loss": best_loss, "grid": [{"params": p, "cv_log_loss": l} for l, p, _ in results],
-            "oof_proba": pd.DataFrame(best_oof, index=X.index, columns=labels)}
+            losses.append(log_loss(y[test_idx], model.predict_proba(X.iloc[test_idx]), labels=labels))
+        results.append((float(np.mean(losses)), params))
+    best_loss, best = min(results, key=lambda r: r[0])
+    return {"params": best, "cv_log_loss": best_loss, "grid": [{"params": p, "cv_log_loss": l} for l, p in results]}
+
+
+def _calibrated(params: dict, seed: int, X: pd.DataFrame, y: np.ndarray, folds: int):
+    """LightGBM of ``params`` with its probabilities calibrated by ``folds``-fold sigmoid calibration
+    (the fitted model; plain LightGBM where a class has too few images for 2 folds)."""
+    from sklearn.calibration import CalibratedClassifierCV
+
+    folds = min(folds, int(pd.Series(y).value_counts().min()))
+    if folds < 2:
+        return _lgbm(params, seed).fit(X, y)
+    return CalibratedClassifierCV(_lgbm(params, seed), method="sigmoid", cv=folds).fit(X, y)
 
 
 class OneClass:
@@ -157,31 +172,47 @@ class CalibratedLGBM:
         self.config: Dict[str, object] = {}
         self.net_weights: Dict[str, float] = {}  # per family, its variant net's weight in the blend (net_blend)
 
-    def fit_frame(self, X: pd.DataFrame, y: np.ndarray) -> Optional[pd.DataFrame]:
-        """Tune (CV on ``X`` only), fit and calibrate on a ready feature frame; returns the tuned
-        parameters' out-of-fold probabilities of ``X`` (None where nothing was tuned)."""
-        from sklearn.calibration import CalibratedClassifierCV
-
+    def fit_frame(self, X: pd.DataFrame, y: np.ndarray) -> None:
+        """Tune (CV on ``X`` only), fit and calibrate on a ready feature frame."""
         self.columns = list(X.columns)
         if len(np.unique(y)) == 1:  # e.g. a family with one variant in the training data
             self.model = OneClass(str(y[0]))
             self.config = {"seed": self.seed, "n_train": int(len(y)), "classes": [str(y[0])], "tuning": None,
                            "features": self.columns, "note": "one class in the training data: always predicted"}
-            return None
+            return
         # 3-fold tuning and calibration need 3 images of every class; fewer get fewer folds, and
         # a class with a single image leaves the first grid point, uncalibrated
         folds = min(3, int(pd.Series(y).value_counts().min()))
-        oof_proba = None
         if folds >= 2:
             tuned = tune_lightgbm(X, y, self.seed, folds=folds)
-            oof_proba = tuned.pop("oof_proba")
-            self.model = CalibratedClassifierCV(_lgbm(tuned["params"], self.seed), method="sigmoid", cv=folds).fit(X, y)
+            self.model = _calibrated(tuned["params"], self.seed, X, y, folds)
         else:
             tuned = {"params": PARAM_GRID[0], "cv_log_loss": None, "grid": [], "note": "a class with one image: not tuned or calibrated"}
             self.model = _lgbm(tuned["params"], self.seed).fit(X, y)
         self.config = {"seed": self.seed, "n_train": int(len(y)), "classes": [str(c) for c in self.model.classes_],
                        "tuning": tuned, "folds": folds, "features": self.columns}
-        return oof_proba
+
+    def calibrated_out_of_fold(self, X: pd.DataFrame, y: np.ndarray) -> Optional[pd.DataFrame]:
+        """Out-of-fold probabilities of ``X`` (the frame :meth:`fit_frame` was fitted on) of the same
+        kind as :meth:`proba`'s: on each of the tuning's folds, the tuned LightGBM fitted and
+        calibrated (nested folds) on the other folds alone. None where nothing was tuned. Costs
+        ``folds × (folds + 1)`` fits."""
+        tuned = self.config.get("tuning") or {}
+        if tuned.get("cv_log_loss") is None:
+            return None
+        folds, classes = self.config["folds"], np.unique(y)
+        oof = np.zeros((len(y), len(classes)))
+        for train_idx, test_idx in _folds(X, y, folds, self.seed):
+            model = _calibrated(tuned["params"], self.seed, X.iloc[train_idx], y[train_idx], folds)
+            oof[test_idx] = model.predict_proba(X.iloc[test_idx])
+        return pd.DataFrame(oof, index=X.index, columns=classes)
+
+    def _oof_for_blend(self, X: pd.DataFrame, y: np.ndarray, features: pd.DataFrame,
+                       families: Sequence[str]) -> Optional[pd.DataFrame]:
+        """:meth:`calibrated_out_of_fold`, where some of ``families`` has a variant net to blend with."""
+        if all(net_log_posterior(features, family_variants(f)) is None for f in families):
+            return None
+        return self.calibrated_out_of_fold(X, y)
 
     def proba(self, X: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(self.model.predict_proba(X[self.columns]), index=X.index, columns=self.model.classes_)
@@ -223,8 +254,10 @@ class VariantClassifier(CalibratedLGBM):
     def fit(self, features: pd.DataFrame, labels: Sequence[str]) -> "VariantClassifier":
         labels = np.asarray(labels)
         mine = np.array([FAMILY_OF.get(l) == self.family for l in labels])
-        oof_proba = self.fit_frame(family_feature_frame(features.loc[mine], self.family), labels[mine])
+        X = family_feature_frame(features.loc[mine], self.family)
+        self.fit_frame(X, labels[mine])
         self.config["family"] = self.family
+        oof_proba = self._oof_for_blend(X, labels[mine], features, [self.family])
         self.net_weights = {self.family: _choose_net_weight(self.config, oof_proba, labels[mine], features.loc[mine], self.family)}
         return self
 
@@ -245,7 +278,9 @@ class FlatClassifier(CalibratedLGBM):
 
     def fit(self, features: pd.DataFrame, labels: Sequence[str]) -> "FlatClassifier":
         labels = np.asarray(labels)
-        oof_proba = self.fit_frame(self.frame(features), labels)
+        X = self.frame(features)
+        self.fit_frame(X, labels)
+        oof_proba = self._oof_for_blend(X, labels, features, ["VAR", "RAR"])
         self.net_weights = {family: _choose_net_weight(self.config, oof_proba, labels, features, family) for family in ("VAR", "RAR")}
         return self
 
@@ -259,8 +294,8 @@ class FlatClassifier(CalibratedLGBM):
 
 
 def _choose_net_weight(config: dict, oof_proba: Optional[pd.DataFrame], labels: np.ndarray, features: pd.DataFrame, family: str) -> float:
-    """:func:`net_blend.choose_weight` for ``family`` on the classifier's out-of-fold probabilities
-    (0 when there are none), recorded in ``config["net_blend"]``."""
+    """:func:`net_blend.choose_weight` for ``family`` on the classifier's calibrated out-of-fold
+    probabilities (:meth:`CalibratedLGBM.calibrated_out_of_fold`; 0 when there are none), recorded in ``config["net_blend"]``."""
     weight, losses = (0.0, {}) if oof_proba is None else choose_weight(oof_proba, labels, features, family_variants(family))
     config.setdefault("net_blend", {})[family] = {"weight": weight, "oof_log_loss": losses}
     return weight

@@ -134,3 +134,31 @@ def test_classifiers_choose_the_weight_on_train_and_use_it(tmp_path):
             restored = VariantClassifier.load(path)
             assert restored.net_weights == model.net_weights and not hasattr(restored, "net_weight")
             assert restored.predict_proba(test.loc[var_rows]).equals(proba)
+
+
+def test_weight_is_chosen_on_calibrated_out_of_fold_probabilities():
+    """The blend weight is applied to calibrated probabilities, so it is chosen on calibrated ones:
+    nested cross-validation, each fold's LightGBM fitted and sigmoid-calibrated on the other folds
+    alone (sklearn's own ``cross_val_predict`` of the same recipe), not the raw LightGBM's
+    out-of-fold probabilities nor the in-sample calibrated model's."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    from test_attribution import synthetic_features
+    from variant_classifier import VariantClassifier, _lgbm, family_feature_frame
+
+    features, labels = synthetic_features(12, 3)
+    rng = np.random.default_rng(4)
+    for variant in VAR:
+        features[f"{variant}_{NET_STEM}"] = 1.4 + rng.normal(0, 0.3, len(labels))
+    model = VariantClassifier("VAR", seed=2).fit(features, labels)
+    mine = np.isin(labels, VAR)
+    X, y = family_feature_frame(features.loc[mine], "VAR"), labels[mine]
+
+    oof = model.calibrated_out_of_fold(X, y)
+    recipe = CalibratedClassifierCV(_lgbm(model.config["tuning"]["params"], 2), method="sigmoid", cv=3)
+    expected = cross_val_predict(recipe, X, y, cv=StratifiedKFold(3, shuffle=True, random_state=2), method="predict_proba")
+    np.testing.assert_allclose(oof[sorted(VAR)].to_numpy(), expected, atol=1e-12)
+    assert not np.allclose(oof[sorted(VAR)].to_numpy(), model.proba(X)[sorted(VAR)].to_numpy(), atol=1e-3)
+    losses = model.config["net_blend"]["VAR"]["oof_log_loss"]
+    assert losses["0.0"] == pytest.approx(within_family_log_loss(oof, y, VAR), abs=1e-12)
