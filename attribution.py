@@ -103,13 +103,18 @@ def _process_alive(pid: int) -> bool:
 
 
 def _publish(staging: Path, folder: Path) -> None:
-    """Move a fully written bundle folder into place (replacing an older one of the same key)."""
+    """Move a fully written bundle folder into place. An older one of the same key is first renamed
+    aside (a staging name of this process, which :func:`_remove_abandoned_staging` clears if a kill
+    leaves it) and deleted once the new one is in place, so ``folder`` is never a half-deleted bundle."""
+    old = folder.with_name(f"{folder.name}.partial-old-{os.getpid()}")
     if folder.exists():
-        shutil.rmtree(folder)
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(folder, old)
     try:
         os.rename(staging, folder)
     except OSError:  # another process published the same bundle (same key: same inputs) meanwhile
         shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _fit_flat(train: pd.DataFrame, train_labels: np.ndarray, val: pd.DataFrame, val_labels: np.ndarray, folder: Path,

@@ -4,7 +4,8 @@ Every loss in this project (QuantLoss, EncLoss, Combined, NLLs …) is lower for
 ``sklearn.metrics.roc_curve`` wants higher scores for the positive class, so the scores are
 negated (the paper's code instead rescales to [0, 1] and flips; the ROC is the same). TPR at a
 target FPR is read at the largest operating point whose FPR does not exceed the target; tied
-scores move together, as ``roc_curve``'s thresholds do.
+scores move together, as ``roc_curve``'s thresholds do. A threshold ``t`` accepts ``score <= t``,
+the same operating points.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Tuple
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["tpr_at_fpr", "roc_auc", "roc_points", "threshold_at_fpr", "balanced_accuracy_at"]
+__all__ = ["tpr_at_fpr", "roc_auc", "roc_points", "threshold_at_fpr", "balanced_accuracy_at", "best_balanced_threshold"]
 
 
 def _check(name: str, values: ArrayLike) -> np.ndarray:
@@ -57,13 +58,23 @@ def roc_auc(belonging: ArrayLike, non_belonging: ArrayLike) -> float:
 
 
 def threshold_at_fpr(non_belonging: ArrayLike, fpr: float = 0.01) -> float:
-    """Largest threshold ``t`` such that ``score < t`` accepts at most ``fpr`` of ``non_belonging``."""
+    """Largest threshold ``t`` such that ``score <= t`` accepts at most ``fpr`` of ``non_belonging``
+    (just below the first score it must not accept; ``inf`` when it may accept them all)."""
     neg = np.sort(_check("non_belonging", non_belonging))
     allowed = int(np.floor(fpr * len(neg)))
-    return float(neg[allowed]) if allowed < len(neg) else float(np.inf)
+    return float(np.nextafter(neg[allowed], -np.inf)) if allowed < len(neg) else float(np.inf)
 
 
 def balanced_accuracy_at(threshold: float, belonging: ArrayLike, non_belonging: ArrayLike) -> float:
-    """Mean of TPR and TNR when ``score < threshold`` means belonging."""
+    """Mean of TPR and TNR when ``score <= threshold`` means belonging."""
     pos, neg = _check("belonging", belonging), _check("non_belonging", non_belonging)
-    return float(0.5 * (np.mean(pos < threshold) + np.mean(neg >= threshold)))
+    return float(0.5 * (np.mean(pos <= threshold) + np.mean(neg > threshold)))
+
+
+def best_balanced_threshold(belonging: ArrayLike, non_belonging: ArrayLike) -> float:
+    """The score ``t`` of either set that maximises :func:`balanced_accuracy_at` (the lowest of equals)."""
+    pos, neg = np.sort(_check("belonging", belonging)), np.sort(_check("non_belonging", non_belonging))
+    candidates = np.unique(np.r_[pos, neg])
+    tpr = np.searchsorted(pos, candidates, side="right") / len(pos)
+    tnr = 1 - np.searchsorted(neg, candidates, side="right") / len(neg)
+    return float(candidates[np.argmax(0.5 * (tpr + tnr))])

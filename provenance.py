@@ -48,7 +48,7 @@ from typing import Dict, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from metrics import roc_auc, tpr_at_fpr
+from metrics import best_balanced_threshold, roc_auc, threshold_at_fpr, tpr_at_fpr
 from models.registry import FAMILIES, FAMILY_OF
 from variant_classifier import CalibratedLGBM
 
@@ -74,19 +74,11 @@ def _log(values: pd.Series | np.ndarray) -> np.ndarray:
 
 def _threshold(strategy: str, own_val: np.ndarray, other_val: np.ndarray, own_train: np.ndarray,
                target_fpr: float, quantile: float) -> float:
+    """The log-threshold of ``strategy`` (accept: log score <= threshold)."""
     if strategy == "fpr":
-        # largest log-threshold accepting at most target_fpr of the negatives (accept: score <= t)
-        negatives = np.sort(other_val)
-        allowed = int(np.floor(target_fpr * len(negatives)))
-        return float(negatives[allowed] - 1e-9) if allowed < len(negatives) else float(negatives[-1])
+        return threshold_at_fpr(other_val, target_fpr)
     if strategy == "balanced":
-        candidates = np.unique(np.concatenate([own_val, other_val]))
-        best_t, best_score = float(candidates[0]), -1.0
-        for t in candidates:
-            score = 0.5 * (np.mean(own_val <= t) + np.mean(other_val > t))
-            if score > best_score:
-                best_t, best_score = float(t), score
-        return best_t
+        return best_balanced_threshold(own_val, other_val)
     if strategy == "train_quantile":
         return float(np.quantile(own_train, quantile))
     raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(THRESHOLD_STRATEGIES)}")
@@ -141,7 +133,7 @@ class FamilyGate:
 
     def predict(self, features: pd.DataFrame) -> pd.Series:
         """``VAR`` / ``RAR`` / ``outlier`` per image."""
-        margins = self.margins(features)
+        margins = self.margins(features).fillna(np.inf)  # no signal for either family: an outlier
         best = margins.idxmin(axis=1)
         accepted = margins.min(axis=1) <= 0
         return best.where(accepted, "outlier").rename("family")

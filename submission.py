@@ -86,9 +86,11 @@ def validate_submission(path: Path, expected_names: List[str], shown_as: Optiona
 
 
 def _frame_digest(*parts) -> str:
+    """sha256 of ``parts``: a frame by its column names, index and values, anything else by its repr."""
     digest = hashlib.sha256()
     for part in parts:
         if isinstance(part, pd.DataFrame):
+            digest.update(repr(list(part.columns)).encode())
             digest.update(pd.util.hash_pandas_object(part, index=True).to_numpy().tobytes())
         else:
             digest.update(repr(part).encode())

@@ -1,6 +1,8 @@
 """Gate, variant classifiers and scoring on synthetic feature frames with a known answer."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -32,6 +34,16 @@ def synthetic_features(n_per_class: int, seed: int) -> tuple[pd.DataFrame, np.nd
 @pytest.fixture(scope="module")
 def data():
     return synthetic_features(40, 0), synthetic_features(20, 1), synthetic_features(20, 2)
+
+
+def test_a_threshold_gate_calls_an_image_without_signals_an_outlier(data):
+    """NaN in the chosen signal of both families: no margin, so no family accepts the image."""
+    (train, ytr), (val, yva), _ = data
+    gate = FamilyGate(strategy="balanced").fit(train, ytr, val, yva)
+    blank = val.iloc[:2].copy()
+    blank.loc[blank.index[0], [f"{f}_{gate.signals[f]}" for f in ("VAR", "RAR")]] = np.nan
+    predicted = gate.predict(blank)
+    assert predicted.iloc[0] == "outlier" and predicted.iloc[1] == gate.predict(val.iloc[1:2]).iloc[0]
 
 
 def test_gate_strategies_separate_families(data):
@@ -219,6 +231,34 @@ def test_a_fit_killed_while_saving_leaves_no_bundle_to_load(data, tmp_path, monk
     fit_bundle("two-stage", train, ytr, val, yva, tmp_path / "bundle")
     assert bundle_exists("two-stage", tmp_path / "bundle")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"], "staging folders were not cleaned up"
+
+
+def test_a_retrain_killed_while_replacing_a_bundle_leaves_none_half_deleted(data, tmp_path, monkeypatch):
+    """Replacing a bundle (``--retrain``) must not leave a folder whose manifest says finished while
+    a model file is gone: a kill while the old folder is being deleted means the next run fits again."""
+    import attribution
+
+    (train, ytr), (val, yva), _ = data
+    fit_bundle("flat", train, ytr, val, yva, tmp_path / "bundle")
+    real_rmtree = attribution.shutil.rmtree
+
+    def killed_midway(path, *args, **kwargs):
+        path = Path(path)
+        if (path / "flat.joblib").exists():  # the old bundle: one file gone, then the kill
+            (path / "flat.joblib").unlink()
+            raise KeyboardInterrupt("killed while deleting the old bundle")
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(attribution.shutil, "rmtree", killed_midway)
+    try:
+        fit_bundle("flat", train, ytr, val, yva, tmp_path / "bundle")
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.undo()
+    if bundle_exists("flat", tmp_path / "bundle"):
+        load_bundle("flat", tmp_path / "bundle")  # complete, or not there at all
+    fit_bundle("flat", train, ytr, val, yva, tmp_path / "bundle")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"], "old or staging folders were not cleaned up"
 
 
 @pytest.mark.parametrize("per_class", [1, 2])

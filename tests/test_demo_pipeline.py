@@ -512,3 +512,12 @@ def test_a_malformed_labels_file_stops_the_run_before_any_model_loads(tiny_datas
     with pytest.raises(InputError, match=r"--labels: .*labels.csv: missing column\(s\) \['image_name', 'label'\]"):
         submission.main(["--test", str(tiny_dataset / "test"), "--labels", str(tmp_path / "labels.csv"),
                          "--out", str(tmp_path / "s.csv")])
+
+
+def test_the_model_key_names_the_feature_columns():
+    """A feature renamed with its values unchanged must not reuse models fitted on the old names
+    (they select their columns by name)."""
+    frame = pd.DataFrame({"var16_nll": [1.0, 2.0], "var20_nll": [3.0, 4.0]}, index=["a.png", "b.png"])
+    renamed = frame.rename(columns={"var16_nll": "var16_nll_marginal"})
+    assert submission._frame_digest("flat", frame) != submission._frame_digest("flat", renamed)
+    assert submission._frame_digest("flat", frame) == submission._frame_digest("flat", frame.copy())

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from metrics import balanced_accuracy_at, roc_auc, threshold_at_fpr, tpr_at_fpr
+from metrics import balanced_accuracy_at, best_balanced_threshold, roc_auc, threshold_at_fpr, tpr_at_fpr
 
 
 def test_perfect_separation():
@@ -37,10 +37,30 @@ def test_tpr_at_fpr_reads_the_point_inside_a_run_of_ties():
 
 
 def test_threshold_and_balanced_accuracy():
+    """Thresholds accept ``score <= t``, the operating points of :func:`tpr_at_fpr`."""
     neg = np.arange(100, dtype=float)
     t = threshold_at_fpr(neg, 0.05)
-    assert np.mean(neg < t) <= 0.05 and np.mean(neg <= t) > 0.05
+    assert np.mean(neg <= t) == 0.05 and t < 5.0 and np.nextafter(t, np.inf) == 5.0
     assert balanced_accuracy_at(t, [-1.0, -2.0], neg) == pytest.approx(0.5 * (1 + 0.95))
+    assert threshold_at_fpr(neg, 1.0) == np.inf
+    tied = np.r_[np.zeros(10), np.arange(1, 91, dtype=float)]  # 10 % tied at the lowest score
+    assert np.mean(tied <= threshold_at_fpr(tied, 0.05)) == 0.0
+    pos = np.r_[-5.0, -4.0, 2.5]
+    rng = np.random.default_rng(0)
+    for own, other in ((pos, neg), (rng.normal(0, 1, 50), rng.normal(1, 1, 60)), (np.r_[1.0, 1.0, 2.0], np.r_[1.0, 3.0])):
+        t = best_balanced_threshold(own, other)
+        best = max(balanced_accuracy_at(c, own, other) for c in np.r_[own, other])
+        assert balanced_accuracy_at(t, own, other) == best
+        assert t == min(c for c in np.r_[own, other] if balanced_accuracy_at(c, own, other) == best)
+
+
+def test_tpr_at_fpr_is_read_at_the_fpr_threshold():
+    """One convention: the TPR at a target FPR is the share of belonging scores the threshold at
+    that FPR accepts (when no belonging score ties a non-belonging one)."""
+    rng = np.random.default_rng(1)
+    pos, neg = rng.normal(0, 1, 200), rng.normal(2, 1, 300)
+    for fpr in (0.01, 0.05, 0.2):
+        assert tpr_at_fpr(pos, neg, fpr) == pytest.approx(np.mean(pos <= threshold_at_fpr(neg, fpr)))
 
 
 def test_bad_input_is_refused():
