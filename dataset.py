@@ -7,43 +7,117 @@ images) and ``source`` (what made the image — the variant, ``natural`` or ``ou
 a sidecar ``<split>_meta.csv`` or the hidden ``test_labels.csv`` says so, else the label).
 Images load as float tensors in ``[0, 1]``, ``B×3×H×W``.
 
-A file or folder that cannot be used — a labels CSV that does not parse or lacks its columns,
-features and labels that disagree, a class folder of an unknown name — raises
-:class:`cli.InputError` (a ``ValueError``) naming it: one ``error:`` line under
+Every listing reads the files that :func:`is_image_file` accepts — visible (hidden files and
+hidden folders such as ``._x.png`` or ``.ipynb_checkpoints/`` are passed over), of an image
+suffix, with a path that is valid UTF-8 text (an image whose name is not is left out and named in a
+warning, shown by :func:`shown_path`). A labels CSV names an image bare (``x.png``) or by its path
+from the Dataset root (``test/x.png``): :func:`image_id_of` is the one reading of both.
+
+A file or folder that cannot be used — a labels CSV that does not parse, lacks its columns or
+names an image twice, features and labels that disagree, a class folder of an unknown name —
+raises :class:`cli.InputError` (a ``ValueError``) naming it: one ``error:`` line under
 :func:`cli.run_main`.
 """
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 import torch
 
-from cli import InputError
+from cli import InputError, warn
 from models.registry import CLASS_NAMES
 
-__all__ = ["IMAGE_SUFFIXES", "REPORT_DIR", "list_split", "load_images", "inspect_images", "read_label_csv", "read_feature_frame", "read_labelled_features", "add_labelled_split_arguments", "images_under"]
+__all__ = ["IMAGE_SUFFIXES", "REPORT_DIR", "list_split", "read_split", "load_images", "inspect_images", "read_label_csv",
+           "read_feature_frame", "read_labelled_features", "add_labelled_split_arguments", "images_under", "is_image_file",
+           "shown_path", "image_id_of", "check_unique"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # where ``submission.py`` leaves each split's feature frame and labels (``--report-dir``)
 REPORT_DIR = Path("submission_report")
 
 
-def read_label_csv(path: Path | str) -> pd.DataFrame:
-    """A CSV with ``image_name,label`` (+ optional columns), validated (:class:`cli.InputError` if not)."""
+def shown_path(path: Path | str) -> str:
+    """``path`` as text that any CSV, JSON file or terminal takes: a byte of a name that is not
+    valid UTF-8 (legal on POSIX, e.g. Latin-1 ``caf\\xe9.png``) shows as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _text_path(path: Path) -> bool:
+    """Whether ``path`` is valid UTF-8 text: one that is not reads with surrogates, which no frame or CSV can hold."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _looks_like_image(path: Path) -> bool:
+    """A visible (no leading ``.``: not ``._x.png``, not ``.DS_Store``) regular file of an image suffix."""
+    return not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+
+
+def is_image_file(path: Path) -> bool:
+    """The one rule of every listing (:func:`list_split`, :func:`images_under`,
+    :func:`run_inputs.test_folder_images`): a visible regular file of an image suffix whose path is
+    valid UTF-8 text."""
+    return _looks_like_image(path) and _text_path(path)
+
+
+def _image_files(paths: Iterable[Path], where: str) -> Tuple[List[Path], List[str]]:
+    """The image files among ``paths`` (:func:`is_image_file`, sorted), and those that only a path
+    that is not valid UTF-8 keeps out, shown by :func:`shown_path` and named in a warning."""
+    images, misnamed = [], []
+    for path in sorted(paths):
+        if is_image_file(path):
+            images.append(path)
+        elif _looks_like_image(path):
+            misnamed.append(path)
+    shown = [shown_path(p) for p in misnamed]
+    if shown:
+        warn(f"{len(shown)} image file(s) {where} have a path that is not valid UTF-8 text and are left out; rename them",
+             shown)
+    return images, shown
+
+
+def image_id_of(name: str, split: str, label: Optional[str] = None) -> str:
+    """The image id (``<split>/[<label>/]<file name>``) that a labels CSV's ``image_name`` names in
+    ``split``: the name as written when it is the path from the Dataset root (``test/x.png``), else
+    the bare file name under ``<split>/`` — under ``<split>/<label>/`` for a split of class folders."""
+    if name.startswith(f"{split}/"):
+        return name
+    return f"{split}/{name}" if label is None else f"{split}/{label}/{name}"
+
+
+def check_unique(path: Path | str, names: Sequence[str]) -> None:
+    """A :class:`cli.InputError` naming ``path`` and a few of ``names`` that stand more than once:
+    one row per image, so no two rows can disagree on its label."""
+    repeated = pd.Index(names)[pd.Index(names).duplicated()].unique()
+    if len(repeated):
+        shown = ", ".join(str(n) for n in repeated[:3]) + (", …" if len(repeated) > 3 else "")
+        raise InputError(f"{path}: {len(repeated)} image name(s) on more than one row ({shown}); keep one row per image")
+
+
+def read_label_csv(path: Path | str, unique: bool = True) -> pd.DataFrame:
+    """A CSV with ``image_name,label`` (+ optional columns), validated (:class:`cli.InputError` if
+    not): with ``unique``, no image name on two rows (:func:`check_unique`; a ``<split>_meta.csv``
+    of class folders may name ``x.png`` in two of them, and :func:`list_split` checks its ids)."""
     try:
         frame = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: not a CSV file of image_name,label ({type(err).__name__}: {err})") from None
+        raise InputError(f"{path}: not a CSV file of image_name,label ({type(err).__name__}: {str(err).strip()})") from None
     missing = {"image_name", "label"} - set(frame.columns)
     if missing:
         raise InputError(f"{path}: missing column(s) {sorted(missing)}; expected image_name,label")
     unknown = sorted(set(frame["label"]) - set(CLASS_NAMES), key=str)
     if unknown:
         raise InputError(f"{path}: unknown label(s) {unknown}; expected one of {', '.join(CLASS_NAMES)}")
+    if unique:
+        check_unique(path, list(frame["image_name"].astype(str)))
     return frame
 
 
@@ -94,46 +168,63 @@ def add_labelled_split_arguments(parser: argparse.ArgumentParser, splits: Iterab
 
 
 def images_under(folder: Path | str) -> list:
-    """Every image file below ``folder`` (recursively), sorted: what the folder commands read."""
-    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-
-
-def _images_in(folder: Path) -> list:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    """Every image file below ``folder`` (recursively, :func:`is_image_file`; hidden folders such
+    as ``.ipynb_checkpoints`` are not entered), sorted: what the folder commands read."""
+    found: List[Path] = []
+    for parent, subfolders, files in os.walk(folder):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        found += [Path(parent) / name for name in files]
+    return _image_files(found, f"under {shown_path(folder)}")[0]
 
 
 def list_split(root: Path | str, split: str, labels_csv: Optional[Path | str] = None) -> pd.DataFrame:
-    """All images of ``split`` under ``root`` with their labels and sources (hidden folders such
-    as ``.ipynb_checkpoints`` are not class folders and are passed over)."""
+    """All images of ``split`` under ``root`` with their labels and sources (:func:`read_split`)."""
+    return read_split(root, split, labels_csv)[0]
+
+
+def read_split(root: Path | str, split: str, labels_csv: Optional[Path | str] = None) -> Tuple[pd.DataFrame, List[str]]:
+    """:func:`list_split`'s frame, and the entries left out, each named in a warning (shown by
+    :func:`shown_path`): files beside the class folders of a labelled split, and images whose path
+    is not valid UTF-8 text. Hidden files and folders (``._x.png``, ``.ipynb_checkpoints``) are
+    passed over; labels and sources come from ``labels_csv`` or the split's sidecar CSV."""
     root = Path(root)
     folder = root / split
     if not folder.is_dir():
         raise FileNotFoundError(f"no folder {folder}: expected the Dataset layout <root>/{split}/")
-    rows = []
-    class_dirs = [d for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")]  # not .ipynb_checkpoints
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    class_dirs = [d for d in entries if d.is_dir()]
+    rows, left_out = [], []
     if class_dirs:
+        loose = [shown_path(p) for p in entries if not p.is_dir()]
+        if loose:
+            warn(f"{len(loose)} file(s) directly in {shown_path(folder)} are not in a class folder and are left out; "
+                 f"move each into {shown_path(folder)}/<class>/", loose)
+        left_out += loose
         for d in class_dirs:
             if d.name not in CLASS_NAMES:
-                raise InputError(f"{d}: unknown class folder; expected one of {', '.join(CLASS_NAMES)}")
-            rows += [(f"{split}/{d.name}/{p.name}", str(p), d.name) for p in _images_in(d)]
+                raise InputError(f"{shown_path(d)}: unknown class folder; expected one of {', '.join(CLASS_NAMES)}")
+            images, misnamed = _image_files(d.iterdir(), f"in {shown_path(d)}")
+            rows += [(f"{split}/{d.name}/{p.name}", str(p), d.name) for p in images]
+            left_out += misnamed
     else:
-        rows += [(f"{split}/{p.name}", str(p), None) for p in _images_in(folder)]
+        images, misnamed = _image_files(entries, f"in {shown_path(folder)}")
+        rows += [(f"{split}/{p.name}", str(p), None) for p in images]
+        left_out += misnamed
     frame = pd.DataFrame(rows, columns=["image_id", "path", "label"]).set_index("image_id")
     frame["source"] = frame["label"]
     meta_path = Path(labels_csv) if labels_csv else root / (f"{split}_labels.csv" if not class_dirs else f"{split}_meta.csv")
     if meta_path.is_file():
-        meta = read_label_csv(meta_path) if not class_dirs else pd.read_csv(meta_path)
-        names = meta["image_name"].astype(str)
-        meta.index = [n if n.startswith(f"{split}/") else (f"{split}/{n}" if not class_dirs else f"{split}/{lab}/{n}")
-                      for n, lab in zip(names, meta["label"])]
-        meta = meta[~meta.index.duplicated()]
+        meta = read_label_csv(meta_path, unique=False)  # its ids are checked: x.png may stand in two class folders
+        meta.index = [image_id_of(n, split, lab if class_dirs else None)
+                      for n, lab in zip(meta["image_name"].astype(str), meta["label"])]
+        check_unique(meta_path, list(meta.index))
         known = frame.index.intersection(meta.index)
         if not class_dirs:
             frame.loc[known, "label"] = meta.loc[known, "label"]
             frame["source"] = frame["label"]
         if "source" in meta.columns:
             frame.loc[known, "source"] = meta.loc[known, "source"]
-    return frame
+    return frame, left_out
 
 
 def inspect_images(paths: Iterable[str | Path]) -> pd.DataFrame:

@@ -7,17 +7,21 @@ run or costs a test row; each oddity is named in a warning on stderr and listed 
 
 * an undecodable training or validation image is left out; an undecodable test image is kept
   aside and labelled ``outlier``;
-* entries of the test folder that are not image files directly in it get no row;
+* entries of the test folder that are not visible image files directly in it
+  (:func:`dataset.is_image_file`: also one whose name is not valid UTF-8 text) get no row; files
+  beside the class folders of train/ and val/, and images there whose name is not valid UTF-8, are
+  left out; hidden files and folders are passed over everywhere;
 * an image of another size than the models' is resized before its features (which weakens its
   signals);
 * an image whose bytes stand in two splits is named (the splits should be disjoint);
-* with ``--labels``, test images without a label are not scored, and labels naming no test image
-  are reported.
+* with ``--labels`` (each image named bare or by its path from the Dataset root,
+  :func:`dataset.image_id_of`), test images without a label are not scored, and labels naming no
+  test image are reported.
 
 Before that, :func:`check_before_work` refuses a run without ``--test`` or ``--demo``, a
 ``--device`` this machine has not, and a ``--weights-dir`` missing any weight file of either
 family. A missing or empty split folder, a class folder of an unknown name and a malformed labels file
-stop the run at once with a :class:`cli.InputError` naming the path and the fix (one ``error:``
+(one naming an image twice included) stop the run at once with a :class:`cli.InputError` naming the path and the fix (one ``error:``
 line and status 2 under :func:`cli.run_main`).
 """
 from __future__ import annotations
@@ -48,12 +52,13 @@ def check_before_work(test_dir: Optional[Path], demo: bool, device: str, weights
 
 
 def test_folder_images(folder: Path) -> Tuple[List[Path], List[Path]]:
-    """The visible image files directly in ``folder`` (sorted), and its other entries — subfolders,
-    files of other types, hidden entries (``.DS_Store``, ``._x.png``) — which get no row."""
-    from dataset import IMAGE_SUFFIXES
+    """The visible image files directly in ``folder`` (:func:`dataset.is_image_file`, sorted), and
+    its other entries — subfolders, files of other types, hidden entries (``.DS_Store``,
+    ``._x.png``), names that are not valid UTF-8 text — which get no row."""
+    from dataset import is_image_file
 
     entries = sorted(folder.iterdir())
-    images = [p for p in entries if not p.name.startswith(".") and p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    images = [p for p in entries if is_image_file(p)]
     kept = set(images)  # a test folder may hold many thousands of files
     return images, [p for p in entries if p not in kept]
 
@@ -69,21 +74,22 @@ def _readable_only(meta: pd.DataFrame, inspected: pd.DataFrame, name: str) -> Tu
     return meta[readable], dropped
 
 
-def _labelled_split(root: Path, name: str) -> pd.DataFrame:
-    from dataset import list_split
+def _labelled_split(root: Path, name: str) -> Tuple[pd.DataFrame, List[str]]:
+    """The labelled split in ``root`` and its entries left out (:func:`dataset.read_split`)."""
+    from dataset import read_split
 
     if not root.is_dir():
         raise InputError(f"{root}: no {name} folder; give --{name} DIR (one subfolder of images per class) "
                          f"or put {name}/ beside the test folder")
     try:
-        frame = list_split(root.parent, root.name)
-    except InputError as err:  # a class folder with an unknown name
+        frame, left_out = read_split(root.parent, root.name)
+    except InputError as err:  # a class folder with an unknown name, a malformed <split>_meta.csv
         raise InputError(f"--{name}: {err}") from None
     if frame.empty:
         raise InputError(f"{root}: no images; expected {root}/<class>/*.png")
     if frame["label"].isna().any():
         raise InputError(f"{root}: the {name} split must be labelled by class folders")
-    return frame
+    return frame, left_out
 
 
 @dataclass
@@ -102,8 +108,9 @@ class Inputs:
 def gather_inputs(test_dir: Path, train_dir: Path, val_dir: Path) -> Inputs:
     """The labelled splits and the test images, each file decoded once: undecodable training and
     validation images are left out, undecodable test images kept aside (they become ``outlier``),
-    entries of the test folder that are not images skipped; each such file is named in a warning."""
-    from dataset import IMAGE_SUFFIXES, inspect_images
+    entries of the test folder that are not images skipped; each such file is named in a warning
+    (shown by :func:`dataset.shown_path`)."""
+    from dataset import IMAGE_SUFFIXES, inspect_images, shown_path
 
     if not test_dir.is_dir():
         raise InputError(f"{test_dir}: no such folder; give --test DIR, the folder of images to attribute"
@@ -111,9 +118,11 @@ def gather_inputs(test_dir: Path, train_dir: Path, val_dir: Path) -> Inputs:
     test_paths, skipped = test_folder_images(test_dir)
     if not test_paths:
         raise InputError(f"{test_dir}: no test images found ({', '.join(IMAGE_SUFFIXES)} files directly in the folder)")
+    skipped_shown = [shown_path(p) for p in skipped]
     if skipped:
-        warn(f"{len(skipped)} entries of {test_dir} are not visible image files directly in it and get no row", skipped)
-    train_meta, val_meta = _labelled_split(train_dir, "train"), _labelled_split(val_dir, "val")
+        warn(f"{len(skipped)} entries of {shown_path(test_dir)} are not visible image files directly in it (or their "
+             "names are not valid UTF-8 text) and get no row", skipped_shown)
+    (train_meta, train_left_out), (val_meta, val_left_out) = _labelled_split(train_dir, "train"), _labelled_split(val_dir, "val")
     inspected = inspect_images(list(train_meta["path"]) + list(val_meta["path"]) + [str(p) for p in test_paths])
     inspected = inspected[~inspected.index.duplicated()]
     (train_meta, train_dropped), (val_meta, val_dropped) = (_readable_only(train_meta, inspected, "train"),
@@ -122,8 +131,8 @@ def gather_inputs(test_dir: Path, train_dir: Path, val_dir: Path) -> Inputs:
     bad = [p for p in test_paths if not inspected.loc[str(p), "readable"]]
     if bad:
         warn(f"{len(bad)} test image(s) cannot be decoded and are labelled 'outlier'", bad)
-    notes = {"unreadable_test_images": [str(p) for p in bad], "skipped_test_entries": [str(p) for p in skipped],
-             "unreadable_labelled_images": train_dropped + val_dropped,
+    notes = {"unreadable_test_images": [str(p) for p in bad], "skipped_test_entries": skipped_shown,
+             "skipped_labelled_entries": train_left_out + val_left_out, "unreadable_labelled_images": train_dropped + val_dropped,
              "images_in_two_splits": _shared_across_splits(inspected, train_meta["path"], val_meta["path"], good)}
     return Inputs(train_meta, val_meta, test_paths, good, bad, inspected, notes)
 
@@ -146,23 +155,31 @@ def _shared_across_splits(inspected: pd.DataFrame, train_paths: Sequence, val_pa
 
 
 def read_test_labels(path: Path, test_paths: List[Path]) -> pd.Series:
-    """The known labels of the test images (to score the submission), read before any model runs:
-    a malformed file stops the run here; test images without a label, and labels of images that
-    are not in the test folder, are named in a warning and left out of the score."""
-    from dataset import read_label_csv
+    """The known labels of the test images (to score the submission) by file name, read before any
+    model runs: each image named bare or by its path from the Dataset root (``test/x.png``, the
+    test folder's name first: :func:`dataset.image_id_of`). A malformed file, or one naming an image
+    twice, stops the run here; test images without a label, and labels of images that are not in
+    the test folder, are named in a warning and left out of the score."""
+    from dataset import check_unique, image_id_of, read_label_csv
 
+    split = test_paths[0].parent.name if test_paths else "test"
     try:
         frame = read_label_csv(path)
-    except (OSError, ValueError, pd.errors.ParserError) as err:
+        written = list(frame["image_name"].astype(str))
+        ids = [image_id_of(name, split) for name in written]
+        check_unique(path, ids)
+    except (OSError, ValueError) as err:  # InputError and pandas' ParserError are ValueErrors
         raise InputError(f"--labels: {err}") from None
-    truth = frame.drop_duplicates("image_name").set_index("image_name")["label"]
-    names = [p.name for p in test_paths]
-    unlabelled, unknown = [n for n in names if n not in truth.index], sorted(set(truth.index) - set(names))
+    truth = pd.Series(frame["label"].to_numpy(), index=ids)
+    names = {f"{split}/{p.name}": p.name for p in test_paths}
+    unlabelled = [name for image_id, name in names.items() if image_id not in truth.index]
+    unknown = sorted(name for name, image_id in zip(written, ids) if image_id not in names)
     if unlabelled:
         warn(f"{len(unlabelled)} test image(s) have no label in {path} and are not scored", unlabelled)
     if unknown:
         warn(f"{len(unknown)} label(s) in {path} name no image of the test folder", unknown)
-    return truth.reindex([n for n in names if n in truth.index])
+    known = [image_id for image_id in names if image_id in truth.index]
+    return pd.Series(truth.loc[known].to_numpy(), index=pd.Index([names[i] for i in known], name="image_name"), name="label")
 
 
 def resized_images(inspected: pd.DataFrame, size: int) -> List[str]:

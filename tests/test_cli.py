@@ -256,3 +256,121 @@ def test_feature_extractor_names_a_folder_that_does_not_exist(tmp_path, capsys):
 
     assert run_main(feature_extractor.main, [str(tmp_path / "absent"), "--out", str(tmp_path / "f.parquet")]) == USER_ERROR_STATUS
     assert capsys.readouterr().err == f"error: {tmp_path / 'absent'}: no such folder; give a folder of images\n"
+
+
+# --- what the listings read: one rule for a visible image file, one for a labels CSV's names ---
+
+def _non_utf8_image(folder: Path) -> Path:
+    """A PNG named ``café.png`` in Latin-1 (not valid UTF-8, legal on POSIX); skips where the file system refuses it."""
+    import os
+
+    from PIL import Image
+
+    raw = os.fsencode(folder) + b"/caf\xe9.png"
+    try:
+        Image.new("RGB", (64, 64)).save(raw, format="PNG")
+    except (OSError, ValueError):
+        pytest.skip("this file system accepts only UTF-8 file names")
+    return Path(os.fsdecode(raw))
+
+
+def test_a_file_name_that_is_not_utf8_costs_no_row_and_is_named(tmp_path, capsys):
+    """Such a name cannot go into a frame or a CSV: the test image gets no row, the training image
+    is left out, each named (its odd byte as ``\\xe9``) in a warning and in the summary's notes."""
+    import json
+
+    from run_inputs import gather_inputs
+
+    test_dir = _tiny_layout(tmp_path / "data")
+    _non_utf8_image(test_dir)
+    _non_utf8_image(tmp_path / "data" / "train" / "var16")
+    inputs = gather_inputs(test_dir, tmp_path / "data" / "train", tmp_path / "data" / "val")
+    assert inputs.test_paths == [test_dir / "x.png"] and list(inputs.train.index) == ["train/var16/x.png"]
+    shown_test, shown_train = f"{test_dir}/caf\\xe9.png", f"{tmp_path / 'data' / 'train' / 'var16'}/caf\\xe9.png"
+    assert inputs.notes["skipped_test_entries"] == [shown_test]
+    assert inputs.notes["skipped_labelled_entries"] == [shown_train]
+    json.dumps(inputs.notes).encode("utf-8")  # the summary can hold them
+    err = capsys.readouterr().err
+    assert shown_test in err and shown_train in err and "not valid UTF-8" in err
+
+
+def test_a_malformed_meta_csv_of_a_class_folder_split_is_named(tmp_path):
+    from dataset import list_split
+
+    _tiny_layout(tmp_path)
+    meta = tmp_path / "train_meta.csv"
+    meta.write_text("image_name,source\nx.png,var16\n")
+    with pytest.raises(InputError, match=r"train_meta\.csv: missing column\(s\) \['label'\]; expected image_name,label"):
+        list_split(tmp_path, "train")
+    meta.write_text("image_name,label\nx.png,var16\nx.png,var16,extra\n")
+    with pytest.raises(InputError, match=r"train_meta\.csv: not a CSV file of image_name,label \(ParserError"):
+        list_split(tmp_path, "train")
+
+
+def test_duplicated_image_names_in_a_labels_file_are_refused(tmp_path):
+    """Two rows for one image (even agreeing ones) are refused by every reader, naming the file and
+    the image; the same file name in two class folders of a ``<split>_meta.csv`` is two images."""
+    import pandas as pd
+    from PIL import Image
+
+    from dataset import list_split, read_label_csv, read_labelled_features
+    from run_inputs import read_test_labels
+
+    test_dir = _tiny_layout(tmp_path)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image_name,label\nx.png,var16\ny.png,rarb\nx.png,rarb\n")
+    with pytest.raises(InputError, match=r"labels\.csv: 1 image name\(s\) on more than one row \(x\.png\); keep one row per image"):
+        read_label_csv(labels)
+    pd.DataFrame({"VAR_q": [1.0, 2.0]}, index=pd.Index(["x.png", "y.png"], name="image_id")).to_parquet(tmp_path / "f.parquet")
+    with pytest.raises(InputError, match=r"labels\.csv: 1 image name\(s\) on more than one row"):
+        read_labelled_features(tmp_path / "f.parquet", labels)
+    with pytest.raises(InputError, match=r"--labels: .*labels\.csv: 1 image name\(s\) on more than one row \(x\.png\)"):
+        read_test_labels(labels, [test_dir / "x.png"])
+    (tmp_path / "train" / "rarb").mkdir()
+    Image.new("RGB", (64, 64)).save(tmp_path / "train" / "rarb" / "x.png")
+    (tmp_path / "train_meta.csv").write_text("image_name,label,source\nx.png,var16,var16\nx.png,rarb,rarb\n")
+    assert list_split(tmp_path, "train")["source"].to_dict() == {"train/rarb/x.png": "rarb", "train/var16/x.png": "var16"}
+    (tmp_path / "train_meta.csv").write_text("image_name,label,source\nx.png,var16,var16\ntrain/var16/x.png,var16,natural\n")
+    with pytest.raises(InputError, match=r"train_meta\.csv: 1 image name\(s\) on more than one row \(train/var16/x\.png\)"):
+        list_split(tmp_path, "train")
+
+
+def test_every_listing_ignores_hidden_files_and_folders(tmp_path, capsys):
+    """macOS's ``._x.png`` and Jupyter's ``.ipynb_checkpoints/`` are no images to any listing; an
+    image beside the class folders of train/ is left out and named."""
+    from PIL import Image
+
+    from cli import folder_images
+    from run_inputs import gather_inputs, test_folder_images
+
+    test_dir = _tiny_layout(tmp_path)
+    for folder in (tmp_path / "train" / "var16", tmp_path / "train", test_dir):
+        (folder / "._x.png").write_bytes(b"\x00\x05\x16\x07")  # what macOS leaves beside a copy
+        (folder / ".ipynb_checkpoints").mkdir()
+        Image.new("RGB", (64, 64)).save(folder / ".ipynb_checkpoints" / "x-checkpoint.png")
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(tmp_path / "train" / "loose.png")
+    inputs = gather_inputs(test_dir, tmp_path / "train", tmp_path / "val")
+    assert list(inputs.train.index) == ["train/var16/x.png"] and inputs.notes["unreadable_labelled_images"] == []
+    assert inputs.notes["skipped_labelled_entries"] == [str(tmp_path / "train" / "loose.png")]
+    err = capsys.readouterr().err
+    assert "not in a class folder and are left out" in err and str(tmp_path / "train" / "loose.png") in err
+    assert "cannot be decoded" not in err
+    assert folder_images(tmp_path / "train") == [tmp_path / "train" / "loose.png", tmp_path / "train" / "var16" / "x.png"]
+    assert test_folder_images(test_dir) == ([test_dir / "x.png"], [test_dir / "._x.png", test_dir / ".ipynb_checkpoints"])
+
+
+def test_test_labels_may_name_images_bare_or_by_their_path_in_the_dataset(tmp_path):
+    """``x.png`` and ``test/x.png`` name the same test image, for the run's ``--labels`` and for
+    :func:`dataset.list_split` alike; naming it both ways is two rows for one image."""
+    from dataset import list_split
+    from run_inputs import read_test_labels
+
+    test_dir = _tiny_layout(tmp_path)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image_name,label\ntest/x.png,var16\n")
+    assert read_test_labels(labels, [test_dir / "x.png"]).to_dict() == {"x.png": "var16"}
+    assert list_split(tmp_path, "test", labels)["label"].to_dict() == {"test/x.png": "var16"}
+    labels.write_text("image_name,label\ntest/x.png,var16\nx.png,var16\n")
+    for read in (lambda: read_test_labels(labels, [test_dir / "x.png"]), lambda: list_split(tmp_path, "test", labels)):
+        with pytest.raises(InputError, match=r"labels\.csv: 1 image name\(s\) on more than one row \(test/x\.png\)"):
+            read()
