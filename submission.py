@@ -75,7 +75,7 @@ def validate_submission(path: Path, expected_names: List[str], shown_as: Optiona
     from dataset import read_label_csv
 
     shown = shown_as or path
-    frame = read_label_csv(path)
+    frame = read_label_csv(path, unique=False)  # its own check below says which file failed
     if list(frame.columns[:2]) != ["image_name", "label"]:
         raise RuntimeError(f"{shown}: columns must be image_name,label")
     if frame["image_name"].duplicated().any():

@@ -420,6 +420,9 @@ def test_a_submission_failing_its_check_leaves_the_previous_file(tmp_path):
     with pytest.raises(RuntimeError, match="1 test images without a row"):
         submission.write_submission(pd.Series(["rarb"], index=["a.png"]), out, ["a.png", "b.png"])
     assert out.read_bytes() == before and not list(tmp_path.glob("*.tmp"))
+    with pytest.raises(RuntimeError, match=f"{out}: duplicated image names"):
+        submission.write_submission(pd.Series(["rarb", "var16"], index=["a.png", "a.png"]), out, ["a.png"])
+    assert out.read_bytes() == before
     # a name with a line break (legal on POSIX) is quoted, so the file reads back one row per image
     names = ["a.png", "b\rc.png", "d\ne.png", 'q"uote,comma.png']
     submission.write_submission(pd.Series(["var16", "rarb", "outlier", "var30"], index=names), out, names)
