@@ -6,9 +6,11 @@ weights starts a fresh store and never mixes rows. Rows are written as parquet *
 file per flush and process (``shard-<pid>-<time>-<random>.parquet``), first to a temporary name
 and then atomically renamed: parallel jobs never write the same file, and a process killed at
 any moment (even ``kill -9``) leaves only whole shards plus, at worst, a ``.tmp`` file that
-readers ignore. Reading merges all shards: of the rows of one key, the most complete wins — the
-one with most of its :data:`COMPLETENESS_PREFIX` marker columns set (a row the feature extractor
-computed again with more parts), then the first. A lookup that finds more
+readers ignore (a compaction deletes those an hour old). Reading merges all shards:
+of the rows of one key, the most complete wins — the one with most of its
+:data:`COMPLETENESS_PREFIX` marker columns set (a row the feature extractor computed again with more
+parts), then the one written first (shards are read in the order of the time in their names), so a
+row once read is not replaced by an equal-ranked one computed later. A lookup that finds more
 than :data:`COMPACT_AFTER` shards merges them into one (:meth:`FeatureStore.compact`: the merged
 shard is written and made durable before the shards it replaces are removed, so a crash or a
 second process at any moment leaves every row readable, at worst twice), which keeps a store
@@ -41,6 +43,7 @@ __all__ = ["file_sha256", "shard_keys", "FeatureStore", "COMPACT_AFTER", "COMPLE
 # (the rows of one cold demo run: 142 shards, 4 504 rows × 157 features) read them in 1.38 / 1.29 s
 # sharded and 0.029 / 0.031 s merged, in two runs.
 COMPACT_AFTER = 32
+ABANDONED_AFTER_S = 3600  # a temporary file older than this is a killed writer's (remove_abandoned_temp_files)
 COMPLETENESS_PREFIX = "scored_"  # marker columns (1.0 / 0.0): which optional parts a row holds
 
 
@@ -59,6 +62,14 @@ def shard_keys(keys: Iterable[str], index: int, count: int) -> List[str]:
     return sorted(set(keys))[index::count]
 
 
+def _written_order(shard: Path) -> Tuple[int, int, str]:
+    """Sort key of a shard: the ``time_ns`` in ``shard-<pid>-<time>-<random>.parquet``, then the name."""
+    parts = shard.name.split("-")
+    if len(parts) == 4 and parts[2].isdigit():
+        return 0, int(parts[2]), shard.name
+    return 1, 0, shard.name
+
+
 class FeatureStore:
     """Parquet-sharded rows keyed by image hash, for one extractor version and one set of weights."""
 
@@ -72,7 +83,22 @@ class FeatureStore:
             self.folder.mkdir(parents=True, exist_ok=True)
 
     def shards(self) -> List[Path]:
-        return sorted(self.folder.glob("shard-*.parquet")) if self.enabled else []
+        """The shard files, oldest first (by the time in their names; foreign names last)."""
+        return sorted(self.folder.glob("shard-*.parquet"), key=_written_order) if self.enabled else []
+
+    def remove_abandoned_temp_files(self) -> int:
+        """Delete the temporary files (``*.tmp``) untouched for :data:`ABANDONED_AFTER_S`: a shard is
+        written in seconds, so they are the leftovers of writers killed mid-write (by age, not by
+        process id, which another node of a cluster sharing the store would not see). Returns how many."""
+        removed = 0
+        for tmp in self.folder.glob("*.tmp") if self.enabled else []:
+            try:
+                if time.time() - tmp.stat().st_mtime > ABANDONED_AFTER_S:
+                    tmp.unlink()
+                    removed += 1
+            except FileNotFoundError:  # renamed into place or removed meanwhile
+                continue
+        return removed
 
     def _read_shards(self) -> Tuple[pd.DataFrame, List[Path]]:
         """All stored rows merged (the most complete row per key wins, else the first), and the shards that could be read."""
@@ -87,7 +113,7 @@ class FeatureStore:
             return pd.DataFrame(index=pd.Index([], name="key")), read
         merged = pd.concat(frames)
         markers = marker_columns(merged)
-        if markers and merged.index.duplicated().any():  # most complete first, else in shard order
+        if markers and merged.index.duplicated().any():  # most complete first, else oldest shard first
             parts = merged[markers].fillna(0).sum(axis=1).to_numpy()
             merged = merged.iloc[np.argsort(-parts, kind="stable")]
         merged = merged[~merged.index.duplicated(keep="first")]
@@ -102,6 +128,7 @@ class FeatureStore:
     def compact(self) -> Optional[Path]:
         """Merge every readable shard into one new shard and remove the ones merged (damaged or
         foreign files stay). Returns the new shard, or ``None`` when there was nothing to merge."""
+        self.remove_abandoned_temp_files()
         merged, read = self._read_shards()
         return self._replace(merged, read) if len(read) > 1 else None
 

@@ -44,6 +44,33 @@ def test_the_most_complete_row_of_a_key_wins_whatever_the_shard_order(tmp_path, 
     assert store.read().loc["k", "a"] == 2.0 and len(store.shards()) == 1
 
 
+def test_of_equal_rows_the_one_written_first_wins_whatever_the_process_ids(tmp_path):
+    """Shards are read oldest first by the time in their names: process 10000's later shard does
+    not win over process 9999's earlier one because "10000" sorts before "9999" as text."""
+    store = FeatureStore(tmp_path, "x", "1", "d" * 64)
+    _rows(["k"], 1.0).to_parquet(store.folder / "shard-9999-100-aaaaaaaa.parquet")
+    _rows(["k"], 2.0).to_parquet(store.folder / "shard-10000-200-bbbbbbbb.parquet")
+    assert store.read().loc["k", "a"] == 1.0
+    store.write(_rows(["k"], 3.0))  # written now: later than both
+    assert store.read().loc["k", "a"] == 1.0
+    store.compact()
+    assert store.read().loc["k", "a"] == 1.0 and len(store.shards()) == 1
+
+
+def test_a_compaction_removes_temporary_files_left_by_killed_writers(tmp_path):
+    """A temporary file an hour old is a killed writer's; a recent one may be a live writer's on
+    another node, and stays."""
+    store = FeatureStore(tmp_path, "x", "1", "d" * 64)
+    store.write(_rows(["k1"], 1.0))
+    store.write(_rows(["k2"], 1.0))
+    old, recent = store.folder / "shard-1-2-3.parquet.4-abcd.tmp", store.folder / "shard-5-6-7.parquet.8-ef01.tmp"
+    for tmp in (old, recent):
+        tmp.write_bytes(b"half a file")
+    os.utime(old, (1e9, 1e9))
+    store.compact()
+    assert not old.exists() and recent.exists() and sorted(store.read().index) == ["k1", "k2"]
+
+
 def test_versions_and_weights_are_separate_stores(tmp_path):
     FeatureStore(tmp_path, "x", "1", "a" * 64).write(_rows(["k"], 1.0))
     assert FeatureStore(tmp_path, "x", "2", "a" * 64).read().empty
