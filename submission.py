@@ -272,14 +272,18 @@ def run(args: argparse.Namespace) -> int:
 
     report_dir = args.report_dir or args.out.with_name(args.out.stem + "_report")
     report_dir.mkdir(parents=True, exist_ok=True)
-    for stale in [*report_files("test"), *(f"tokens_{split}.parquet" for split in ("train", "val", "test"))]:
+    # summary.json goes first and comes back last: a folder without it is a killed run's, half rewritten
+    for stale in ["summary.json", *report_files("test"), *(f"tokens_{split}.parquet" for split in ("train", "val", "test"))]:
         (report_dir / stale).unlink(missing_ok=True)  # an earlier run's must not pass for this run's
-    for split, frame, meta in (("train", train, train_meta), ("val", val, val_meta)):
-        frame.to_parquet(report_dir / f"features_{split}.parquet")
-        pd.DataFrame({"image_name": meta.index, "label": meta["label"].to_numpy()}).to_csv(report_dir / f"labels_{split}.csv", index=False)
-    test.to_parquet(report_dir / "features_test.parquet")
-    for split, frame in zip(("train", "val", "test"), inputs_of.get(method, ())):
-        frame.to_parquet(report_dir / f"tokens_{split}.parquet")  # flat_prada.py's command-line input
+    frames = {f"features_{split}.parquet": frame for split, frame in (("train", train), ("val", val), ("test", test))}
+    frames.update({f"tokens_{split}.parquet": frame  # flat_prada.py's command-line input
+                   for split, frame in zip(("train", "val", "test"), inputs_of.get(method, ()))})
+    for name, frame in frames.items():
+        with atomic_path(report_dir / name) as tmp:
+            frame.to_parquet(tmp)
+    for split, meta in (("train", train_meta), ("val", val_meta)):
+        with atomic_path(report_dir / f"labels_{split}.csv") as tmp:
+            pd.DataFrame({"image_name": meta.index, "label": meta["label"].to_numpy()}).to_csv(tmp, index=False)
     val_stats = write_report(report_dir, "val", val_meta["label"], val_predictions[method], f"Validation ({method})")
     summary = {"method": method, "requested_method": args.method, "validation_accuracy_by_method": val_accuracy,
                "models": str(model_dirs[method]), "net_blend_weights": net_blend_weights(bundle), "validation": val_stats, **notes}

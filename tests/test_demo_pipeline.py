@@ -64,7 +64,7 @@ def test_dataset_is_reproducible_with_any_number_of_workers(tiny_dataset, tmp_pa
     assert _digest_tree(again) == _digest_tree(tiny_dataset)
 
 
-def test_submission_end_to_end_and_warm_rerun(tiny_dataset, tmp_path):
+def test_submission_end_to_end_and_warm_rerun(tiny_dataset, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     args = ["--test", str(tiny_dataset / "test"), "--labels", str(tiny_dataset / "test_labels.csv"),
             "--cache-dir", str(cache), "--batch-size", "64"]
@@ -97,6 +97,16 @@ def test_submission_end_to_end_and_warm_rerun(tiny_dataset, tmp_path):
     assert computed == {"VAR": int(features["var16_nll_marginal"].notna().sum()), "RAR": int(features["rarb_nll_marginal"].notna().sum())}
     assert not features.filter(regex="^(VAR|RAR)_").isna().any().any(), "family signals are never left out"
     assert not any(c.startswith("scored_") for c in features.columns), "store markers leaked into the features"
+    # a run killed while it rewrites the report leaves no summary.json: the folder is not whole
+    import scoring
+
+    def killed(*_args, **_kwargs):
+        raise KeyboardInterrupt("killed while writing the report")
+
+    monkeypatch.setattr(scoring, "write_report", killed)
+    with pytest.raises(KeyboardInterrupt):
+        submission.main(args + ["--out", str(first)])
+    assert not (tmp_path / "a_report" / "summary.json").exists() and not list((tmp_path / "a_report").glob("*.tmp"))
 
 
 def test_prada_method_end_to_end(tiny_dataset, tmp_path):
