@@ -18,8 +18,8 @@ zoo no search here does that, not even from the generator's exact ``f̂`` (``scr
   codes (greedy's residual neighbourhood, so the softmax and the mixing are ``V/k`` times
   cheaper), per-image best-so-far tracking of the *hard* tokens (never worse than greedy, never
   worse than anything it has seen), all images of a batch at once with per-image losses, and early
-  stopping once no image has improved for ``patience`` checks — counted only from the middle of
-  the anneal (``min_iters``): while τ is high the relaxation's argmax is still greedy's tokens, so
+  stopping of each image once it has not improved for ``patience`` checks — counted only from the
+  middle of the anneal (``min_iters``): while τ is high the relaxation's argmax is still greedy's tokens, so
   an early check that finds nothing new says nothing about convergence (counting those checks
   could end a 120-iteration anneal at iteration 20 with greedy's tokens).
 
@@ -111,6 +111,13 @@ def _embedding_maps(quant: MultiScaleQuantizer, mixes: Sequence[torch.Tensor], h
     return maps
 
 
+def _set_grads(params: Sequence[torch.Tensor], loss: torch.Tensor) -> None:
+    """``.grad`` of ``params`` only: ``loss.backward()`` would also write gradients into the
+    quantizer's codebook and φ convolutions wherever they are trainable (a shared model's state)."""
+    for param, grad in zip(params, torch.autograd.grad(loss, list(params))):
+        param.grad = grad
+
+
 def _hard_fhat(quant: MultiScaleQuantizer, idx_per_scale: Sequence[torch.Tensor]) -> torch.Tensor:
     return quant.tokens_to_fhat(idx_per_scale)
 
@@ -119,7 +126,8 @@ def search_tokens_reference(
     quant: MultiScaleQuantizer, f_BChw: torch.Tensor, *, iters_per_round: int = 200, rounds: int = 6,
     lr: float = 0.1, tau_start: float = 2.0, tau_end: float = 0.5, init_bias: float = 0.5,
 ) -> SearchResult:
-    """The paper's Algorithm 3 (1 200 Adam iterations by default), faithfully."""
+    """The paper's Algorithm 3 (1 200 Adam iterations by default), image by image: its loss is each
+    image's ``½‖f̂ − f‖²`` (mean over the map), summed over the batch."""
     f_BChw = f_BChw.detach()
     K = quant.num_scales
     idx = greedy_tokens(quant, f_BChw).idx_per_scale
@@ -134,9 +142,10 @@ def search_tokens_reference(
             with torch.enable_grad():
                 mixes = [F.softmax(l / tau, dim=-1) for l in logits]
                 f_hat = quant.embeddings_to_fhat(_embedding_maps(quant, mixes, frozen))
-                loss = 0.5 * F.mse_loss(f_hat, f_BChw)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
+                # per image, summed: a batch mean would shrink each image's gradient by the batch size
+                # against Adam's eps, so an image's tokens would depend on its batch mates
+                loss = 0.5 * per_image_mse(f_hat, f_BChw).sum()
+                _set_grads(logits[:n_free], loss)
             opt.step()
         idx = [l.detach().argmax(-1) for l in logits[:n_free]] + list(idx[n_free:])
     with torch.no_grad():
@@ -161,9 +170,13 @@ def search_tokens(
 ) -> SearchResult:
     """Our token search: restricted relaxation + best-so-far + early stopping (see module doc).
 
-    The hard tokens are checked every ``check_every`` iterations; the search stops once
-    ``patience`` checks at or after iteration ``min_iters`` (default: half of ``max_iters``) have
-    improved no image by more than ``rel_tol``.
+    The hard tokens are checked every ``check_every`` iterations. An image stops — its tokens are
+    final — once ``patience`` of its checks at or after iteration ``min_iters`` (default: half of
+    ``max_iters``) in a row have not improved it by more than ``rel_tol``; the search ends when
+    every image has stopped (``iterations``: the iterations run). Each image's losses, Adam's
+    element-wise updates and its own stop make its tokens independent of its batch mates. With the
+    defaults (20 iterations, checks at 5 … 20, counted from 10) at most 3 checks count, fewer than
+    ``patience``: the default anneal always runs to its end.
     """
     min_iters = max_iters // 2 if min_iters is None else min_iters
     f_BChw = f_BChw.detach()
@@ -175,7 +188,9 @@ def search_tokens(
     logits = [_init_logits(i, width, init_bias, c).requires_grad_(True)
               for i, c in zip(best_idx, cand if cand is not None else [None] * len(best_idx))]
     opt = torch.optim.Adam(logits, lr=lr)
-    no_gain_checks, t = 0, 0
+    no_gain_checks = torch.zeros(best_mse.shape, dtype=torch.long, device=best_mse.device)
+    stopped = torch.zeros(best_mse.shape, dtype=torch.bool, device=best_mse.device)
+    t = 0
     free = [None] * quant.num_scales
     for t in range(1, max_iters + 1):
         tau = _annealed_tau(t - 1, max_iters, tau_start, tau_end)
@@ -183,8 +198,7 @@ def search_tokens(
             mixes = [F.softmax(l / tau, dim=-1) for l in logits]
             f_hat = quant.embeddings_to_fhat(_embedding_maps(quant, mixes, free, cand))
             loss = 0.5 * per_image_mse(f_hat, f_BChw).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            _set_grads(logits, loss)
         opt.step()
         if t % check_every and t != max_iters:
             continue
@@ -192,15 +206,14 @@ def search_tokens(
             slots = [l.argmax(-1) for l in logits]
             idx = slots if cand is None else [c.gather(-1, s.unsqueeze(-1)).squeeze(-1) for c, s in zip(cand, slots)]
             mse = per_image_mse(_hard_fhat(quant, idx), f_BChw)
-            improved = mse < best_mse * (1 - rel_tol)
-            if improved.any():
-                for si in range(quant.num_scales):
-                    best_idx[si][improved] = idx[si][improved]
-                best_mse = torch.where(improved, mse, best_mse)
-                no_gain_checks = 0
-            elif t >= min_iters:
-                no_gain_checks += 1
-        if no_gain_checks >= patience:
+            improved = (mse < best_mse * (1 - rel_tol)) & ~stopped
+            for si in range(quant.num_scales):
+                best_idx[si][improved] = idx[si][improved]
+            best_mse = torch.where(improved, mse, best_mse)
+            counted = torch.full_like(no_gain_checks, int(t >= min_iters))
+            no_gain_checks = torch.where(improved, 0, no_gain_checks + counted)
+            stopped |= no_gain_checks >= patience
+        if stopped.all():
             break
     with torch.no_grad():
         f_hat = _hard_fhat(quant, best_idx)

@@ -101,3 +101,33 @@ def test_prior_guided_reading_follows_a_confident_prior(quant, generated_f):
     distances = torch.cat(quant.residual_code_distances(generated_f, wanted), dim=1)
     expected = -3.0 * distances.gather(-1, torch.cat(wanted, dim=1).unsqueeze(-1)).squeeze(-1).sum(1)
     assert torch.allclose(objective, expected, rtol=1e-5)
+
+
+def test_the_searches_write_no_gradient_into_the_quantizer(var_fixture, generated_f):
+    """Only the searched logits get gradients: a quantizer whose weights are trainable (one being
+    fine-tuned, a full-size model built for a benchmark) keeps ``.grad`` unset."""
+    meta, t = var_fixture
+    vae = build_var_vae(meta["config"]).eval()
+    vae.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("vae.")})
+    trainable = vae.quantize
+    assert all(p.requires_grad for p in trainable.parameters())
+    search_tokens(trainable, generated_f[:2], max_iters=5)
+    search_tokens_reference(trainable, generated_f[:2], iters_per_round=3, rounds=2)
+    assert all(p.grad is None for p in trainable.parameters())
+
+
+def test_an_image_gets_the_same_tokens_whatever_its_batch(quant, generated_f):
+    """Each image's loss, Adam's element-wise steps and (ours) its own early stop: the tokens of an
+    image searched alone are those it gets among others, for the reference and for a long anneal
+    whose images stop at different iterations."""
+    noisy = generated_f + 0.05 * torch.randn(generated_f.shape, generator=torch.Generator().manual_seed(3))
+    together = search_tokens_reference(quant, noisy, iters_per_round=30, rounds=2).tokens
+    for i in range(len(noisy)):
+        assert torch.equal(search_tokens_reference(quant, noisy[i:i + 1], iters_per_round=30, rounds=2).tokens[0], together[i])
+    long = dict(max_iters=120, patience=2)
+    together = search_tokens(quant, noisy, **long)
+    alone = [search_tokens(quant, noisy[i:i + 1], **long) for i in range(len(noisy))]
+    assert len({a.iterations for a in alone}) > 1, "the images should stop at different iterations"
+    assert together.iterations == max(a.iterations for a in alone)
+    for i, single in enumerate(alone):
+        assert torch.equal(single.tokens[0], together.tokens[i])
