@@ -80,7 +80,7 @@ class FamilyAdapter(ABC):
 
     def release(self, variants: Optional[Iterable[str]] = None) -> None:
         """Drop cached generators (all, or the named ones) to free memory."""
-        for name in list(variants or self._generators):
+        for name in list(self._generators if variants is None else variants):
             self._generators.pop(name, None)
 
     # ------------------------------------------------------------------ value range
@@ -106,8 +106,11 @@ class FamilyAdapter(ABC):
         oneDNN's CPU convolutions are faster on NHWC tensors: on the demo zoo, one decode plus one
         encode of a 32-image batch takes 9–13 % less time (``scripts/bench_speedups.py``), and the
         values agree with the default layout to ~1e-5. ``encode``/``decode``
-        still return contiguous tensors. Training and generation keep the default layout (so zoo
-        builds and the demo Dataset stay bit-reproducible); the feature extractor opts in.
+        still return contiguous tensors. Adapters start in the default layout, in which the zoo is
+        trained and the demo Dataset generated (so both stay bit-reproducible); the feature extractor
+        opts in. An adapter in channels-last layout decodes RAR's generations in it too (VAR's sampler
+        decodes through its own VQVAE call, in the default layout), so maps made from generations
+        name the layout (``variant_net_maps.maps_folder_name``).
         """
         layout = torch.channels_last if enabled else torch.contiguous_format
         for module in self.encoder_modules() + self.decoder_modules():

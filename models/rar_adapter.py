@@ -48,6 +48,7 @@ class RARAdapter(FamilyAdapter):
     def token_logits(self, variant: str, tokens_BL: torch.Tensor, labels_B: Optional[torch.Tensor],
                      positions: Optional[int] = None) -> torch.Tensor:
         rar = self.generator(variant)
+        tokens_BL = tokens_BL.to(self.device)
         if labels_B is None:
             cond = torch.full((tokens_BL.shape[0],), rar.none_condition_id, dtype=torch.long, device=self.device)
         else:

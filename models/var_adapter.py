@@ -57,6 +57,7 @@ class VARAdapter(FamilyAdapter):
     def token_logits(self, variant: str, tokens_BL: torch.Tensor, labels_B: Optional[torch.Tensor],
                      positions: Optional[int] = None) -> torch.Tensor:
         var = self.generator(variant)
+        tokens_BL = tokens_BL.to(self.device)
         B = tokens_BL.shape[0]
         if labels_B is None:
             labels_B = torch.full((B,), var.num_classes, dtype=torch.long, device=self.device)

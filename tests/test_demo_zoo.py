@@ -52,7 +52,13 @@ def test_every_model_and_inverse_decoder_loads():
         for variant in fam["variants"]:
             generator = adapter.generator(variant)
             assert all(p.dtype == torch.float32 for p in generator.parameters())
+        loaded = adapter.loaded_variants
+        adapter.release([])  # none named: none released
+        assert adapter.loaded_variants == loaded == tuple(fam["variants"])
+        adapter.release(loaded[:1])
+        assert adapter.loaded_variants == loaded[1:]
         adapter.release()
+        assert adapter.loaded_variants == ()
         if family == "OUTLIER":
             continue
         for augment in (False, True):
