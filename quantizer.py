@@ -17,21 +17,20 @@ zoo no search here does that, not even from the generator's exact ``f̂`` (``scr
 * :func:`search_tokens` — ours. The same relaxation restricted to each position's ``k`` nearest
   codes (greedy's residual neighbourhood, so the softmax and the mixing are ``V/k`` times
   cheaper), per-image best-so-far tracking of the *hard* tokens (never worse than greedy, never
-  worse than anything it has seen), all images of a batch at once with per-image losses, and early
-  stopping of each image once it has not improved for ``patience`` checks — counted only from the
-  middle of the anneal (``min_iters``): while τ is high the relaxation's argmax is still greedy's tokens, so
-  an early check that finds nothing new says nothing about convergence (counting those checks
-  could end a 120-iteration anneal at iteration 20 with greedy's tokens).
+  worse than anything it has seen), all images of a batch at once with per-image losses. It runs
+  its whole anneal: the early stopping it had until 2026-12-07 ended a batch once no image had
+  improved for a few checks, which made an image's tokens depend on its batch mates, and stopping
+  each image on its own cost fit without saving time (``docs/evaluation.md``, *Token search*).
 
 * :func:`prior_guided_tokens` — greedy's residual walk with a prior (e.g. a variant's sampler)
   traded against the code distance; ``scripts/diagnose_zoo.py --guided-weight`` asks whether
   knowing what the transformer would sample finds the generating tokens back.
 
 The default anneal is 20 iterations. On 50 VAR-made demo test images (``python
-scripts/bench_token_search.py``, 2 threads) it fits them at a mean QuantLoss of 1.735e-3 in 11.5 ms
-per image, against 1.767e-3 in 57.5 ms for a 120-iteration anneal, 1.820e-3 for greedy and
-1.69e-2 in 489 ms for the reference; in the feature extractor, 20 and 40 iterations recover the
-same share of VAR's tokens (``scripts/diagnose_zoo.py``, 44.2 vs 44.1 %).
+scripts/bench_token_search.py``, 2 threads; ``docs/evaluation.md``, *Token search*) it fits them at a
+mean QuantLoss of 1.746e-3 in 8.5 ms per image, against 1.727e-3 in 46.7 ms for a 120-iteration
+anneal, 1.819e-3 for greedy and 1.53e-2 in 409 ms for the reference; in the feature extractor, 20
+and 40 iterations recover the same share of VAR's tokens (``scripts/diagnose_zoo.py``, 44.2 vs 44.1 %).
 
 From the command line — VAR's tokens and QuantLoss for a folder of images, read with the VAR
 inverse decoder (or the tokenizer's own encoder):
@@ -166,19 +165,17 @@ def _nearest_candidates(quant: MultiScaleQuantizer, f_BChw: torch.Tensor, idx_pe
 def search_tokens(
     quant: MultiScaleQuantizer, f_BChw: torch.Tensor, *, candidates: int = 16, max_iters: int = 20,
     lr: float = 0.2, tau_start: float = 1.0, tau_end: float = 0.1, init_bias: float = 1.0,
-    check_every: int = 5, patience: int = 4, rel_tol: float = 1e-4, min_iters: Optional[int] = None,
+    check_every: int = 5, rel_tol: float = 1e-4,
 ) -> SearchResult:
-    """Our token search: restricted relaxation + best-so-far + early stopping (see module doc).
+    """Our token search: restricted relaxation + best-so-far (see module doc).
 
-    The hard tokens are checked every ``check_every`` iterations. An image stops — its tokens are
-    final — once ``patience`` of its checks at or after iteration ``min_iters`` (default: half of
-    ``max_iters``) in a row have not improved it by more than ``rel_tol``; the search ends when
-    every image has stopped (``iterations``: the iterations run). Each image's losses, Adam's
-    element-wise updates and its own stop make its tokens independent of its batch mates. With the
-    defaults (20 iterations, checks at 5 … 20, counted from 10) at most 3 checks count, fewer than
-    ``patience``: the default anneal always runs to its end.
+    The whole anneal of ``max_iters`` iterations runs; every ``check_every`` iterations (and at the
+    end) each image's hard tokens replace its best so far where they lower its error by more than
+    ``rel_tol`` (relative). Each image's losses and Adam's element-wise updates make its tokens
+    independent of its batch mates, up to the rounding of batched kernels, which a long anneal (over
+    ~100 iterations) can amplify into other tokens; ``batch_features`` pads every pass to fixed
+    chunks, so its rows are exact.
     """
-    min_iters = max_iters // 2 if min_iters is None else min_iters
     f_BChw = f_BChw.detach()
     start = greedy_tokens(quant, f_BChw)
     best_idx = [i.clone() for i in start.idx_per_scale]
@@ -188,9 +185,6 @@ def search_tokens(
     logits = [_init_logits(i, width, init_bias, c).requires_grad_(True)
               for i, c in zip(best_idx, cand if cand is not None else [None] * len(best_idx))]
     opt = torch.optim.Adam(logits, lr=lr)
-    no_gain_checks = torch.zeros(best_mse.shape, dtype=torch.long, device=best_mse.device)
-    stopped = torch.zeros(best_mse.shape, dtype=torch.bool, device=best_mse.device)
-    t = 0
     free = [None] * quant.num_scales
     for t in range(1, max_iters + 1):
         tau = _annealed_tau(t - 1, max_iters, tau_start, tau_end)
@@ -206,18 +200,13 @@ def search_tokens(
             slots = [l.argmax(-1) for l in logits]
             idx = slots if cand is None else [c.gather(-1, s.unsqueeze(-1)).squeeze(-1) for c, s in zip(cand, slots)]
             mse = per_image_mse(_hard_fhat(quant, idx), f_BChw)
-            improved = (mse < best_mse * (1 - rel_tol)) & ~stopped
+            improved = mse < best_mse * (1 - rel_tol)
             for si in range(quant.num_scales):
                 best_idx[si][improved] = idx[si][improved]
             best_mse = torch.where(improved, mse, best_mse)
-            counted = torch.full_like(no_gain_checks, int(t >= min_iters))
-            no_gain_checks = torch.where(improved, 0, no_gain_checks + counted)
-            stopped |= no_gain_checks >= patience
-        if stopped.all():
-            break
     with torch.no_grad():
         f_hat = _hard_fhat(quant, best_idx)
-    return SearchResult(best_idx, f_hat, per_image_mse(f_hat, f_BChw), t)
+    return SearchResult(best_idx, f_hat, per_image_mse(f_hat, f_BChw), max_iters)
 
 
 LogPrior = Callable[[int, List[torch.Tensor]], torch.Tensor]
