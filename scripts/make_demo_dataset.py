@@ -58,6 +58,8 @@ SPLITS = ("train", "val", "test")
 FULL_COUNTS = {"train": 300, "val": 100, "test": 100}
 SMALL_COUNTS = {"train": 8, "val": 6, "test": 6}
 GEN_BATCH = 50
+SEEDS_PER_RUN = 100_000  # generation seeds of one --seed: seed·100 000 + batch
+SEEDS = range(SEED_OFFSET // SEEDS_PER_RUN)  # the --seed values whose generation seeds stay below inv_decoder's
 # What ``dataset.json`` records as ``recipe``: 2 since each split's natural outliers are cut from a
 # strip of rows of each photo of its own (recipe 1 cut every split's from the whole of the same
 # photos, so test crops could overlap training ones). ``submission.py --demo`` rebuilds a Dataset
@@ -70,11 +72,12 @@ def _to_u8(img01_B3HW: torch.Tensor) -> np.ndarray:
 
 
 def _first_seed(seed: int) -> int:
-    """The first generation seed of ``--seed``: ``seed·100000``, below the fine-tuning range."""
-    base = seed * 100_000
-    if base + 100_000 > SEED_OFFSET:
-        raise ValueError(f"--seed must be < {SEED_OFFSET // 100_000} (seeds above are reserved for fine-tuning)")
-    return base
+    """The first generation seed of ``--seed``: ``seed·100000``, below the fine-tuning range; an
+    :class:`InputError` for a seed outside :data:`SEEDS`."""
+    if seed not in SEEDS:
+        raise InputError(f"--seed {seed}: must be in {SEEDS.start} … {SEEDS.stop - 1} (generation seeds from "
+                         f"{SEED_OFFSET} on are the inverse decoders' fine-tuning data)")
+    return seed * SEEDS_PER_RUN
 
 
 def _batches(n: int) -> int:
@@ -242,7 +245,7 @@ def main(argv: list | None = None) -> int:
                         help="Dataset folder written (default: the repository's Dataset)")
     parser.add_argument("--seed", type=int, default=0,
                         help="picks the generation seeds (seed·100000 + batch), the natural crops and the test order "
-                             "and names (default 0)")
+                             f"and names; {SEEDS.start} … {SEEDS.stop - 1} (default 0)")
     parser.add_argument("--zoo", type=Path, help="zoo folder (default: the shipped demo zoo)")
     parser.add_argument("--small", action="store_true", help=f"{SMALL_COUNTS} images per class (for tests)")
     parser.add_argument("--train", type=int, help=f"images per class (default {FULL_COUNTS['train']})")
@@ -253,6 +256,7 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--workers", type=int, default=0,
                         help="generating processes, one thread each (default 0: one per CPU core); any number gives the same bytes")
     args = parser.parse_args(argv)
+    _first_seed(args.seed)  # a seed out of range is refused before any work
     if args.out.exists() and not args.force:
         print(f"{args.out} exists; pass --force to replace it", file=sys.stderr)
         return 1
@@ -267,4 +271,6 @@ def main(argv: list | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from cli import run_main
+
+    sys.exit(run_main(main))

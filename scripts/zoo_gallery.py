@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import demo_photos  # noqa: E402
+from cli import at_least  # noqa: E402
 from models.zoo import DEMO_ZOO_DIR, load_family, read_zoo_manifest  # noqa: E402
 
 FAMILIES = ("VAR", "RAR", "OUTLIER")
@@ -73,9 +74,9 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--zoo", type=Path, default=DEMO_ZOO_DIR, help="zoo folder (default: the shipped demo zoo)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "demo_zoo",
                         help="folder for the PNGs and gallery.json (default: the repository's docs/demo_zoo)")
-    parser.add_argument("--per-class", type=int, default=6,
+    parser.add_argument("--per-class", type=at_least(1), default=6,
                         help="samples per class label in each variant's grid (default %(default)s)")
-    parser.add_argument("--psnr-crops", type=int, default=240,
+    parser.add_argument("--psnr-crops", type=at_least(1), default=240,
                         help="held-out crops of each kind the tokenizers' PSNR is measured on (default %(default)s)")
     parser.add_argument("--seed", type=int, default=123,
                         help="seed of the samples (a family's i-th variant: seed + i) and of the held-out crops "
@@ -124,4 +125,6 @@ def main(argv: list | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from cli import run_main
+
+    sys.exit(run_main(main))
