@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from atomic import atomic_path
-from augmentation import DEFAULT_SCHEDULE
+from augmentation import DEFAULT_SCHEDULE, to_uint8_arrays
 from models.adapter import FamilyAdapter
 from models.checkpoints import CheckpointError, hash_tensors, read_state_dict
 from models.files import file_sha256
@@ -146,7 +146,7 @@ def to_png_levels(img01: torch.Tensor) -> torch.Tensor:
 
 
 def _pixel_hashes(img01_B3HW: torch.Tensor) -> set:
-    arr = (img01_B3HW.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    arr = to_uint8_arrays(img01_B3HW)
     return {hashlib.sha256(a.tobytes()).hexdigest() for a in arr}
 
 

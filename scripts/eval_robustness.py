@@ -79,7 +79,7 @@ def main(argv: list | None = None) -> int:
             for attack in args.attacks:
                 gen = torch.Generator().manual_seed(args.seed)
                 images = clean if attack == "none" else apply_attack(clean, attack, ATTACK_DEFAULTS[attack], generator=gen)
-                images = torch.round(images.clamp(0, 1) * 255) / 255
+                images = inv_decoder.to_png_levels(images)
                 frame = signal_frame(adapter, images, list(meta.index), batch_size=args.batch_size,
                                      token_search=search_tokens if family == "VAR" else None,
                                      slow=[name for name in SLOW_SIGNALS if name in args.signals])

@@ -47,6 +47,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import demo_photos  # noqa: E402
+from augmentation import to_uint8_arrays  # noqa: E402
 from cli import InputError  # noqa: E402
 from inv_decoder import SEED_OFFSET, SHIPPED_SUBDIR  # noqa: E402
 from variant_net import SHIPPED_SUBDIR as NET_SUBDIR  # noqa: E402
@@ -67,10 +68,6 @@ SEEDS = range(SEED_OFFSET // SEEDS_PER_RUN)  # the --seed values whose generatio
 DATASET_RECIPE = 2
 
 
-def _to_u8(img01_B3HW: torch.Tensor) -> np.ndarray:
-    return (img01_B3HW.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
 def _first_seed(seed: int) -> int:
     """The first generation seed of ``--seed``: ``seed·100000``, below the fine-tuning range; an
     :class:`InputError` for a seed outside :data:`SEEDS`."""
@@ -89,7 +86,7 @@ def _generate(adapter, variant: str, n: int, first_seed: int) -> np.ndarray:
     chunks = []
     for j, start in enumerate(range(0, n, GEN_BATCH)):
         labels = adapter.random_labels(min(GEN_BATCH, n - start), first_seed + j)
-        chunks.append(_to_u8(adapter.generate(variant, labels, first_seed + j)[0]))
+        chunks.append(to_uint8_arrays(adapter.generate(variant, labels, first_seed + j)[0]))
     return np.concatenate(chunks) if chunks else np.zeros((0, 64, 64, 3), np.uint8)
 
 
