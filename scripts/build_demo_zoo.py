@@ -12,8 +12,10 @@ tokens at the finest scale):
   size and training steps for rarb < rarl < rarxl < rarxxl, trained with randomness annealing;
   they train on ``gen_pool`` crops (the tokenizer's pool plus more crops of the same training
   regions, tokenized by the trained tokenizer) and each ends on its checkpoint (every 50 steps) of
-  lowest NLL on *selection* crops — other crops of the validation regions than those the reported
-  NLL uses: on the tokenizer's 6 000 crops alone the larger generators overfit;
+  lowest NLL on *selection* crops (on the tokenizer's 6 000 crops alone the larger generators
+  overfit) — other random crops of the same validation regions (each photo's right quarter) than
+  those the reported NLL uses, so the two overlap in pixels and the RAR generators' validation NLL
+  is not independent of the selection;
 * an outlier IAR — a MaskGIT-VQGAN of another configuration with a codebook of its own and a
   raster-order generator, used only to make outlier images.
 
@@ -127,8 +129,8 @@ def build(out: Path, seed: int, quick: bool, progress: bool = True, only: Option
     clock = time.perf_counter()
     pool, pool_y = _model_photo_crops(plan["pool"], seed, "train")
     val, val_y = _model_photo_crops(plan["val"], seed + 1, "val")
-    # checkpoint selection for the RAR generators: other crops of the validation regions, so the
-    # reported validation NLL is measured on crops the selection never saw
+    # checkpoint selection for the RAR generators: other random crops of the same validation regions
+    # (each photo's right quarter), so they overlap the reported validation NLL's crops in pixels
     select, select_y = _model_photo_crops(plan["val"], seed + 2, "val")
     timings["crops"] = time.perf_counter() - clock
     manifest_families = {}

@@ -36,8 +36,9 @@ reports
   variant whose transformer gives the tokens the lowest NLL (``nll_marginal``: plain conditional;
   ``nll_sampling``: under the variant's own sampler; ``nll_evidence``: mixed with the image's code
   posterior), with nothing trained;
-* ``variant_net_accuracy_inverse`` (VAR): how often the feature extractor's variant net
-  (:mod:`variant_net`) names the generating variant from the inverse decoder's ``f``, reading no tokens;
+* ``variant_net_accuracy_inverse`` (each family with a variant net, ``variant_net.NET_FAMILIES``:
+  VAR and RAR): how often the feature extractor's variant net (:mod:`variant_net`) names the
+  generating variant from the inverse decoder's ``f``, reading no tokens;
 * with ``--refine-steps N``, the same for tokens recovered after refining the inverse decoder's
   features by latent optimisation through the frozen decoder (``token_recovery_inverse_refined``,
   ``variant_accuracy_refined_tokens``): does the image error lead back to the true tokens?

@@ -13,7 +13,8 @@ Layout written (PNG at the zoo's native 64×64):
 Images of the 8 variant classes are fresh samples of that variant with its sampling settings
 and a uniformly random class label. The ``outlier`` class is one third natural crops of the
 three *reserved* photos no model ever saw, one third natural crops of the model photos' held-out
-right quarter (content like the models' training data, pixels never trained on), and one third
+right quarter (content like the models' training data, pixels never trained on, though the zoo's
+build picked the RAR generators' checkpoints by their NLL on crops of that quarter), and one third
 samples of the zoo's outlier IAR (another tokenizer and codebook). Each split crops the photos
 within a strip of rows of its own (the first third of every photo's rows for train, the second
 for val, the last for test), so no natural pixel is in two splits. Sources are recorded as the
