@@ -39,9 +39,22 @@ import torch.nn.functional as F
 
 __all__ = ["ATTACKS", "ATTACK_DEFAULTS", "ATTACK_SWEEPS", "CURRICULUM", "DEFAULT_SCHEDULE", "apply_attack",
            "curriculum_stage", "augment_batch", "gaussian_noise", "gaussian_blur", "jpeg", "brightness", "contrast",
-           "saturation", "resize"]
+           "saturation", "resize", "to_uint8", "to_uint8_arrays"]
 
 _LUMA = (0.299, 0.587, 0.114)
+
+
+def to_uint8(img01: torch.Tensor) -> torch.Tensor:
+    """Images in ``[0, 1]`` as the 8-bit levels a PNG file stores: clamped to ``[0, 1]``, times 255,
+    rounded (half to even) and cast to ``uint8``; same shape and device. The one home of this
+    conversion: the demo Dataset's files, the JPEG attack and the checks that compare images by
+    their pixels all use it, so they agree bit for bit."""
+    return (img01.detach().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def to_uint8_arrays(img01_B3HW: torch.Tensor) -> np.ndarray:
+    """:func:`to_uint8` of a batch as ``B×H×W×3`` arrays on the CPU, as PIL writes them."""
+    return to_uint8(img01_B3HW).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def _greyscale(img_B3HW: torch.Tensor) -> torch.Tensor:
@@ -82,7 +95,7 @@ def jpeg(img_B3HW: torch.Tensor, quality: int, generator: Optional[torch.Generat
     """JPEG round trip at ``quality`` (PIL, 4:2:0 chroma subsampling, its default)."""
     from PIL import Image
 
-    arr = (img_B3HW.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    arr = to_uint8_arrays(img_B3HW)
     out = []
     for a in arr:
         buffer = io.BytesIO()

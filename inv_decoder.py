@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from atomic import atomic_path
-from augmentation import DEFAULT_SCHEDULE
+from augmentation import DEFAULT_SCHEDULE, to_uint8_arrays
 from models.adapter import FamilyAdapter
 from models.checkpoints import CheckpointError, hash_tensors, read_state_dict
 from models.files import file_sha256
@@ -51,7 +51,7 @@ from models.zoo import weights_digest
 
 __all__ = ["DEFAULT_CONFIG", "encoder_state_prefixes", "encoder_state", "put_encoder_state", "generate_training_tokens", "finetune", "load_inverse_decoder", "inverse_adapter",
            "default_output_dir", "shipped_file", "ensure_inverse_decoder", "augment_flags", "to_png_levels", "inverse_decoder_digest",
-           "SHIPPED_SUBDIR", "WEIGHTS_FILE", "RECORD_FILE", "KINDS"]
+           "SHIPPED_SUBDIR", "WEIGHTS_FILE", "RECORD_FILE", "KINDS", "SEEDS"]
 
 DEFAULT_CONFIG: Dict[str, object] = dict(
     images=1536, epochs=6, batch_size=32, lr=1e-4, seed=0, augment=False, augment_p=0.5,
@@ -60,6 +60,7 @@ DEFAULT_CONFIG: Dict[str, object] = dict(
 # ``init``: an inverse decoder file to start from instead of the tokenizer's encoder (e.g. the plain
 # one, to continue its curriculum with augmentation); the run's JSON records its name and sha256.
 SEED_OFFSET = 7_000_000  # generation seeds of fine-tuning data; make_demo_dataset uses small seeds
+SEEDS = range(10)  # fine-tuning seeds: seed s generates with SEED_OFFSET + 100 000·s + batch, below 8e6
 SHIPPED_SUBDIR = "inv_decoders"  # inverse decoders shipped beside a zoo's weights
 WEIGHTS_FILE = "inv_decoder.safetensors"
 RECORD_FILE = "inv_decoder.json"  # beside WEIGHTS_FILE: config, losses, weights_digest
@@ -122,8 +123,9 @@ def generate_training_tokens(adapter: FamilyAdapter, n_images: int, seed: int, b
     """Tokens of ``n_images`` fresh generations, split evenly over the family's variants."""
     from tqdm.auto import tqdm
 
-    if not 0 <= seed < 10 or n_images > 100_000:  # seeds from 8e6 on are diagnose_zoo's and the variant nets'
-        raise ValueError(f"fine-tuning seed must be in 0 … 9 and images ≤ 100 000 (got seed {seed}, {n_images} images): "
+    if seed not in SEEDS or n_images > 100_000:  # seeds from 8e6 on are diagnose_zoo's and the variant nets'
+        raise ValueError(f"fine-tuning seed must be in {SEEDS.start} … {SEEDS.stop - 1} and images ≤ 100 000 "
+                         f"(got seed {seed}, {n_images} images): "
                          f"its generation seeds stay in [{SEED_OFFSET}, {SEED_OFFSET + 1_000_000})")
     variants = adapter.variant_names
     chunks = []
@@ -144,7 +146,7 @@ def to_png_levels(img01: torch.Tensor) -> torch.Tensor:
 
 
 def _pixel_hashes(img01_B3HW: torch.Tensor) -> set:
-    arr = (img01_B3HW.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    arr = to_uint8_arrays(img01_B3HW)
     return {hashlib.sha256(a.tobytes()).hexdigest() for a in arr}
 
 

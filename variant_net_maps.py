@@ -31,10 +31,11 @@ from models.adapter import FamilyAdapter
 from models.checkpoints import hash_tensors
 from models.variant_net import INPUT_MAPS
 
-__all__ = ["SEED_OFFSET", "MAPS_VERSION", "INPUT_MAPS", "TrainingMaps", "net_input", "generation_seed", "adapter_fingerprint",
+__all__ = ["SEED_OFFSET", "SEEDS", "MAPS_VERSION", "INPUT_MAPS", "TrainingMaps", "net_input", "generation_seed", "adapter_fingerprint",
            "maps_folder_name", "generate_training_maps", "labelled_maps"]
 
 SEED_OFFSET = 9_000_000  # make_demo_dataset < 7e6, inv_decoder 7e6 … 8e6, diagnose_zoo 8e6 … 9e6
+SEEDS = range(10)  # training seeds: seed s generates with SEED_OFFSET + 100 000·s + …, below 1e7
 # part of the map cache's folder name: raise it whenever the code changes what a batch's maps hold
 # (1: what the unversioned folders before it held)
 MAPS_VERSION = "1"
@@ -70,9 +71,9 @@ def net_input(adapter: FamilyAdapter, f_BChw: torch.Tensor, input_map: str,
 
 
 def generation_seed(seed: int, variant_index: int, batch_index: int) -> int:
-    """The generation seed of one training batch: inside ``[SEED_OFFSET, SEED_OFFSET + 1e6)`` for ``seed < 10``."""
-    if not 0 <= batch_index < 10_000 or not 0 <= variant_index < 10 or not 0 <= seed < 10:
-        raise ValueError("seed 0 … 9, at most 10 variants and 10 000 batches per variant")
+    """The generation seed of one training batch: inside ``[SEED_OFFSET, SEED_OFFSET + 1e6)`` for a seed of :data:`SEEDS`."""
+    if not 0 <= batch_index < 10_000 or not 0 <= variant_index < 10 or seed not in SEEDS:
+        raise ValueError(f"seed {SEEDS.start} … {SEEDS.stop - 1}, at most 10 variants and 10 000 batches per variant")
     return SEED_OFFSET + 100_000 * seed + 10_000 * variant_index + batch_index
 
 

@@ -15,8 +15,8 @@ the classifier computes from the features, and a refit without them shows what t
 the last row (:data:`NET_BLEND`), the classifier without the blend of its variant posteriors with the
 variant nets' (:mod:`net_blend`). The first
 row drops nothing: it reproduces the run's own flat model. A point or two of difference is within
-the noise of one LightGBM fit on 900 validation images (95 % interval about ±3 points); a group
-matters when dropping it costs more.
+the noise of one LightGBM fit on 900 validation images (on 900 images a 95 % interval is about ±2
+points); a group matters when dropping it costs more.
 
 Defaults read what ``python submission.py --demo`` wrote to ``submission_report/``. Prints a table
 and writes it to ``--out`` (CSV).

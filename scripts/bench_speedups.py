@@ -4,7 +4,7 @@
 
 1. One decode plus one encode of a 32-image batch per family, NHWC against the default layout.
 2. ``features_for_batch`` on one 32-image batch of training images, as the extractor runs it
-   (channels-last) against the default layout.
+   (channels-last, with its variant nets) against the default layout.
 
 This machine's speed drifts by 10–20 % within minutes, more than the savings, so every
 comparison alternates the two paths in one process, ``--rounds`` times (the order flips every
@@ -79,7 +79,8 @@ def main(argv: list | None = None) -> int:
                 round_trip(plain.adapters[family]), round_trip(fast.adapters[family]), args.rounds))
 
     report("features_for_batch (32 images)", alternate(
-        lambda: batch_features.features_for_batch(plain.adapters, images), lambda: batch_features.features_for_batch(fast.adapters, images), args.rounds))
+        lambda: batch_features.features_for_batch(plain.adapters, images, nets=plain.nets),
+        lambda: batch_features.features_for_batch(fast.adapters, images, nets=fast.nets), args.rounds))
     return 0
 
 

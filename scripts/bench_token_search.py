@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 import family_eval  # noqa: E402
 import inv_decoder  # noqa: E402
-from cli import add_scored_split_arguments  # noqa: E402
+from cli import add_scored_split_arguments, at_least  # noqa: E402
 from dataset import list_split, load_images  # noqa: E402
 from batch_features import SEARCH_ITERS  # noqa: E402
 from metrics import tpr_at_fpr  # noqa: E402
@@ -63,8 +63,9 @@ def full_size_timing(images: int, reference_images: int, threads: int) -> None:
 def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_scored_split_arguments(parser, ROOT)
-    parser.add_argument("--per-group", type=int, default=50, help="belonging images (and as many non-belonging)")
-    parser.add_argument("--batch-size", type=int, default=25, help="feature maps per search call (default %(default)s)")
+    parser.add_argument("--per-group", type=at_least(1), default=50,
+                        help="belonging images (and as many non-belonging) (default %(default)s)")
+    parser.add_argument("--batch-size", type=at_least(1), default=25, help="feature maps per search call (default %(default)s)")
     parser.add_argument("--threads", type=int, default=2,
                         help="torch threads (torch.set_num_threads), --full-size included (default %(default)s)")
     parser.add_argument("--full-size", action="store_true", help="also time the full-size VAR VAE (random weights)")

@@ -12,8 +12,10 @@ tokens at the finest scale):
   size and training steps for rarb < rarl < rarxl < rarxxl, trained with randomness annealing;
   they train on ``gen_pool`` crops (the tokenizer's pool plus more crops of the same training
   regions, tokenized by the trained tokenizer) and each ends on its checkpoint (every 50 steps) of
-  lowest NLL on *selection* crops — other crops of the validation regions than those the reported
-  NLL uses: on the tokenizer's 6 000 crops alone the larger generators overfit;
+  lowest NLL on *selection* crops (on the tokenizer's 6 000 crops alone the larger generators
+  overfit) — other random crops of the same validation regions (each photo's right quarter) than
+  those the reported NLL uses, so the two overlap in pixels and the RAR generators' validation NLL
+  is not independent of the selection;
 * an outlier IAR — a MaskGIT-VQGAN of another configuration with a codebook of its own and a
   raster-order generator, used only to make outlier images.
 
@@ -52,6 +54,7 @@ from safetensors.torch import save_file  # noqa: E402
 
 import demo_photos  # noqa: E402
 import zoo_training as zt  # noqa: E402
+from cli import InputError, run_main  # noqa: E402
 from models.checkpoints import load_strict, read_state_dict  # noqa: E402
 from models.registry import build_maskgit_vqgan, build_rar_generator, build_var_transformer, build_var_vae  # noqa: E402
 from runtime import keep_freed_memory  # noqa: E402
@@ -126,8 +129,8 @@ def build(out: Path, seed: int, quick: bool, progress: bool = True, only: Option
     clock = time.perf_counter()
     pool, pool_y = _model_photo_crops(plan["pool"], seed, "train")
     val, val_y = _model_photo_crops(plan["val"], seed + 1, "val")
-    # checkpoint selection for the RAR generators: other crops of the validation regions, so the
-    # reported validation NLL is measured on crops the selection never saw
+    # checkpoint selection for the RAR generators: other random crops of the same validation regions
+    # (each photo's right quarter), so they overlap the reported validation NLL's crops in pixels
     select, select_y = _model_photo_crops(plan["val"], seed + 2, "val")
     timings["crops"] = time.perf_counter() - clock
     manifest_families = {}
@@ -291,16 +294,42 @@ def build_variant_nets(out: Path, seed: int, quick: bool, progress: bool = True,
     return summaries
 
 
+def stage_seeds() -> range:
+    """The ``--seed`` values every stage accepts: those that both the inverse decoders' fine-tuning
+    data (:data:`inv_decoder.SEEDS`) and the variant nets' training maps (:data:`variant_net_maps.SEEDS`)
+    allow, so their generation seeds stay in ranges of their own."""
+    import inv_decoder
+    import variant_net_maps
+
+    fine_tuning, nets = inv_decoder.SEEDS, variant_net_maps.SEEDS
+    return range(max(fine_tuning.start, nets.start), min(fine_tuning.stop, nets.stop))
+
+
+def check_arguments(seed: int, only: Optional[Sequence[str]]) -> None:
+    """An :class:`InputError` for a ``--seed`` outside :func:`stage_seeds` or an ``--only`` naming no
+    variant of ``ZOO_CONFIG``: checked before any stage, not after the models have trained."""
+    seeds = stage_seeds()
+    if seed not in seeds:
+        raise InputError(f"--seed {seed}: must be in {seeds.start} … {seeds.stop - 1}, the seeds the inverse decoders' "
+                         "fine-tuning data and the variant nets' training maps are generated from")
+    known = [name for fam_cfg in ZOO_CONFIG.values() for name in fam_cfg["variants"]]
+    unknown = [name for name in only or () if name not in known]
+    if unknown:
+        raise InputError(f"--only {' '.join(unknown)}: no such variant; the zoo's are {', '.join(known)}")
+
+
 def main(argv: list | None = None) -> int:
     import inv_decoder
 
+    seeds = stage_seeds()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "demo_zoo",
                         help="zoo folder written, and read by --only and the later stages "
                              "(default: the repository's demo_zoo)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of every stage: training crops, model initialisation and training, and the "
-                             "generations the inverse decoders and variant nets train on (default %(default)s)")
+                             f"generations the inverse decoders and variant nets train on; {seeds.start} … {seeds.stop - 1}, "
+                             "the range those generations' seeds allow (default %(default)s)")
     parser.add_argument("--quick", action="store_true", help="a tiny build (seconds) to check the pipeline")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     parser.add_argument("--only", nargs="+", metavar="VARIANT",
@@ -318,6 +347,7 @@ def main(argv: list | None = None) -> int:
                              "build keeps none)")
     parser.add_argument("--no-map-cache", action="store_true", help="keep no variant-net maps on disk")
     args = parser.parse_args(argv)
+    check_arguments(args.seed, args.only)
     map_cache = None if args.no_map_cache or args.quick else args.map_cache
     keep_freed_memory()  # same numbers, fewer page faults
     start = time.perf_counter()
@@ -336,7 +366,8 @@ def main(argv: list | None = None) -> int:
         return 0
     manifest = build(args.out, args.seed, args.quick, progress=not args.no_progress, only=args.only)
     if args.stage == "all":
-        build_inverse_decoders(args.out, args.seed, args.quick, progress=not args.no_progress, families=families)
+        build_inverse_decoders(args.out, args.seed, args.quick, progress=not args.no_progress, families=families,
+                               kinds=args.inv_kinds)
         build_variant_nets(args.out, args.seed, args.quick, progress=not args.no_progress, families=families,
                            map_cache=map_cache)
     nll = manifest["metrics"]["nll_val"]
@@ -349,4 +380,4 @@ def main(argv: list | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -104,6 +104,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 import inv_decoder  # noqa: E402
+from augmentation import to_uint8  # noqa: E402
 import variant_net  # noqa: E402
 from atomic import atomic_path  # noqa: E402
 from cli import CACHE_DIR, INV_DECODER_DIR  # noqa: E402
@@ -180,7 +181,7 @@ def reencoded(adapter: FamilyAdapter, f_NChw: torch.Tensor, chunk: int = 256) ->
 def png_levels(adapter: FamilyAdapter, f_hat_NChw: torch.Tensor, chunk: int = 256) -> torch.Tensor:
     """The generated images decoded again from their ``f̂`` as the PNG file's 8-bit levels (``uint8``,
     ``N×3×H×W``): the generator's own image is ``D(f̂)``, so these are the images the maps were read from."""
-    return torch.cat([(adapter.decode(part.to(adapter.device)).float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    return torch.cat([to_uint8(adapter.decode(part.to(adapter.device)).float()).cpu()
                       for part in f_hat_NChw.split(chunk)]) if len(f_hat_NChw) else torch.zeros(0, dtype=torch.uint8)
 
 

@@ -36,8 +36,9 @@ reports
   variant whose transformer gives the tokens the lowest NLL (``nll_marginal``: plain conditional;
   ``nll_sampling``: under the variant's own sampler; ``nll_evidence``: mixed with the image's code
   posterior), with nothing trained;
-* ``variant_net_accuracy_inverse`` (VAR): how often the feature extractor's variant net
-  (:mod:`variant_net`) names the generating variant from the inverse decoder's ``f``, reading no tokens;
+* ``variant_net_accuracy_inverse`` (each family with a variant net, ``variant_net.NET_FAMILIES``:
+  VAR and RAR): how often the feature extractor's variant net (:mod:`variant_net`) names the
+  generating variant from the inverse decoder's ``f``, reading no tokens;
 * with ``--refine-steps N``, the same for tokens recovered after refining the inverse decoder's
   features by latent optimisation through the frozen decoder (``token_recovery_inverse_refined``,
   ``variant_accuracy_refined_tokens``): does the image error lead back to the true tokens?
@@ -71,7 +72,7 @@ import torch  # noqa: E402
 
 import inv_decoder  # noqa: E402
 import variant_net  # noqa: E402
-from cli import CACHE_DIR, INV_DECODER_DIR, VARIANT_NET_DIR  # noqa: E402
+from cli import CACHE_DIR, INV_DECODER_DIR, VARIANT_NET_DIR, InputError, at_least  # noqa: E402
 from models.adapter import FamilyAdapter  # noqa: E402
 from models.zoo import load_family  # noqa: E402
 from quantizer import LogPrior, per_image_mse, prior_guided_tokens, search_tokens  # noqa: E402
@@ -80,6 +81,29 @@ from signals import reencode_tokens, refine_tokens  # noqa: E402
 from variant_features import NOT_FEATURES, token_evidence, variant_features  # noqa: E402
 
 DIAGNOSIS_SEED = 8_000_000  # disjoint from make_demo_dataset (< 7e6) and inv_decoder.SEED_OFFSET (7e6 … 8e6)
+# generation seed of a batch: DIAGNOSIS_SEED + 10 000·seed + 100·variant + batch (:func:`job_seed`), so
+# these bounds keep every one in [8e6, 9e6), below the variant nets' (variant_net_maps.SEED_OFFSET)
+SEEDS = range(100)
+BATCHES_PER_VARIANT = 100
+
+
+def check_generation_plan(seed: int, per_variant: int, batch: int) -> None:
+    """An :class:`InputError` unless every generation seed of ``seed``, ``per_variant`` images per
+    variant in batches of ``batch`` (:func:`job_seed`) is this command's own: ``seed`` in
+    :data:`SEEDS` and at most :data:`BATCHES_PER_VARIANT` batches per variant."""
+    if seed not in SEEDS:
+        raise InputError(f"--seed {seed}: must be in {SEEDS.start} … {SEEDS.stop - 1}; other seeds would generate with "
+                         "the seeds of other variants' or the variant nets' training images")
+    batches = -(-per_variant // batch)
+    if batches > BATCHES_PER_VARIANT:
+        raise InputError(f"--per-variant {per_variant} in batches of {batch} needs {batches} batches per variant; at most "
+                         f"{BATCHES_PER_VARIANT} have seeds of their own: raise --batch-size or lower --per-variant")
+
+
+def job_seed(seed: int, variant_index: int, batch_index: int) -> int:
+    """The generation seed of one batch, inside ``[DIAGNOSIS_SEED, DIAGNOSIS_SEED + 1e6)`` for a plan
+    :func:`check_generation_plan` accepts."""
+    return DIAGNOSIS_SEED + seed * 10_000 + BATCHES_PER_VARIANT * variant_index + batch_index
 
 
 def recover_tokens(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, refine_steps: int = 0, refine_lr: float = 0.01,
@@ -197,6 +221,7 @@ def diagnose_family(family: str, weights_dir, per_variant: int, batch: int, seed
                     refine_lr: float = 0.01, reencode_iters: int = 0, guided_weight: Optional[float] = None) -> Dict[str, float]:
     from tqdm.auto import tqdm
 
+    check_generation_plan(seed, per_variant, batch)
     original = load_family(family, weights_dir)
     path = inv_decoder.ensure_inverse_decoder(family, weights_dir, ROOT / CACHE_DIR / INV_DECODER_DIR)
     inverse = inv_decoder.load_inverse_decoder(load_family(family, weights_dir), path)
@@ -215,10 +240,10 @@ def diagnose_family(family: str, weights_dir, per_variant: int, batch: int, seed
         frames["reencoded"], hits["inverse_reencoded"] = [], []
     jobs = [(v_i, v, start) for v_i, v in enumerate(original.variant_names) for start in range(0, per_variant, batch)]
     for v_i, variant, start in tqdm(jobs, desc=f"{family} diagnosis"):
-        job_seed = DIAGNOSIS_SEED + seed * 10_000 + 100 * v_i + start // batch
+        seed_B = job_seed(seed, v_i, start // batch)
         n = min(batch, per_variant - start)
-        labels_B = original.random_labels(n, job_seed)
-        img, tokens, f_hat = original.generate(variant, labels_B, job_seed)
+        labels_B = original.random_labels(n, seed_B)
+        img, tokens, f_hat = original.generate(variant, labels_B, seed_B)
         x = inv_decoder.to_png_levels(img)
         read_exact = quantize_exact(original, f_hat)
         hits["exact_fhat"].append((read_exact == tokens).float())
@@ -289,14 +314,15 @@ def diagnose_family(family: str, weights_dir, per_variant: int, batch: int, seed
 def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights-dir", type=Path, help="official checkpoints or a zoo folder (default: the demo zoo)")
-    parser.add_argument("--per-variant", type=int, default=96, help="generations per variant (default 96)")
-    parser.add_argument("--batch-size", type=int, default=32,
+    parser.add_argument("--per-variant", type=at_least(1), default=96,
+                        help=f"generations per variant, in at most {BATCHES_PER_VARIANT} batches (default 96)")
+    parser.add_argument("--batch-size", type=at_least(1), default=32,
                         help="generations per batch (default 32); each batch is seeded, so this changes the images")
     parser.add_argument("--families", nargs="+", default=["VAR", "RAR"], choices=["VAR", "RAR"],
                         help="families to diagnose (default: both)")
     parser.add_argument("--seed", type=int, default=0,
-                        help="offsets the seeds of the generations and natural crops, and seeds the cross-validated "
-                             "LightGBM (default 0)")
+                        help=f"offsets the seeds of the generations and natural crops, and seeds the cross-validated "
+                             f"LightGBM; {SEEDS.start} … {SEEDS.stop - 1} (default 0)")
     parser.add_argument("--refine-steps", type=int, default=0,
                         help="also recover tokens after this many Adam steps on the image error through the decoder "
                              "(from the inverse decoder's features; 0: off)")
@@ -309,6 +335,7 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/diagnose_zoo"),
                         help="folder for diagnosis.csv (default runs/diagnose_zoo)")
     args = parser.parse_args(argv)
+    check_generation_plan(args.seed, args.per_variant, args.batch_size)
     keep_freed_memory()
     torch.set_num_threads(2)
     rows = [diagnose_family(f, args.weights_dir, args.per_variant, args.batch_size, args.seed, args.refine_steps, args.refine_lr,

@@ -38,7 +38,7 @@ from dataset import list_split, load_images  # noqa: E402
 from metrics import tpr_at_fpr  # noqa: E402
 from quantizer import search_tokens  # noqa: E402
 from runtime import keep_freed_memory  # noqa: E402
-from signals import SLOW_SIGNALS, signal_frame  # noqa: E402
+from signals import SIGNALS, SLOW_SIGNALS, signal_frame  # noqa: E402
 
 
 def main(argv: list | None = None) -> int:
@@ -46,13 +46,15 @@ def main(argv: list | None = None) -> int:
     add_scored_split_arguments(parser, ROOT)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "eval_robustness",
                         help="folder for robustness.csv (default: the repository's runs/eval_robustness)")
-    parser.add_argument("--signals", nargs="+", default=["quant_loss", "quant_loss_searched", "combined"],
-                        help="columns of signals.signal_frame: quant_loss, quant_loss_searched, enc_loss_raw, enc_loss, "
-                             "combined, reconstruction, aedr; slow: enc_loss_refined, enc_loss_refined_colour, latent_tracer")
+    default_signals = ["quant_loss", "quant_loss_searched", "combined"]
+    parser.add_argument("--signals", nargs="+", default=default_signals, choices=[*SIGNALS, *SLOW_SIGNALS], metavar="SIGNAL",
+                        help=f"columns of signals.signal_frame: {', '.join(SIGNALS)} (quant_loss_searched: VAR only); "
+                             f"slow: {', '.join(SLOW_SIGNALS)} (default: {' '.join(default_signals)})")
     parser.add_argument("--inverse-decoders", nargs="+", choices=inv_decoder.KINDS, default=list(inv_decoder.KINDS),
                         help="which inverse decoders to score with (default: both)")
     parser.add_argument("--per-source", type=int, default=0, help="score N images per source (default 0: all)")
-    parser.add_argument("--attacks", nargs="+", default=["none"] + list(ATTACK_DEFAULTS),
+    parser.add_argument("--attacks", nargs="+", default=["none"] + list(ATTACK_DEFAULTS), choices=["none", *ATTACK_DEFAULTS],
+                        metavar="ATTACK",
                         help="post-processings applied, each at its augmentation.ATTACK_DEFAULTS strength "
                              f"(default: none {' '.join(ATTACK_DEFAULTS)})")
     parser.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
@@ -77,7 +79,7 @@ def main(argv: list | None = None) -> int:
             for attack in args.attacks:
                 gen = torch.Generator().manual_seed(args.seed)
                 images = clean if attack == "none" else apply_attack(clean, attack, ATTACK_DEFAULTS[attack], generator=gen)
-                images = torch.round(images.clamp(0, 1) * 255) / 255
+                images = inv_decoder.to_png_levels(images)
                 frame = signal_frame(adapter, images, list(meta.index), batch_size=args.batch_size,
                                      token_search=search_tokens if family == "VAR" else None,
                                      slow=[name for name in SLOW_SIGNALS if name in args.signals])

@@ -13,7 +13,8 @@ Layout written (PNG at the zoo's native 64×64):
 Images of the 8 variant classes are fresh samples of that variant with its sampling settings
 and a uniformly random class label. The ``outlier`` class is one third natural crops of the
 three *reserved* photos no model ever saw, one third natural crops of the model photos' held-out
-right quarter (content like the models' training data, pixels never trained on), and one third
+right quarter (content like the models' training data, pixels never trained on, though the zoo's
+build picked the RAR generators' checkpoints by their NLL on crops of that quarter), and one third
 samples of the zoo's outlier IAR (another tokenizer and codebook). Each split crops the photos
 within a strip of rows of its own (the first third of every photo's rows for train, the second
 for val, the last for test), so no natural pixel is in two splits. Sources are recorded as the
@@ -47,6 +48,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import demo_photos  # noqa: E402
+from augmentation import to_uint8_arrays  # noqa: E402
 from cli import InputError  # noqa: E402
 from inv_decoder import SEED_OFFSET, SHIPPED_SUBDIR  # noqa: E402
 from variant_net import SHIPPED_SUBDIR as NET_SUBDIR  # noqa: E402
@@ -58,6 +60,8 @@ SPLITS = ("train", "val", "test")
 FULL_COUNTS = {"train": 300, "val": 100, "test": 100}
 SMALL_COUNTS = {"train": 8, "val": 6, "test": 6}
 GEN_BATCH = 50
+SEEDS_PER_RUN = 100_000  # generation seeds of one --seed: seed·100 000 + batch
+SEEDS = range(SEED_OFFSET // SEEDS_PER_RUN)  # the --seed values whose generation seeds stay below inv_decoder's
 # What ``dataset.json`` records as ``recipe``: 2 since each split's natural outliers are cut from a
 # strip of rows of each photo of its own (recipe 1 cut every split's from the whole of the same
 # photos, so test crops could overlap training ones). ``submission.py --demo`` rebuilds a Dataset
@@ -65,16 +69,13 @@ GEN_BATCH = 50
 DATASET_RECIPE = 2
 
 
-def _to_u8(img01_B3HW: torch.Tensor) -> np.ndarray:
-    return (img01_B3HW.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
 def _first_seed(seed: int) -> int:
-    """The first generation seed of ``--seed``: ``seed·100000``, below the fine-tuning range."""
-    base = seed * 100_000
-    if base + 100_000 > SEED_OFFSET:
-        raise ValueError(f"--seed must be < {SEED_OFFSET // 100_000} (seeds above are reserved for fine-tuning)")
-    return base
+    """The first generation seed of ``--seed``: ``seed·100000``, below the fine-tuning range; an
+    :class:`InputError` for a seed outside :data:`SEEDS`."""
+    if seed not in SEEDS:
+        raise InputError(f"--seed {seed}: must be in {SEEDS.start} … {SEEDS.stop - 1} (generation seeds from "
+                         f"{SEED_OFFSET} on are the inverse decoders' fine-tuning data)")
+    return seed * SEEDS_PER_RUN
 
 
 def _batches(n: int) -> int:
@@ -86,7 +87,7 @@ def _generate(adapter, variant: str, n: int, first_seed: int) -> np.ndarray:
     chunks = []
     for j, start in enumerate(range(0, n, GEN_BATCH)):
         labels = adapter.random_labels(min(GEN_BATCH, n - start), first_seed + j)
-        chunks.append(_to_u8(adapter.generate(variant, labels, first_seed + j)[0]))
+        chunks.append(to_uint8_arrays(adapter.generate(variant, labels, first_seed + j)[0]))
     return np.concatenate(chunks) if chunks else np.zeros((0, 64, 64, 3), np.uint8)
 
 
@@ -242,7 +243,7 @@ def main(argv: list | None = None) -> int:
                         help="Dataset folder written (default: the repository's Dataset)")
     parser.add_argument("--seed", type=int, default=0,
                         help="picks the generation seeds (seed·100000 + batch), the natural crops and the test order "
-                             "and names (default 0)")
+                             f"and names; {SEEDS.start} … {SEEDS.stop - 1} (default 0)")
     parser.add_argument("--zoo", type=Path, help="zoo folder (default: the shipped demo zoo)")
     parser.add_argument("--small", action="store_true", help=f"{SMALL_COUNTS} images per class (for tests)")
     parser.add_argument("--train", type=int, help=f"images per class (default {FULL_COUNTS['train']})")
@@ -253,6 +254,7 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--workers", type=int, default=0,
                         help="generating processes, one thread each (default 0: one per CPU core); any number gives the same bytes")
     args = parser.parse_args(argv)
+    _first_seed(args.seed)  # a seed out of range is refused before any work
     if args.out.exists() and not args.force:
         print(f"{args.out} exists; pass --force to replace it", file=sys.stderr)
         return 1
@@ -267,4 +269,6 @@ def main(argv: list | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from cli import run_main
+
+    sys.exit(run_main(main))

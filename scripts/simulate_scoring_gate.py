@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from attribution import fit_bundle, predict  # noqa: E402
+from cli import at_least  # noqa: E402
 from dataset import add_labelled_split_arguments, read_labelled_features  # noqa: E402
 from models.registry import FAMILIES, FAMILY_OF  # noqa: E402
 from provenance import ScoringGate, family_of_labels, leave_out_unneeded, scoring_gate_sample  # noqa: E402
@@ -70,7 +71,7 @@ def simulate(train: pd.DataFrame, train_labels: np.ndarray, val: pd.DataFrame, v
 def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_labelled_split_arguments(parser)
-    parser.add_argument("--per-class", type=int, nargs="+", default=[40], help="sample sizes (default: %(default)s)")
+    parser.add_argument("--per-class", type=at_least(1), nargs="+", default=[40], help="sample sizes (default: %(default)s)")
     parser.add_argument("--min-probability", type=float, nargs="+", default=[0.01, 0.03, 0.05],
                         help="thresholds (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0,

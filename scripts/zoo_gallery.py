@@ -29,6 +29,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import demo_photos  # noqa: E402
+from augmentation import to_uint8_arrays  # noqa: E402
+from cli import at_least  # noqa: E402
 from models.zoo import DEMO_ZOO_DIR, load_family, read_zoo_manifest  # noqa: E402
 
 FAMILIES = ("VAR", "RAR", "OUTLIER")
@@ -63,19 +65,15 @@ def _save(canvas: np.ndarray, row_names: list, title: str, path: Path, scale: in
     plt.close(fig)
 
 
-def _u8(img01: torch.Tensor) -> np.ndarray:
-    return (img01.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
 @torch.no_grad()
 def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--zoo", type=Path, default=DEMO_ZOO_DIR, help="zoo folder (default: the shipped demo zoo)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "demo_zoo",
                         help="folder for the PNGs and gallery.json (default: the repository's docs/demo_zoo)")
-    parser.add_argument("--per-class", type=int, default=6,
+    parser.add_argument("--per-class", type=at_least(1), default=6,
                         help="samples per class label in each variant's grid (default %(default)s)")
-    parser.add_argument("--psnr-crops", type=int, default=240,
+    parser.add_argument("--psnr-crops", type=at_least(1), default=240,
                         help="held-out crops of each kind the tokenizers' PSNR is measured on (default %(default)s)")
     parser.add_argument("--seed", type=int, default=123,
                         help="seed of the samples (a family's i-th variant: seed + i) and of the held-out crops "
@@ -89,7 +87,7 @@ def main(argv: list | None = None) -> int:
     for family, adapter in adapters.items():
         for v_i, variant in enumerate(adapter.variant_names):
             labels = torch.arange(len(classes)).repeat_interleave(args.per_class)
-            images = _u8(adapter.generate(variant, labels, args.seed + v_i)[0])
+            images = to_uint8_arrays(adapter.generate(variant, labels, args.seed + v_i)[0])
             rows = [list(images[c * args.per_class:(c + 1) * args.per_class]) for c in range(len(classes))]
             _save(_grid(rows), classes, f"{variant} ({family} family): {args.per_class} samples per class label",
                   args.out / f"samples_{variant}.png")
@@ -111,7 +109,7 @@ def main(argv: list | None = None) -> int:
             mse = (rec - x).square().flatten(1).mean(1).clamp_min(1e-10)
             psnr[family][kind] = round(float((10 * torch.log10(1 / mse)).mean()), 2)
         show = demo_photos.crops_tensor(np.concatenate([heldout[:8], reserved[:8]]))
-        recon_rows.append(list(_u8(adapter.img_to_reconstructed_img(show)[0])))
+        recon_rows.append(list(to_uint8_arrays(adapter.img_to_reconstructed_img(show)[0])))
         recon_names.append(f"{family} tokenizer")
     _save(_grid(recon_rows), recon_names, "held-out crops (8 model-photo quarter, 8 reserved photos) and reconstructions",
           args.out / "reconstructions.png")
@@ -124,4 +122,6 @@ def main(argv: list | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from cli import run_main
+
+    sys.exit(run_main(main))

@@ -354,6 +354,20 @@ def test_scoring_gate_simulation_blanks_what_the_gate_skips_and_counts_the_work(
                                        train_labels, val, val_labels, per_class=10, min_probability=0.03)
 
 
+def test_scoring_gate_simulation_refuses_an_empty_sample_when_parsed(tmp_path, capsys):
+    """``scripts/simulate_scoring_gate.py --per-class 0``: refused before any feature file is read."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import simulate_scoring_gate
+
+    with pytest.raises(SystemExit) as stopped:
+        simulate_scoring_gate.main(["--per-class", "40", "0", "--train-features", str(tmp_path / "absent.parquet")])
+    assert stopped.value.code == 2
+    assert "--per-class: must be at least 1, got 0" in capsys.readouterr().err
+
+
 def test_model_version_keys_each_method_to_its_own_code(monkeypatch, tmp_path):
     """A cached bundle's key holds the version of the code that fits it: a classifier change refits
     flat and two-stage but not PRADA, and a PRADA change only PRADA."""

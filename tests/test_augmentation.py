@@ -89,3 +89,21 @@ def test_augment_batch_share_and_determinism():
     changed = ((out - imgs).abs().flatten(1).amax(1) > 1e-6).float().mean().item()
     assert 0.35 < changed < 0.65
     assert torch.equal(out, aug.augment_batch(imgs, "strong", 0.5, torch.Generator().manual_seed(0)))
+
+
+def test_uint8_levels_are_what_a_png_file_stores(tmp_path):
+    """``to_uint8``: clamped, ×255, rounded half to even; a PNG written from ``to_uint8_arrays`` reads
+    back as the same levels, and ``inv_decoder.to_png_levels`` is the same levels over 255."""
+    import numpy as np
+    from PIL import Image
+
+    from inv_decoder import to_png_levels
+
+    x = torch.tensor([-0.5, 0.0, 0.5 / 255, 1.5 / 255, 0.5, 1.0, 2.0]).view(1, 1, 1, 7).expand(1, 3, 1, 7)
+    assert aug.to_uint8(x)[0, 0, 0].tolist() == [0, 0, 0, 2, 128, 255, 255]
+    assert aug.to_uint8(x).dtype == torch.uint8 and aug.to_uint8(x).shape == x.shape
+    arrays = aug.to_uint8_arrays(x.requires_grad_())
+    assert arrays.shape == (1, 1, 7, 3) and arrays.dtype == np.uint8
+    Image.fromarray(arrays[0]).save(tmp_path / "x.png")
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "x.png")), arrays[0])
+    assert torch.equal(to_png_levels(x.detach()), aug.to_uint8(x).float() / 255)

@@ -374,3 +374,40 @@ def test_test_labels_may_name_images_bare_or_by_their_path_in_the_dataset(tmp_pa
     for read in (lambda: read_test_labels(labels, [test_dir / "x.png"]), lambda: list_split(tmp_path, "test", labels)):
         with pytest.raises(InputError, match=r"labels\.csv: 1 image name\(s\) on more than one row \(test/x\.png\)"):
             read()
+
+
+# --- the scripts' count and name options ------------------------------------------------------
+
+def _script(name: str):
+    import importlib
+
+    if str(ROOT / "scripts") not in sys.path:
+        sys.path.insert(0, str(ROOT / "scripts"))
+    return importlib.import_module(name)
+
+
+@pytest.mark.parametrize("script, argv, message", [
+    ("bench_token_search", ["--per-group", "0"], "--per-group: must be at least 1, got 0"),
+    ("bench_token_search", ["--batch-size", "0"], "--batch-size: must be at least 1, got 0"),
+    ("zoo_gallery", ["--per-class", "0"], "--per-class: must be at least 1, got 0"),
+    ("zoo_gallery", ["--psnr-crops", "0"], "--psnr-crops: must be at least 1, got 0"),
+    ("eval_robustness", ["--signals", "quant_loss", "enc_los"], "argument --signals: invalid choice: 'enc_los'"),
+    ("eval_robustness", ["--attacks", "none", "jpg"], "argument --attacks: invalid choice: 'jpg'"),
+])
+def test_script_options_are_checked_when_parsed(tmp_path, capsys, script, argv, message):
+    """A count of 0 or a misspelled name is refused before any image or model loads (they once ended
+    in a traceback after the work, or a misspelled signal was silently left out)."""
+    inputs = {"zoo_gallery": ["--zoo", str(tmp_path / "absent"), "--out", str(tmp_path / "out")],
+              "eval_robustness": ["--dataset", str(tmp_path / "absent"), "--out", str(tmp_path / "out")],
+              "bench_token_search": ["--dataset", str(tmp_path / "absent")]}[script]
+    with pytest.raises(SystemExit) as stopped:
+        _script(script).main(argv + inputs)
+    assert stopped.value.code == USER_ERROR_STATUS
+    assert message in capsys.readouterr().err
+
+
+def test_zoo_gallery_names_a_folder_that_is_no_zoo_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "zoo_gallery.py"), "--zoo", str(tmp_path),
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == USER_ERROR_STATUS, done.stderr
+    assert done.stderr == f"error: no zoo manifest at {tmp_path / 'zoo.json'} (is this a zoo folder?)\n"

@@ -410,6 +410,21 @@ def test_byte_identical_images_share_one_row_also_when_completed(tiny_dataset, t
     assert len(rows) == 1 and missing == []
 
 
+def test_a_seed_out_of_range_is_one_error_line_before_any_work(tmp_path):
+    """``--seed 70`` would generate with the inverse decoders' fine-tuning seeds and ``--seed -1`` ends in
+    numpy's traceback after the models load: both are one ``error:`` line with status 2."""
+    import subprocess
+
+    for seed in ("70", "-1"):
+        done = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_demo_dataset.py"), "--seed", seed, "--small",
+                               "--workers", "1", "--no-progress", "--out", str(tmp_path / "Dataset")],
+                              capture_output=True, text=True, cwd=tmp_path)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr == f"error: --seed {seed}: must be in 0 … 69 (generation seeds from 7000000 on are the " \
+                              "inverse decoders' fine-tuning data)\n"
+        assert not (tmp_path / "Dataset").exists()
+
+
 def test_default_workers():
     assert submission.default_workers(None, "cpu") >= 1
     assert submission.default_workers(None, "cuda") == 1

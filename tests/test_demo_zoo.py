@@ -250,3 +250,26 @@ def test_diagnose_zoo_var_rows_per_scale_and_prior_guided(tmp_path):
     for row in ("token_recovery_guided_exact_fhat", "token_recovery_guided_inverse",
                 "argmax_guided_objective_exact_fhat", "argmax_guided_objective_inverse"):
         assert 0 <= table[row] <= 1, row
+
+
+def test_diagnose_zoo_refuses_seeds_of_other_ranges_and_empty_counts_before_any_work(tmp_path, monkeypatch, capsys):
+    """``--seed 100`` would reproduce the variant nets' training generations (9e6 …), more than 100
+    batches per variant the next variant's seeds, and a count of 0 would end in a traceback: all are
+    refused before any model loads."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import diagnose_zoo
+    from cli import InputError
+
+    monkeypatch.setattr(diagnose_zoo, "diagnose_family", lambda *a, **kw: pytest.fail("no model should load"))
+    out = ["--out", str(tmp_path)]
+    for seed in ("100", "-1"):
+        with pytest.raises(InputError, match=rf"--seed {seed}: must be in 0 … 99"):
+            diagnose_zoo.main(["--seed", seed] + out)
+    with pytest.raises(InputError, match=r"--per-variant 3201 in batches of 32 needs 101 batches per variant; at most 100"):
+        diagnose_zoo.main(["--per-variant", "3201"] + out)
+    for option in ("--per-variant", "--batch-size"):
+        with pytest.raises(SystemExit):
+            diagnose_zoo.main([option, "0"] + out)
+        assert f"{option}: must be at least 1" in capsys.readouterr().err

@@ -78,3 +78,50 @@ def test_variant_net_stage_is_reproducible(quick_zoo, tmp_path):
         assert f"variant_nets/{family}/variant_net.safetensors" in sums[0]
         names = variant_net.load_variant_net(variant_net.shipped_file(zoo, family))[1]
         assert names == list(json.loads((zoo / "zoo.json").read_text())["families"][family]["variants"])
+
+
+def test_a_seed_the_later_stages_refuse_is_one_error_line_before_any_training(tmp_path):
+    """``--seed 10``: the inverse decoders' and variant nets' generation seeds allow 0 … 9, so the
+    command stops at once with one ``error:`` line (it once trained the models first, then crashed)."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_demo_zoo.py"), "--seed", "10", "--quick",
+                           "--stage", "variant-nets", "--out", str(tmp_path / "zoo"), "--no-map-cache"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: --seed 10:") and "0 … 9" in done.stderr
+
+
+def _stages_recorded(monkeypatch) -> dict:
+    """``build_demo_zoo``'s three stages replaced by recorders of their keyword arguments."""
+    seen: dict = {}
+
+    def build(out, seed, quick, progress=True, only=None):
+        seen["models"] = dict(only=only)
+        return {"metrics": {"nll_val": {}, "psnr_val": {}}, "families": {}}
+
+    monkeypatch.setattr(build_demo_zoo, "build", build)
+    monkeypatch.setattr(build_demo_zoo, "build_inverse_decoders", lambda *a, **kw: seen.setdefault("inv-decoders", kw))
+    monkeypatch.setattr(build_demo_zoo, "build_variant_nets", lambda *a, **kw: seen.setdefault("variant-nets", kw))
+    monkeypatch.setattr(build_demo_zoo, "keep_freed_memory", lambda: None)
+    return seen
+
+
+def test_stage_all_fine_tunes_only_the_inverse_decoders_asked_for(monkeypatch, tmp_path):
+    seen = _stages_recorded(monkeypatch)
+    assert build_demo_zoo.main(["--out", str(tmp_path), "--inv-kinds", "plain", "--no-progress"]) == 0
+    assert seen["inv-decoders"]["kinds"] == ["plain"]
+    seen.clear()
+    assert build_demo_zoo.main(["--out", str(tmp_path), "--stage", "inv-decoders", "--inv-kinds", "augmented"]) == 0
+    assert seen["inv-decoders"]["kinds"] == ["augmented"]
+
+
+def test_only_names_a_misspelled_variant_before_any_work(monkeypatch, tmp_path):
+    from cli import InputError
+
+    seen = _stages_recorded(monkeypatch)
+    for stage in ("all", "variant-nets"):
+        with pytest.raises(InputError, match=r"--only var17: no such variant; the zoo's are var16, .*outlier_iar"):
+            build_demo_zoo.main(["--out", str(tmp_path), "--only", "var16", "var17", "--stage", stage])
+    assert not seen
