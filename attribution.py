@@ -109,7 +109,10 @@ def _publish(staging: Path, folder: Path) -> None:
     old = folder.with_name(f"{folder.name}.partial-old-{os.getpid()}")
     if folder.exists():
         shutil.rmtree(old, ignore_errors=True)
-        os.rename(folder, old)
+        try:
+            os.rename(folder, old)
+        except FileNotFoundError:  # another process replacing the same bundle moved it meanwhile
+            pass
     try:
         os.rename(staging, folder)
     except OSError:  # another process published the same bundle (same key: same inputs) meanwhile

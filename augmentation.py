@@ -211,7 +211,7 @@ def main(argv: Optional[list] = None) -> int:
     x = torch.from_numpy(img.copy()).permute(2, 0, 1)[None].float() / 255
     strength = args.strength if args.strength is not None else ATTACK_DEFAULTS.get(args.attack, 0)
     y = apply_attack(x, args.attack, strength, torch.Generator().manual_seed(args.seed))
-    Image.fromarray((y[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()).save(args.out)
+    Image.fromarray(to_uint8_arrays(y)[0]).save(args.out)
     print(f"{args.out}: {args.attack} at {strength}")
     return 0
 

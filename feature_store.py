@@ -128,21 +128,28 @@ class FeatureStore:
     def compact(self) -> Optional[Path]:
         """Merge every readable shard into one new shard and remove the ones merged (damaged or
         foreign files stay). Returns the new shard, or ``None`` when there was nothing to merge."""
-        self.remove_abandoned_temp_files()
         merged, read = self._read_shards()
         return self._replace(merged, read) if len(read) > 1 else None
 
     def _replace(self, merged: pd.DataFrame, shards: List[Path]) -> Optional[Path]:
-        path = self.write(merged)  # atomic_path syncs the folder: the merged shard's name is durable before any old shard goes
+        """Write ``merged`` as one shard in place of ``shards`` (also removing abandoned temporary
+        files). The merged shard is named with the newest time of the shards it merges, so a shard
+        another process wrote meanwhile still reads as later than every merged row."""
+        self.remove_abandoned_temp_files()
+        times = [_written_order(s)[1] for s in shards if _written_order(s)[0] == 0]
+        # atomic_path syncs the folder: the merged shard's name is durable before any old shard goes
+        path = self.write(merged, written_ns=max(times) if times else None)
         for shard in shards:
             shard.unlink(missing_ok=True)
         return path
 
-    def write(self, rows: pd.DataFrame) -> Optional[Path]:
-        """Atomically add ``rows`` (indexed by key) as a new shard."""
+    def write(self, rows: pd.DataFrame, written_ns: Optional[int] = None) -> Optional[Path]:
+        """Atomically add ``rows`` (indexed by key) as a new shard, named with the time now (or
+        ``written_ns``: a compaction's merged rows keep the time of the newest shard they came from)."""
         if not self.enabled or rows.empty:
             return None
-        name = f"shard-{os.getpid()}-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+        stamp = time.time_ns() if written_ns is None else written_ns
+        name = f"shard-{os.getpid()}-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
         rows = rows.copy()
         rows.index.name = "key"
         with atomic_path(self.folder / name) as tmp:

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from atomic import atomic_path
-from augmentation import DEFAULT_SCHEDULE, to_uint8_arrays
+from augmentation import DEFAULT_SCHEDULE, to_uint8, to_uint8_arrays
 from models.adapter import FamilyAdapter
 from models.checkpoints import CheckpointError, hash_tensors, read_state_dict
 from models.files import file_sha256
@@ -142,7 +142,7 @@ def generate_training_tokens(adapter: FamilyAdapter, n_images: int, seed: int, b
 
 def to_png_levels(img01: torch.Tensor) -> torch.Tensor:
     """Images in [0, 1] rounded to the 8-bit levels a PNG file stores."""
-    return torch.round(img01.clamp(0, 1) * 255) / 255
+    return to_uint8(img01).to(img01.dtype) / 255
 
 
 def _pixel_hashes(img01_B3HW: torch.Tensor) -> set:

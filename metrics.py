@@ -75,6 +75,7 @@ def best_balanced_threshold(belonging: ArrayLike, non_belonging: ArrayLike) -> f
     """The score ``t`` of either set that maximises :func:`balanced_accuracy_at` (the lowest of equals)."""
     pos, neg = np.sort(_check("belonging", belonging)), np.sort(_check("non_belonging", non_belonging))
     candidates = np.unique(np.r_[pos, neg])
-    tpr = np.searchsorted(pos, candidates, side="right") / len(pos)
-    tnr = 1 - np.searchsorted(neg, candidates, side="right") / len(neg)
-    return float(candidates[np.argmax(0.5 * (tpr + tnr))])
+    true_pos = np.searchsorted(pos, candidates, side="right")
+    true_neg = len(neg) - np.searchsorted(neg, candidates, side="right")
+    # balanced accuracy × 2·|pos|·|neg|, in integers: equal scores compare equal (fractions would not)
+    return float(candidates[np.argmax(true_pos * len(neg) + true_neg * len(pos))])

@@ -7,7 +7,7 @@ d16 from d20 is *which* model finds the tokens likelier). A LightGBM multiclass 
 stratified cross-validation on the training split only, its probabilities calibrated (sigmoid,
 cross-validated), blended with the family's variant net's posterior by a weight chosen on train
 (on calibrated out-of-fold probabilities, by nested cross-validation; :mod:`net_blend`: the demo
-zoo's VAR defers to its net, RAR keeps most of the classifier's), and an image whose top
+zoo's VAR defers to its net, RAR keeps the classifier's), and an image whose top
 probability is below a threshold tuned on validation is rejected as ``outlier``.
 The flat alternative (:class:`FlatClassifier`) is one 9-class LightGBM over every feature, each
 family's share blended the same way.
@@ -196,7 +196,7 @@ class CalibratedLGBM:
         """Out-of-fold probabilities of ``X`` (the frame :meth:`fit_frame` was fitted on) of the same
         kind as :meth:`proba`'s: on each of the tuning's folds, the tuned LightGBM fitted and
         calibrated (nested folds) on the other folds alone. None where nothing was tuned. Costs
-        ``folds × (folds + 1)`` fits."""
+        ``folds²`` LightGBM fits (``CalibratedClassifierCV`` fits one per nested fold, none on all of it)."""
         tuned = self.config.get("tuning") or {}
         if tuned.get("cv_log_loss") is None:
             return None

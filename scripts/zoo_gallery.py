@@ -31,6 +31,7 @@ import torch  # noqa: E402
 import demo_photos  # noqa: E402
 from augmentation import to_uint8_arrays  # noqa: E402
 from cli import at_least  # noqa: E402
+from inv_decoder import to_png_levels  # noqa: E402
 from models.zoo import DEMO_ZOO_DIR, load_family, read_zoo_manifest  # noqa: E402
 
 FAMILIES = ("VAR", "RAR", "OUTLIER")
@@ -105,7 +106,7 @@ def main(argv: list | None = None) -> int:
         for kind, crops in (("heldout_model_photos", heldout), ("reserved_photos", reserved)):
             x = demo_photos.crops_tensor(crops)
             rec = torch.cat([adapter.img_to_reconstructed_img(x[s:s + 64])[0] for s in range(0, len(x), 64)])
-            rec = torch.round(rec * 255) / 255
+            rec = to_png_levels(rec)
             mse = (rec - x).square().flatten(1).mean(1).clamp_min(1e-10)
             psnr[family][kind] = round(float((10 * torch.log10(1 / mse)).mean()), 2)
         show = demo_photos.crops_tensor(np.concatenate([heldout[:8], reserved[:8]]))

@@ -57,9 +57,23 @@ def test_of_equal_rows_the_one_written_first_wins_whatever_the_process_ids(tmp_p
     assert store.read().loc["k", "a"] == 1.0 and len(store.shards()) == 1
 
 
-def test_a_compaction_removes_temporary_files_left_by_killed_writers(tmp_path):
+def test_a_compaction_keeps_the_merged_rows_older_than_a_shard_written_meanwhile(tmp_path):
+    """Another process's shard written while a compaction merges (not among the shards it read)
+    stays later than every merged row: the merged shard takes the newest time it merged."""
+    store = FeatureStore(tmp_path, "x", "1", "d" * 64)
+    _rows(["k"], 1.0).to_parquet(store.folder / "shard-1-100-aaaaaaaa.parquet")
+    _rows(["j"], 2.0).to_parquet(store.folder / "shard-1-200-bbbbbbbb.parquet")
+    merged, read = store._read_shards()
+    _rows(["k"], 3.0).to_parquet(store.folder / "shard-2-300-cccccccc.parquet")  # the other process, meanwhile
+    store._replace(merged, read)
+    assert store.read().loc["k", "a"] == 1.0 and store.read().loc["j", "a"] == 2.0
+
+
+def test_a_compaction_removes_temporary_files_left_by_killed_writers(tmp_path, monkeypatch):
     """A temporary file an hour old is a killed writer's; a recent one may be a live writer's on
     another node, and stays."""
+    import feature_store
+
     store = FeatureStore(tmp_path, "x", "1", "d" * 64)
     store.write(_rows(["k1"], 1.0))
     store.write(_rows(["k2"], 1.0))
@@ -67,8 +81,10 @@ def test_a_compaction_removes_temporary_files_left_by_killed_writers(tmp_path):
     for tmp in (old, recent):
         tmp.write_bytes(b"half a file")
     os.utime(old, (1e9, 1e9))
-    store.compact()
+    monkeypatch.setattr(feature_store, "COMPACT_AFTER", 1)  # the compaction a lookup makes
+    store.lookup(["k1"])
     assert not old.exists() and recent.exists() and sorted(store.read().index) == ["k1", "k2"]
+    assert len(store.shards()) == 1
 
 
 def test_versions_and_weights_are_separate_stores(tmp_path):

@@ -1,6 +1,8 @@
 """TPR@FPR, AUC and thresholds on hand-made scores (lower score = belonging)."""
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 
@@ -47,11 +49,13 @@ def test_threshold_and_balanced_accuracy():
     assert np.mean(tied <= threshold_at_fpr(tied, 0.05)) == 0.0
     pos = np.r_[-5.0, -4.0, 2.5]
     rng = np.random.default_rng(0)
-    for own, other in ((pos, neg), (rng.normal(0, 1, 50), rng.normal(1, 1, 60)), (np.r_[1.0, 1.0, 2.0], np.r_[1.0, 3.0])):
+    # the last pair ties 2/6 + 2/2 with 6/6 + 1/2 exactly, which fractions in floats do not see
+    for own, other in ((pos, neg), (rng.normal(0, 1, 50), rng.normal(1, 1, 60)), (np.r_[1.0, 1.0, 2.0], np.r_[1.0, 3.0]),
+                       (np.r_[0.0, 0.0, 3.0, 2.0, 3.0, 4.0], np.r_[1.0, 4.0])):
         t = best_balanced_threshold(own, other)
-        best = max(balanced_accuracy_at(c, own, other) for c in np.r_[own, other])
-        assert balanced_accuracy_at(t, own, other) == best
-        assert t == min(c for c in np.r_[own, other] if balanced_accuracy_at(c, own, other) == best)
+        exact = {c: Fraction(int((own <= c).sum()), len(own)) + Fraction(int((other > c).sum()), len(other))
+                 for c in np.r_[own, other]}
+        assert t == min(c for c, score in exact.items() if score == max(exact.values()))
 
 
 def test_tpr_at_fpr_is_read_at_the_fpr_threshold():
