@@ -136,7 +136,7 @@ class FeatureStore:
         files). The merged shard is named with the newest time of the shards it merges, so a shard
         another process wrote meanwhile still reads as later than every merged row."""
         self.remove_abandoned_temp_files()
-        times = [_written_order(s)[1] for s in shards if _written_order(s)[0] == 0]
+        times = [written for named, written, _ in map(_written_order, shards) if named == 0]
         # atomic_path syncs the folder: the merged shard's name is durable before any old shard goes
         path = self.write(merged, written_ns=max(times) if times else None)
         for shard in shards:

@@ -171,7 +171,7 @@ def read_test_labels(path: Path, test_paths: List[Path]) -> pd.Series:
     except (OSError, ValueError) as err:  # InputError and pandas' ParserError are ValueErrors
         raise InputError(f"--labels: {err}") from None
     truth = pd.Series(frame["label"].to_numpy(), index=ids)
-    names = {f"{split}/{p.name}": p.name for p in test_paths}
+    names = {image_id_of(p.name, split): p.name for p in test_paths}
     unlabelled = [name for image_id, name in names.items() if image_id not in truth.index]
     unknown = sorted(name for name, image_id in zip(written, ids) if image_id not in names)
     if unlabelled:

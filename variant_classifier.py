@@ -185,10 +185,9 @@ class CalibratedLGBM:
         folds = min(3, int(pd.Series(y).value_counts().min()))
         if folds >= 2:
             tuned = tune_lightgbm(X, y, self.seed, folds=folds)
-            self.model = _calibrated(tuned["params"], self.seed, X, y, folds)
         else:
             tuned = {"params": PARAM_GRID[0], "cv_log_loss": None, "grid": [], "note": "a class with one image: not tuned or calibrated"}
-            self.model = _lgbm(tuned["params"], self.seed).fit(X, y)
+        self.model = _calibrated(tuned["params"], self.seed, X, y, folds)  # plain LightGBM below 2 folds
         self.config = {"seed": self.seed, "n_train": int(len(y)), "classes": [str(c) for c in self.model.classes_],
                        "tuning": tuned, "folds": folds, "features": self.columns}
 
@@ -197,13 +196,13 @@ class CalibratedLGBM:
         kind as :meth:`proba`'s: on each of the tuning's folds, the tuned LightGBM fitted and
         calibrated (nested folds) on the other folds alone. None where nothing was tuned. Costs
         ``folds²`` LightGBM fits (``CalibratedClassifierCV`` fits one per nested fold, none on all of it)."""
-        tuned = self.config.get("tuning") or {}
-        if tuned.get("cv_log_loss") is None:
+        folds = self.config.get("folds", 0)  # absent for one class
+        if folds < 2:
             return None
-        folds, classes = self.config["folds"], np.unique(y)
+        params, classes = self.config["tuning"]["params"], np.unique(y)
         oof = np.zeros((len(y), len(classes)))
         for train_idx, test_idx in _folds(X, y, folds, self.seed):
-            model = _calibrated(tuned["params"], self.seed, X.iloc[train_idx], y[train_idx], folds)
+            model = _calibrated(params, self.seed, X.iloc[train_idx], y[train_idx], folds)
             oof[test_idx] = model.predict_proba(X.iloc[test_idx])
         return pd.DataFrame(oof, index=X.index, columns=classes)
 
