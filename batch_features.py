@@ -32,6 +32,9 @@ the best label, and unconditional) are returned for PRADA's score functions (:mo
 876 float32 values per image on the demo zoo, 7 488 (about 30 kB) with the official models' 680 +
 256 tokens; :mod:`feature_extractor` keeps them in a second store beside the features.
 
+Every pass runs :data:`chunks.CHUNK` images at a time, the last chunk padded, so an image's row
+does not depend on its batch mates (:mod:`chunks`).
+
 This module computes; :mod:`feature_extractor` caches its rows by image content and serves
 them (``EXTRACTOR_VERSION`` there names what this module computes: change one, bump the other).
 """
@@ -46,6 +49,7 @@ import pandas as pd
 import torch
 
 import variant_net
+from chunks import CHUNK, padded_chunks
 from feature_store import COMPLETENESS_PREFIX
 from models.adapter import FamilyAdapter
 from quantizer import search_tokens
@@ -55,18 +59,10 @@ from variant_features import token_evidence, variant_features
 if TYPE_CHECKING:
     from provenance import ScoringGate
 
-__all__ = ["features_for_batch", "SHARED_CANDIDATES", "CHUNK", "SEARCH_ITERS", "REFINE_FAMILIES", "REFINE_LR",
+__all__ = ["features_for_batch", "SHARED_CANDIDATES", "SEARCH_ITERS", "REFINE_FAMILIES", "REFINE_LR",
            "REENCODE_FAMILIES", "REENCODE_ITERS"]
 
 SHARED_CANDIDATES = 1  # labels the larger variants of a family are evaluated under
-# Every pass over images runs this many at a time, always (the last chunk padded with copies of its
-# first image): the inverse decoder, round trips and token reading, the variant nets and the
-# teacher-forced passes then have the same shapes whichever images share a batch, so an image's
-# features do not depend on its batch mates or the batch size (a Slurm array batches images by
-# content hash, a local run by order; with the scoring gate, the images a family's variant features
-# are computed for vary per batch; matrix products of other sizes round differently in the last digits,
-# enough to move a LightGBM split). The cold run did not get slower with it (docs/speed.md).
-CHUNK = 8
 # VAR's token search anneals over 10 iterations here instead of ``search_tokens``' default 20, at
 # half the cost; ``scripts/bench_token_search.py`` prints both (time, QuantLoss TPR, mean f-MSE).
 SEARCH_ITERS = 10
@@ -119,7 +115,7 @@ def features_for_batch(adapters: Dict[str, FamilyAdapter], img01_B3HW: torch.Ten
     read: Dict[str, tuple] = {}
     for family, adapter in adapters.items():
         net = nets.get(family) if nets else None
-        parts = [_read_family(adapter, img01_B3HW[index], refine_steps, net) for index, _ in _padded_chunks(B)]
+        parts = [_read_family(adapter, img01_B3HW[index], refine_steps, net) for index, _ in padded_chunks(B)]
         signals = {name: np.concatenate([part[0][name] for part in parts])[:B] for name in parts[0][0]}
         columns[family].update(signals)
         read[family] = tuple(torch.cat([part[i] for part in parts])[:B] for i in (1, 2))
@@ -147,7 +143,7 @@ def _variant_columns(adapter: FamilyAdapter, tokens_BL: torch.Tensor, evidence_B
     scale_sizes = adapter.scale_sizes() if adapter.family == "VAR" else None
     features: Dict[str, List[np.ndarray]] = {}
     token_lists: Dict[str, List[np.ndarray]] = {}
-    for positions, count in _padded_chunks(len(rows), chunk_size):
+    for positions, count in padded_chunks(len(rows), chunk_size):
         index = torch.as_tensor(rows[positions.numpy()], dtype=torch.long)
         tokens, evidence = tokens_BL[index.to(tokens_BL.device)], evidence_BLV[index.to(evidence_BLV.device)]
         candidates = None  # the first (smallest) variant scores every label; the others reuse its best ones
@@ -162,16 +158,6 @@ def _variant_columns(adapter: FamilyAdapter, tokens_BL: torch.Tensor, evidence_B
                 features.setdefault(f"{variant}_{name}", []).append(np.asarray(values)[:count])
             clock.lap(variant)
     return {name: np.concatenate(parts) for name, parts in features.items()}, token_lists
-
-
-def _padded_chunks(n: int, chunk_size: int = CHUNK) -> List[Tuple[torch.Tensor, int]]:
-    """Indices ``0 … n−1`` in chunks of exactly ``chunk_size`` (the last padded with its first
-    index), each with how many of its indices are real (the rest are padding)."""
-    chunks = []
-    for start in range(0, n, chunk_size):
-        index = torch.arange(start, min(start + chunk_size, n))
-        chunks.append((torch.cat([index, index[:1].expand(chunk_size - len(index))]), len(index)))
-    return chunks
 
 
 def _read_family(adapter: FamilyAdapter, img01_B3HW: torch.Tensor, refine_steps: int,

@@ -50,12 +50,12 @@ __all__ = ["EXTRACTOR_NAME", "EXTRACTOR_VERSION", "TOKEN_LL_SUFFIX", "FeatureExt
 EXTRACTOR_NAME = "iar_features"
 # 11: the same features as 10, with per-token log-likelihoods stored beside them; 12: rows carry
 # scored_{family} markers, and a ScoringGate may leave a family's variant features out (NaN);
-# 13: variant features in fixed-size chunks (batch_features.CHUNK), whatever the batch mates
+# 13: variant features in fixed-size chunks (now chunks.CHUNK), whatever the batch mates
 # 14: {variant}_fnet_nll (variant_net.py) for VAR; 15: for RAR too
 # 16: VAR's net reads f after one re-encoding correction (variant_net.net_input) (RAR's net reading
 # it too changed no code here, only the net's file, whose digest names the store)
 # 17: {family}_aedr is AEDR's double reconstruction through the quantizer (up to 16 it repeated enc_loss)
-# 18: every pass in fixed-size chunks (batch_features.CHUNK); the label
+# 18: every pass in fixed-size chunks (now chunks.CHUNK); the label
 # marginals with the prior 1/C whatever the number of candidate labels (the larger variants' were
 # log C / L nats per token off the smallest one's), every *_best statistic at the best label,
 # Min-K%++'s spread in two passes

@@ -26,6 +26,11 @@ def _check(name: str, values: ArrayLike) -> np.ndarray:
     return arr
 
 
+def _check_fpr(fpr: float) -> None:
+    if not 0.0 <= fpr <= 1.0:  # also refuses NaN
+        raise ValueError(f"fpr must be in [0, 1], got {fpr}")
+
+
 def _labels_and_scores(belonging: ArrayLike, non_belonging: ArrayLike) -> Tuple[np.ndarray, np.ndarray]:
     pos, neg = _check("belonging", belonging), _check("non_belonging", non_belonging)
     return np.r_[np.ones(len(pos)), np.zeros(len(neg))], -np.r_[pos, neg]
@@ -43,8 +48,7 @@ def roc_points(belonging: ArrayLike, non_belonging: ArrayLike) -> Tuple[np.ndarr
 
 def tpr_at_fpr(belonging: ArrayLike, non_belonging: ArrayLike, fpr: float = 0.01) -> float:
     """True-positive rate at the largest ROC point with false-positive rate ≤ ``fpr``."""
-    if not 0.0 <= fpr <= 1.0:
-        raise ValueError(f"fpr must be in [0, 1], got {fpr}")
+    _check_fpr(fpr)
     fprs, tprs = roc_points(belonging, non_belonging)
     return float(tprs[np.searchsorted(fprs, fpr, side="right") - 1])
 
@@ -60,6 +64,7 @@ def roc_auc(belonging: ArrayLike, non_belonging: ArrayLike) -> float:
 def threshold_at_fpr(non_belonging: ArrayLike, fpr: float = 0.01) -> float:
     """Largest threshold ``t`` such that ``score <= t`` accepts at most ``fpr`` of ``non_belonging``
     (just below the first score it must not accept; ``inf`` when it may accept them all)."""
+    _check_fpr(fpr)
     neg = np.sort(_check("non_belonging", non_belonging))
     allowed = int(np.floor(fpr * len(neg)))
     return float(np.nextafter(neg[allowed], -np.inf)) if allowed < len(neg) else float(np.inf)

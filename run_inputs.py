@@ -34,7 +34,10 @@ import pandas as pd
 
 from cli import InputError, warn
 
-__all__ = ["Inputs", "check_before_work", "gather_inputs", "read_test_labels", "resized_images", "test_folder_images"]
+__all__ = ["Inputs", "NO_TEST_NOR_DEMO", "check_before_work", "gather_inputs", "read_test_labels", "resized_images", "test_folder_images"]
+
+
+NO_TEST_NOR_DEMO = "give --test FOLDER (the images to attribute, labelled train/ and val/ beside it, or --train/--val) or --demo"
 
 
 def check_before_work(test_dir: Optional[Path], demo: bool, device: str, weights_dir: Optional[Path]) -> None:
@@ -46,7 +49,7 @@ def check_before_work(test_dir: Optional[Path], demo: bool, device: str, weights
     from cli import check_device, check_weight_files
 
     if test_dir is None and not demo:
-        raise InputError("give --test FOLDER (the images to attribute, labelled train/ and val/ beside it) or --demo")
+        raise InputError(NO_TEST_NOR_DEMO)
     check_device(device)
     check_weight_files(weights_dir)
 

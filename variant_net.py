@@ -60,6 +60,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from chunks import padded_chunks
 from models.adapter import FamilyAdapter
 from models.variant_net import INPUT_MAPS, AnyVariantNet, VariantNet, VariantNetEnsemble
 from variant_net_files import (METADATA_KEY, WEIGHTS_FILE, check_made_from, load_variant_net, provenance_record, read_record,
@@ -85,7 +86,6 @@ FAMILY_CONFIG: Dict[str, Dict[str, object]] = {"VAR": dict(input_map="reencoded"
 NET_FAMILIES = tuple(FAMILY_CONFIG)
 FEATURE_STEM = "fnet_nll"
 SHIPPED_SUBDIR = "variant_nets"
-EVAL_CHUNK = 8  # images per forward pass, always (padded): an image's output does not depend on its batch mates
 
 
 def default_config(family: str) -> Dict[str, object]:
@@ -251,15 +251,12 @@ def train_and_save(inverse: FamilyAdapter, path: Path, config: Optional[dict] = 
 @torch.no_grad()
 def variant_log_probs(net: AnyVariantNet, x_BChw: torch.Tensor) -> torch.Tensor:
     """``log p(variant | x)`` (``B×V``; the class labels summed out) of the maps ``x`` the net reads
-    (:func:`net_input`), :data:`EVAL_CHUNK` images per pass (the last padded)."""
+    (:func:`net_input`), :data:`chunks.CHUNK` images per pass (the last padded): an image's
+    output does not depend on its batch mates."""
     out = []
     num_variants = net.shape["num_variants"]
-    for s in range(0, len(x_BChw), EVAL_CHUNK):
-        chunk = x_BChw[s:s + EVAL_CHUNK].float()
-        n = len(chunk)
-        if n < EVAL_CHUNK:
-            chunk = torch.cat([chunk, chunk[:1].expand(EVAL_CHUNK - n, *chunk.shape[1:])])
-        joint = F.log_softmax(net(chunk.contiguous()), dim=1)[:n]
+    for index, n in padded_chunks(len(x_BChw)):
+        joint = F.log_softmax(net(x_BChw[index].float().contiguous()), dim=1)[:n]
         out.append(joint.view(n, num_variants, -1).logsumexp(-1))
     return torch.cat(out) if out else torch.zeros(0, net.shape["num_variants"])
 

@@ -85,7 +85,8 @@ Two more questions, each off by default:
 
 Generated maps are kept per batch (``f`` and ``f̂``, and the mirror image's ``f`` when a recipe
 mirrors; written whole or not at all) under
-``--cache DIR/<weights fingerprint>/``, so a rerun only trains. Writes ``variant_net_inputs.csv``
+``--cache DIR/<maps folder>/`` (:func:`variant_net_maps.maps_folder_name`: the weights' fingerprint, the
+maps code's version, and the layout and device when not the defaults), so a rerun only trains. Writes ``variant_net_inputs.csv``
 to ``--out``.
 """
 from __future__ import annotations
@@ -106,6 +107,7 @@ import torch  # noqa: E402
 import inv_decoder  # noqa: E402
 from augmentation import to_uint8  # noqa: E402
 import variant_net  # noqa: E402
+import variant_net_maps  # noqa: E402
 from atomic import atomic_path  # noqa: E402
 from cli import CACHE_DIR, INV_DECODER_DIR  # noqa: E402
 from models.adapter import FamilyAdapter  # noqa: E402
@@ -308,7 +310,7 @@ def main(argv: Optional[list] = None) -> int:
     keep_freed_memory()
     torch.set_num_threads(2)
     adapter = inv_decoder.inverse_adapter(args.family, args.weights_dir, ROOT / CACHE_DIR / INV_DECODER_DIR)
-    cache = Path(args.cache) / variant_net.adapter_fingerprint(adapter)[:16] if args.cache else None
+    cache = Path(args.cache) / variant_net_maps.maps_folder_name(adapter) if args.cache else None
     n_train = -(-args.train_per_variant // args.gen_batch)
     n_test = -(-args.heldout_per_variant // args.gen_batch)
     # refined images: whole batches, the first of each variant's held-out ones

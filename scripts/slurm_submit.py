@@ -70,12 +70,15 @@ def batch_script(name: str, command: Sequence[str], *, workdir: Path, logs: Path
 
 def _missing_inputs(parsed: argparse.Namespace) -> List[str]:
     """What the jobs would stop on at once, said here instead: no ``--test`` nor ``--demo``, a
-    folder or file they name that does not exist, a weight file missing from ``--weights-dir``."""
+    folder or file they name that does not exist, a weight file missing from ``--weights-dir``.
+    Those :func:`run_inputs.check_before_work` refuses are refused in its words; its ``--device``
+    check is left to the jobs, whose nodes may have what this one has not."""
     from cli import check_weight_files
     from models.checkpoints import CheckpointError
+    from run_inputs import NO_TEST_NOR_DEMO
 
     if parsed.test is None and not parsed.demo:
-        return ["give --test FOLDER (labelled train/ and val/ beside it, or --train/--val) or --demo"]
+        return [NO_TEST_NOR_DEMO]
     problems = []
     folders = {"--train": parsed.train, "--val": parsed.val}
     if parsed.test is not None:  # without it, --demo's Dataset is built by the prepare job

@@ -72,6 +72,11 @@ def test_bad_input_is_refused():
         tpr_at_fpr([np.nan, 1.0], [2.0])
     with pytest.raises(ValueError, match="non-empty"):
         roc_auc([], [1.0])
+    for fpr in (-0.1, 1.5, float("nan")):  # a negative fpr read the largest score as its threshold
+        with pytest.raises(ValueError, match="fpr must be in"):
+            threshold_at_fpr([1.0, 2.0], fpr)
+        with pytest.raises(ValueError, match="fpr must be in"):
+            tpr_at_fpr([0.0], [1.0, 2.0], fpr)
 
 
 def test_wilson_interval_matches_known_values():
