@@ -73,12 +73,19 @@ def test_curriculum_stage_by_epoch():
 
 
 def test_curriculum_strengths_grow():
-    for name in aug.CURRICULUM["weak"]:
-        weak, strong = aug.CURRICULUM["weak"][name], aug.CURRICULUM["strong"][name]
-        if name == "jpeg" or name == "resize":
-            assert max(strong) < min(weak) or max(strong) <= min(weak)
-        else:
-            assert min(strong) >= max(weak)
+    """Each stage after ``weak`` has the same attacks, and each attack's range of strengths moves
+    up (down for JPEG quality and the resize factor, where lower is stronger): its weakest and its
+    strongest no weaker than the stage before's, its mean stronger. Neighbouring stages may share a
+    value at their boundary (noise 0.03 and 0.04 are both medium and strong)."""
+    stages = ["weak", "medium", "strong"]
+    for earlier, later in zip(stages, stages[1:]):
+        assert set(aug.CURRICULUM[later]) == set(aug.CURRICULUM[earlier])
+        for name in aug.CURRICULUM[earlier]:
+            sign = -1 if name in ("jpeg", "resize") else 1
+            before = [sign * v for v in aug.CURRICULUM[earlier][name]]
+            after = [sign * v for v in aug.CURRICULUM[later][name]]
+            assert min(after) >= min(before) and max(after) >= max(before), (earlier, later, name)
+            assert sum(after) / len(after) > sum(before) / len(before), (earlier, later, name)
 
 
 def test_augment_batch_share_and_determinism():

@@ -144,10 +144,7 @@ def test_a_cached_variant_net_serves_only_its_weights_and_inverse_decoder(small_
     """A net trained under a cache folder is refused for other weights and for another inverse decoder
     (the one refitted after cache/inv_decoder was deleted)."""
     inverse = inv_decoder.inverse_adapter("VAR", small_zoo_dir, tmp_path / "inv", config=CFG)
-    path = vn.ensure_variant_net("VAR", small_zoo_dir, tmp_path / "nets", inverse, TINY_NET, progress=False)
-    stamp = path.stat().st_mtime_ns
-    assert vn.ensure_variant_net("VAR", small_zoo_dir, tmp_path / "nets", inverse, TINY_NET, progress=False) == path
-    assert path.stat().st_mtime_ns == stamp, "found, not trained again"
+    vn.ensure_variant_net("VAR", small_zoo_dir, tmp_path / "nets", inverse, TINY_NET, progress=False)  # found again: test_variant_net
 
     shutil.rmtree(tmp_path / "inv")  # the inverse decoder refitted, here with another seed
     refitted = inv_decoder.inverse_adapter("VAR", small_zoo_dir, tmp_path / "inv", config=dict(CFG, seed=1))

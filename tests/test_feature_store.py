@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -159,7 +160,7 @@ def test_compact_merges_on_request(tmp_path):
 def test_kill_9_mid_run_keeps_every_finished_shard(tmp_path):
     script = textwrap.dedent(f"""
         import sys, time
-        sys.path.insert(0, {str(os.getcwd())!r})
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})  # this checkout's code, from any folder
         import pandas as pd
         from feature_store import FeatureStore
         store = FeatureStore({str(tmp_path)!r}, "x", "1", "a" * 64)
@@ -168,8 +169,13 @@ def test_kill_9_mid_run_keeps_every_finished_shard(tmp_path):
             print(i, flush=True)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    for _ in range(30):
-        proc.stdout.readline()
+    killer = threading.Timer(120, proc.kill)  # a writer that stalls fails the test, not the suite
+    killer.start()
+    try:
+        lines = [proc.stdout.readline() for _ in range(30)]
+    finally:
+        killer.cancel()
+    assert all(lines), "the writer died or stalled before 30 rows"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     rows = FeatureStore(tmp_path, "x", "1", "a" * 64).read()

@@ -15,7 +15,7 @@ def _weights(adapter):
     return {k: v.clone() for k, v in adapter.tokenizer.encoder.state_dict().items()}
 
 
-def test_finetune_lowers_loss_and_resume_is_exact(small_zoo_dir, tmp_path):
+def test_finetune_lowers_loss_and_resume_is_exact(small_zoo_dir, tmp_path, monkeypatch):
     straight = load_family("RAR", small_zoo_dir)
     summary = inv_decoder.finetune(straight, tmp_path / "straight", CFG, progress=False)
     assert summary["train_images"] == 12
@@ -25,7 +25,12 @@ def test_finetune_lowers_loss_and_resume_is_exact(small_zoo_dir, tmp_path):
     resumed = load_family("RAR", small_zoo_dir)
     inv_decoder.finetune(resumed, tmp_path / "resumed", dict(CFG, epochs=1), progress=False)
     fresh = load_family("RAR", small_zoo_dir)  # a new process would start from the original weights
+    steps = []
+    real_step = torch.optim.Adam.step
+    monkeypatch.setattr(torch.optim.Adam, "step", lambda self, *a, **k: steps.append(1) or real_step(self, *a, **k))
     inv_decoder.finetune(fresh, tmp_path / "resumed", CFG, progress=False)
+    monkeypatch.undo()
+    assert len(steps) == 2, "resumed at the second epoch (12 images, batches of 6), not trained again from the start"
     for key, value in _weights(straight).items():
         assert torch.allclose(value, _weights(fresh)[key], atol=1e-6), key
 

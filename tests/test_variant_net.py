@@ -171,9 +171,8 @@ def test_a_missing_net_is_trained_once_or_named(tmp_path):
 def test_generated_maps_are_kept_and_read_back_bit_for_bit(tmp_path, monkeypatch):
     """A second call reads every batch from the cache (generating nothing) and gets the same tensors
     as generating them; other weights get another cache folder."""
-    import inv_decoder
 
-    inverse = inv_decoder.inverse_adapter("VAR", None, "runs/inv_decoder")
+    inverse = _shipped_inverse("VAR")
     fresh_f, fresh_y, fresh_c = vn.generate_training_maps(inverse, 3, 0, 2, progress=False)
     kept_f, kept_y, kept_c = vn.generate_training_maps(inverse, 3, 0, 2, progress=False, cache_dir=tmp_path)
     (folder,) = list(tmp_path.iterdir())
@@ -206,10 +205,9 @@ def test_generated_maps_are_kept_and_read_back_bit_for_bit(tmp_path, monkeypatch
 def test_a_reencoded_net_reads_f_after_one_correction_and_keeps_both_maps(tmp_path, monkeypatch):
     """``input_map="reencoded"``: the maps are ``f + f − D⁻¹(D(f))`` of the generations' ``f``, kept
     beside ``f`` and read back without decoding again; the net records its map in its file."""
-    import inv_decoder
     from signals import reencode_target
 
-    inverse = inv_decoder.inverse_adapter("VAR", None, "runs/inv_decoder")
+    inverse = _shipped_inverse("VAR")
     f, y, c = vn.generate_training_maps(inverse, 3, 0, 2, progress=False, cache_dir=tmp_path)
     x, x_y, x_c = vn.generate_training_maps(inverse, 3, 0, 2, progress=False, cache_dir=tmp_path, input_map="reencoded")
     assert torch.equal(x_y, y) and torch.equal(x_c, c)
@@ -268,7 +266,7 @@ def test_the_demo_zoos_net_names_fresh_generations(family):
     import inv_decoder
     from models.zoo import DEMO_ZOO_DIR
 
-    inverse = inv_decoder.inverse_adapter(family, None, "runs/inv_decoder")
+    inverse = _shipped_inverse(family)
     net, names = vn.load_variant_net(vn.shipped_file(DEMO_ZOO_DIR, family))
     assert names == list(inverse.variant_names)
     hits = []
@@ -284,12 +282,11 @@ def test_the_demo_zoos_net_names_fresh_generations(family):
 def test_cli_scores_a_net_on_generations_after_its_training_ones(tmp_path, capsys):
     """``--eval-generations N``: the generation batches right after the training ones (seeds never
     trained on), read as the net reads them (VAR's: re-encoded), kept in the map cache."""
-    import inv_decoder
 
     assert vn.main(["--family", "VAR", "--images-per-variant", "4", "--epochs", "1", "--members", "1", "--out", str(tmp_path / "nets"),
                     "--map-cache", str(tmp_path / "maps"), "--eval-generations", "2"]) == 0
     assert "accuracy on 8 fresh VAR generations it was not trained on:" in capsys.readouterr().out
-    inverse = inv_decoder.inverse_adapter("VAR", None, "runs/inv_decoder")
+    inverse = _shipped_inverse("VAR")
     kept = sorted(p.name for p in (tmp_path / "maps").rglob("*.pt"))
     # per variant: the training batch (index 0, 4 images) and the held-out one after it (index 1, 2 images)
     expected = sorted(f"{v}_{vn.generation_seed(0, vi, j)}_{n}{suffix}.pt" for vi, v in enumerate(inverse.variant_names)
@@ -307,9 +304,8 @@ def test_cli_scores_the_net_in_use_without_training(tmp_path, capsys):
     import numpy as np
     from PIL import Image
 
-    import inv_decoder
 
-    inverse = inv_decoder.inverse_adapter("VAR", None, "runs/inv_decoder")
+    inverse = _shipped_inverse("VAR")
     for vi, variant in enumerate(inverse.variant_names):
         img = inverse.generate(variant, inverse.random_labels(1, 9_950_000 + vi), 9_950_000 + vi)[0]
         (tmp_path / "val" / variant).mkdir(parents=True)
@@ -333,7 +329,7 @@ def test_diagnose_variant_net_command_measures_each_input_against_the_exact_fhat
                                       "--alphas", "0.5", "--epochs", "1", "--corrector-epochs", "1", "--image-corrector-epochs", "1",
                                       "--end-to-end-epochs", "1", "--cache", "",
                                       "--out", str(tmp_path / "out")]) == 0
-    assert list(tmp_path.iterdir()) == [tmp_path / "out"] and not list(Path.cwd().glob("[0-9a-f]" * 16)), "--cache '': no map kept"
+    assert list(tmp_path.iterdir()) == [tmp_path / "out"] and not list(Path.cwd().glob("[0-9a-f]" * 16 + "*")), "--cache '': no map kept"
     table = pd.read_csv(tmp_path / "out" / "variant_net_inputs.csv", index_col="input")
     assert list(table.index) == ["exact_fhat", "alpha_0.5", "inverse_f", "reencoded", "learned_corrector", "image_corrector",
                                  "exact_fhat_net_on_inverse_f", "inverse_f_net_trained_on", "end_to_end"]
@@ -393,6 +389,10 @@ def test_diagnose_variant_net_recipes_add_mirrored_and_distilled_rows(tmp_path):
     assert table.loc["reencoded_mirrored", "fmse_to_fhat"] == table.loc["reencoded", "fmse_to_fhat"]
     stored = [torch.load(path, weights_only=True) for path in (tmp_path / "cache").rglob("*.pt")]
     assert len(stored) == 8 and all({"f", "f_hat", "f_mirror"} <= set(batch) for batch in stored)
+    from variant_net_maps import MAPS_VERSION
+
+    folders = [p.name for p in (tmp_path / "cache").iterdir()]  # named as the training maps' are: other code, another folder
+    assert len(folders) == 1 and folders[0].endswith(f"-v{MAPS_VERSION}")
     assert not torch.equal(stored[0]["f_mirror"], stored[0]["f"].flip(-1)), "D⁻¹ of the mirror image, not the mirrored map"
     with pytest.raises(SystemExit):
         diagnose.main(args[:args.index("--inputs") + 1] + ["reencoded", "--recipes", "distilled"])
@@ -429,7 +429,7 @@ def test_png_levels_decoded_from_fhat_are_the_generated_images():
     import inv_decoder
 
     diagnose = _diagnose_variant_net()
-    inverse = inv_decoder.inverse_adapter("VAR", None, "runs/inv_decoder")
+    inverse = _shipped_inverse("VAR")
     img, _, f_hat = inverse.generate("var16", inverse.random_labels(8, 9_950_000), 9_950_000)
     levels = diagnose.png_levels(inverse, f_hat)
     assert levels.dtype == torch.uint8
@@ -440,10 +440,9 @@ def test_cached_batches_get_images_and_mirror_maps_without_being_generated_again
     """A batch cached without mirror maps, asked for them and for its images, decodes its image from
     the cached ``f̂`` instead of generating it again: the same images and mirror maps, bit for bit, as
     a run with no cache, and the mirror maps join the cache."""
-    import inv_decoder
 
     diagnose = _diagnose_variant_net()
-    inverse = inv_decoder.inverse_adapter("VAR", None, "runs/inv_decoder")
+    inverse = _shipped_inverse("VAR")
     plain = diagnose.generate_maps(inverse, range(1), 8, 0, tmp_path, progress=False)
     fresh = diagnose.generate_maps(inverse, range(1), 8, 0, None, keep_images=8, progress=False, mirror=True)
 
@@ -554,3 +553,13 @@ def test_end_to_end_reader_learns_what_its_encoder_threw_away():
     assert float(conv.weight[:, 0].abs().sum()) == 0
     with pytest.raises(ValueError, match="frozen encoder"):
         reader_finetune.finetune_reader(adapter, head, images, y, None, 1, epochs=1, train_encoder=False)
+
+
+def _shipped_inverse(family: str):
+    """``family``'s adapter with the demo zoo's shipped inverse decoder. A missing one fails the test
+    (``fine_tune_missing=False``) instead of being fine-tuned into the working directory."""
+    import inv_decoder
+    from models.zoo import load_family
+
+    path = inv_decoder.ensure_inverse_decoder(family, None, "/nonexistent", fine_tune_missing=False)
+    return inv_decoder.load_inverse_decoder(load_family(family), path)

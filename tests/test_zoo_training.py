@@ -36,8 +36,10 @@ def test_only_rebuild_matches_the_full_build(quick_zoo, tmp_path):
     because the full build tokenizes with its tokenizer rounded as shipped."""
     out = tmp_path / "zoo"
     shutil.copytree(quick_zoo, out)
+    kept = _without(out, ["var20", "rarl"])
     build_demo_zoo.build(out, seed=0, quick=True, progress=False, only=["var20", "rarl"])
     assert (out / "SHA256SUMS").read_text() == (quick_zoo / "SHA256SUMS").read_text()
+    assert _stamps(out, kept) == kept, "only the variants asked for are trained again"
 
 
 def test_each_tokenizer_reports_its_own_metrics(quick_zoo, tmp_path):
@@ -47,9 +49,23 @@ def test_each_tokenizer_reports_its_own_metrics(quick_zoo, tmp_path):
     assert len({psnr["VAR"], psnr["RAR"], psnr["OUTLIER"]}) == 3, psnr
     out = tmp_path / "zoo"
     shutil.copytree(quick_zoo, out)
+    kept = _without(out, ["outlier_iar"])
     build_demo_zoo.build(out, seed=0, quick=True, progress=False, only=["outlier_iar"])
     assert (out / "SHA256SUMS").read_text() == (quick_zoo / "SHA256SUMS").read_text()
+    assert _stamps(out, kept) == kept
     assert json.loads((out / "zoo.json").read_text())["metrics"]["psnr_val"]["OUTLIER"] == psnr["OUTLIER"]
+
+
+def _without(zoo: Path, names) -> dict:
+    """Deletes ``zoo``'s files of ``names`` (so a rebuild must make them) and returns the
+    modification times of the weight files left."""
+    for name in names:
+        (zoo / f"{name}.safetensors").unlink()
+    return _stamps(zoo, {p.name: None for p in zoo.glob("*.safetensors")})
+
+
+def _stamps(zoo: Path, files) -> dict:
+    return {name: (zoo / name).stat().st_mtime_ns for name in files}
 
 
 def test_as_shipped_rounds_to_float16_in_place():
@@ -71,6 +87,7 @@ def test_variant_net_stage_is_reproducible(quick_zoo, tmp_path):
     build_demo_zoo.build_inverse_decoders(zoo, seed=0, quick=True, progress=False, families=("VAR", "RAR"), kinds=["plain"])
     sums = []
     for _ in range(2):
+        shutil.rmtree(zoo / "variant_nets", ignore_errors=True)  # trained again, not found
         build_demo_zoo.build_variant_nets(zoo, seed=0, quick=True, progress=False)
         sums.append((zoo / "SHA256SUMS").read_text())
     assert sums[0] == sums[1]
