@@ -32,7 +32,7 @@ from models.registry import CLASS_NAMES
 from provenance import AnyGate, family_of_labels, load_gate, make_gate, save_gate
 from variant_classifier import FlatClassifier, VariantClassifier
 
-__all__ = ["METHODS", "ALL_METHODS", "METHOD_CHOICES", "TOKEN_METHODS", "fit_bundle", "load_bundle", "predict",
+__all__ = ["METHODS", "ALL_METHODS", "METHOD_CHOICES", "TOKEN_METHODS", "fit_bundle", "load_bundle", "predict", "class_probabilities",
            "bundle_exists", "pick_method", "model_version", "net_blend_weights"]
 
 METHODS = ("two-stage", "flat")  # what auto chooses between
@@ -227,6 +227,30 @@ def net_blend_weights(bundle: dict) -> Dict[str, float]:
     if bundle["method"] == "two-stage":
         return {family: weight for clf in bundle["classifiers"].values() for family, weight in clf.net_weights.items()}
     return {}
+
+
+def class_probabilities(bundle: dict, features: pd.DataFrame) -> Optional[pd.DataFrame]:
+    """Per image, the probability of each class of :data:`CLASS_NAMES` that the method's answer is
+    read from (rows sum to 1); ``None`` for ``prada``, whose scores are not probabilities.
+
+    Flat: the classifier's calibrated posterior, blended with the variant nets; its answer is the
+    likeliest class, or ``outlier`` when that class's probability is below the rejection threshold.
+    Two-stage: the gate's probability of each family (1 or 0 for a threshold gate) times the family
+    classifier's probability of each of its variants, and the gate's of ``outlier`` (with that of a
+    family without a classifier, which is answered ``outlier``); its answer is
+    taken in two steps (the gate's likeliest family, then that family's likeliest variant or a
+    rejection), so it is not always the row's likeliest class."""
+    if bundle["method"] == "prada":
+        return None
+    if bundle["method"] == "flat":
+        proba = bundle["flat"].predict_proba(features)
+    else:
+        families = bundle["gate"].family_proba(features)
+        unclassified = [f for f in families.columns if f != "outlier" and f not in bundle["classifiers"]]  # answered outlier
+        proba = pd.DataFrame({"outlier": families[["outlier", *unclassified]].sum(axis=1)}, index=features.index)
+        for family, clf in bundle["classifiers"].items():
+            proba = proba.join(clf.predict_proba(features).mul(families[family], axis=0))
+    return proba.reindex(columns=list(CLASS_NAMES), fill_value=0.0)
 
 
 def predict(bundle: dict, features: pd.DataFrame) -> pd.Series:

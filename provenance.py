@@ -52,12 +52,13 @@ from metrics import best_balanced_threshold, roc_auc, threshold_at_fpr, tpr_at_f
 from models.registry import FAMILIES, FAMILY_OF
 from variant_classifier import CalibratedLGBM
 
-__all__ = ["CANDIDATE_SIGNALS", "STRATEGIES", "FamilyGate", "LearnedGate", "ScoringGate", "family_of_labels",
+__all__ = ["CANDIDATE_SIGNALS", "STRATEGIES", "GATE_ANSWERS", "FamilyGate", "LearnedGate", "ScoringGate", "family_of_labels",
            "family_signal_frame", "leave_out_unneeded", "make_gate", "save_gate", "load_gate", "saved_gate_path",
            "scoring_gate_sample"]
 
 CANDIDATE_SIGNALS = ("combined", "quant_loss_searched", "quant_loss", "enc_loss")
 STRATEGIES = ("learned", "fpr", "balanced", "train_quantile")
+GATE_ANSWERS = FAMILIES + ("outlier",)  # what a family gate answers per image
 THRESHOLD_STRATEGIES = STRATEGIES[1:]
 SCORING_GATE_PER_CLASS = 40  # training images per class whose features are all computed, to fit the scoring gate on
 SCORING_MIN_PROBABILITY = 0.03  # a family's variant likelihoods are computed when the gate gives it at least this
@@ -138,12 +139,21 @@ class FamilyGate:
         accepted = margins.min(axis=1) <= 0
         return best.where(accepted, "outlier").rename("family")
 
+    def family_proba(self, features: pd.DataFrame) -> pd.DataFrame:
+        """A threshold has no probabilities: 1 for the family :meth:`predict` answers, 0 for the others
+        (columns ``VAR``, ``RAR``, ``outlier``)."""
+        return _one_hot(self.predict(features))
+
     def save(self, path: Path | str) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2))
 
     @classmethod
     def load(cls, path: Path | str) -> "FamilyGate":
         return cls(**json.loads(Path(path).read_text()))
+
+
+def _one_hot(families: pd.Series) -> pd.DataFrame:
+    return pd.DataFrame({answer: (families == answer).astype(float) for answer in GATE_ANSWERS}, index=families.index)
 
 
 def family_signal_frame(features: pd.DataFrame) -> pd.DataFrame:
@@ -171,6 +181,11 @@ class LearnedGate(CalibratedLGBM):
 
     def predict(self, features: pd.DataFrame) -> pd.Series:
         return self.proba(family_signal_frame(features)).idxmax(axis=1).rename("family")
+
+    def family_proba(self, features: pd.DataFrame) -> pd.DataFrame:
+        """The calibrated probability of ``VAR``, ``RAR`` and ``outlier`` per image (0 for an answer
+        absent from training), whose largest :meth:`predict` answers."""
+        return self.proba(family_signal_frame(features)).reindex(columns=GATE_ANSWERS, fill_value=0.0)
 
 
 class ScoringGate:

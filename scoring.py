@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Dict, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -17,7 +17,12 @@ import pandas as pd
 from models.registry import CLASS_NAMES
 from provenance import family_of_labels
 
-__all__ = ["proportion_interval", "interval_text", "summary", "per_class_table", "confusion", "report_files", "write_report"]
+__all__ = ["proportion_interval", "interval_text", "summary", "per_class_table", "confusion", "confidence_table", "report_files",
+           "write_report", "PROBABILITIES_FILE", "CONFIDENCE_FILE", "write_probabilities"]
+
+PROBABILITIES_FILE = "test_probabilities.csv"  # per test image: its label and the 9 probabilities it was read from
+CONFIDENCE_FILE = "test_confidence.csv"  # with test labels: accuracy per bin of the answer's probability
+CONFIDENCE_EDGES = (0.0, 0.5, 0.7, 0.9, 0.99, 1.0)
 
 
 def proportion_interval(successes: int, n: int, z: float = 1.959964) -> Tuple[float, float]:
@@ -61,6 +66,44 @@ def confusion(y_true: Sequence[str], y_pred: Sequence[str]) -> pd.DataFrame:
 
     return pd.DataFrame(confusion_matrix(y_true, y_pred, labels=list(CLASS_NAMES)),
                         index=pd.Index(CLASS_NAMES, name="true"), columns=pd.Index(CLASS_NAMES, name="predicted"))
+
+
+def confidence_table(y_true: Sequence[str], y_pred: Sequence[str], confidence: Sequence[float],
+                     edges: Sequence[float] = CONFIDENCE_EDGES) -> pd.DataFrame:
+    """Per bin ``(low, high]`` of ``confidence`` (the probability each answer was given; the first bin
+    includes its low edge): ``n``, ``mean_confidence`` and ``accuracy``. Where a method is
+    calibrated, the two columns agree. Images without a confidence (NaN) are left out."""
+    y_true, y_pred, confidence = np.asarray(y_true), np.asarray(y_pred), np.asarray(confidence, dtype=np.float64)
+    known = ~np.isnan(confidence)
+    bins = pd.cut(confidence[known], list(edges), include_lowest=True)
+    frame = pd.DataFrame({"confidence": confidence[known], "hit": (y_true == y_pred)[known]})
+    grouped = frame.groupby(bins, observed=False)
+    table = pd.DataFrame({"n": grouped.size(), "mean_confidence": grouped["confidence"].mean(), "accuracy": grouped["hit"].mean()})
+    table.index = [f"{low:g}–{high:g}" for low, high in zip(edges[:-1], edges[1:])]
+    return table.rename_axis("confidence")
+
+
+def write_probabilities(folder: Path | str, labels: pd.Series, probabilities: pd.DataFrame,
+                        truth: Optional[pd.Series] = None) -> Optional[List[dict]]:
+    """Write :data:`PROBABILITIES_FILE` (by image name, as ``submission.csv``; an image ``labels``
+    has and ``probabilities`` has not — an undecodable one — gets its label and no probabilities)
+    and, with ``truth`` (labels of some test images), :data:`CONFIDENCE_FILE`
+    (:func:`confidence_table` of the probability of each answer), whose rows it returns."""
+    from atomic import atomic_path
+
+    folder, names = Path(folder), sorted(labels.index)
+    table = pd.concat([labels.reindex(names).rename("label"), probabilities.reindex(names)], axis=1).rename_axis("image_name")
+    with atomic_path(folder / PROBABILITIES_FILE) as tmp:
+        table.to_csv(tmp, float_format="%.6f", lineterminator="\n")
+    if truth is None or not len(truth):
+        return None
+    scored = table.reindex(truth.index)
+    answered = scored.reindex(columns=list(CLASS_NAMES)).to_numpy()[np.arange(len(scored)),
+                                                                     [list(CLASS_NAMES).index(l) for l in scored["label"]]]
+    calibration = confidence_table(truth, scored["label"], answered)
+    with atomic_path(folder / CONFIDENCE_FILE) as tmp:
+        calibration.to_csv(tmp, float_format="%.4f", lineterminator="\n")
+    return calibration.reset_index().to_dict(orient="records")
 
 
 def _confusion_png(matrix: pd.DataFrame, path: Path, title: str) -> None:

@@ -14,7 +14,8 @@ validation accuracy (``--method auto``, the default; or name one), predicts the 
 writes ``submission.csv`` (``image_name,label``, one row per test image, sorted, written
 atomically and validated). A report folder gets validation accuracy, per-class precision and
 recall and a confusion-matrix PNG (and the same on test when labels are known: ``--labels`` or
-``--demo``'s hidden ``Dataset/test_labels.csv``). Bad input loses no test row and
+``--demo``'s hidden ``Dataset/test_labels.csv``), and ``test_probabilities.csv``: per test image its
+label and the probability of each class it was read from (``attribution.class_probabilities``). Bad input loses no test row and
 stops nothing: an undecodable test image gets ``outlier``, an undecodable training or validation
 image is left out, an image of another size than the models' is resized (which weakens its
 signals), and entries of the test folder that are not visible image files directly in it
@@ -183,13 +184,14 @@ def _features_of_shard(extractor: FeatureExtractor, paths: List[str], keys: List
 
 
 def run(args: argparse.Namespace) -> int:
-    from attribution import METHODS, TOKEN_METHODS, net_blend_weights, pick_method, predict
+    from attribution import METHODS, TOKEN_METHODS, class_probabilities, net_blend_weights, pick_method, predict
     from cli import warn
     from feature_extractor import FeatureExtractor
     from models.registry import CLASS_NAMES
     from provenance import ScoringGate
     from run_inputs import gather_inputs, read_test_labels, resized_images
-    from scoring import interval_text, report_files, summary as score_summary, write_report
+    from scoring import (CONFIDENCE_FILE, PROBABILITIES_FILE, interval_text, report_files, summary as score_summary,
+                         write_probabilities, write_report)
 
     started = time.perf_counter()
     dataset_root = args.dataset
@@ -273,7 +275,8 @@ def run(args: argparse.Namespace) -> int:
     report_dir = args.report_dir or args.out.with_name(args.out.stem + "_report")
     report_dir.mkdir(parents=True, exist_ok=True)
     # summary.json goes first and comes back last: a folder without it is a killed run's, half rewritten
-    for stale in ["summary.json", *report_files("test"), *(f"tokens_{split}.parquet" for split in ("train", "val", "test"))]:
+    for stale in ["summary.json", *report_files("test"), PROBABILITIES_FILE, CONFIDENCE_FILE,
+                  *(f"tokens_{split}.parquet" for split in ("train", "val", "test"))]:
         (report_dir / stale).unlink(missing_ok=True)  # an earlier run's must not pass for this run's
     frames = {f"features_{split}.parquet": frame for split, frame in (("train", train), ("val", val), ("test", test))}
     frames.update({f"tokens_{split}.parquet": frame  # flat_prada.py's command-line input
@@ -289,6 +292,9 @@ def run(args: argparse.Namespace) -> int:
                "models": str(model_dirs[method]), "net_blend_weights": net_blend_weights(bundle), "validation": val_stats, **notes}
     if truth is not None and len(truth):
         summary["test"] = write_report(report_dir, "test", truth, labels.reindex(truth.index), f"Test ({method})")
+    probabilities = class_probabilities(bundle, test_inputs) if len(test_inputs) else None
+    if probabilities is not None:
+        summary["test_confidence"] = write_probabilities(report_dir, labels, probabilities, truth)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     with atomic_path(report_dir / "summary.json") as tmp:
         tmp.write_text(json.dumps(_json_safe(summary), indent=2, allow_nan=False))

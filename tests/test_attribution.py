@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from attribution import bundle_exists, fit_bundle, load_bundle, pick_method, predict
+from attribution import bundle_exists, class_probabilities, fit_bundle, load_bundle, pick_method, predict
 from models.registry import CLASS_NAMES, FAMILY_OF, VARIANT_NAMES
 from provenance import FamilyGate
 from scoring import summary, write_report
@@ -34,6 +34,35 @@ def synthetic_features(n_per_class: int, seed: int) -> tuple[pd.DataFrame, np.nd
 @pytest.fixture(scope="module")
 def data():
     return synthetic_features(40, 0), synthetic_features(20, 1), synthetic_features(20, 2)
+
+
+@pytest.mark.parametrize("method, gate_strategy", [("flat", "learned"), ("two-stage", "learned"), ("two-stage", "balanced")])
+def test_class_probabilities_are_what_the_answer_is_read_from(data, tmp_path, method, gate_strategy):
+    """Each image's probabilities of the 9 classes sum to 1. Flat: its answer is the likeliest class,
+    or outlier below the rejection threshold. Two-stage: the answer's family holds the largest mass
+    among the families and outlier (1 for a threshold gate), and a variant answer is the likeliest
+    variant of its family."""
+    from provenance import GATE_ANSWERS
+
+    (train, ytr), (val, yva), (test, _) = data
+    bundle = fit_bundle(method, train, ytr, val, yva, tmp_path / "bundle", gate_strategy=gate_strategy)
+    labels, proba = predict(bundle, test), class_probabilities(bundle, test)
+    assert list(proba.columns) == list(CLASS_NAMES) and list(proba.index) == list(test.index)
+    assert np.allclose(proba.sum(axis=1), 1.0) and (proba >= 0).all(axis=None)
+    if method == "flat":
+        rejected = proba.max(axis=1) < bundle["flat"].reject_below
+        assert (labels == proba.idxmax(axis=1).where(~rejected, "outlier")).all()
+        return
+    families = pd.DataFrame({f: proba[[c for c in CLASS_NAMES if FAMILY_OF.get(c, "outlier") == f]].sum(axis=1)
+                             for f in GATE_ANSWERS})
+    named = labels != "outlier"
+    assert (families.idxmax(axis=1)[named] == labels[named].map(FAMILY_OF)).all()
+    for image in labels.index[named]:
+        family = FAMILY_OF[labels[image]]
+        assert labels[image] == proba.loc[image, [c for c in CLASS_NAMES if FAMILY_OF.get(c) == family]].idxmax()
+    if gate_strategy != "learned":
+        assert set(np.round(families.to_numpy().ravel(), 12)) <= {0.0, 1.0}, "a threshold has no probabilities"
+    assert class_probabilities({"method": "prada"}, test) is None
 
 
 def test_a_threshold_gate_calls_an_image_without_signals_an_outlier(data):

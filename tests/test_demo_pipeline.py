@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -76,8 +77,18 @@ def test_submission_end_to_end_and_warm_rerun(tiny_dataset, tmp_path, monkeypatc
     assert list(table.columns) == ["image_name", "label"]
     assert sorted(table["image_name"]) == sorted(p.name for p in (tiny_dataset / "test").iterdir())
     assert set(table["label"]) <= set(CLASS_NAMES)
+    probabilities = (tmp_path / "a_report" / "test_probabilities.csv").read_bytes()
     assert submission.main(args + ["--out", str(second)]) == 0
     assert first.read_bytes() == second.read_bytes()
+    # per test image, its label (as in submission.csv) and the 9 probabilities it was read from
+    assert (tmp_path / "b_report" / "test_probabilities.csv").read_bytes() == probabilities
+    read = pd.read_csv(tmp_path / "a_report" / "test_probabilities.csv")
+    assert list(read.columns) == ["image_name", "label", *CLASS_NAMES]
+    assert read[["image_name", "label"]].equals(table)
+    assert np.allclose(read[list(CLASS_NAMES)].sum(axis=1), 1.0, atol=1e-5)
+    confidence = pd.read_csv(tmp_path / "a_report" / "test_confidence.csv", index_col="confidence")
+    assert confidence["n"].sum() == len(pd.read_csv(tiny_dataset / "test_labels.csv")), "every labelled test image in a bin"
+    assert json.loads((tmp_path / "a_report" / "summary.json").read_text())["test_confidence"][0]["n"] == confidence["n"].iloc[0]
     assert sorted((cache / "features").rglob("*.parquet")) == shards, "the warm rerun recomputed features"
     assert (tmp_path / "a_report" / "test_confusion.png").stat().st_size > 0
     # the default --method auto fitted both methods and kept the one of higher validation accuracy

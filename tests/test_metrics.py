@@ -89,3 +89,17 @@ def test_wilson_interval_matches_known_values():
     assert proportion_interval(0, 10)[1] > 0.2  # not the degenerate normal-approximation interval [0, 0]
     stats = summary(["var16", "rarb", "outlier", "outlier"], ["var16", "rarl", "outlier", "var16"])
     assert stats["accuracy"] == 0.5 and stats["accuracy_ci95"][0] < 0.5 < stats["accuracy_ci95"][1]
+
+
+def test_confidence_table_bins_answers_by_the_probability_they_were_given():
+    from scoring import confidence_table
+
+    truth = ["var16", "var16", "rarb", "outlier", "rarl", "var20"]
+    answer = ["var16", "var20", "rarb", "outlier", "rarb", "var20"]
+    confidence = [0.3, 0.5, 0.95, 1.0, 0.8, float("nan")]  # the last has none (an undecodable image)
+    table = confidence_table(truth, answer, confidence)
+    assert list(table.index) == ["0–0.5", "0.5–0.7", "0.7–0.9", "0.9–0.99", "0.99–1"]
+    assert table["n"].tolist() == [2, 0, 1, 1, 1], "(low, high], the first bin with its low edge; NaN left out"
+    assert table.loc["0–0.5", "accuracy"] == 0.5 and table.loc["0–0.5", "mean_confidence"] == pytest.approx(0.4)
+    assert table.loc["0.7–0.9", "accuracy"] == 0.0 and table.loc["0.99–1", "accuracy"] == 1.0
+    assert np.isnan(table.loc["0.5–0.7", "accuracy"])
