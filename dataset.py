@@ -32,7 +32,7 @@ import torch
 from cli import InputError, warn
 from models.registry import CLASS_NAMES
 
-__all__ = ["IMAGE_SUFFIXES", "REPORT_DIR", "list_split", "read_split", "load_images", "inspect_images", "read_label_csv",
+__all__ = ["IMAGE_SUFFIXES", "REPORT_DIR", "csv_quoting", "list_split", "read_split", "load_images", "inspect_images", "read_label_csv",
            "read_feature_frame", "read_labelled_features", "add_labelled_split_arguments", "images_under", "is_image_file",
            "shown_path", "image_id_of", "check_unique"]
 
@@ -91,6 +91,15 @@ def image_id_of(name: str, split: str, label: Optional[str] = None) -> str:
     if name.startswith(f"{split}/"):
         return name
     return f"{split}/{name}" if label is None else f"{split}/{label}/{name}"
+
+
+def csv_quoting(names: Iterable[str]) -> int:
+    """The ``csv`` quoting for a file of image ``names``: every field quoted when a name holds a line
+    break or a carriage return (both legal on POSIX; the ``csv`` module leaves a lone ``\\r``
+    unquoted, which readers take for a row's end), else only where needed."""
+    import csv
+
+    return csv.QUOTE_ALL if any("\r" in name or "\n" in name for name in names) else csv.QUOTE_MINIMAL
 
 
 def check_unique(path: Path | str, names: Sequence[str]) -> None:

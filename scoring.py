@@ -72,8 +72,14 @@ def confidence_table(y_true: Sequence[str], y_pred: Sequence[str], confidence: S
                      edges: Sequence[float] = CONFIDENCE_EDGES) -> pd.DataFrame:
     """Per bin ``(low, high]`` of ``confidence`` (the probability each answer was given; the first bin
     includes its low edge): ``n``, ``mean_confidence`` and ``accuracy``. Where a method is
-    calibrated, the two columns agree. Images without a confidence (NaN) are left out."""
-    y_true, y_pred, confidence = np.asarray(y_true), np.asarray(y_pred), np.asarray(confidence, dtype=np.float64)
+    calibrated, the two columns agree. Images without a confidence (NaN) are left out; one a
+    rounding step outside ``[0, 1]`` counts at the edge.
+
+    An answer ``outlier`` given by rejecting a variant has the probability of ``outlier``, which
+    is low (below the flat classifier's rejection threshold; the gate's own, 0 for a threshold
+    gate, in two-stage): right rejections land in the lowest bin and raise its accuracy."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    confidence = np.clip(np.asarray(confidence, dtype=np.float64), edges[0], edges[-1])  # NaN stays NaN
     known = ~np.isnan(confidence)
     bins = pd.cut(confidence[known], list(edges), include_lowest=True)
     frame = pd.DataFrame({"confidence": confidence[known], "hit": (y_true == y_pred)[known]})
@@ -90,11 +96,12 @@ def write_probabilities(folder: Path | str, labels: pd.Series, probabilities: pd
     and, with ``truth`` (labels of some test images), :data:`CONFIDENCE_FILE`
     (:func:`confidence_table` of the probability of each answer), whose rows it returns."""
     from atomic import atomic_path
+    from dataset import csv_quoting
 
     folder, names = Path(folder), sorted(labels.index)
     table = pd.concat([labels.reindex(names).rename("label"), probabilities.reindex(names)], axis=1).rename_axis("image_name")
     with atomic_path(folder / PROBABILITIES_FILE) as tmp:
-        table.to_csv(tmp, float_format="%.6f", lineterminator="\n")
+        table.to_csv(tmp, float_format="%.6f", lineterminator="\n", quoting=csv_quoting(table.index.astype(str)))
     if truth is None or not len(truth):
         return None
     scored = table.reindex(truth.index)

@@ -32,7 +32,6 @@ them all cached.
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import math
@@ -62,10 +61,11 @@ def write_submission(labels: pd.Series, path: Path, expected_names: Optional[Lis
     """``image_name,label`` sorted by name, written to a temporary file, validated there (when
     ``expected_names`` is given) and only then renamed into place: a failed check leaves the
     previous file as it was. A name holding a line break (legal on POSIX) is quoted."""
+    from dataset import csv_quoting
+
     frame = pd.DataFrame({"image_name": labels.index.astype(str), "label": labels.to_numpy()}).sort_values("image_name")
-    awkward = frame["image_name"].str.contains("[\r\n]", regex=True).any()
     with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False, lineterminator="\n", quoting=csv.QUOTE_ALL if awkward else csv.QUOTE_MINIMAL)
+        frame.to_csv(tmp, index=False, lineterminator="\n", quoting=csv_quoting(frame["image_name"]))
         if expected_names is not None:
             validate_submission(tmp, expected_names, shown_as=path)
 
@@ -292,8 +292,8 @@ def run(args: argparse.Namespace) -> int:
                "models": str(model_dirs[method]), "net_blend_weights": net_blend_weights(bundle), "validation": val_stats, **notes}
     if truth is not None and len(truth):
         summary["test"] = write_report(report_dir, "test", truth, labels.reindex(truth.index), f"Test ({method})")
-    probabilities = class_probabilities(bundle, test_inputs) if len(test_inputs) else None
-    if probabilities is not None:
+    if method not in TOKEN_METHODS:  # prada's scores are not probabilities
+        probabilities = class_probabilities(bundle, test_inputs) if len(test_inputs) else pd.DataFrame(columns=list(CLASS_NAMES), dtype=float)
         summary["test_confidence"] = write_probabilities(report_dir, labels, probabilities, truth)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     with atomic_path(report_dir / "summary.json") as tmp:

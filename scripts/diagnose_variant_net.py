@@ -85,8 +85,10 @@ Two more questions, each off by default:
 
 Generated maps are kept per batch (``f`` and ``f̂``, and the mirror image's ``f`` when a recipe
 mirrors; written whole or not at all) under
-``--cache DIR/<maps folder>/`` (:func:`variant_net_maps.maps_folder_name`: the weights' fingerprint, the
-maps code's version, and the layout and device when not the defaults), so a rerun only trains. Writes ``variant_net_inputs.csv``
+``--cache DIR/<maps folder>-diagnose/`` (:func:`variant_net_maps.maps_folder_name`: the weights'
+fingerprint, the maps code's version, and the layout and device when not the defaults; the suffix
+keeps its files, which hold more than the training maps' of the same names, apart from those), so a
+rerun only trains. Writes ``variant_net_inputs.csv``
 to ``--out``.
 """
 from __future__ import annotations
@@ -124,6 +126,9 @@ RECIPES = ("mirrored", "distilled", "mirrored_distilled")  # other recipes on th
 
 # f, f̂, variant, class, image (or empty), f of the mirrored image (or empty)
 Maps = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+DIAGNOSIS_SUFFIX = "-diagnose"  # after maps_folder_name: a batch here holds f, f̂ (and f_mirror), not one map
 
 
 @torch.no_grad()
@@ -310,7 +315,7 @@ def main(argv: Optional[list] = None) -> int:
     keep_freed_memory()
     torch.set_num_threads(2)
     adapter = inv_decoder.inverse_adapter(args.family, args.weights_dir, ROOT / CACHE_DIR / INV_DECODER_DIR)
-    cache = Path(args.cache) / variant_net_maps.maps_folder_name(adapter) if args.cache else None
+    cache = Path(args.cache) / (variant_net_maps.maps_folder_name(adapter) + DIAGNOSIS_SUFFIX) if args.cache else None
     n_train = -(-args.train_per_variant // args.gen_batch)
     n_test = -(-args.heldout_per_variant // args.gen_batch)
     # refined images: whole batches, the first of each variant's held-out ones

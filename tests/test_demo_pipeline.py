@@ -539,6 +539,8 @@ def test_training_data_of_some_classes_only(tiny_dataset, tmp_path, capsys):
                             str(tmp_path / "Dataset" / "val"), "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]) == 0
     assert out.read_text() == "image_name,label\nx.png,outlier\n"
     assert not (tmp_path / "s_report" / "test.md").exists()
+    assert (tmp_path / "s_report" / "test_probabilities.csv").read_text().splitlines()[1] == "x.png,outlier" + "," * 9, \
+        "its label, no probabilities"
 
 
 def test_a_malformed_labels_file_stops_the_run_before_any_model_loads(tiny_dataset, tmp_path, monkeypatch):

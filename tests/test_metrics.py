@@ -103,3 +103,22 @@ def test_confidence_table_bins_answers_by_the_probability_they_were_given():
     assert table.loc["0–0.5", "accuracy"] == 0.5 and table.loc["0–0.5", "mean_confidence"] == pytest.approx(0.4)
     assert table.loc["0.7–0.9", "accuracy"] == 0.0 and table.loc["0.99–1", "accuracy"] == 1.0
     assert np.isnan(table.loc["0.5–0.7", "accuracy"])
+    # a product of probabilities can round one step above 1: it counts in the top bin, not in none
+    assert confidence_table(["var16"], ["var16"], [np.nextafter(1.0, 2.0)])["n"].tolist() == [0, 0, 0, 0, 1]
+
+
+def test_probabilities_file_keeps_every_name_and_an_undecodable_image(tmp_path):
+    """One row per image, by name; a name holding a carriage return or a comma reads back as one
+    name; an image without probabilities (undecodable) keeps its label and gets empty fields."""
+    import pandas as pd
+
+    from models.registry import CLASS_NAMES
+    from scoring import write_probabilities
+
+    labels = pd.Series({"c\rd.png": "var16", "x,y.png": "outlier", "e.png": "rarb"})
+    proba = pd.DataFrame(np.full((2, 9), 1 / 9), index=["e.png", "c\rd.png"], columns=list(CLASS_NAMES))
+    rows = write_probabilities(tmp_path, labels, proba, pd.Series({"e.png": "rarb", "c\rd.png": "var20"}))
+    read = pd.read_csv(tmp_path / "test_probabilities.csv", keep_default_na=False)
+    assert read["image_name"].tolist() == ["c\rd.png", "e.png", "x,y.png"]
+    assert read["label"].tolist() == ["var16", "rarb", "outlier"] and read.loc[2, "var16"] == ""
+    assert sum(row["n"] for row in rows) == 2 and rows[0]["accuracy"] == 0.5

@@ -392,7 +392,7 @@ def test_diagnose_variant_net_recipes_add_mirrored_and_distilled_rows(tmp_path):
     from variant_net_maps import MAPS_VERSION
 
     folders = [p.name for p in (tmp_path / "cache").iterdir()]  # named as the training maps' are: other code, another folder
-    assert len(folders) == 1 and folders[0].endswith(f"-v{MAPS_VERSION}")
+    assert len(folders) == 1 and folders[0].endswith(f"-v{MAPS_VERSION}-diagnose")
     assert not torch.equal(stored[0]["f_mirror"], stored[0]["f"].flip(-1)), "D⁻¹ of the mirror image, not the mirrored map"
     with pytest.raises(SystemExit):
         diagnose.main(args[:args.index("--inputs") + 1] + ["reencoded", "--recipes", "distilled"])
