@@ -14,6 +14,8 @@ run to load (it fits again). Classes absent from the training data are never pre
 family without training images gets no variant classifier, and a family with one variant always
 names it. ``auto`` (:func:`pick_method`) fits both methods and keeps the one of higher
 validation accuracy: which wins depends on the models, so it is measured, not assumed.
+Both also fit one temperature on validation for the class probabilities they report
+(:func:`class_probabilities`, :mod:`calibration`), kept in ``bundle.json``; it changes no answer.
 A third method, ``prada`` (:mod:`flat_prada`), is fitted only when asked for by name: it reads the
 per-token log-likelihood frames instead of the feature frames, and tunes nothing on validation.
 """
@@ -23,11 +25,12 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 
+from calibration import fit_temperature, temper
 from models.registry import CLASS_NAMES
 from provenance import AnyGate, family_of_labels, load_gate, make_gate, save_gate
 from variant_classifier import FlatClassifier, VariantClassifier
@@ -77,7 +80,11 @@ def fit_bundle(method: str, train: pd.DataFrame, train_labels: Sequence[str], va
         bundle = {"method": "prada", "prada": prada}
     else:
         bundle = _fit_two_stage(train, train_labels, val, val_labels, staging, gate_strategy, seed)
-    contents = {"method": method, "variant_classifiers": sorted(bundle.get("classifiers", {}))}
+    if method != "prada":  # its scores are not probabilities
+        parts = _posterior_parts(bundle, val)
+        bundle["temperature"] = fit_temperature(lambda t: _combined(parts, t), val_labels)
+    contents = {"method": method, "variant_classifiers": sorted(bundle.get("classifiers", {})),
+                "temperature": bundle.get("temperature")}
     (staging / MANIFEST).write_text(json.dumps(contents, indent=2))
     _publish(staging, folder)
     return bundle
@@ -158,20 +165,20 @@ def bundle_exists(method: str, folder: Path | str) -> bool:
 
 def load_bundle(method: str, folder: Path | str) -> dict:
     folder = Path(folder)
+    manifest = json.loads((folder / MANIFEST).read_text())
     if method == "flat":
-        return {"method": method, "flat": FlatClassifier.load(folder / "flat.joblib")}
+        return {"method": method, "flat": FlatClassifier.load(folder / "flat.joblib"), "temperature": manifest.get("temperature", 1.0)}
     if method == "prada":
         from flat_prada import PradaClassifier
 
         return {"method": method, "prada": PradaClassifier.load(folder / "prada.joblib")}
-    families = json.loads((folder / MANIFEST).read_text())["variant_classifiers"]
-    return {"method": method, "gate": load_gate(folder),
-            "classifiers": {f: VariantClassifier.load(folder / f"{f}.joblib") for f in families}}
+    return {"method": method, "gate": load_gate(folder), "temperature": manifest.get("temperature", 1.0),
+            "classifiers": {f: VariantClassifier.load(folder / f"{f}.joblib") for f in manifest["variant_classifiers"]}}
 
 
 # The modules whose code fits each kind of method's models (and the libraries behind them): any
 # edit to one of them, or another library version, refits instead of loading a stale bundle.
-_FITTING_MODULES = {"frame": ("attribution", "variant_classifier", "provenance", "net_blend", "metrics", "runtime"),
+_FITTING_MODULES = {"frame": ("attribution", "variant_classifier", "provenance", "net_blend", "metrics", "calibration", "runtime"),
                     "prada": ("attribution", "flat_prada")}
 _FITTING_LIBRARIES = {"frame": ("lightgbm", "sklearn", "numpy", "pandas"), "prada": ("torch", "numpy", "pandas")}
 
@@ -230,27 +237,44 @@ def net_blend_weights(bundle: dict) -> Dict[str, float]:
 
 
 def class_probabilities(bundle: dict, features: pd.DataFrame) -> Optional[pd.DataFrame]:
-    """Per image, the probability of each class of :data:`CLASS_NAMES` that the method's answer is
-    read from (rows sum to 1); ``None`` for ``prada``, whose scores are not probabilities.
+    """Per image, the probability of each class of :data:`CLASS_NAMES` (rows sum to 1): the posterior
+    the method's answer is read from, each of its factors sharpened or flattened by the bundle's
+    temperature, fitted on validation (:mod:`calibration`). ``None`` for ``prada``, whose scores are
+    not probabilities.
 
-    Flat: the classifier's calibrated posterior, blended with the variant nets; its answer is the
-    likeliest class, or ``outlier`` when that class's probability is below the rejection threshold.
-    Two-stage: the gate's probability of each family (1 or 0 for a threshold gate) times the family
-    classifier's probability of each of its variants, and the gate's of ``outlier`` (with that of a
-    family without a classifier, which is answered ``outlier``); its answer is
-    taken in two steps (the gate's likeliest family, then that family's likeliest variant or a
-    rejection), so it is not always the row's likeliest class."""
+    Flat: the classifier's calibrated posterior, blended with the variant nets, tempered as one (its
+    order kept); its answer is the likeliest class, or ``outlier`` when that class's probability
+    before the temperature is below the rejection threshold. Two-stage: the gate's probability of
+    each family (1 or 0 for a threshold gate) times the family classifier's probability of each of
+    its variants, each tempered (the order of the families and of each family's variants kept), and
+    the gate's of ``outlier`` (with that of a family without a classifier, which is answered
+    ``outlier``); its answer is taken in two steps (the gate's likeliest family, then that family's
+    likeliest variant or a rejection), so it is not always the row's likeliest class."""
     if bundle["method"] == "prada":
         return None
+    return _combined(_posterior_parts(bundle, features), bundle["temperature"])
+
+
+def _posterior_parts(bundle: dict, features: pd.DataFrame) -> Tuple[pd.DataFrame, Dict[str, pd.DataFrame]]:
+    """Flat: ``(its 9-class posterior, {})``. Two-stage: ``(the gate's family probabilities,
+    {family: its classifier's variant probabilities})``."""
     if bundle["method"] == "flat":
-        proba = bundle["flat"].predict_proba(features)
-    else:
-        families = bundle["gate"].family_proba(features)
-        unclassified = [f for f in families.columns if f != "outlier" and f not in bundle["classifiers"]]  # answered outlier
-        proba = pd.DataFrame({"outlier": families[["outlier", *unclassified]].sum(axis=1)}, index=features.index)
-        for family, clf in bundle["classifiers"].items():
-            proba = proba.join(clf.predict_proba(features).mul(families[family], axis=0))
-    return proba.reindex(columns=list(CLASS_NAMES), fill_value=0.0)
+        return bundle["flat"].predict_proba(features), {}
+    return (bundle["gate"].family_proba(features),
+            {family: clf.predict_proba(features) for family, clf in bundle["classifiers"].items()})
+
+
+def _combined(parts: Tuple[pd.DataFrame, Dict[str, pd.DataFrame]], temperature: float) -> pd.DataFrame:
+    """:func:`class_probabilities` from :func:`_posterior_parts` at ``temperature``."""
+    head, variants = parts
+    head = temper(head, temperature)
+    if variants:  # two-stage: head holds the families
+        unclassified = [f for f in head.columns if f != "outlier" and f not in variants]  # answered outlier
+        proba = pd.DataFrame({"outlier": head[["outlier", *unclassified]].sum(axis=1)}, index=head.index)
+        for family, within in variants.items():
+            proba = proba.join(temper(within, temperature).mul(head[family], axis=0))
+        head = proba
+    return head.reindex(columns=list(CLASS_NAMES), fill_value=0.0)
 
 
 def predict(bundle: dict, features: pd.DataFrame) -> pd.Series:

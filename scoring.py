@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -90,12 +90,14 @@ def confidence_table(y_true: Sequence[str], y_pred: Sequence[str], confidence: S
 
 
 def write_probabilities(folder: Path | str, labels: pd.Series, probabilities: pd.DataFrame,
-                        truth: Optional[pd.Series] = None) -> Optional[List[dict]]:
+                        truth: Optional[pd.Series] = None) -> Optional[dict]:
     """Write :data:`PROBABILITIES_FILE` (by image name, as ``submission.csv``; an image ``labels``
     has and ``probabilities`` has not — an undecodable one — gets its label and no probabilities)
     and, with ``truth`` (labels of some test images), :data:`CONFIDENCE_FILE`
-    (:func:`confidence_table` of the probability of each answer), whose rows it returns."""
+    (:func:`confidence_table` of the probability of each answer); returns its rows (``bins``) and
+    the mean ``−log p`` of the true class (``log_loss``, over the images with probabilities)."""
     from atomic import atomic_path
+    from calibration import true_class_log_loss
     from dataset import csv_quoting
 
     folder, names = Path(folder), sorted(labels.index)
@@ -110,7 +112,9 @@ def write_probabilities(folder: Path | str, labels: pd.Series, probabilities: pd
     calibration = confidence_table(truth, scored["label"], answered)
     with atomic_path(folder / CONFIDENCE_FILE) as tmp:
         calibration.to_csv(tmp, float_format="%.4f", lineterminator="\n")
-    return calibration.reset_index().to_dict(orient="records")
+    known = scored[list(CLASS_NAMES)].notna().all(axis=1)
+    log_loss = true_class_log_loss(scored.loc[known, list(CLASS_NAMES)], truth[known]) if known.any() else float("nan")
+    return {"log_loss": log_loss, "bins": calibration.reset_index().to_dict(orient="records")}
 
 
 def _confusion_png(matrix: pd.DataFrame, path: Path, title: str) -> None:

@@ -289,7 +289,8 @@ def run(args: argparse.Namespace) -> int:
             pd.DataFrame({"image_name": meta.index, "label": meta["label"].to_numpy()}).to_csv(tmp, index=False)
     val_stats = write_report(report_dir, "val", val_meta["label"], val_predictions[method], f"Validation ({method})")
     summary = {"method": method, "requested_method": args.method, "validation_accuracy_by_method": val_accuracy,
-               "models": str(model_dirs[method]), "net_blend_weights": net_blend_weights(bundle), "validation": val_stats, **notes}
+               "models": str(model_dirs[method]), "net_blend_weights": net_blend_weights(bundle),
+               "probability_temperature": bundle.get("temperature"), "validation": val_stats, **notes}
     if truth is not None and len(truth):
         summary["test"] = write_report(report_dir, "test", truth, labels.reindex(truth.index), f"Test ({method})")
     if method not in TOKEN_METHODS:  # prada's scores are not probabilities

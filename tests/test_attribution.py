@@ -49,12 +49,17 @@ def test_class_probabilities_are_what_the_answer_is_read_from(data, tmp_path, me
     labels, proba = predict(bundle, test), class_probabilities(bundle, test)
     assert list(proba.columns) == list(CLASS_NAMES) and list(proba.index) == list(test.index)
     assert np.allclose(proba.sum(axis=1), 1.0) and (proba >= 0).all(axis=None)
+    # one temperature, fitted on validation, kept in the bundle; it keeps each row's order
+    assert bundle["temperature"] == load_bundle(method, tmp_path / "bundle")["temperature"] > 0
+    stated = class_probabilities(dict(bundle, temperature=1.0), test)
     if method == "flat":
-        rejected = proba.max(axis=1) < bundle["flat"].reject_below
+        assert (stated.idxmax(axis=1) == proba.idxmax(axis=1)).all(), "tempered as one: each row's order kept"
+    if method == "flat":
+        rejected = stated.max(axis=1) < bundle["flat"].reject_below  # rejection reads the probabilities as stated
         assert (labels == proba.idxmax(axis=1).where(~rejected, "outlier")).all()
         return
     families = pd.DataFrame({f: proba[[c for c in CLASS_NAMES if FAMILY_OF.get(c, "outlier") == f]].sum(axis=1)
-                             for f in GATE_ANSWERS})
+                             for f in GATE_ANSWERS})  # each factor tempered: the families' order is the gate's
     named = labels != "outlier"
     assert (families.idxmax(axis=1)[named] == labels[named].map(FAMILY_OF)).all()
     for image in labels.index[named]:

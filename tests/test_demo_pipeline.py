@@ -88,7 +88,7 @@ def test_submission_end_to_end_and_warm_rerun(tiny_dataset, tmp_path, monkeypatc
     assert np.allclose(read[list(CLASS_NAMES)].sum(axis=1), 1.0, atol=1e-5)
     confidence = pd.read_csv(tmp_path / "a_report" / "test_confidence.csv", index_col="confidence")
     assert confidence["n"].sum() == len(pd.read_csv(tiny_dataset / "test_labels.csv")), "every labelled test image in a bin"
-    assert json.loads((tmp_path / "a_report" / "summary.json").read_text())["test_confidence"][0]["n"] == confidence["n"].iloc[0]
+    assert json.loads((tmp_path / "a_report" / "summary.json").read_text())["test_confidence"]["bins"][0]["n"] == confidence["n"].iloc[0]
     assert sorted((cache / "features").rglob("*.parquet")) == shards, "the warm rerun recomputed features"
     assert (tmp_path / "a_report" / "test_confusion.png").stat().st_size > 0
     # the default --method auto fitted both methods and kept the one of higher validation accuracy

@@ -121,4 +121,30 @@ def test_probabilities_file_keeps_every_name_and_an_undecodable_image(tmp_path):
     read = pd.read_csv(tmp_path / "test_probabilities.csv", keep_default_na=False)
     assert read["image_name"].tolist() == ["c\rd.png", "e.png", "x,y.png"]
     assert read["label"].tolist() == ["var16", "rarb", "outlier"] and read.loc[2, "var16"] == ""
-    assert sum(row["n"] for row in rows) == 2 and rows[0]["accuracy"] == 0.5
+    assert sum(row["n"] for row in rows["bins"]) == 2 and rows["bins"][0]["accuracy"] == 0.5
+    assert rows["log_loss"] == pytest.approx(np.log(9)), "the true class's probability, 1/9 for both"
+
+
+def test_temperature_keeps_each_row_in_order_and_is_fitted_on_the_log_loss():
+    import pandas as pd
+
+    from calibration import TEMPERATURES, fit_temperature, temper, true_class_log_loss
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 1, (400, 4))
+    truth = np.array([rng.choice(4, p=np.exp(2 * r) / np.exp(2 * r).sum()) for r in logits])  # sharper than the stated
+    stated = pd.DataFrame(np.exp(logits) / np.exp(logits).sum(1, keepdims=True), columns=list("abcd"))
+    labels = [list("abcd")[t] for t in truth]
+    fitted = fit_temperature(lambda t: temper(stated, t), labels)
+    assert 0.35 <= fitted <= 0.7, "about 1/2: the truth was drawn from the stated logits times 2"
+    losses = {t: true_class_log_loss(temper(stated, t), labels) for t in TEMPERATURES}
+    assert losses[fitted] == min(losses.values()) and losses[fitted] < losses[1.0]
+    sharpened = temper(stated, fitted)
+    assert np.allclose(sharpened.sum(axis=1), 1.0) and (sharpened.idxmax(axis=1) == stated.idxmax(axis=1)).all()
+    assert np.array_equal(np.argsort(sharpened.to_numpy(), 1), np.argsort(stated.to_numpy(), 1)), "each row's order kept"
+    zeros = pd.DataFrame([[0.0, 0.25, 0.75]], columns=list("xyz"))
+    assert temper(zeros, 0.5).iloc[0, 0] == 0.0 and temper(zeros, 1.0).equals(zeros)
+    assert temper(zeros, 0.5).iloc[0, 2] == pytest.approx(0.75 ** 2 / (0.75 ** 2 + 0.25 ** 2))
+    assert fit_temperature(lambda t: temper(stated.iloc[:0], t), []) == 1.0
+    with pytest.raises(ValueError, match="positive"):
+        temper(zeros, 0.0)
