@@ -76,8 +76,9 @@ def confidence_table(y_true: Sequence[str], y_pred: Sequence[str], confidence: S
     rounding step outside ``[0, 1]`` counts at the edge.
 
     An answer ``outlier`` given by rejecting a variant has the probability of ``outlier``, which
-    is low (below the flat classifier's rejection threshold; the gate's own, 0 for a threshold
-    gate, in two-stage): right rejections land in the lowest bin and raise its accuracy."""
+    is mostly low (flat: below the rejection threshold before the temperature; two-stage: the
+    gate's own, 0 for a threshold gate): right rejections land in the low bins and raise their
+    accuracy."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     confidence = np.clip(np.asarray(confidence, dtype=np.float64), edges[0], edges[-1])  # NaN stays NaN
     known = ~np.isnan(confidence)

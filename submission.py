@@ -15,8 +15,9 @@ writes ``submission.csv`` (``image_name,label``, one row per test image, sorted,
 atomically and validated). A report folder gets validation accuracy, per-class precision and
 recall and a confusion-matrix PNG (and the same on test when labels are known: ``--labels`` or
 ``--demo``'s hidden ``Dataset/test_labels.csv``), and ``test_probabilities.csv``: per test image its
-label and the probability of each class it was read from (``attribution.class_probabilities``). Bad input loses no test row and
-stops nothing: an undecodable test image gets ``outlier``, an undecodable training or validation
+label and the probability of each class (``attribution.class_probabilities``: the method's posterior,
+tempered on validation; with test labels, ``test_confidence.csv`` bins them). Bad input loses no
+test row and stops nothing: an undecodable test image gets ``outlier``, an undecodable training or validation
 image is left out, an image of another size than the models' is resized (which weakens its
 signals), and entries of the test folder that are not visible image files directly in it
 (subfolders, other files, hidden entries such as ``._x.png``) get no row — each named in a

@@ -146,5 +146,15 @@ def test_temperature_keeps_each_row_in_order_and_is_fitted_on_the_log_loss():
     assert temper(zeros, 0.5).iloc[0, 0] == 0.0 and temper(zeros, 1.0).equals(zeros)
     assert temper(zeros, 0.5).iloc[0, 2] == pytest.approx(0.75 ** 2 / (0.75 ** 2 + 0.25 ** 2))
     assert fit_temperature(lambda t: temper(stated.iloc[:0], t), []) == 1.0
+    # validation that says nothing about the temperature (hard answers, right or wrong) keeps 1
+    hard = pd.DataFrame([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]], columns=list("ab"))
+    assert fit_temperature(lambda t: temper(hard, t), ["a", "b", "b"]) == 1.0
+    # a tiny true-class probability is charged in full: 99 even rows and one near-certain miss
+    # favour flattening, not the sharpest temperature (which a floor of 1e-12 once picked)
+    tiny = pd.DataFrame([[0.5, 0.5]] * 99 + [[1 - 1e-8, 1e-8]], columns=list("ab"))
+    assert fit_temperature(lambda t: temper(tiny, t), ["b"] * 100) > 1.0
+    assert temper(pd.DataFrame([[0.0, 0.0]]), 0.5).to_numpy().tolist() == [[0.0, 0.0]]
+    with pytest.raises(ValueError, match="2 labels for 3 rows"):
+        true_class_log_loss(hard, ["a", "b"])
     with pytest.raises(ValueError, match="positive"):
         temper(zeros, 0.0)
