@@ -18,10 +18,11 @@ from models.registry import CLASS_NAMES
 from provenance import family_of_labels
 
 __all__ = ["proportion_interval", "interval_text", "summary", "per_class_table", "confusion", "confidence_table", "report_files",
-           "write_report", "PROBABILITIES_FILE", "CONFIDENCE_FILE", "write_probabilities"]
+           "write_report", "PROBABILITIES_FILE", "CONFIDENCE_FILE", "CONFIDENCE_PNG", "write_probabilities"]
 
 PROBABILITIES_FILE = "test_probabilities.csv"  # per test image: its label and the 9 probabilities it was read from
 CONFIDENCE_FILE = "test_confidence.csv"  # with test labels: accuracy per bin of the answer's probability
+CONFIDENCE_PNG = "test_confidence.png"  # the same as a reliability diagram
 CONFIDENCE_EDGES = (0.0, 0.5, 0.7, 0.9, 0.99, 1.0)
 
 
@@ -95,7 +96,8 @@ def write_probabilities(folder: Path | str, labels: pd.Series, probabilities: pd
     """Write :data:`PROBABILITIES_FILE` (by image name, as ``submission.csv``; an image ``labels``
     has and ``probabilities`` has not — an undecodable one — gets its label and no probabilities)
     and, with ``truth`` (labels of some test images), :data:`CONFIDENCE_FILE`
-    (:func:`confidence_table` of the probability of each answer); returns its rows (``bins``) and
+    (:func:`confidence_table` of the probability of each answer) with its reliability diagram
+    :data:`CONFIDENCE_PNG`; returns its rows (``bins``) and
     the mean ``−log p`` of the true class (``log_loss``, over the images with probabilities)."""
     from atomic import atomic_path
     from calibration import true_class_log_loss
@@ -113,6 +115,7 @@ def write_probabilities(folder: Path | str, labels: pd.Series, probabilities: pd
     calibration = confidence_table(truth, scored["label"], answered)
     with atomic_path(folder / CONFIDENCE_FILE) as tmp:
         calibration.to_csv(tmp, float_format="%.4f", lineterminator="\n")
+    _confidence_png(calibration, folder / CONFIDENCE_PNG)
     known = scored[list(CLASS_NAMES)].notna().all(axis=1)
     log_loss = true_class_log_loss(scored.loc[known, list(CLASS_NAMES)], truth[known]) if known.any() else float("nan")
     return {"log_loss": log_loss, "bins": calibration.reset_index().to_dict(orient="records")}
@@ -137,6 +140,32 @@ def _confusion_png(matrix: pd.DataFrame, path: Path, title: str) -> None:
             if v:
                 ax.text(j, i, str(v), ha="center", va="center", fontsize=8, color="white" if v > peak / 2 else "black")
     ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _confidence_png(table: pd.DataFrame, path: Path) -> None:
+    """Reliability diagram of a :func:`confidence_table`: each bin's accuracy against its mean
+    probability, marked by its image count; on the diagonal a method's probabilities are frequencies."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = table[table["n"] > 0]
+    fig, ax = plt.subplots(figsize=(4.8, 4.6), dpi=110)
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="calibrated")
+    ax.scatter(shown["mean_confidence"], shown["accuracy"], s=20 + 280 * shown["n"] / max(shown["n"].max(), 1), zorder=3)
+    for k, (name, row) in enumerate(shown.iterrows()):  # left of the point, above and below by turns: no overlap at the top
+        ax.annotate(f"{name}: {int(row['n'])} images", (row["mean_confidence"], row["accuracy"]), textcoords="offset points",
+                    xytext=(-10, 8 if k % 2 else -14), ha="right", fontsize=7)
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.08)
+    ax.set_xlabel("mean probability of the answer (per bin)")
+    ax.set_ylabel("share of answers right")
+    ax.set_title("Test: how far to trust one answer")
+    ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -191,8 +191,8 @@ def run(args: argparse.Namespace) -> int:
     from models.registry import CLASS_NAMES
     from provenance import ScoringGate
     from run_inputs import gather_inputs, read_test_labels, resized_images
-    from scoring import (CONFIDENCE_FILE, PROBABILITIES_FILE, interval_text, report_files, summary as score_summary,
-                         write_probabilities, write_report)
+    from scoring import (CONFIDENCE_FILE, CONFIDENCE_PNG, PROBABILITIES_FILE, interval_text, report_files,
+                         summary as score_summary, write_probabilities, write_report)
 
     started = time.perf_counter()
     dataset_root = args.dataset
@@ -276,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
     report_dir = args.report_dir or args.out.with_name(args.out.stem + "_report")
     report_dir.mkdir(parents=True, exist_ok=True)
     # summary.json goes first and comes back last: a folder without it is a killed run's, half rewritten
-    for stale in ["summary.json", *report_files("test"), PROBABILITIES_FILE, CONFIDENCE_FILE,
+    for stale in ["summary.json", *report_files("test"), PROBABILITIES_FILE, CONFIDENCE_FILE, CONFIDENCE_PNG,
                   *(f"tokens_{split}.parquet" for split in ("train", "val", "test"))]:
         (report_dir / stale).unlink(missing_ok=True)  # an earlier run's must not pass for this run's
     frames = {f"features_{split}.parquet": frame for split, frame in (("train", train), ("val", val), ("test", test))}

@@ -87,6 +87,7 @@ def test_submission_end_to_end_and_warm_rerun(tiny_dataset, tmp_path, monkeypatc
     assert read[["image_name", "label"]].equals(table)
     assert np.allclose(read[list(CLASS_NAMES)].sum(axis=1), 1.0, atol=1e-5)
     confidence = pd.read_csv(tmp_path / "a_report" / "test_confidence.csv", index_col="confidence")
+    assert (tmp_path / "a_report" / "test_confidence.png").stat().st_size > 0
     assert confidence["n"].sum() == len(pd.read_csv(tiny_dataset / "test_labels.csv")), "every labelled test image in a bin"
     assert json.loads((tmp_path / "a_report" / "summary.json").read_text())["test_confidence"]["bins"][0]["n"] == confidence["n"].iloc[0]
     assert sorted((cache / "features").rglob("*.parquet")) == shards, "the warm rerun recomputed features"

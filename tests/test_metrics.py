@@ -123,6 +123,7 @@ def test_probabilities_file_keeps_every_name_and_an_undecodable_image(tmp_path):
     assert read["label"].tolist() == ["var16", "rarb", "outlier"] and read.loc[2, "var16"] == ""
     assert sum(row["n"] for row in rows["bins"]) == 2 and rows["bins"][0]["accuracy"] == 0.5
     assert rows["log_loss"] == pytest.approx(np.log(9)), "the true class's probability, 1/9 for both"
+    assert (tmp_path / "test_confidence.png").read_bytes().startswith(b"\x89PNG"), "the reliability diagram"
 
 
 def test_temperature_keeps_each_row_in_order_and_is_fitted_on_the_log_loss():
