@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["TEMPERATURES", "temper", "true_class_log_loss", "fit_temperature"]
+__all__ = ["TEMPERATURES", "temper", "probability_of", "true_class_log_loss", "fit_temperature"]
 
 TEMPERATURES = tuple(np.round(np.arange(0.25, 4.0 + 1e-9, 0.05), 2))  # the grid searched
 # -log of the smallest positive double (708 nats): what a true class of probability 0 costs. Zeros
@@ -44,15 +44,20 @@ def temper(proba: pd.DataFrame, temperature: float) -> pd.DataFrame:
     return pd.DataFrame(tempered, index=proba.index, columns=proba.columns)
 
 
-def true_class_log_loss(proba: pd.DataFrame, labels: Sequence[str]) -> float:
-    """Mean ``−log p(true class)`` (floored at :data:`_FLOOR`); a label that is not a column counts as 0."""
+def probability_of(proba: pd.DataFrame, labels: Sequence[str]) -> np.ndarray:
+    """Each row's probability of its label (the true class, or the answer given); 0 for a label that
+    is not a column, NaN where the row has none."""
     labels = list(labels)
     if len(labels) != len(proba):
         raise ValueError(f"{len(labels)} labels for {len(proba)} rows of probabilities")
     columns = {name: i for i, name in enumerate(proba.columns)}
     values = proba.to_numpy(dtype=np.float64)
-    picked = np.array([values[row, columns[label]] if label in columns else 0.0 for row, label in enumerate(labels)])
-    return float(-np.log(np.maximum(picked, _FLOOR)).mean())
+    return np.array([values[row, columns[label]] if label in columns else 0.0 for row, label in enumerate(labels)])
+
+
+def true_class_log_loss(proba: pd.DataFrame, labels: Sequence[str]) -> float:
+    """Mean ``−log p(true class)`` (:func:`probability_of`, floored at :data:`_FLOOR`)."""
+    return float(-np.log(np.maximum(probability_of(proba, labels), _FLOOR)).mean())
 
 
 def fit_temperature(probabilities_at: Callable[[float], pd.DataFrame], labels: Sequence[str]) -> float:

@@ -100,7 +100,7 @@ def write_probabilities(folder: Path | str, labels: pd.Series, probabilities: pd
     :data:`CONFIDENCE_PNG`; returns its rows (``bins``) and
     the mean ``−log p`` of the true class (``log_loss``, over the images with probabilities)."""
     from atomic import atomic_path
-    from calibration import true_class_log_loss
+    from calibration import probability_of, true_class_log_loss
     from dataset import csv_quoting
 
     folder, names = Path(folder), sorted(labels.index)
@@ -110,9 +110,7 @@ def write_probabilities(folder: Path | str, labels: pd.Series, probabilities: pd
     if truth is None or not len(truth):
         return None
     scored = table.reindex(truth.index)
-    answered = scored.reindex(columns=list(CLASS_NAMES)).to_numpy()[np.arange(len(scored)),
-                                                                     [list(CLASS_NAMES).index(l) for l in scored["label"]]]
-    calibration = confidence_table(truth, scored["label"], answered)
+    calibration = confidence_table(truth, scored["label"], probability_of(scored[list(CLASS_NAMES)], scored["label"]))
     with atomic_path(folder / CONFIDENCE_FILE) as tmp:
         calibration.to_csv(tmp, float_format="%.4f", lineterminator="\n")
     _confidence_png(calibration, folder / CONFIDENCE_PNG)
