@@ -178,21 +178,23 @@ def load_bundle(method: str, folder: Path | str) -> dict:
 
 # The modules whose code fits each kind of method's models (and the libraries behind them): any
 # edit to one of them, or another library version, refits instead of loading a stale bundle.
-_FITTING_MODULES = {"frame": ("attribution", "variant_classifier", "provenance", "net_blend", "metrics", "calibration", "runtime"),
-                    "prada": ("attribution", "flat_prada")}
+# signals (its SIGNALS are the gates' columns) and models.registry (the classes) are read, not imported.
+_FITTING_MODULES = {"frame": ("attribution", "variant_classifier", "provenance", "net_blend", "metrics", "calibration", "runtime",
+                              "signals", "models.registry"),
+                    "prada": ("attribution", "flat_prada", "models.registry")}
 _FITTING_LIBRARIES = {"frame": ("lightgbm", "sklearn", "numpy", "pandas"), "prada": ("torch", "numpy", "pandas")}
 
 
 def _code_digest(kind: str) -> str:
     import hashlib
     import importlib
-    import inspect
+    import importlib.util
 
     digest = hashlib.sha256()
     for name in _FITTING_LIBRARIES[kind]:
         digest.update(f"{name}=={importlib.import_module(name).__version__};".encode())
     for name in _FITTING_MODULES[kind]:
-        digest.update(Path(inspect.getsourcefile(importlib.import_module(name))).read_bytes())
+        digest.update(Path(importlib.util.find_spec(name).origin).read_bytes())
     return digest.hexdigest()[:16]
 
 

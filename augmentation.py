@@ -195,12 +195,16 @@ def augment_batch(img_B3HW: torch.Tensor, stage: str, p: float = 0.5, generator:
 
 
 def main(argv: Optional[list] = None) -> int:
+    from atomic import atomic_path
+    from cli import output_file_with
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("image", type=Path, help="the image to attack")
     parser.add_argument("--attack", required=True, choices=["none", *ATTACKS], help="the post-processing attack to apply")
     parser.add_argument("--strength", type=float, help="default: the paper's strength for the attack")
     parser.add_argument("--seed", type=int, default=0, help="seed of the attack's randomness (default 0)")
-    parser.add_argument("--out", type=Path, required=True, help="where to write the attacked image")
+    parser.add_argument("--out", type=output_file_with(".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"), required=True,
+                        help="where to write the attacked image (.png, .jpg, …; its folder is made if missing)")
     args = parser.parse_args(argv)
     from PIL import Image
 
@@ -210,8 +214,12 @@ def main(argv: Optional[list] = None) -> int:
         parser.error(f"cannot read {args.image}: {err}")
     x = torch.from_numpy(img.copy()).permute(2, 0, 1)[None].float() / 255
     strength = args.strength if args.strength is not None else ATTACK_DEFAULTS.get(args.attack, 0)
-    y = apply_attack(x, args.attack, strength, torch.Generator().manual_seed(args.seed))
-    Image.fromarray(to_uint8_arrays(y)[0]).save(args.out)
+    try:
+        y = apply_attack(x, args.attack, strength, torch.Generator().manual_seed(args.seed))
+    except ValueError as err:  # a strength the attack cannot take (e.g. an even blur kernel)
+        parser.error(f"--strength {strength:g} for {args.attack}: {err}")
+    with atomic_path(args.out) as tmp:
+        Image.fromarray(to_uint8_arrays(y)[0]).save(tmp, format=Image.registered_extensions()[args.out.suffix.lower()])
     print(f"{args.out}: {args.attack} at {strength}")
     return 0
 

@@ -28,8 +28,8 @@ _FLOOR = np.finfo(np.float64).tiny
 
 
 def temper(proba: pd.DataFrame, temperature: float) -> pd.DataFrame:
-    """Each row ``p`` as ``p^(1/T)``, renormalised; zeros stay zero (a row of zeros too), ``T = 1``
-    changes nothing."""
+    """Each row ``p`` as ``p^(1/T)``, renormalised; zeros stay zero (a row of zeros too), at ``T ≠ 1`` a row
+    with a NaN is all NaN (it is not a distribution); ``T = 1`` returns ``proba`` as it is."""
     if temperature <= 0 or not np.isfinite(temperature):
         raise ValueError(f"a temperature must be positive and finite, got {temperature}")
     if temperature == 1.0:
@@ -41,6 +41,7 @@ def temper(proba: pd.DataFrame, temperature: float) -> pd.DataFrame:
         powered = np.exp(logs - np.where(np.isfinite(top), top, 0.0))
     sums = powered.sum(axis=1, keepdims=True)
     tempered = np.divide(powered, sums, out=np.zeros_like(powered), where=sums > 0)
+    tempered[np.isnan(values).any(axis=1)] = np.nan
     return pd.DataFrame(tempered, index=proba.index, columns=proba.columns)
 
 
@@ -56,18 +57,22 @@ def probability_of(proba: pd.DataFrame, labels: Sequence[str]) -> np.ndarray:
 
 
 def true_class_log_loss(proba: pd.DataFrame, labels: Sequence[str]) -> float:
-    """Mean ``−log p(true class)`` (:func:`probability_of`, floored at :data:`_FLOOR`)."""
-    return float(-np.log(np.maximum(probability_of(proba, labels), _FLOOR)).mean())
+    """Mean ``−log p(true class)`` (:func:`probability_of`, floored at :data:`_FLOOR`) over the rows
+    that have probabilities (NaN when none has)."""
+    probability = probability_of(proba, labels)
+    probability = probability[~np.isnan(probability)]
+    return float(-np.log(np.maximum(probability, _FLOOR)).mean()) if len(probability) else float("nan")
 
 
 def fit_temperature(probabilities_at: Callable[[float], pd.DataFrame], labels: Sequence[str]) -> float:
     """The temperature ``t`` of :data:`TEMPERATURES` whose ``probabilities_at(t)`` (e.g. ``lambda t:
     temper(proba, t)``, or a product of tempered factors) has the lowest :func:`true_class_log_loss`
     of ``labels``; of equal losses (validation that says nothing about ``t``), the one nearest 1;
-    1 without images."""
+    1 without images or without probabilities."""
     labels = list(labels)
     if not labels:
         return 1.0
     losses = [true_class_log_loss(probabilities_at(t), labels) for t in TEMPERATURES]
+    losses = [loss if np.isfinite(loss) else np.inf for loss in losses]
     best = min(range(len(TEMPERATURES)), key=lambda k: (losses[k], abs(TEMPERATURES[k] - 1.0)))
     return float(TEMPERATURES[best])

@@ -14,7 +14,9 @@ a folder missing one file fails at once, not after hours of fine-tuning the othe
 inverse decoder) and :func:`check_device`.
 
 :func:`at_least` is the argparse type of count options (``--batch-size 0`` is refused at once,
-not after the feature pass); :func:`add_weights_arguments` and :func:`add_scored_split_arguments`
+not after the feature pass), :func:`output_file` and :func:`output_folder` those of output paths (a
+folder given for a file, a file for a folder, or a place this user cannot write in is refused
+before any work; a missing parent folder is made when the output is written); :func:`add_weights_arguments` and :func:`add_scored_split_arguments`
 give the commands their common options (which weights, inverse decoders and variant nets — by
 default where ``submission.py`` keeps them, ``cache/inv_decoder`` and ``cache/variant_net``;
 which labelled split of which Dataset); :func:`warn` names files in one line on stderr;
@@ -24,6 +26,7 @@ decoded, naming the others.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["run_main", "InputError", "warn", "readable_folder_images", "folder_images", "at_least", "shard_spec",
+           "output_file", "output_file_with", "output_folder", "positive_float",
            "add_weights_arguments", "add_scored_split_arguments", "required_weight_files", "check_weight_files",
            "check_device", "USER_ERROR_STATUS", "CACHE_DIR", "INV_DECODER_DIR", "VARIANT_NET_DIR"]
 
@@ -106,11 +110,11 @@ def add_weights_arguments(parser: argparse.ArgumentParser, root: Optional[Path] 
                                  f"(default: {where}{CACHE_DIR / VARIANT_NET_DIR}, as submission.py's --cache-dir {CACHE_DIR})")
 
 
-def required_weight_files(weights_dir: Optional[Path | str]) -> List[Path]:
-    """Every tokenizer and generator file of both families that a run with ``weights_dir`` (the
-    demo zoo for ``None``) loads (:func:`models.zoo.family_files`): the files its ``zoo.json``
-    names, or the official file names. A :class:`CheckpointError` if ``weights_dir`` is not a
-    folder, or its ``zoo.json`` lacks a family."""
+def required_weight_files(weights_dir: Optional[Path | str], families: Optional[Sequence[str]] = None) -> List[Path]:
+    """Every tokenizer and generator file of ``families`` (default both) that a run with
+    ``weights_dir`` (the demo zoo for ``None``) loads (:func:`models.zoo.family_files`): the files
+    its ``zoo.json`` names, or the official file names. A :class:`CheckpointError` if
+    ``weights_dir`` is not a folder, or its ``zoo.json`` lacks a family."""
     from models.checkpoints import CheckpointError
     from models.registry import FAMILIES
     from models.zoo import check_weights_dir, family_files
@@ -118,28 +122,30 @@ def required_weight_files(weights_dir: Optional[Path | str]) -> List[Path]:
     folder = check_weights_dir(weights_dir)
     files: List[Path] = []
     absent = []
-    for family in FAMILIES:
+    for family in families or FAMILIES:
         try:
             files += family_files(family, weights_dir)
         except KeyError:  # a zoo.json without the family
             absent.append(family)
     if absent:
-        raise CheckpointError(f"{folder / 'zoo.json'} has no family {', '.join(absent)}; a run needs both VAR and RAR")
+        raise CheckpointError(f"{folder / 'zoo.json'} has no family {', '.join(absent)}; a run needs "
+                              + ("both VAR and RAR" if not families else " and ".join(families)))
     return list(dict.fromkeys(files))
 
 
-def check_weight_files(weights_dir: Optional[Path | str]) -> None:
-    """A :class:`CheckpointError` naming every file of :func:`required_weight_files` that is
-    missing — checked up front, so a folder missing one family's file does not first fine-tune
-    the other family's inverse decoder for hours."""
+def check_weight_files(weights_dir: Optional[Path | str], families: Optional[Sequence[str]] = None) -> None:
+    """A :class:`CheckpointError` naming every file of :func:`required_weight_files` (of
+    ``families``, default both) that is missing — checked up front, so a folder missing one
+    family's file does not first fine-tune the other family's inverse decoder for hours."""
     from models.checkpoints import CheckpointError
 
-    needed = required_weight_files(weights_dir)
+    needed = required_weight_files(weights_dir, families)
     missing = [path for path in needed if not path.is_file()]
     if missing:
         more = f" and {len(missing) - 1} more ({', '.join(p.name for p in missing[1:])})" if len(missing) > 1 else ""
-        raise CheckpointError(f"weight file not found: {missing[0]}{more}; a run needs all {len(needed)} files of both "
-                              "families (check --weights-dir and the file names)")
+        raise CheckpointError(f"weight file not found: {missing[0]}{more}; a run needs all {len(needed)} files of "
+                              + ("both families" if not families else " and ".join(families))
+                              + " (check --weights-dir and the file names)")
 
 
 def check_device(name: str) -> str:
@@ -187,6 +193,60 @@ def at_least(minimum: int) -> Callable[[str], int]:
         return value
 
     parse.__name__ = f"integer ≥ {minimum}"
+    return parse
+
+
+def _check_writable_place(path: Path) -> None:
+    """An :class:`argparse.ArgumentTypeError` unless ``path`` (a folder, existing or to be made) can be
+    written: its nearest existing folder must be a folder this user can write in."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"{existing} is a file, not a folder, so nothing can be written under it")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"cannot write in {existing} (permission denied); choose another place")
+
+
+def output_file(text: str, suffixes: Sequence[str] = ()) -> Path:
+    """An argparse ``type``: a file to write (not an existing folder, in a place that can be written,
+    with one of ``suffixes`` when given); its folder is made when it is written."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name (e.g. {path / 'out'}{suffixes[0] if suffixes else ''})")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise argparse.ArgumentTypeError(f"{text}: expected a name ending in one of {', '.join(suffixes)}")
+    _check_writable_place(path.parent)
+    return path
+
+
+def output_folder(text: str) -> Path:
+    """An argparse ``type``: a folder to write in (not an existing file, in a place that can be
+    written); made when the command writes to it."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; give a folder")
+    _check_writable_place(path)
+    return path
+
+
+def positive_float(text: str) -> float:
+    """An argparse ``type``: a finite number above 0 (a learning rate, a strength)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+    return value
+
+
+def output_file_with(*suffixes: str) -> Callable[[str], Path]:
+    """:func:`output_file` of one of ``suffixes`` (lower case, with the dot)."""
+    def parse(text: str) -> Path:
+        return output_file(text, suffixes)
+
+    parse.__name__ = "output file"
     return parse
 
 

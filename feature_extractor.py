@@ -235,11 +235,11 @@ def _worker_batch(job: tuple) -> pd.DataFrame:
 
 
 def main(argv: Optional[list] = None) -> int:
-    from cli import add_weights_arguments, at_least, check_device, check_weight_files, readable_folder_images
+    from cli import add_weights_arguments, at_least, check_device, check_weight_files, output_file_with, readable_folder_images
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, help="a folder of images (searched recursively)")
-    parser.add_argument("--out", type=Path, required=True, help="output .parquet or .csv")
+    parser.add_argument("--out", type=output_file_with(".parquet", ".csv"), required=True, help="output .parquet or .csv")
     add_weights_arguments(parser, nets=True)
     parser.add_argument("--cache-dir", type=Path, default=Path("cache/features"), help="the feature store (default cache/features)")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the feature store")
@@ -261,7 +261,10 @@ def main(argv: Optional[list] = None) -> int:
                                  batch_size=args.batch_size, device=args.device, workers=args.workers,
                                  refine_steps=args.refine_steps)
     frame = extractor.features(paths, [str(p.relative_to(args.folder)) for p in paths], keys=list(readable["sha256"]))
-    frame.to_parquet(args.out) if args.out.suffix == ".parquet" else frame.to_csv(args.out)
+    from atomic import atomic_path
+
+    with atomic_path(args.out) as tmp:
+        frame.to_parquet(tmp) if args.out.suffix.lower() == ".parquet" else frame.to_csv(tmp)
     print(f"{len(frame)} rows × {frame.shape[1]} features → {args.out}")
     return 0
 

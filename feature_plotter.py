@@ -156,12 +156,14 @@ def write_feature_report(features: pd.DataFrame, labels: pd.Series, out: Path, m
 
 
 def main(argv: Optional[list] = None) -> int:
+    from cli import output_folder
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--features", type=Path, required=True, help="a feature frame, e.g. submission_report/features_val.parquet")
     parser.add_argument("--labels", type=Path, required=True, help="its labels, CSV image_name,label, e.g. submission_report/labels_val.csv")
     parser.add_argument("--models", type=Path,
                         help="a model bundle folder, e.g. cache/models/two-stage-… (for feature importance)")
-    parser.add_argument("--out", type=Path, default=Path("feature_report"), help="folder for the PNGs and report.md (default feature_report)")
+    parser.add_argument("--out", type=output_folder, default=Path("feature_report"), help="folder for the PNGs and report.md (default feature_report)")
     args = parser.parse_args(argv)
     from dataset import read_labelled_features
 

@@ -168,7 +168,17 @@ def stage_sizes_of(tokens: pd.DataFrame, var_patch_nums: Sequence[int]) -> Dict[
 
 def main(argv: Optional[list] = None) -> int:
     """Fit PRADA on the train split's per-token frame and print its validation accuracy."""
+    from cli import InputError, at_least
     from dataset import REPORT_DIR, read_labelled_features
+
+    def scales(text: str) -> List[int]:
+        try:
+            sizes = [int(p) for p in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected scales like 1,2,3,4,5,6,8, got {text!r}") from None
+        if not sizes or min(sizes) < 1:
+            raise argparse.ArgumentTypeError(f"every scale must be at least 1, got {text!r}")
+        return sizes
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for split in ("train", "val"):
@@ -176,13 +186,19 @@ def main(argv: Optional[list] = None) -> int:
                             help=f"{split} per-token frame (default: %(default)s)")
         parser.add_argument(f"--{split}-labels", type=Path, default=REPORT_DIR / f"labels_{split}.csv",
                             help=f"{split} labels, CSV image_name,label (default: %(default)s)")
-    parser.add_argument("--var-patch-nums", default="1,2,3,4,5,6,8", help="VAR's scales (default: the demo zoo's)")
-    parser.add_argument("--epochs", type=int, default=EPOCHS, help="training epochs of each score function (default %(default)s)")
+    parser.add_argument("--var-patch-nums", type=scales, default=[1, 2, 3, 4, 5, 6, 8], help="VAR's scales (default: the demo zoo's, 1,2,3,4,5,6,8)")
+    parser.add_argument("--epochs", type=at_least(1), default=EPOCHS, help="training epochs of each score function (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the score functions' initialisation (default 0)")
     args = parser.parse_args(argv)
     train, train_labels = read_labelled_features(args.train_tokens, args.train_labels)
     val, val_labels = read_labelled_features(args.val_tokens, args.val_labels)
-    sizes = stage_sizes_of(train, [int(p) for p in args.var_patch_nums.split(",")])
+    if not any(column.endswith("_cond") for column in train.columns):
+        raise InputError(f"{args.train_tokens} holds no per-token columns (e.g. var16_cond): give a per-token frame "
+                         "(tokens_<split>.parquet of `python submission.py --demo --method prada`), not a feature frame")
+    try:
+        sizes = stage_sizes_of(train, args.var_patch_nums)
+    except ValueError as err:
+        raise InputError(f"{args.train_tokens}: {err}; check --var-patch-nums") from None
     model = PradaClassifier(sizes, args.seed, args.epochs).fit(train, train_labels)
     predicted = model.predict(val).to_numpy()
     print(f"PRADA: {len(model.scores)} score functions, {len(train)} training images; "

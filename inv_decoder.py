@@ -156,7 +156,12 @@ def _folder_hashes(folders: Sequence[Path]) -> set:
     hashes = set()
     for folder in folders:
         for path in sorted(Path(folder).rglob("*.png")):
-            hashes.add(hashlib.sha256(np.asarray(Image.open(path).convert("RGB")).tobytes()).hexdigest())
+            try:
+                hashes.add(hashlib.sha256(np.asarray(Image.open(path).convert("RGB")).tobytes()).hexdigest())
+            except OSError:  # undecodable: it cannot be scored either, so it cannot leak
+                from cli import warn
+
+                warn("an image under --exclude cannot be decoded and is not checked", [path])
     return hashes
 
 
@@ -232,7 +237,10 @@ def finetune(adapter: FamilyAdapter, out_dir: Path | str, config: Optional[dict]
                                          for i in range(0, len(tokens), 64)))
         overlap = train_hashes & _folder_hashes(exclude_folders)
         if overlap:
-            raise RuntimeError(f"{len(overlap)} fine-tuning images also appear in {', '.join(map(str, exclude_folders))}")
+            from cli import InputError
+
+            raise InputError(f"{len(overlap)} fine-tuning images also appear in {', '.join(map(str, exclude_folders))}: "
+                             "they would be scored by an inverse decoder that learned them; fine-tune with another --seed")
 
     params = [p for m in adapter.encoder_modules() for p in m.parameters()]
     opt = torch.optim.Adam(params, lr=float(cfg["lr"]))
@@ -339,26 +347,26 @@ def _check_made_from(path: Path, weights: str) -> None:
 
 
 def inverse_adapter(family: str, weights_dir: Optional[Path], inv_root: Path | str, augment: bool = False,
-                    device: str = "cpu", config: Optional[dict] = None) -> FamilyAdapter:
+                    device: str = "cpu", config: Optional[dict] = None, fine_tune_missing: bool = True) -> FamilyAdapter:
     """The family's adapter with its inverse decoder in place of the encoder (:func:`ensure_inverse_decoder`)."""
     from models.zoo import load_family
 
-    path = ensure_inverse_decoder(family, weights_dir, inv_root, augment, device, config)
+    path = ensure_inverse_decoder(family, weights_dir, inv_root, augment, device, config, fine_tune_missing)
     return load_inverse_decoder(load_family(family, weights_dir, device=device), path)
 
 
 def main(argv: Optional[list] = None) -> int:
-    from cli import CACHE_DIR, INV_DECODER_DIR, at_least
+    from cli import CACHE_DIR, INV_DECODER_DIR, InputError, at_least, check_weight_files, output_folder, positive_float
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", required=True, choices=["VAR", "RAR", "var", "rar"], help="whose tokenizer's encoder to fine-tune")
     parser.add_argument("--weights-dir", type=Path, help="official checkpoints or a zoo folder (default: demo zoo)")
-    parser.add_argument("--out", type=Path, default=CACHE_DIR / INV_DECODER_DIR,
+    parser.add_argument("--out", type=output_folder, default=CACHE_DIR / INV_DECODER_DIR,
                         help=f"output root (default {CACHE_DIR / INV_DECODER_DIR}, where submission.py looks)")
     parser.add_argument("--images", type=at_least(1), default=DEFAULT_CONFIG["images"], help="fresh generations to fine-tune on")
     parser.add_argument("--epochs", type=at_least(1), default=DEFAULT_CONFIG["epochs"], help="(default %(default)s)")
     parser.add_argument("--batch-size", type=at_least(1), default=DEFAULT_CONFIG["batch_size"], help="(default %(default)s)")
-    parser.add_argument("--lr", type=float, default=DEFAULT_CONFIG["lr"], help="Adam learning rate (default %(default)s)")
+    parser.add_argument("--lr", type=positive_float, default=DEFAULT_CONFIG["lr"], help="Adam learning rate (default %(default)s)")
     parser.add_argument("--seed", type=int, default=DEFAULT_CONFIG["seed"],
                         help="picks the generations' seed range (inv_decoder.SEED_OFFSET + 100 000·seed) and the training order (default %(default)s)")
     parser.add_argument("--augment", action="store_true", help="use the augmentation curriculum")
@@ -366,6 +374,13 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--exclude", type=Path, nargs="*", default=[], help="folders of images to be scored; fail on overlap")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     args = parser.parse_args(argv)
+    args.family = args.family.upper()
+    missing = [str(folder) for folder in args.exclude if not folder.is_dir()]
+    if missing:  # a typo here would silently turn the leakage check off
+        raise InputError(f"--exclude {', '.join(missing)}: no such folder; give the folders of the images to be scored")
+    if args.init is not None and not args.init.is_file():
+        raise InputError(f"--init {args.init}: no such file; give an inverse decoder (.safetensors) this command wrote")
+    check_weight_files(args.weights_dir, [args.family])  # before hours of generating
     from runtime import keep_freed_memory
 
     keep_freed_memory()  # same numbers, far less system time on reused buffers

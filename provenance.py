@@ -7,7 +7,9 @@ signal is the family's most separating one on validation (highest TPR@1%FPR, tie
 * ``fpr`` — accept at most ``target_fpr`` of the validation images that the family did *not* make
   (natural photos, outlier IARs and the other family);
 * ``balanced`` — the threshold with the best balanced accuracy (belonging vs not) on validation;
-* ``train_quantile`` — the ``quantile`` of the family's own *training* scores (no negatives needed).
+* ``train_quantile`` — the ``quantile`` of the family's own *training* scores (the threshold needs
+  no negatives; validation, which every strategy needs with images of both kinds, still picks the
+  signal and reports its TPR and FPR).
 
 An image accepted by both families goes to the one whose score is lowest relative to its
 threshold (``log score − log threshold``); an image accepted by neither is ``outlier``.
@@ -50,7 +52,7 @@ import pandas as pd
 
 from metrics import best_balanced_threshold, roc_auc, threshold_at_fpr, tpr_at_fpr
 from models.registry import FAMILIES, FAMILY_OF
-from variant_classifier import CalibratedLGBM
+from variant_classifier import CalibratedLGBM, require_columns
 
 __all__ = ["CANDIDATE_SIGNALS", "STRATEGIES", "GATE_ANSWERS", "FamilyGate", "LearnedGate", "ScoringGate", "family_of_labels",
            "family_signal_frame", "leave_out_unneeded", "make_gate", "save_gate", "load_gate", "saved_gate_path",
@@ -111,8 +113,10 @@ class FamilyGate:
                 scored = []
                 for name in CANDIDATE_SIGNALS:
                     column = f"{family}_{name}"
-                    # every value present on both splits: a NaN would make a threshold or a quantile NaN
-                    if column in val.columns and val[column].notna().all() and train[column].notna().all():
+                    # every value finite on both splits: a NaN or inf would make a threshold or a quantile so
+                    if (column in val.columns and column in train.columns
+                            and np.isfinite(val[column].to_numpy(dtype=np.float64)).all()
+                            and np.isfinite(train[column].to_numpy(dtype=np.float64)).all()):
                         v = val[column].to_numpy()
                         scored.append((tpr_at_fpr(v[own], v[other]), roc_auc(v[own], v[other]), name))
                 if not scored:
@@ -129,6 +133,7 @@ class FamilyGate:
 
     def margins(self, features: pd.DataFrame) -> pd.DataFrame:
         """``log score − log threshold`` per family (negative = accepted)."""
+        require_columns(features, [f"{family}_{self.signals[family]}" for family in FAMILIES])
         return pd.DataFrame({family: _log(features[f"{family}_{self.signals[family]}"]) - self.thresholds[family]
                              for family in FAMILIES}, index=features.index)
 
@@ -223,10 +228,16 @@ def leave_out_unneeded(features: pd.DataFrame, needs: pd.DataFrame) -> pd.DataFr
 
 
 def scoring_gate_sample(labels: pd.Series, per_class: int = SCORING_GATE_PER_CLASS) -> list:
-    """The ids of the first ``per_class`` images of every class, by sorted id (``labels``: class
-    label indexed by image id): the sample the :class:`ScoringGate` is fitted on."""
-    ordered = labels.sort_index(kind="stable")
-    return list(ordered.groupby(ordered.to_numpy(), sort=True).head(per_class).sort_index(kind="stable").index)
+    """The ids of ``per_class`` images of every class (``labels``: class label indexed by image id),
+    sorted: the sample the :class:`ScoringGate` is fitted on. Within a class the images are taken in
+    the order of the sha256 of their id, a fixed shuffle: the first ids by name would be the first
+    source of a class whose files are named in the order of their sources (the demo Dataset's
+    ``outlier_00000`` … are all natural photos of one kind, its other generator's images come last)."""
+    import hashlib
+
+    order = [hashlib.sha256(str(image_id).encode()).hexdigest() for image_id in labels.index]
+    shuffled = labels.iloc[np.lexsort((np.asarray(labels.index.astype(str)), np.asarray(order)))]
+    return sorted(shuffled.groupby(shuffled.to_numpy(), sort=True).head(per_class).index)
 
 
 def make_gate(strategy: str, seed: int = 0) -> AnyGate:
@@ -262,15 +273,16 @@ def load_gate(folder: Path | str) -> Optional[AnyGate]:
 
 
 def main(argv: Optional[list] = None) -> int:
+    from cli import output_file, output_folder
     from dataset import add_labelled_split_arguments, read_feature_frame, read_labelled_features
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_labelled_split_arguments(parser)
     parser.add_argument("--strategy", default="learned", choices=STRATEGIES, help="(default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the learned gate's fit (default 0)")
-    parser.add_argument("--out", type=Path, help="folder to save the fitted gate in")
+    parser.add_argument("--out", type=output_folder, help="folder to save the fitted gate in")
     parser.add_argument("--predict", type=Path, help="a feature frame to gate (e.g. the test split's)")
-    parser.add_argument("--predictions", type=Path, default=Path("families.csv"), help="CSV image_name,family (default: %(default)s)")
+    parser.add_argument("--predictions", type=output_file, default=Path("families.csv"), help="CSV image_name,family (default: %(default)s)")
     args = parser.parse_args(argv)
     to_gate = read_feature_frame(args.predict) if args.predict else None  # a wrong path fails before the fit
     train, train_labels = read_labelled_features(args.train_features, args.train_labels)
@@ -289,7 +301,10 @@ def main(argv: Optional[list] = None) -> int:
         print(f"gate → {saved_gate_path(args.out)}")
     if to_gate is not None:
         families = gate.predict(to_gate)
-        families.rename_axis("image_name").reset_index().to_csv(args.predictions, index=False)
+        from atomic import atomic_path
+
+        with atomic_path(args.predictions) as tmp:
+            families.rename_axis("image_name").reset_index().to_csv(tmp, index=False)
         print(f"{len(families)} images gated → {args.predictions}")
     return 0
 

@@ -250,7 +250,7 @@ def main(argv: Optional[list] = None) -> int:
     from tqdm.auto import tqdm
 
     import inv_decoder
-    from cli import add_weights_arguments, at_least, folder_images
+    from cli import add_weights_arguments, at_least, folder_images, output_file
     from dataset import load_images
     from models.zoo import load_family
 
@@ -259,8 +259,9 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--method", default="search", choices=sorted(TOKEN_READERS), help="token reader (default: %(default)s)")
     parser.add_argument("--encoder", default="inverse", choices=["inverse", "original"],
                         help="the VAR inverse decoder or the tokenizer's own encoder (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=Path("quant_loss.csv"), help="CSV image_id,quant_loss,iterations")
-    parser.add_argument("--tokens", type=Path, help="also save the tokens (torch file: image_ids, tokens N×L, patch_nums)")
+    parser.add_argument("--out", type=output_file, default=Path("quant_loss.csv"),
+                        help="CSV image_id,quant_loss,iterations (default: quant_loss.csv in the working folder)")
+    parser.add_argument("--tokens", type=output_file, help="also save the tokens (torch file: image_ids, tokens N×L, patch_nums)")
     add_weights_arguments(parser)
     parser.add_argument("--batch-size", type=at_least(1), default=32, help="images per batch (default 32)")
     args = parser.parse_args(argv)
@@ -283,10 +284,14 @@ def main(argv: Optional[list] = None) -> int:
     ids = [str(p.relative_to(args.folder)) for p in paths]
     frame = pd.DataFrame({"quant_loss": torch.cat(losses).double().numpy(), "iterations": iterations},
                          index=pd.Index(ids, name="image_id"))
-    frame.to_csv(args.out)
+    from atomic import atomic_path
+
+    with atomic_path(args.out) as tmp:
+        frame.to_csv(tmp)
     print(f"{len(frame)} images, median QuantLoss {frame['quant_loss'].median():.4e} → {args.out}")
     if args.tokens:
-        torch.save({"image_ids": ids, "tokens": torch.cat(tokens), "patch_nums": list(quant.patch_nums)}, args.tokens)
+        with atomic_path(args.tokens) as tmp:
+            torch.save({"image_ids": ids, "tokens": torch.cat(tokens), "patch_nums": list(quant.patch_nums)}, tmp)
         print(f"tokens → {args.tokens}")
     return 0
 

@@ -311,7 +311,7 @@ def run(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from attribution import METHOD_CHOICES
-    from cli import at_least, shard_spec
+    from cli import at_least, output_file, output_folder, shard_spec
     from provenance import STRATEGIES
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -319,8 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--test", type=Path, help="folder of test images")
     parser.add_argument("--train", type=Path, help="labelled train folder (default: beside --test)")
     parser.add_argument("--val", type=Path, help="labelled validation folder (default: beside --test)")
-    parser.add_argument("--out", type=Path, default=Path("submission.csv"), help="the submission CSV (default submission.csv)")
-    parser.add_argument("--report-dir", type=Path, help="default: <out>_report/")
+    parser.add_argument("--out", type=output_file, default=Path("submission.csv"), help="the submission CSV (default submission.csv)")
+    parser.add_argument("--report-dir", type=output_folder, help="default: <out>_report/")
     parser.add_argument("--labels", type=Path, help="CSV image_name,label of the test images, to score the submission")
     parser.add_argument("--weights-dir", type=Path, help="official checkpoints or a zoo folder (default: the demo zoo)")
     parser.add_argument("--cache-dir", type=Path, default=CACHE_DIR,

@@ -43,7 +43,7 @@ from runtime import usable_cores
 if TYPE_CHECKING:
     from lightgbm import LGBMClassifier
 
-__all__ = ["FEATURE_STEMS", "CLASSIFIER_VERSION", "family_feature_frame", "margins_over_others", "tune_lightgbm",
+__all__ = ["require_columns", "FEATURE_STEMS", "CLASSIFIER_VERSION", "family_feature_frame", "margins_over_others", "tune_lightgbm",
            "CalibratedLGBM", "OneClass", "VariantClassifier", "FlatClassifier"]
 
 # Part of a cached model bundle's key (submission.py): a change to what the classifiers are fitted
@@ -64,6 +64,18 @@ PARAM_GRID = [dict(num_leaves=nl, learning_rate=0.1, n_estimators=100, min_child
 # 3.8 s) at the same 3-fold CV log-loss on the demo train features (flat 0.729 / 0.732, VAR 1.297 /
 # 1.302, RAR 0.216 / 0.207 with 255 / 63 bins).
 MAX_BIN = 63
+
+
+def require_columns(features: pd.DataFrame, columns: Sequence[str]) -> None:
+    """A :class:`cli.InputError` naming the ``columns`` (those a model was fitted on) that
+    ``features`` lacks: features of another extractor version, or of another kind, than the training ones."""
+    missing = [c for c in columns if c not in features.columns]
+    if missing:
+        from cli import InputError
+
+        listed = ", ".join(missing[:3]) + (f", … ({len(missing) - 3} more)" if len(missing) > 3 else "")
+        raise InputError(f"the features lack {len(missing)} of the {len(columns)} columns the model was fitted on ({listed}); "
+                         "give features made by the same feature_extractor version as the training features")
 
 
 def family_variants(family: str) -> List[str]:
@@ -214,6 +226,7 @@ class CalibratedLGBM:
         return self.calibrated_out_of_fold(X, y)
 
     def proba(self, X: pd.DataFrame) -> pd.DataFrame:
+        require_columns(X, self.columns)
         return pd.DataFrame(self.model.predict_proba(X[self.columns]), index=X.index, columns=self.model.classes_)
 
     def tune_rejection(self, proba: pd.DataFrame, y_true: Sequence[str], thresholds: np.ndarray = np.linspace(0, 0.95, 39)) -> float:
@@ -311,11 +324,13 @@ def _blend_nets(proba: pd.DataFrame, features: pd.DataFrame, weights: Dict[str, 
 def main(argv: Optional[list] = None) -> int:
     from dataset import add_labelled_split_arguments, read_labelled_features
 
+    from cli import output_folder
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_labelled_split_arguments(parser)
     parser.add_argument("--family", default="VAR", choices=["VAR", "RAR", "flat"], help="(default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the cross-validation and LightGBM fits (default 0)")
-    parser.add_argument("--out", type=Path, help="folder to save the model in (<family>.joblib + .json)")
+    parser.add_argument("--out", type=output_folder, help="folder to save the model in (<family>.joblib + .json)")
     args = parser.parse_args(argv)
     train, train_labels = read_labelled_features(args.train_features, args.train_labels)
     val, val_labels = read_labelled_features(args.val_features, args.val_labels)
@@ -330,9 +345,11 @@ def main(argv: Optional[list] = None) -> int:
     proba = model.predict_proba(val)
     model.tune_rejection(proba, val_labels)
     predicted = model.predict_from_proba(proba).to_numpy()
-    tuned = model.config["tuning"]
+    tuned = model.config.get("tuning") or {}
+    cv_loss = tuned.get("cv_log_loss")
     print(f"{args.family}: {len(model.columns)} features, {model.config['n_train']} training images; "
-          f"parameters {tuned['params']} (CV log-loss {tuned['cv_log_loss']:.3f})")
+          + (f"parameters {tuned['params']} (CV log-loss " + (f"{cv_loss:.3f})" if cv_loss is not None else "not measured)")
+             if tuned else "one class: nothing tuned"))
     for family, blend in model.config.get("net_blend", {}).items():
         print(f"{family} variant net's weight in the blend: {blend['weight']} (out-of-fold log-loss per weight: "
               + (", ".join(f"{w} {loss:.3f}" for w, loss in blend["oof_log_loss"].items()) or "no net") + ")")

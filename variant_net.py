@@ -286,13 +286,13 @@ def heldout_maps(inverse: FamilyAdapter, net_path: Path | str, per_variant: int,
 
 
 def main(argv: Optional[list] = None) -> int:
-    from cli import CACHE_DIR, VARIANT_NET_DIR, add_weights_arguments, at_least
+    from cli import CACHE_DIR, VARIANT_NET_DIR, add_weights_arguments, at_least, output_folder
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", required=True, choices=[f for f in NET_FAMILIES] + [f.lower() for f in NET_FAMILIES],
                         help="whose variants the net names")
     add_weights_arguments(parser)
-    parser.add_argument("--out", type=Path, default=CACHE_DIR / VARIANT_NET_DIR,
+    parser.add_argument("--out", type=output_folder, default=CACHE_DIR / VARIANT_NET_DIR,
                         help=f"output root (default {CACHE_DIR / VARIANT_NET_DIR}, where submission.py looks)")
     # recipe options default to None: what is not given comes from the family's recipe (default_config)
     def recipe(key: str) -> str:
@@ -322,13 +322,17 @@ def main(argv: Optional[list] = None) -> int:
                         help="train nothing: score the net the pipeline would use (shipped with the weights, else under --out) "
                              "on --eval and --eval-generations")
     args = parser.parse_args(argv)
+    missing = [str(folder) for folder in args.eval if not folder.is_dir()]
+    if missing:
+        parser.error(f"--eval {', '.join(missing)}: no such folder; give Dataset split folders holding <variant>/ subfolders")
     from runtime import keep_freed_memory
 
     keep_freed_memory()  # same numbers, far less system time on reused buffers
     import inv_decoder
 
     family = args.family.upper()
-    inverse = inv_decoder.inverse_adapter(family, args.weights_dir, args.inv_root)
+    # --existing trains nothing, an inverse decoder included
+    inverse = inv_decoder.inverse_adapter(family, args.weights_dir, args.inv_root, fine_tune_missing=not args.existing)
     cache = None if args.no_map_cache else (args.map_cache or default_map_cache(args.out, family))
     if args.existing:
         path = ensure_variant_net(family, args.weights_dir, args.out, inverse, train_missing=False)

@@ -155,12 +155,26 @@ def labelled_maps(inverse: FamilyAdapter, folders: Sequence[Path | str], input_m
     maps, labels = [], []
     for folder in folders:
         for vi, variant in enumerate(inverse.variant_names):
-            paths = images_under(Path(folder) / variant)
+            paths = _decodable(images_under(Path(folder) / variant))
             for s in range(0, len(paths), 64):
                 with torch.no_grad():
                     f = inverse.encode(load_images(paths[s:s + 64], size=inverse.image_size)).float()
                 maps.append(net_input(inverse, f, input_map))
                 labels.append(torch.full((len(paths[s:s + 64]),), vi, dtype=torch.long))
     if not maps:
-        raise FileNotFoundError(f"no images in <folder>/<variant>/ under {', '.join(map(str, folders))}")
+        raise FileNotFoundError(f"no images in {', '.join(v + '/' for v in inverse.variant_names)} under "
+                                f"{', '.join(map(str, folders))}")
     return torch.cat(maps), torch.cat(labels)
+
+
+def _decodable(paths: Sequence[Path]) -> list:
+    """``paths`` without the images that cannot be decoded, which are named in a warning."""
+    from cli import warn
+    from dataset import inspect_images
+
+    if not paths:
+        return []
+    readable = inspect_images(paths)["readable"].to_numpy(bool)
+    if not readable.all():
+        warn(f"{int((~readable).sum())} image(s) cannot be decoded and are left out", [p for p, ok in zip(paths, readable) if not ok])
+    return [p for p, ok in zip(paths, readable) if ok]

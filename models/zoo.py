@@ -51,7 +51,10 @@ def read_zoo_manifest(zoo_dir: Path | str = DEMO_ZOO_DIR) -> Dict[str, Any]:
     if not path.is_file():
         hint = "run `python scripts/build_demo_zoo.py`" if Path(zoo_dir) == DEMO_ZOO_DIR else "is this a zoo folder?"
         raise CheckpointError(f"no zoo manifest at {path} ({hint})")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err}); restore it from the zoo it came with") from None
 
 
 def _loaded(module: nn.Module, path: Path) -> nn.Module:

@@ -134,7 +134,12 @@ def ablate(train: pd.DataFrame, train_labels: np.ndarray, val: pd.DataFrame, val
     plan = [(group, in_group, FlatClassifier) for group, in_group in GROUPS.items()]
     plan += [(group, (lambda column: False), _flat_without(suffix)) for group, suffix in DERIVED.items()]
     plan += [(NET_BLEND, (lambda column: False), _Unblended)]
+    names = [step[0] for step in plan]
     plan = [step for step in plan if not only or any(part in step[0] for part in only)]
+    if not plan:
+        from cli import InputError
+
+        raise InputError(f"--only {' '.join(only)}: no group's name contains it; the groups: {', '.join(names)}")
     rows = []
     for group, in_group, model_class in tqdm(plan, desc="ablations"):
         kept = [c for c in train.columns if not in_group(c)]

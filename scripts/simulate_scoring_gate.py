@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from attribution import fit_bundle, predict  # noqa: E402
-from cli import at_least  # noqa: E402
+from cli import InputError, at_least  # noqa: E402
 from dataset import add_labelled_split_arguments, read_labelled_features  # noqa: E402
 from models.registry import FAMILIES, FAMILY_OF  # noqa: E402
 from provenance import ScoringGate, family_of_labels, leave_out_unneeded, scoring_gate_sample  # noqa: E402
@@ -47,7 +47,9 @@ def simulate(train: pd.DataFrame, train_labels: np.ndarray, val: pd.DataFrame, v
              per_class: int, min_probability: float, seed: int = 0) -> dict:
     """One row of the table (see the module doc) for one sample size and threshold."""
     if any(train[[c for c in train.columns if c.split("_", 1)[0] in FAMILY_OF]].isna().any()):
-        raise ValueError("the frames already miss variant features: simulate on a run with --score-all-variants")
+        raise InputError("the training frame already misses variant features (a gated run's frames): simulate on the "
+                         "frames of a run with --score-all-variants (e.g. python submission.py --demo --score-all-variants "
+                         "--cache-dir runs/cache_all --report-dir runs/all_report)")
     sample = scoring_gate_sample(pd.Series(train_labels, index=train.index), per_class)
     gate = ScoringGate(seed, min_probability).fit(train.loc[sample], pd.Series(train_labels, index=train.index)[sample])
     train_needs, val_needs = gate.needs(train), gate.needs(val)

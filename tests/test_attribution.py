@@ -91,12 +91,15 @@ def test_gate_strategies_separate_families(data):
     assert all(v["fpr"] <= 0.01 for v in gate.validation.values())
 
 
-def test_gate_skips_signals_missing_on_train_and_names_a_family_without_validation_images(data):
+def test_gate_skips_signals_missing_or_infinite_on_train_and_names_a_family_without_validation_images(data):
     (train, ytr), (val, yva), _ = data
     holed = train.copy()
     holed.iloc[0, holed.columns.get_loc("VAR_combined")] = np.nan
     holed.iloc[0, holed.columns.get_loc("RAR_combined")] = np.nan
+    val = val.copy()
+    val.iloc[0, val.columns.get_loc("RAR_enc_loss")] = np.inf  # not finite either: skipped, not a crash
     gate = FamilyGate(strategy="train_quantile").fit(holed, ytr, val, yva)
+    assert gate.signals["RAR"] not in ("combined", "enc_loss")
     assert "combined" not in gate.signals.values() and all(np.isfinite(t) for t in gate.thresholds.values())
     no_rar = np.array([FAMILY_OF.get(label) != "RAR" for label in yva])
     with pytest.raises(ValueError, match="threshold for RAR needs validation images of RAR and of other sources"):
@@ -162,12 +165,20 @@ def test_scoring_gate_needs_the_likely_families_only(data):
     assert not ScoringGate().fit(train[no_rar], ytr[no_rar]).needs(test)["RAR"].any(), "a family never trained on is never needed"
 
 
-def test_scoring_gate_sample_takes_the_first_ids_of_every_class():
+def test_scoring_gate_sample_is_a_fixed_shuffle_of_every_class():
+    import hashlib
+
     from provenance import scoring_gate_sample
 
     labels = pd.Series(["var16", "rarb", "var16", "var16", "rarb", "outlier"], index=["e", "a", "c", "b", "d", "f"])
-    assert scoring_gate_sample(labels, 2) == ["a", "b", "c", "d", "f"]
+    first_by_hash = sorted("ecb", key=lambda i: hashlib.sha256(i.encode()).hexdigest())[:2]
+    assert scoring_gate_sample(labels, 2) == sorted(first_by_hash + ["a", "d", "f"])
     assert scoring_gate_sample(labels, 10) == sorted(labels.index)
+    assert scoring_gate_sample(labels.iloc[::-1], 2) == scoring_gate_sample(labels, 2), "the order of the rows does not matter"
+    # a class whose files are named in the order of their sources: the sample holds every source
+    ids = [f"outlier_{k:05d}.png" for k in range(300)]  # 0-99 one source, 100-199 another, 200-299 a third
+    sample = scoring_gate_sample(pd.Series("outlier", index=ids[::-1]), 40)
+    assert len(sample) == 40 and all(any(100 * s <= int(i[8:13]) < 100 * (s + 1) for i in sample) for s in range(3))
 
 
 def test_margins_over_others_mark_the_likeliest_variant():

@@ -411,3 +411,84 @@ def test_zoo_gallery_names_a_folder_that_is_no_zoo_in_one_line(tmp_path):
                            "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == USER_ERROR_STATUS, done.stderr
     assert done.stderr == f"error: no zoo manifest at {tmp_path / 'zoo.json'} (is this a zoo folder?)\n"
+
+
+# --- output paths and options checked before any work ---------------------------------------
+
+@pytest.mark.parametrize("command, args", [
+    ("quantizer", ["FOLDER", "--out", "{d}"]),                          # a folder given for a file
+    ("quantizer", ["FOLDER", "--out", "{f}/q.csv"]),                    # a file given for a folder on the way
+    ("feature_extractor", ["FOLDER", "--out", "{d}/x.txt"]),            # neither .parquet nor .csv
+    ("provenance", ["--out", "{f}"]),                                    # a file given for a folder
+    ("submission", ["--demo", "--report-dir", "{f}"]),
+    ("augmentation", ["IMAGE", "--attack", "blur", "--out", "{d}/a.txt"]),
+    ("augmentation", ["IMAGE", "--attack", "blur", "--strength", "4", "--out", "{d}/a.png"]),  # an even kernel
+    ("inv_decoder", ["--family", "VAR", "--lr", "0"]),
+    ("flat_prada", ["--epochs", "0"]),
+    ("flat_prada", ["--var-patch-nums", "1,x"]),
+])
+def test_bad_outputs_and_options_are_refused_by_the_parser(tmp_path, capsys, command, args):
+    """argparse's own status 2 and one line naming the option, before anything is read or computed
+    (FOLDER and IMAGE do not exist: a command that got past its options would fail on them)."""
+    import importlib
+
+    (tmp_path / "afile").write_text("")
+    args = [a.format(d=tmp_path, f=tmp_path / "afile").replace("FOLDER", str(tmp_path / "no_folder"))
+            .replace("IMAGE", str(tmp_path / "no_image.png")) for a in args]
+    if command == "augmentation" and "--strength" in args:  # the strength is checked on a real image
+        from PIL import Image
+
+        Image.new("RGB", (8, 8)).save(tmp_path / "no_image.png")
+    with pytest.raises(SystemExit) as exit_:
+        importlib.import_module(command).main(args)
+    assert exit_.value.code == USER_ERROR_STATUS
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "error: " in err.strip().splitlines()[-1], err
+    assert not (tmp_path / "a.png").exists()
+
+
+def test_output_paths_are_made_when_missing_and_refused_when_unwritable(tmp_path):
+    import argparse
+    import os
+
+    from cli import output_file, output_file_with, output_folder
+
+    assert output_file(str(tmp_path / "new" / "deeper" / "x.csv")) == tmp_path / "new" / "deeper" / "x.csv"
+    assert output_folder(str(tmp_path / "new" / "folder")) == tmp_path / "new" / "folder"
+    assert not (tmp_path / "new").exists(), "checking makes nothing"
+    with pytest.raises(argparse.ArgumentTypeError, match="expected a name ending in one of .parquet, .csv"):
+        output_file_with(".parquet", ".csv")(str(tmp_path / "x.json"))
+    assert output_file_with(".parquet", ".csv")(str(tmp_path / "X.CSV")) == tmp_path / "X.CSV"
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if not os.access(locked, os.W_OK):  # root writes anywhere: nothing to refuse
+            with pytest.raises(argparse.ArgumentTypeError, match="cannot write in"):
+                output_file(str(locked / "sub" / "x.csv"))
+    finally:
+        locked.chmod(0o700)
+
+
+def test_an_exclude_folder_or_init_file_that_is_not_there_is_an_error_not_a_skip(tmp_path, capsys):
+    """A typo in ``--exclude`` used to turn the leakage check off silently."""
+    import inv_decoder
+
+    assert run_main(inv_decoder.main, ["--family", "VAR", "--exclude", str(tmp_path / "typo"),
+                                       "--out", str(tmp_path / "out")]) == USER_ERROR_STATUS
+    assert f"--exclude {tmp_path / 'typo'}: no such folder" in capsys.readouterr().err
+    assert run_main(inv_decoder.main, ["--family", "VAR", "--init", str(tmp_path / "none.safetensors"),
+                                       "--out", str(tmp_path / "out")]) == USER_ERROR_STATUS
+    assert "--init" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_features_without_the_models_columns_name_what_is_missing(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from cli import InputError
+    from provenance import FamilyGate
+
+    gate = FamilyGate(signals={"VAR": "combined", "RAR": "combined"}, thresholds={"VAR": np.log(1e-3), "RAR": np.log(1e-1)})
+    with pytest.raises(InputError, match=r"lack 1 of the 2 columns the model was fitted on \(RAR_combined\)"):
+        gate.predict(pd.DataFrame({"VAR_combined": [1e-4]}))

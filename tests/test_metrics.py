@@ -159,3 +159,10 @@ def test_temperature_keeps_each_row_in_order_and_is_fitted_on_the_log_loss():
         true_class_log_loss(hard, ["a", "b"])
     with pytest.raises(ValueError, match="positive"):
         temper(zeros, 0.0)
+    # a row with a NaN is no distribution: it stays NaN whole, and the log-loss leaves it out
+    holed = pd.DataFrame([[0.2, np.nan, 0.8], [0.25, 0.25, 0.5]], columns=list("xyz"))
+    assert np.isnan(temper(holed, 0.5).iloc[0]).all() and temper(holed, 0.5).iloc[1].sum() == pytest.approx(1.0)
+    assert true_class_log_loss(temper(holed, 0.5), ["z", "z"]) == pytest.approx(-np.log(0.25 / 0.375)), "row 1 alone"
+    assert np.isnan(true_class_log_loss(temper(holed.iloc[:1], 0.5), ["z"]))
+    assert fit_temperature(lambda t: temper(holed.iloc[:1], t), ["z"]) == 1.0, "no probabilities: 1"
+
