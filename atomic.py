@@ -27,6 +27,8 @@ def atomic_path(path: Path | str, *, durable: bool = True) -> Iterator[Path]:
     tmp = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
         yield tmp
+        if tmp.is_file():  # the mode a plain open() gives; some writers (safetensors) make their files 0600
+            os.chmod(tmp, 0o666 & ~_umask())
         if durable:
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
@@ -36,6 +38,12 @@ def atomic_path(path: Path | str, *, durable: bool = True) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _sync_folder(folder: Path) -> None:

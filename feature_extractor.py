@@ -242,8 +242,9 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--out", type=output_file_with(".parquet", ".csv"), required=True, help="output .parquet or .csv")
     add_weights_arguments(parser, nets=True)
     parser.add_argument("--cache-dir", type=Path, default=Path("cache/features"), help="the feature store (default cache/features)")
-    parser.add_argument("--no-cache", action="store_true", help="do not read or write the feature store")
-    parser.add_argument("--rebuild", action="store_true", help="discard this extractor's cached rows first")
+    store = parser.add_mutually_exclusive_group()  # --rebuild writes the store that --no-cache leaves alone
+    store.add_argument("--no-cache", action="store_true", help="do not read or write the feature store")
+    store.add_argument("--rebuild", action="store_true", help="discard this extractor's cached rows first")
     parser.add_argument("--batch-size", type=at_least(1), default=32, help="images per batch (default 32)")
     parser.add_argument("--workers", type=at_least(1), default=1, help="processes with one thread each (default 1: one process)")
     parser.add_argument("--refine-steps", type=at_least(0), default=0,

@@ -334,8 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stage-one gate: learned (LightGBM over all family signals, default) or a threshold on one "
                              "signal per family at a fixed validation FPR (fpr), best balanced accuracy (balanced) or a "
                              "quantile of the family's training scores (train_quantile)")
-    parser.add_argument("--no-cache", action="store_true", help="do not read or write cached features")
-    parser.add_argument("--rebuild", action="store_true", help="recompute and overwrite cached features")
+    store = parser.add_mutually_exclusive_group()  # --rebuild writes the store that --no-cache leaves alone
+    store.add_argument("--no-cache", action="store_true", help="do not read or write cached features")
+    store.add_argument("--rebuild", action="store_true", help="recompute and overwrite cached features")
     parser.add_argument("--retrain", action="store_true", help="refit the models even if a matching bundle exists")
     parser.add_argument("--demo", action="store_true", help="run on the demo Dataset (built if missing) and score the test split")
     parser.add_argument("--dataset", type=Path, default=Path("Dataset"), help="Dataset root for --demo")

@@ -311,9 +311,10 @@ def main(argv: Optional[list] = None) -> int:
                         help=f"the map the net reads: f, or f after one re-encoding correction (default: the family's, {recipe('input_map')})")
     parser.add_argument("--variant-only", action="store_true",
                         help="learn the variant alone, not the (variant, class label) pair the generations carry")
-    parser.add_argument("--map-cache", type=Path,
-                        help="where the generated training maps are kept, so a rerun resumes or reuses them (default <out>/<FAMILY>/maps)")
-    parser.add_argument("--no-map-cache", action="store_true", help="keep no generated maps on disk")
+    maps = parser.add_mutually_exclusive_group()
+    maps.add_argument("--map-cache", type=Path,
+                      help="where the generated training maps are kept, so a rerun resumes or reuses them (default <out>/<FAMILY>/maps)")
+    maps.add_argument("--no-map-cache", action="store_true", help="keep no generated maps on disk")
     parser.add_argument("--eval", type=Path, nargs="*", default=[], help="labelled folders (<dir>/<variant>/*.png) to score the net on")
     parser.add_argument("--eval-generations", type=at_least(1), metavar="N",
                         help="also score the net on N fresh generations per variant that it was not trained on (the "

@@ -421,9 +421,11 @@ def test_zoo_gallery_names_a_folder_that_is_no_zoo_in_one_line(tmp_path):
     ("feature_extractor", ["FOLDER", "--out", "{d}/x.txt"]),            # neither .parquet nor .csv
     ("provenance", ["--out", "{f}"]),                                    # a file given for a folder
     ("submission", ["--demo", "--report-dir", "{f}"]),
+    ("submission", ["--demo", "--no-cache", "--rebuild"]),              # --rebuild writes what --no-cache leaves alone
+    ("feature_extractor", ["FOLDER", "--out", "{d}/x.csv", "--no-cache", "--rebuild"]),
     ("augmentation", ["IMAGE", "--attack", "blur", "--out", "{d}/a.txt"]),
     ("augmentation", ["IMAGE", "--attack", "blur", "--strength", "4", "--out", "{d}/a.png"]),  # an even kernel
-    ("inv_decoder", ["--family", "VAR", "--lr", "0"]),
+    ("inv_decoder", ["--family", "VAR", "--lr", "0", "--out", "{d}/inv"]),  # with --out: a regression must not fine-tune into cache/
     ("flat_prada", ["--epochs", "0"]),
     ("flat_prada", ["--var-patch-nums", "1,x"]),
 ])
