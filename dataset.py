@@ -238,8 +238,8 @@ def read_split(root: Path | str, split: str, labels_csv: Optional[Path | str] = 
 
 def inspect_images(paths: Iterable[str | Path]) -> pd.DataFrame:
     """Read and decode every image once: a frame indexed by path (as given) with ``sha256`` of the
-    file's bytes (the feature store's key), ``readable`` and the image's ``width`` and ``height``
-    (``None`` / 0 where the file cannot be read or decoded)."""
+    file's bytes (the feature store's key), ``readable``, the image's ``width`` and ``height`` and its
+    PIL ``mode`` (``RGB``, ``L``, ``P``, ``RGBA``, …; ``None`` / 0 where the file cannot be read or decoded)."""
     import hashlib
     import io
 
@@ -251,10 +251,10 @@ def inspect_images(paths: Iterable[str | Path]) -> pd.DataFrame:
             data = Path(path).read_bytes()
             with Image.open(io.BytesIO(data)) as img:
                 img.convert("RGB").load()
-                rows.append((str(path), hashlib.sha256(data).hexdigest(), True, *img.size))
+                rows.append((str(path), hashlib.sha256(data).hexdigest(), True, *img.size, img.mode))
         except Exception:  # noqa: BLE001 - any reading or decoding failure makes the file unusable
-            rows.append((str(path), None, False, 0, 0))
-    return pd.DataFrame(rows, columns=["path", "sha256", "readable", "width", "height"]).set_index("path")
+            rows.append((str(path), None, False, 0, 0, None))
+    return pd.DataFrame(rows, columns=["path", "sha256", "readable", "width", "height", "mode"]).set_index("path")
 
 
 def load_images(paths: Iterable[str | Path], size: Optional[int] = None) -> torch.Tensor:

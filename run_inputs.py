@@ -12,7 +12,7 @@ run or costs a test row; each oddity is named in a warning on stderr and listed 
   beside the class folders of train/ and val/, and images there whose name is not valid UTF-8, are
   left out; hidden files and folders are passed over everywhere;
 * an image of another size than the models' is resized before its features (which weakens its
-  signals);
+  signals), and one that is not RGB is converted to RGB (the models write RGB: it was changed);
 * an image whose bytes stand in two splits is named (the splits should be disjoint);
 * with ``--labels`` (each image named bare or by its path from the Dataset root,
   :func:`dataset.image_id_of`), test images without a label are not scored, and labels naming no
@@ -34,7 +34,8 @@ import pandas as pd
 
 from cli import InputError, warn
 
-__all__ = ["Inputs", "NO_TEST_NOR_DEMO", "check_before_work", "gather_inputs", "read_test_labels", "resized_images", "test_folder_images"]
+__all__ = ["Inputs", "NO_TEST_NOR_DEMO", "check_before_work", "converted_images", "gather_inputs", "read_test_labels",
+           "resized_images", "test_folder_images"]
 
 
 NO_TEST_NOR_DEMO = "give --test FOLDER (the images to attribute, labelled train/ and val/ beside it, or --train/--val) or --demo"
@@ -104,7 +105,7 @@ class Inputs:
     test_paths: List[Path]  # every test image file: one row each in submission.csv
     test_readable: List[Path]
     test_unreadable: List[Path]  # labelled ``outlier``
-    inspected: pd.DataFrame  # dataset.inspect_images of all of them (sha256, readable, size)
+    inspected: pd.DataFrame  # dataset.inspect_images of all of them (sha256, readable, size, mode)
     notes: Dict[str, List[str]]  # the files named in warnings, for the report's summary
 
 
@@ -183,6 +184,18 @@ def read_test_labels(path: Path, test_paths: List[Path]) -> pd.Series:
         warn(f"{len(unknown)} label(s) in {path} name no image of the test folder", unknown)
     known = [image_id for image_id in names if image_id in truth.index]
     return pd.Series(truth.loc[known].to_numpy(), index=pd.Index([names[i] for i in known], name="image_name"), name="label")
+
+
+def converted_images(inspected: pd.DataFrame) -> List[str]:
+    """The readable images that are not RGB (grayscale, palette, with alpha, 16-bit; named in a
+    warning): they are converted to RGB first. The models write RGB, so such a file was changed
+    after it was made."""
+    other = inspected[inspected["readable"].to_numpy(bool) & (inspected["mode"] != "RGB").to_numpy(bool)]
+    if len(other):
+        warn(f"{len(other)} image(s) are not RGB; they are converted to RGB first (an alpha channel is dropped), and "
+             "the models write RGB, so these files were changed after they were made",
+             [f"{path} ({mode})" for path, mode in other["mode"].items()])
+    return list(other.index)
 
 
 def resized_images(inspected: pd.DataFrame, size: int) -> List[str]:

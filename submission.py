@@ -19,7 +19,7 @@ label and the probability of each class (``attribution.class_probabilities``: th
 tempered on validation; with test labels, ``test_confidence.csv`` bins them). Bad input loses no
 test row and stops nothing: an undecodable test image gets ``outlier``, an undecodable training or validation
 image is left out, an image of another size than the models' is resized (which weakens its
-signals), and entries of the test folder that are not visible image files directly in it
+signals), one that is not RGB is converted, and entries of the test folder that are not visible image files directly in it
 (subfolders, other files, hidden entries such as ``._x.png``) get no row — each named in a
 warning and listed in the report's ``summary.json``. Same inputs → byte-identical
 ``submission.csv``.
@@ -190,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
     from feature_extractor import FeatureExtractor
     from models.registry import CLASS_NAMES
     from provenance import ScoringGate
-    from run_inputs import gather_inputs, read_test_labels, resized_images
+    from run_inputs import converted_images, gather_inputs, read_test_labels, resized_images
     from scoring import (CONFIDENCE_FILE, CONFIDENCE_PNG, PROBABILITIES_FILE, interval_text, report_files,
                          summary as score_summary, write_probabilities, write_report)
 
@@ -226,7 +226,8 @@ def run(args: argparse.Namespace) -> int:
                                  workers=args.workers or default_workers(args.weights_dir, args.device),
                                  inv_config={"images": args.inv_decoder_images, "epochs": args.inv_decoder_epochs},
                                  refine_steps=args.refine_steps, fine_tune_missing=args.stage != "features")
-    notes = dict(inputs.notes, resized_images=resized_images(inputs.inspected, extractor.image_size))
+    notes = dict(inputs.notes, resized_images=resized_images(inputs.inspected, extractor.image_size),
+                 converted_images=converted_images(inputs.inspected))
     paths = list(train_meta["path"]) + list(val_meta["path"]) + [str(p) for p in good]
     keys = list(inputs.inspected.loc[paths, "sha256"])
     gated = not (args.score_all_variants or args.method in TOKEN_METHODS)

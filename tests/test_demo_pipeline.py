@@ -484,6 +484,7 @@ def test_bad_inputs_are_named_and_no_test_image_loses_its_row(tiny_dataset, tmp_
     first = sorted((root / "test").glob("*.png"))[0]
     with Image.open(first) as img:
         img.resize((96, 96)).save(root / "test" / "large.png")
+        img.convert("L").save(root / "test" / "gray.png")
     (root / "test" / "notes.txt").write_text("not an image")
     shutil.copy(sorted((root / "train" / "rarb").glob("*.png"))[0], root / "test" / "copied.png")
     (root / "test" / "nested").mkdir()
@@ -500,17 +501,18 @@ def test_bad_inputs_are_named_and_no_test_image_loses_its_row(tiny_dataset, tmp_
                             "--labels", str(tmp_path / "some_labels.csv")]) == 0
     table = pd.read_csv(out).set_index("image_name")["label"]
     assert sorted(table.index) == sorted(p.name for p in (root / "test").iterdir() if p.suffix == ".png" and p.name[0] != ".")
-    assert table["empty.png"] == "outlier" and table["large.png"] in CLASS_NAMES
+    assert table["empty.png"] == "outlier" and table["large.png"] in CLASS_NAMES and table["gray.png"] in CLASS_NAMES
     err = capsys.readouterr().err
     for named in ("train/var16/broken.png", "test/empty.png", "test/large.png (96×96)", "test/notes.txt", "test/nested",
                   "test/._resource_fork.png",
                   "name no image of the test folder: ghost.png", f"{len(table) - 3} test image(s) have no label",
-                  "test/copied.png (= a train image)"):
+                  "test/copied.png (= a train image)", "test/gray.png (L)"):
         assert named in err, named
     summary = json.loads((tmp_path / "s_report" / "summary.json").read_text())
     assert summary["unreadable_labelled_images"] == [str(root / "train" / "var16" / "broken.png")]
     assert summary["unreadable_test_images"] == [str(root / "test" / "empty.png")]
     assert summary["resized_images"] == [str(root / "test" / "large.png")]
+    assert summary["converted_images"] == [str(root / "test" / "gray.png")]
     assert summary["skipped_test_entries"] == [str(root / "test" / name) for name in ("._resource_fork.png", "nested", "notes.txt")]
     assert summary["test"]["n"] == 3  # only the labelled test images are scored
     assert summary["images_in_two_splits"] == [f"{root / 'test' / 'copied.png'} (= a train image)"]
