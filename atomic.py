@@ -18,6 +18,10 @@ from typing import Iterator
 
 __all__ = ["atomic_path"]
 
+# the process's file-creation mask, read once (setting it to read it is not safe while other threads create files)
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextmanager
 def atomic_path(path: Path | str, *, durable: bool = True) -> Iterator[Path]:
@@ -28,7 +32,7 @@ def atomic_path(path: Path | str, *, durable: bool = True) -> Iterator[Path]:
     try:
         yield tmp
         if tmp.is_file():  # the mode a plain open() gives; some writers (safetensors) make their files 0600
-            os.chmod(tmp, 0o666 & ~_umask())
+            os.chmod(tmp, 0o666 & ~_UMASK)
         if durable:
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
@@ -38,12 +42,6 @@ def atomic_path(path: Path | str, *, durable: bool = True) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _sync_folder(folder: Path) -> None:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["run_main", "InputError", "warn", "readable_folder_images", "folder_images", "at_least", "shard_spec",
+__all__ = ["run_main", "InputError", "warn", "readable_folder_images", "decodable_images", "folder_images", "at_least", "shard_spec",
            "output_file", "output_file_with", "output_folder", "positive_float",
            "add_weights_arguments", "add_scored_split_arguments", "required_weight_files", "check_weight_files",
            "check_device", "USER_ERROR_STATUS", "CACHE_DIR", "INV_DECODER_DIR", "VARIANT_NET_DIR"]
@@ -73,19 +73,27 @@ def readable_folder_images(folder: Path) -> "pd.DataFrame":
     """:func:`dataset.inspect_images` of the images below ``folder`` (recursively, sorted) that can
     be decoded — indexed by path, with each file's ``sha256`` — the others named in a warning and
     left out. Ends the command with status 2 when none is left."""
-    from dataset import images_under, inspect_images
+    from dataset import images_under
 
     if not folder.is_dir():
         raise InputError(f"{folder}: no such folder; give a folder of images" + (" (this is a file)" if folder.exists() else ""))
-    paths = images_under(folder)
-    inspected = inspect_images(paths) if paths else None
-    undecodable = [] if inspected is None else list(inspected.index[~inspected["readable"].to_numpy(bool)])
-    if undecodable:
-        warn(f"{len(undecodable)} image(s) under {folder} cannot be decoded and are left out", undecodable)
-    if inspected is None or len(undecodable) == len(inspected):
+    readable = decodable_images(images_under(folder), f"under {folder} ")
+    if not len(readable):
         print(f"error: no decodable images under {folder}", file=sys.stderr)
         raise SystemExit(USER_ERROR_STATUS)
-    return inspected[inspected["readable"].to_numpy(bool)]
+    return readable
+
+
+def decodable_images(paths: Sequence[Path | str], where: str = "") -> "pd.DataFrame":
+    """:func:`dataset.inspect_images` of those of ``paths`` that can be decoded (in their order); the
+    others are named in a warning (``where`` says where they are, e.g. ``"under Dataset/val "``)."""
+    from dataset import inspect_images
+
+    inspected = inspect_images(paths)
+    readable = inspected["readable"].to_numpy(bool)
+    if not readable.all():
+        warn(f"{int((~readable).sum())} image(s) {where}cannot be decoded and are left out", list(inspected.index[~readable]))
+    return inspected[readable]
 
 
 def folder_images(folder: Path) -> List[Path]:
@@ -230,6 +238,15 @@ def output_folder(text: str) -> Path:
     return path
 
 
+def output_file_with(*suffixes: str) -> Callable[[str], Path]:
+    """:func:`output_file` of one of ``suffixes`` (lower case, with the dot)."""
+    def parse(text: str) -> Path:
+        return output_file(text, suffixes)
+
+    parse.__name__ = "output file"
+    return parse
+
+
 def positive_float(text: str) -> float:
     """An argparse ``type``: a finite number above 0 (a learning rate, a strength)."""
     try:
@@ -239,15 +256,6 @@ def positive_float(text: str) -> float:
     if not (value > 0 and value != float("inf")):
         raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
     return value
-
-
-def output_file_with(*suffixes: str) -> Callable[[str], Path]:
-    """:func:`output_file` of one of ``suffixes`` (lower case, with the dot)."""
-    def parse(text: str) -> Path:
-        return output_file(text, suffixes)
-
-    parse.__name__ = "output file"
-    return parse
 
 
 def shard_spec(text: str) -> Tuple[int, int]:

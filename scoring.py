@@ -114,8 +114,7 @@ def write_probabilities(folder: Path | str, labels: pd.Series, probabilities: pd
     with atomic_path(folder / CONFIDENCE_FILE) as tmp:
         calibration.to_csv(tmp, float_format="%.4f", lineterminator="\n")
     _confidence_png(calibration, folder / CONFIDENCE_PNG)
-    known = scored[list(CLASS_NAMES)].notna().all(axis=1)
-    log_loss = true_class_log_loss(scored.loc[known, list(CLASS_NAMES)], truth[known]) if known.any() else float("nan")
+    log_loss = true_class_log_loss(scored[list(CLASS_NAMES)], truth)  # over the rows with probabilities
     return {"log_loss": log_loss, "bins": calibration.reset_index().to_dict(orient="records")}
 
 

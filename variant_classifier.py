@@ -322,9 +322,8 @@ def _blend_nets(proba: pd.DataFrame, features: pd.DataFrame, weights: Dict[str, 
 
 
 def main(argv: Optional[list] = None) -> int:
-    from dataset import add_labelled_split_arguments, read_labelled_features
-
     from cli import output_folder
+    from dataset import add_labelled_split_arguments, read_labelled_features
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_labelled_split_arguments(parser)

@@ -26,6 +26,7 @@ from typing import Callable, NamedTuple, Optional, Sequence
 import torch
 
 from atomic import atomic_path
+from cli import decodable_images
 from dataset import images_under, load_images
 from models.adapter import FamilyAdapter
 from models.checkpoints import hash_tensors
@@ -155,7 +156,7 @@ def labelled_maps(inverse: FamilyAdapter, folders: Sequence[Path | str], input_m
     maps, labels = [], []
     for folder in folders:
         for vi, variant in enumerate(inverse.variant_names):
-            paths = _decodable(images_under(Path(folder) / variant))
+            paths = [Path(p) for p in decodable_images(images_under(Path(folder) / variant)).index]
             for s in range(0, len(paths), 64):
                 with torch.no_grad():
                     f = inverse.encode(load_images(paths[s:s + 64], size=inverse.image_size)).float()
@@ -165,16 +166,3 @@ def labelled_maps(inverse: FamilyAdapter, folders: Sequence[Path | str], input_m
         raise FileNotFoundError(f"no images in {', '.join(v + '/' for v in inverse.variant_names)} under "
                                 f"{', '.join(map(str, folders))}")
     return torch.cat(maps), torch.cat(labels)
-
-
-def _decodable(paths: Sequence[Path]) -> list:
-    """``paths`` without the images that cannot be decoded, which are named in a warning."""
-    from cli import warn
-    from dataset import inspect_images
-
-    if not paths:
-        return []
-    readable = inspect_images(paths)["readable"].to_numpy(bool)
-    if not readable.all():
-        warn(f"{int((~readable).sum())} image(s) cannot be decoded and are left out", [p for p, ok in zip(paths, readable) if not ok])
-    return [p for p, ok in zip(paths, readable) if ok]
