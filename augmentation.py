@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ATTACKS", "ATTACK_DEFAULTS", "ATTACK_SWEEPS", "CURRICULUM", "DEFAULT_SCHEDULE", "apply_attack",
+__all__ = ["ATTACKS", "ATTACK_DEFAULTS", "ATTACK_SWEEPS", "CURRICULUM", "DEFAULT_SCHEDULE", "STRENGTH_RANGES", "apply_attack", "check_strength",
            "curriculum_stage", "augment_batch", "gaussian_noise", "gaussian_blur", "jpeg", "brightness", "contrast",
            "saturation", "resize", "to_uint8", "to_uint8_arrays"]
 
@@ -151,12 +151,35 @@ CURRICULUM: Dict[str, Dict[str, List[float]]] = {
 DEFAULT_SCHEDULE: List[List] = [["none", 1], ["weak", 1], ["medium", 2], ["strong", 2]]
 
 
+# The strengths each attack takes: (lowest, highest, whole numbers only). Outside them an attack
+# would do nothing or something else than its name says (a "resize" by 5 is an up-scale, a JPEG
+# quality of 120 is PIL's 100, a blur of 3.5 a blur of 3).
+STRENGTH_RANGES: Dict[str, tuple] = {
+    "noise": (0.0, float("inf"), False), "blur": (1, float("inf"), True), "jpeg": (0, 100, True),
+    "brightness": (0.0, float("inf"), False), "contrast": (0.0, float("inf"), False),
+    "saturation": (0.0, float("inf"), False), "resize": (0.0, 1.0, False),
+}
+
+
+def check_strength(name: str, strength: float) -> None:
+    """A ``ValueError`` saying why, unless attack ``name`` can take ``strength`` (:data:`STRENGTH_RANGES`)."""
+    lowest, highest, whole = STRENGTH_RANGES[name]
+    if whole and float(strength) != int(strength):
+        raise ValueError(f"{name} takes a whole number, got {strength:g}")
+    if name == "resize" and not 0 < strength <= 1:
+        raise ValueError(f"resize takes a down-scale factor in (0, 1], got {strength:g}")
+    if not lowest <= strength <= highest:
+        raise ValueError(f"{name} takes a strength from {lowest:g} to {highest:g}, got {strength:g}")
+
+
 def apply_attack(img_B3HW: torch.Tensor, name: str, strength: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Attack ``name`` at ``strength`` on a ``[0, 1]`` batch; ``name='none'`` returns a copy."""
+    """Attack ``name`` at ``strength`` (checked by :func:`check_strength`) on a ``[0, 1]`` batch;
+    ``name='none'`` returns a copy."""
     if name == "none":
         return img_B3HW.clone()
     if name not in ATTACKS:
         raise KeyError(f"unknown attack {name!r}; choose from none, {', '.join(ATTACKS)}")
+    check_strength(name, strength)
     return ATTACKS[name](img_B3HW, strength, generator=generator)
 
 
@@ -206,6 +229,14 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--out", type=output_file_with(".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"), required=True,
                         help="where to write the attacked image (.png, .jpg, …; its folder is made if missing)")
     args = parser.parse_args(argv)
+    if args.attack == "none" and args.strength is not None:
+        parser.error("--strength: the attack none takes no strength; leave it out or choose an attack")
+    strength = args.strength if args.strength is not None else ATTACK_DEFAULTS.get(args.attack, 0)
+    if args.attack != "none":
+        try:
+            check_strength(args.attack, strength)
+        except ValueError as err:  # before the image is read
+            parser.error(f"--strength {strength:g} for {args.attack}: {err}")
     from PIL import Image
 
     try:
@@ -213,10 +244,9 @@ def main(argv: Optional[list] = None) -> int:
     except OSError as err:
         parser.error(f"cannot read {args.image}: {err}")
     x = torch.from_numpy(img.copy()).permute(2, 0, 1)[None].float() / 255
-    strength = args.strength if args.strength is not None else ATTACK_DEFAULTS.get(args.attack, 0)
     try:
         y = apply_attack(x, args.attack, strength, torch.Generator().manual_seed(args.seed))
-    except ValueError as err:  # a strength the attack cannot take (e.g. an even blur kernel)
+    except ValueError as err:  # a strength the attack cannot take (an even blur kernel)
         parser.error(f"--strength {strength:g} for {args.attack}: {err}")
     with atomic_path(args.out) as tmp:
         Image.fromarray(to_uint8_arrays(y)[0]).save(tmp, format=Image.registered_extensions()[args.out.suffix.lower()])

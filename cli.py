@@ -14,7 +14,7 @@ a folder missing one file fails at once, not after hours of fine-tuning the othe
 inverse decoder) and :func:`check_device`.
 
 :func:`at_least` is the argparse type of count options (``--batch-size 0`` is refused at once,
-not after the feature pass), :func:`output_file` and :func:`output_folder` those of output paths (a
+not after the feature pass), :func:`existing_folder` that of input folders, :func:`output_file` and :func:`output_folder` those of output paths (a
 folder given for a file, a file for a folder, or a place this user cannot write in is refused
 before any work; a missing parent folder is made when the output is written); :func:`add_weights_arguments` and :func:`add_scored_split_arguments`
 give the commands their common options (which weights, inverse decoders and variant nets — by
@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
 
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["run_main", "InputError", "warn", "readable_folder_images", "decodable_images", "folder_images", "at_least", "shard_spec",
-           "output_file", "output_file_with", "output_folder", "positive_float",
+           "existing_folder", "output_file", "output_file_with", "output_folder", "positive_float",
            "add_weights_arguments", "add_scored_split_arguments", "required_weight_files", "check_weight_files",
            "check_device", "USER_ERROR_STATUS", "CACHE_DIR", "INV_DECODER_DIR", "VARIANT_NET_DIR"]
 
@@ -214,6 +215,24 @@ def _check_writable_place(path: Path) -> None:
         raise argparse.ArgumentTypeError(f"{existing} is a file, not a folder, so nothing can be written under it")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise argparse.ArgumentTypeError(f"cannot write in {existing} (permission denied); choose another place")
+    try:  # os.access says yes to root everywhere, /proc and read-only mounts included: ask the filesystem
+        tempfile.TemporaryFile(dir=existing).close()  # unnamed where the filesystem allows, removed at once otherwise
+    except OSError as err:
+        raise argparse.ArgumentTypeError(f"cannot write in {existing} ({err.strerror or err}); choose another place") from None
+
+
+def existing_folder(hint: str) -> Callable[[str], Path]:
+    """An argparse ``type``: a folder that must exist (a typo in an input folder is refused at once,
+    not after the work, nor — for a folder a check reads — by silently checking nothing); ``hint``
+    says what to give instead."""
+    def parse(text: str) -> Path:
+        path = Path(text)
+        if not path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text}: no such folder{' (this is a file)' if path.exists() else ''}; {hint}")
+        return path
+
+    parse.__name__ = "folder"
+    return parse
 
 
 def output_file(text: str, suffixes: Sequence[str] = ()) -> Path:

@@ -12,7 +12,8 @@ the positive-valued signals — the diagnosis that shows which features separate
 each box says from how many images it is drawn, ``n=``, since the scoring gate leaves a family's
 variant features out of the images it finds unlikely to be of that family), ROC curves of each
 family's signals (belonging vs everything else), the LightGBM gain importance of a fitted model
-bundle if ``--models`` is given (a warning if that folder holds no model), and ``report.md``
+bundle if ``--models`` is given (a folder that is missing or holds no ``*.joblib`` model is refused
+before anything is drawn; :func:`write_feature_report`, called from code, warns instead), and ``report.md``
 embedding them all.
 """
 from __future__ import annotations
@@ -155,13 +156,24 @@ def write_feature_report(features: pd.DataFrame, labels: pd.Series, out: Path, m
     return out / "report.md"
 
 
+def model_bundle(text: str) -> Path:
+    """An argparse ``type``: a folder holding fitted models (``*.joblib``), refused before any plot is drawn."""
+    from cli import existing_folder
+
+    hint = "give a model bundle folder, e.g. cache/models/two-stage-…"
+    folder = existing_folder(hint)(text)
+    if not any(folder.glob("*.joblib")):
+        raise argparse.ArgumentTypeError(f"{text} holds no *.joblib model; {hint}")
+    return folder
+
+
 def main(argv: Optional[list] = None) -> int:
     from cli import output_folder
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--features", type=Path, required=True, help="a feature frame, e.g. submission_report/features_val.parquet")
     parser.add_argument("--labels", type=Path, required=True, help="its labels, CSV image_name,label, e.g. submission_report/labels_val.csv")
-    parser.add_argument("--models", type=Path,
+    parser.add_argument("--models", type=model_bundle,
                         help="a model bundle folder, e.g. cache/models/two-stage-… (for feature importance)")
     parser.add_argument("--out", type=output_folder, default=Path("feature_report"), help="folder for the PNGs and report.md (default feature_report)")
     args = parser.parse_args(argv)

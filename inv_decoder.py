@@ -356,7 +356,7 @@ def inverse_adapter(family: str, weights_dir: Optional[Path], inv_root: Path | s
 
 
 def main(argv: Optional[list] = None) -> int:
-    from cli import CACHE_DIR, INV_DECODER_DIR, InputError, at_least, check_weight_files, output_folder, positive_float
+    from cli import CACHE_DIR, INV_DECODER_DIR, InputError, at_least, check_weight_files, existing_folder, output_folder, positive_float
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", required=True, choices=["VAR", "RAR", "var", "rar"], help="whose tokenizer's encoder to fine-tune")
@@ -371,13 +371,11 @@ def main(argv: Optional[list] = None) -> int:
                         help="picks the generations' seed range (inv_decoder.SEED_OFFSET + 100 000·seed) and the training order (default %(default)s)")
     parser.add_argument("--augment", action="store_true", help="use the augmentation curriculum")
     parser.add_argument("--init", type=Path, help="start from this inverse decoder (.safetensors) instead of the encoder")
-    parser.add_argument("--exclude", type=Path, nargs="*", default=[], help="folders of images to be scored; fail on overlap")
+    parser.add_argument("--exclude", type=existing_folder("give the folders of the images to be scored"), nargs="*", default=[],
+                        help="folders of images to be scored; fail on overlap (each must exist: a typo would turn the check off)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     args = parser.parse_args(argv)
     args.family = args.family.upper()
-    missing = [str(folder) for folder in args.exclude if not folder.is_dir()]
-    if missing:  # a typo here would silently turn the leakage check off
-        raise InputError(f"--exclude {', '.join(missing)}: no such folder; give the folders of the images to be scored")
     if args.init is not None and not args.init.is_file():
         raise InputError(f"--init {args.init}: no such file; give an inverse decoder (.safetensors) this command wrote")
     check_weight_files(args.weights_dir, [args.family])  # before hours of generating

@@ -43,7 +43,7 @@ from runtime import usable_cores
 if TYPE_CHECKING:
     from lightgbm import LGBMClassifier
 
-__all__ = ["require_columns", "FEATURE_STEMS", "CLASSIFIER_VERSION", "family_feature_frame", "margins_over_others", "tune_lightgbm",
+__all__ = ["require_columns", "require_variant_features", "FEATURE_STEMS", "CLASSIFIER_VERSION", "family_feature_frame", "margins_over_others", "tune_lightgbm",
            "CalibratedLGBM", "OneClass", "VariantClassifier", "FlatClassifier"]
 
 # Part of a cached model bundle's key (submission.py): a change to what the classifiers are fitted
@@ -76,6 +76,20 @@ def require_columns(features: pd.DataFrame, columns: Sequence[str]) -> None:
         listed = ", ".join(missing[:3]) + (f", … ({len(missing) - 3} more)" if len(missing) > 3 else "")
         raise InputError(f"the features lack {len(missing)} of the {len(columns)} columns the model was fitted on ({listed}); "
                          "give features made by the same feature_extractor version as the training features")
+
+
+def require_variant_features(features: pd.DataFrame, families: Sequence[str], source: object) -> None:
+    """A :class:`cli.InputError` unless ``features`` (read from ``source``) hold variant features
+    (``{variant}_…`` columns) of each of ``families``: without them a variant classifier would be
+    fitted on the family signals alone, which cannot tell a family's variants apart."""
+    from cli import InputError
+
+    lacking = [family for family in families
+               if not any(c.startswith(f"{v}_") for c in features.columns for v in family_variants(family))]
+    if lacking:
+        raise InputError(f"{source} holds no variant features of {' or '.join(lacking)} ({features.shape[1]} columns, "
+                         f"none named <variant>_…); give the feature frame submission.py leaves in its report folder "
+                         f"or feature_extractor.py writes")
 
 
 def family_variants(family: str) -> List[str]:
@@ -333,6 +347,7 @@ def main(argv: Optional[list] = None) -> int:
     args = parser.parse_args(argv)
     train, train_labels = read_labelled_features(args.train_features, args.train_labels)
     val, val_labels = read_labelled_features(args.val_features, args.val_labels)
+    require_variant_features(train, ["VAR", "RAR"] if args.family == "flat" else [args.family], args.train_features)
     if args.family == "flat":
         model = FlatClassifier(args.seed).fit(train, train_labels)
     else:

@@ -286,7 +286,7 @@ def heldout_maps(inverse: FamilyAdapter, net_path: Path | str, per_variant: int,
 
 
 def main(argv: Optional[list] = None) -> int:
-    from cli import CACHE_DIR, VARIANT_NET_DIR, add_weights_arguments, at_least, output_folder
+    from cli import CACHE_DIR, VARIANT_NET_DIR, add_weights_arguments, at_least, existing_folder, output_folder
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", required=True, choices=[f for f in NET_FAMILIES] + [f.lower() for f in NET_FAMILIES],
@@ -315,7 +315,8 @@ def main(argv: Optional[list] = None) -> int:
     maps.add_argument("--map-cache", type=Path,
                       help="where the generated training maps are kept, so a rerun resumes or reuses them (default <out>/<FAMILY>/maps)")
     maps.add_argument("--no-map-cache", action="store_true", help="keep no generated maps on disk")
-    parser.add_argument("--eval", type=Path, nargs="*", default=[], help="labelled folders (<dir>/<variant>/*.png) to score the net on")
+    parser.add_argument("--eval", type=existing_folder("give Dataset split folders holding <variant>/ subfolders"), nargs="*", default=[],
+                        help="labelled folders (<dir>/<variant>/*.png) to score the net on")
     parser.add_argument("--eval-generations", type=at_least(1), metavar="N",
                         help="also score the net on N fresh generations per variant that it was not trained on (the "
                              "generation batches after its training ones; kept in the map cache)")
@@ -323,9 +324,6 @@ def main(argv: Optional[list] = None) -> int:
                         help="train nothing: score the net the pipeline would use (shipped with the weights, else under --out) "
                              "on --eval and --eval-generations")
     args = parser.parse_args(argv)
-    missing = [str(folder) for folder in args.eval if not folder.is_dir()]
-    if missing:
-        parser.error(f"--eval {', '.join(missing)}: no such folder; give Dataset split folders holding <variant>/ subfolders")
     from runtime import keep_freed_memory
 
     keep_freed_memory()  # same numbers, far less system time on reused buffers

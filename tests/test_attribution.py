@@ -239,6 +239,21 @@ def test_stage_command_lines_fit_save_and_predict(data, tmp_path, capsys):
     assert (tmp_path / "models" / "RAR.joblib").is_file() and (tmp_path / "models" / "RAR.json").is_file()
 
 
+def test_a_frame_without_variant_features_is_refused_not_fitted_on_the_signals(data, tmp_path, capsys):
+    """A family-signal frame (``provenance.py``'s input) given to ``variant_classifier.py`` used to
+    be fitted on as it was, with nothing to tell the variants apart."""
+    import variant_classifier
+    from cli import USER_ERROR_STATUS, run_main
+
+    (train, ytr), (val, yva), _ = data
+    signals_only = [c for c in train.columns if c.startswith(("VAR_", "RAR_"))]
+    splits = _write_split(tmp_path, "train", train[signals_only], ytr) + _write_split(tmp_path, "val", val[signals_only], yva)
+    assert run_main(variant_classifier.main, splits + ["--family", "flat", "--out", str(tmp_path / "models")]) == USER_ERROR_STATUS
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'features_train.parquet'} holds no variant features of VAR or RAR" in err, err
+    assert not (tmp_path / "models").exists()
+
+
 def test_features_and_labels_must_name_the_same_images(data, tmp_path):
     from dataset import read_labelled_features
 

@@ -29,6 +29,24 @@ def test_neutral_strength_is_identity(images, name, neutral):
     assert torch.allclose(aug.apply_attack(images, name, neutral, torch.Generator().manual_seed(0)), images, atol=1e-6)
 
 
+@pytest.mark.parametrize("name,strength,message", [
+    ("resize", 5, "down-scale factor"), ("resize", 0, "down-scale factor"), ("jpeg", 120, "from 0 to 100"),
+    ("jpeg", 60.5, "whole number"), ("blur", 3.5, "whole number"), ("noise", -0.1, "from 0"), ("brightness", -1, "from 0"),
+])
+def test_a_strength_the_attack_cannot_take_is_refused(images, name, strength, message):
+    """Each was once taken as something else: an up-scale for "resize 5", PIL's 100 for quality 120, a blur of 3 for 3.5."""
+    with pytest.raises(ValueError, match=message):
+        aug.apply_attack(images, name, strength)
+
+
+def test_every_listed_strength_is_one_the_attack_takes():
+    listed = list(aug.ATTACK_DEFAULTS.items())
+    listed += [(name, value) for table in (aug.ATTACK_SWEEPS, *aug.CURRICULUM.values())
+               for name, values in table.items() for value in values]
+    for name, value in listed:
+        aug.check_strength(name, value)
+
+
 def test_jpeg_error_grows_as_quality_drops(images):
     errors = [(aug.jpeg(images, q) - images).abs().mean().item() for q in (95, 75, 40, 10)]
     assert errors == sorted(errors)

@@ -425,9 +425,15 @@ def test_zoo_gallery_names_a_folder_that_is_no_zoo_in_one_line(tmp_path):
     ("feature_extractor", ["FOLDER", "--out", "{d}/x.csv", "--no-cache", "--rebuild"]),
     ("augmentation", ["IMAGE", "--attack", "blur", "--out", "{d}/a.txt"]),
     ("augmentation", ["IMAGE", "--attack", "blur", "--strength", "4", "--out", "{d}/a.png"]),  # an even kernel
+    ("augmentation", ["IMAGE", "--attack", "resize", "--strength", "5", "--out", "{d}/a.png"]),  # an up-scale, not a resize
+    ("augmentation", ["IMAGE", "--attack", "none", "--strength", "1", "--out", "{d}/a.png"]),
     ("inv_decoder", ["--family", "VAR", "--lr", "0", "--out", "{d}/inv"]),  # with --out: a regression must not fine-tune into cache/
     ("flat_prada", ["--epochs", "0"]),
     ("flat_prada", ["--var-patch-nums", "1,x"]),
+    ("variant_net", ["--family", "VAR", "--existing", "--eval", "{d}/typo", "--out", "{d}/nets"]),  # a missing input folder
+    ("variant_net", ["--family", "VAR", "--existing", "--eval", "{f}", "--out", "{d}/nets"]),       # a file for a folder
+    ("feature_plotter", ["--features", "{f}", "--labels", "{f}", "--models", "{d}/typo", "--out", "{d}/rep"]),
+    ("feature_plotter", ["--features", "{f}", "--labels", "{f}", "--models", "{d}", "--out", "{d}/rep"]),  # no *.joblib
 ])
 def test_bad_outputs_and_options_are_refused_by_the_parser(tmp_path, capsys, command, args):
     """argparse's own status 2 and one line naming the option, before anything is read or computed
@@ -470,15 +476,19 @@ def test_output_paths_are_made_when_missing_and_refused_when_unwritable(tmp_path
                 output_file(str(locked / "sub" / "x.csv"))
     finally:
         locked.chmod(0o700)
+    if Path("/proc/self").is_dir():  # Linux: no file can be made there, though os.access tells root it can
+        with pytest.raises(argparse.ArgumentTypeError, match="cannot write in /proc"):
+            output_file("/proc/submission.csv")
 
 
 def test_an_exclude_folder_or_init_file_that_is_not_there_is_an_error_not_a_skip(tmp_path, capsys):
     """A typo in ``--exclude`` used to turn the leakage check off silently."""
     import inv_decoder
 
-    assert run_main(inv_decoder.main, ["--family", "VAR", "--exclude", str(tmp_path / "typo"),
-                                       "--out", str(tmp_path / "out")]) == USER_ERROR_STATUS
-    assert f"--exclude {tmp_path / 'typo'}: no such folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:
+        inv_decoder.main(["--family", "VAR", "--exclude", str(tmp_path / "typo"), "--out", str(tmp_path / "out")])
+    assert stopped.value.code == USER_ERROR_STATUS
+    assert f"argument --exclude: {tmp_path / 'typo'}: no such folder; give the folders" in capsys.readouterr().err
     assert run_main(inv_decoder.main, ["--family", "VAR", "--init", str(tmp_path / "none.safetensors"),
                                        "--out", str(tmp_path / "out")]) == USER_ERROR_STATUS
     assert "--init" in capsys.readouterr().err and not (tmp_path / "out").exists()
