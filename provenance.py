@@ -185,7 +185,9 @@ class LearnedGate(CalibratedLGBM):
         return self
 
     def predict(self, features: pd.DataFrame) -> pd.Series:
-        return self.proba(family_signal_frame(features)).idxmax(axis=1).rename("family")
+        """The likeliest answer of :meth:`family_proba` (an exact tie goes to the first of
+        :data:`GATE_ANSWERS`, as the two-stage posterior's argmax breaks it)."""
+        return self.family_proba(features).idxmax(axis=1).rename("family")
 
     def family_proba(self, features: pd.DataFrame) -> pd.DataFrame:
         """The calibrated probability of ``VAR``, ``RAR`` and ``outlier`` per image (0 for an answer

@@ -150,6 +150,18 @@ def test_learned_gate_separates_families_and_round_trips(data, tmp_path):
         make_gate("nonsense")
 
 
+def test_learned_gate_breaks_an_exact_tie_as_its_probabilities_argmax_does(monkeypatch):
+    """``predict`` took the first of LightGBM's class order (RAR before VAR), the two-stage
+    posterior the first of the gate's answers (VAR before RAR)."""
+    import provenance
+
+    gate = provenance.LearnedGate()
+    tied = pd.DataFrame({"RAR": [0.4], "VAR": [0.4], "outlier": [0.2]}, index=["a.png"])  # LightGBM's (sorted) order
+    monkeypatch.setattr(provenance, "family_signal_frame", lambda features: features)
+    monkeypatch.setattr(gate, "proba", lambda frame: tied)
+    assert gate.predict(tied).tolist() == gate.family_proba(tied).idxmax(axis=1).tolist() == ["VAR"]
+
+
 def test_scoring_gate_needs_the_likely_families_only(data):
     from provenance import ScoringGate
 
