@@ -81,9 +81,8 @@ def _blur_one(img_13HW: torch.Tensor, kernel_size: int, sigma: float) -> torch.T
 def gaussian_blur(img_B3HW: torch.Tensor, kernel_size: int, generator: Optional[torch.Generator] = None,
                   sigma_range: Sequence[float] = (0.1, 2.0)) -> torch.Tensor:
     """Blur with an odd ``kernel_size``; σ is drawn per image from ``sigma_range``."""
+    check_strength("blur", kernel_size)
     kernel_size = int(kernel_size)
-    if kernel_size % 2 == 0 or kernel_size < 1:
-        raise ValueError(f"blur kernel size must be odd and positive, got {kernel_size}")
     if kernel_size == 1:
         return img_B3HW.clone()
     lo, hi = sigma_range
@@ -151,9 +150,10 @@ CURRICULUM: Dict[str, Dict[str, List[float]]] = {
 DEFAULT_SCHEDULE: List[List] = [["none", 1], ["weak", 1], ["medium", 2], ["strong", 2]]
 
 
-# The strengths each attack takes: (lowest, highest, whole numbers only). Outside them an attack
-# would do nothing or something else than its name says (a "resize" by 5 is an up-scale, a JPEG
-# quality of 120 is PIL's 100, a blur of 3.5 a blur of 3).
+# The strengths each attack takes: (lowest, highest, whole numbers only); a resize must also be
+# above 0 and a blur kernel odd (check_strength). Outside them an attack would fail, do nothing or
+# something else than its name says (a "resize" by 5 is an up-scale, a JPEG quality of 120 is
+# PIL's 100, a blur of 3.5 a blur of 3).
 STRENGTH_RANGES: Dict[str, tuple] = {
     "noise": (0.0, float("inf"), False), "blur": (1, float("inf"), True), "jpeg": (0, 100, True),
     "brightness": (0.0, float("inf"), False), "contrast": (0.0, float("inf"), False),
@@ -168,6 +168,8 @@ def check_strength(name: str, strength: float) -> None:
         raise ValueError(f"{name} takes a whole number, got {strength:g}")
     if name == "resize" and not 0 < strength <= 1:
         raise ValueError(f"resize takes a down-scale factor in (0, 1], got {strength:g}")
+    if name == "blur" and int(strength) % 2 == 0:
+        raise ValueError(f"blur kernel size must be odd, got {strength:g}")
     if not lowest <= strength <= highest:
         raise ValueError(f"{name} takes a strength from {lowest:g} to {highest:g}, got {strength:g}")
 
@@ -244,10 +246,7 @@ def main(argv: Optional[list] = None) -> int:
     except OSError as err:
         parser.error(f"cannot read {args.image}: {err}")
     x = torch.from_numpy(img.copy()).permute(2, 0, 1)[None].float() / 255
-    try:
-        y = apply_attack(x, args.attack, strength, torch.Generator().manual_seed(args.seed))
-    except ValueError as err:  # a strength the attack cannot take (an even blur kernel)
-        parser.error(f"--strength {strength:g} for {args.attack}: {err}")
+    y = apply_attack(x, args.attack, strength, torch.Generator().manual_seed(args.seed))
     with atomic_path(args.out) as tmp:
         Image.fromarray(to_uint8_arrays(y)[0]).save(tmp, format=Image.registered_extensions()[args.out.suffix.lower()])
     print(f"{args.out}: {args.attack} at {strength}")

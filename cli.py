@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["run_main", "InputError", "warn", "readable_folder_images", "decodable_images", "folder_images", "at_least", "shard_spec",
-           "existing_folder", "output_file", "output_file_with", "output_folder", "positive_float",
+           "missing_folder", "existing_folder", "output_file", "output_file_with", "output_folder", "positive_float",
            "add_weights_arguments", "add_scored_split_arguments", "required_weight_files", "check_weight_files",
            "check_device", "USER_ERROR_STATUS", "CACHE_DIR", "INV_DECODER_DIR", "VARIANT_NET_DIR"]
 
@@ -76,8 +76,9 @@ def readable_folder_images(folder: Path) -> "pd.DataFrame":
     left out. Ends the command with status 2 when none is left."""
     from dataset import images_under
 
-    if not folder.is_dir():
-        raise InputError(f"{folder}: no such folder; give a folder of images" + (" (this is a file)" if folder.exists() else ""))
+    problem = missing_folder(folder, "give a folder of images")
+    if problem:
+        raise InputError(problem)
     readable = decodable_images(images_under(folder), f"under {folder} ")
     if not len(readable):
         print(f"error: no decodable images under {folder}", file=sys.stderr)
@@ -221,14 +222,23 @@ def _check_writable_place(path: Path) -> None:
         raise argparse.ArgumentTypeError(f"cannot write in {existing} ({err.strerror or err}); choose another place") from None
 
 
+def missing_folder(folder: Path, hint: str) -> Optional[str]:
+    """``None`` if ``folder`` is a folder, else the one line that says it is not and what to give
+    instead (``hint``), and whether the path is a file."""
+    if folder.is_dir():
+        return None
+    return f"{folder}: no such folder; {hint}" + (" (this is a file)" if folder.exists() else "")
+
+
 def existing_folder(hint: str) -> Callable[[str], Path]:
     """An argparse ``type``: a folder that must exist (a typo in an input folder is refused at once,
     not after the work, nor — for a folder a check reads — by silently checking nothing); ``hint``
     says what to give instead."""
     def parse(text: str) -> Path:
         path = Path(text)
-        if not path.is_dir():
-            raise argparse.ArgumentTypeError(f"{text}: no such folder{' (this is a file)' if path.exists() else ''}; {hint}")
+        problem = missing_folder(path, hint)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
         return path
 
     parse.__name__ = "folder"

@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
 
-from cli import InputError, warn
+from cli import InputError, missing_folder, warn
 
 __all__ = ["Inputs", "NO_TEST_NOR_DEMO", "check_before_work", "converted_images", "gather_inputs", "read_test_labels",
            "resized_images", "test_folder_images"]
@@ -116,9 +116,9 @@ def gather_inputs(test_dir: Path, train_dir: Path, val_dir: Path) -> Inputs:
     (shown by :func:`dataset.shown_path`)."""
     from dataset import IMAGE_SUFFIXES, inspect_images, shown_path
 
-    if not test_dir.is_dir():
-        raise InputError(f"{test_dir}: no such folder; give --test DIR, the folder of images to attribute"
-                         + (" (this is a file)" if test_dir.exists() else ""))
+    problem = missing_folder(test_dir, "give --test DIR, the folder of images to attribute")
+    if problem:
+        raise InputError(problem)
     test_paths, skipped = test_folder_images(test_dir)
     if not test_paths:
         raise InputError(f"{test_dir}: no test images found ({', '.join(IMAGE_SUFFIXES)} files directly in the folder)")
