@@ -254,4 +254,6 @@ def main(argv: Optional[list] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from cli import run_module
+
+    sys.exit(run_module("augmentation"))

@@ -1,7 +1,9 @@
 """Command-line entry points: a user's mistake ends in one line, not a traceback.
 
 Every command that loads weights (``--weights-dir``) or reads feature files runs its ``main``
-through :func:`run_main`. A :class:`models.checkpoints.CheckpointError` — a weight folder or file
+through :func:`run_main`; a top-level module's command does so through :func:`run_module`, which
+runs the module as imported by its name, so what it saves (a gate, a classifier) is pickled under
+``provenance.LearnedGate`` and not ``__main__.LearnedGate``, which no other program could load. A :class:`models.checkpoints.CheckpointError` — a weight folder or file
 missing, unreadable, or not the architecture it should be —, an :class:`InputError` — an input
 file or folder that cannot be used (a malformed labels CSV, features and labels that disagree, a
 missing split folder, a ``--device`` this machine has not) — and a ``FileNotFoundError`` — an
@@ -35,7 +37,7 @@ from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["run_main", "InputError", "warn", "readable_folder_images", "decodable_images", "folder_images", "at_least", "shard_spec",
+__all__ = ["run_main", "run_module", "InputError", "warn", "readable_folder_images", "decodable_images", "folder_images", "at_least", "shard_spec",
            "missing_folder", "existing_folder", "output_file", "output_file_with", "output_folder", "positive_float",
            "add_weights_arguments", "add_scored_split_arguments", "required_weight_files", "check_weight_files",
            "check_device", "USER_ERROR_STATUS", "CACHE_DIR", "INV_DECODER_DIR", "VARIANT_NET_DIR"]
@@ -62,6 +64,15 @@ def run_main(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequ
     except (CheckpointError, InputError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return USER_ERROR_STATUS
+
+
+def run_module(name: str) -> int:
+    """:func:`run_main` of the ``main`` of the module ``name``, imported as such: the entry point of
+    ``python name.py``. Run as a script, a module is ``__main__``, and the classes it pickles would
+    be recorded as ``__main__.…`` (loadable only by that script)."""
+    import importlib
+
+    return run_main(importlib.import_module(name).main)
 
 
 def warn(message: str, items: Sequence, show: int = 5) -> None:

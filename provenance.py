@@ -262,8 +262,14 @@ def saved_gate_path(folder: Path | str) -> Optional[Path]:
 
 
 def save_gate(gate: AnyGate, folder: Path | str) -> None:
-    """``learned_gate.joblib`` (+ its JSON config) or ``gate.json`` (threshold gate) in ``folder``."""
-    gate.save(Path(folder) / _GATE_FILES[type(gate)])
+    """``learned_gate.joblib`` (+ its JSON config) or ``gate.json`` (threshold gate) in ``folder``;
+    a gate of the other kind saved there before is removed, so :func:`load_gate` finds this one."""
+    folder = Path(folder)
+    for kind, name in _GATE_FILES.items():
+        if kind is not type(gate):
+            for stale in {folder / name, (folder / name).with_suffix(".json")}:
+                stale.unlink(missing_ok=True)
+    gate.save(folder / _GATE_FILES[type(gate)])
 
 
 def load_gate(folder: Path | str) -> Optional[AnyGate]:
@@ -312,6 +318,6 @@ def main(argv: Optional[list] = None) -> int:
 
 
 if __name__ == "__main__":
-    from cli import run_main
+    from cli import run_module
 
-    sys.exit(run_main(main))
+    sys.exit(run_module("provenance"))

@@ -355,6 +355,6 @@ def main(argv: Optional[list] = None) -> int:
 
 
 if __name__ == "__main__":
-    from cli import run_main
+    from cli import run_module
 
-    sys.exit(run_main(main))
+    sys.exit(run_module("variant_net"))

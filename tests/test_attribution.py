@@ -150,6 +150,46 @@ def test_learned_gate_separates_families_and_round_trips(data, tmp_path):
         make_gate("nonsense")
 
 
+def test_a_gate_saved_over_one_of_the_other_kind_is_the_one_loaded(data, tmp_path):
+    """``save_gate`` of a threshold gate into a folder holding a learned one left both, and
+    ``load_gate`` (and ``provenance.py --out``'s printout) found the learned one first."""
+    from provenance import FamilyGate, LearnedGate, load_gate, make_gate, save_gate, saved_gate_path
+
+    (train, ytr), (val, yva), _ = data
+    save_gate(make_gate("learned").fit(train, ytr, val, yva), tmp_path)
+    save_gate(make_gate("fpr").fit(train, ytr, val, yva), tmp_path)
+    assert isinstance(load_gate(tmp_path), FamilyGate) and saved_gate_path(tmp_path).name == "gate.json"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gate.json"]
+    save_gate(make_gate("learned").fit(train, ytr, val, yva), tmp_path)
+    assert isinstance(load_gate(tmp_path), LearnedGate)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["learned_gate.joblib", "learned_gate.json"]
+
+
+def test_models_saved_by_the_commands_load_in_another_program(data, tmp_path):
+    """Run as ``python provenance.py`` / ``python variant_classifier.py``, a module is ``__main__``,
+    and the gate and classifier it saved were pickled as ``__main__.LearnedGate`` /
+    ``__main__.VariantClassifier``: no other program (``load_gate``, ``feature_plotter.py
+    --models``) could load them. The commands now run their module as imported by name."""
+    import subprocess
+    import sys
+
+    from provenance import LearnedGate, load_gate
+    from variant_classifier import CalibratedLGBM, VariantClassifier
+
+    root = Path(__file__).resolve().parent.parent
+    (train, ytr), (val, yva), (test, _) = data
+    splits = _write_split(tmp_path, "train", train, ytr) + _write_split(tmp_path, "val", val, yva)
+    for command in (["provenance.py", "--strategy", "learned", "--out", str(tmp_path / "gate")],
+                    ["variant_classifier.py", "--family", "RAR", "--out", str(tmp_path / "models")]):
+        done = subprocess.run([sys.executable, str(root / command[0]), *splits, *command[1:]], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    assert isinstance(load_gate(tmp_path / "gate"), LearnedGate)
+    classifier = CalibratedLGBM.load(tmp_path / "models" / "RAR.joblib")
+    assert isinstance(classifier, VariantClassifier)
+    assert classifier.predict_proba(test).shape[0] == len(test)
+
+
 def test_learned_gate_breaks_an_exact_tie_as_its_probabilities_argmax_does(monkeypatch):
     """``predict`` took the first of LightGBM's class order (RAR before VAR), the two-stage
     posterior the first of the gate's answers (VAR before RAR)."""
