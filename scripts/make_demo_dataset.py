@@ -49,7 +49,7 @@ from PIL import Image  # noqa: E402
 
 import demo_photos  # noqa: E402
 from augmentation import to_uint8_arrays  # noqa: E402
-from cli import InputError  # noqa: E402
+from cli import InputError, at_least, existing_folder, output_folder  # noqa: E402
 from inv_decoder import SEED_OFFSET, SHIPPED_SUBDIR  # noqa: E402
 from variant_net import SHIPPED_SUBDIR as NET_SUBDIR  # noqa: E402
 from models.registry import CLASS_NAMES, FAMILY_OF, VARIANT_NAMES  # noqa: E402
@@ -117,21 +117,31 @@ def plan_jobs(seed: int, counts: Dict[str, int]) -> List[Tuple[int, str, str, in
 
 
 _ADAPTERS: Dict[str, object] = {}
+_ZOO: List[Path] = []
 
 
 def _init_worker(zoo: str) -> None:
-    """One generation thread per process: the bytes are the same whatever the number of processes."""
+    """One generation thread per process: the bytes are the same whatever the number of processes.
+    The zoo is loaded by the first job (:func:`_adapter`), not here: an error in a pool's initializer
+    makes the pool start new workers forever, an error in a job reaches the parent as itself."""
     torch.set_num_threads(1)
     keep_freed_memory()
     _ADAPTERS.clear()
-    _ADAPTERS.update({family: load_family(family, Path(zoo)) for family in ("VAR", "RAR", "OUTLIER")})
+    _ZOO[:] = [Path(zoo)]
+
+
+def _adapter(family: str):
+    """The worker's adapter of ``family`` (``VAR``, ``RAR`` or ``OUTLIER``), the zoo loaded on first use."""
+    if not _ADAPTERS:
+        _ADAPTERS.update({name: load_family(name, _ZOO[0]) for name in ("VAR", "RAR", "OUTLIER")})
+    return _ADAPTERS[family]
 
 
 def _run_job(job: Tuple[int, str, str, int, int, int]) -> List[Tuple[np.ndarray, str, str]]:
     split_i, split, cls, first_seed, n, seed = job
     if cls in VARIANT_NAMES:
-        return [(a, cls, cls) for a in _generate(_ADAPTERS[FAMILY_OF[cls]], cls, n, first_seed)]
-    return [(a, cls, source) for a, source in _outliers(n, split_i, seed, _ADAPTERS["OUTLIER"], first_seed)]
+        return [(a, cls, cls) for a in _generate(_adapter(FAMILY_OF[cls]), cls, n, first_seed)]
+    return [(a, cls, source) for a, source in _outliers(n, split_i, seed, _adapter("OUTLIER"), first_seed)]
 
 
 def zoo_digest(zoo_dir: Path) -> str:
@@ -176,9 +186,14 @@ def demo_dataset_outdated(root: Path) -> Optional[str]:
 
 def build(out: Path, seed: int, counts: Dict[str, int], zoo_dir: Path | None = None, progress: bool = True,
           workers: int = 1) -> dict:
-    """Write the Dataset to ``out``; ``workers`` processes generate (same bytes for any number)."""
+    """Write the Dataset to ``out`` (a link to a folder: into the folder it names, the link kept);
+    ``workers`` processes generate (same bytes for any number)."""
     from tqdm.auto import tqdm
 
+    if out.is_symlink():  # replacing the link itself would fail after the work, or drop the link
+        out = out.resolve()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} is a file; give a folder for the Dataset")
     zoo = zoo_dir or DEMO_ZOO_DIR
     jobs = [(split_i, split, cls, first_seed, counts[split], seed) for split_i, split, cls, first_seed in plan_jobs(seed, counts)]
     bar = dict(desc="generating", disable=not progress, total=len(jobs))
@@ -239,19 +254,21 @@ def build(out: Path, seed: int, counts: Dict[str, int], zoo_dir: Path | None = N
 
 def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=ROOT / "Dataset",
-                        help="Dataset folder written (default: the repository's Dataset)")
+    parser.add_argument("--out", type=output_folder, default=ROOT / "Dataset",
+                        help="Dataset folder written (default: the repository's Dataset; a link to a folder is written through)")
     parser.add_argument("--seed", type=int, default=0,
                         help="picks the generation seeds (seed·100000 + batch), the natural crops and the test order "
                              f"and names; {SEEDS.start} … {SEEDS.stop - 1} (default 0)")
-    parser.add_argument("--zoo", type=Path, help="zoo folder (default: the shipped demo zoo)")
+    parser.add_argument("--zoo", type=existing_folder("give a zoo folder (scripts/build_demo_zoo.py writes one), or leave "
+                                                      "--zoo out for the shipped demo zoo"),
+                        help="zoo folder (default: the shipped demo zoo)")
     parser.add_argument("--small", action="store_true", help=f"{SMALL_COUNTS} images per class (for tests)")
-    parser.add_argument("--train", type=int, help=f"images per class (default {FULL_COUNTS['train']})")
-    parser.add_argument("--val", type=int, help=f"default {FULL_COUNTS['val']}")
-    parser.add_argument("--test", type=int, help=f"default {FULL_COUNTS['test']}")
+    parser.add_argument("--train", type=at_least(0), help=f"images per class (default {FULL_COUNTS['train']})")
+    parser.add_argument("--val", type=at_least(0), help=f"default {FULL_COUNTS['val']}")
+    parser.add_argument("--test", type=at_least(0), help=f"default {FULL_COUNTS['test']}")
     parser.add_argument("--force", action="store_true", help="replace an existing folder")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument("--workers", type=int, default=0,
+    parser.add_argument("--workers", type=at_least(0), default=0,
                         help="generating processes, one thread each (default 0: one per CPU core); any number gives the same bytes")
     args = parser.parse_args(argv)
     _first_seed(args.seed)  # a seed out of range is refused before any work

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -60,9 +61,29 @@ def test_layout_and_hidden_labels(tiny_dataset):
 
 
 def test_dataset_is_reproducible_with_any_number_of_workers(tiny_dataset, tmp_path):
+    """Also written through a link to a folder (a linked ``Dataset``), which used to fail after the
+    work: the old folder could not be removed as a folder, nor the new one renamed onto the link."""
     again = tmp_path / "Dataset"
-    make_demo_dataset.build(again, seed=0, counts=COUNTS, progress=False, workers=2)
-    assert _digest_tree(again) == _digest_tree(tiny_dataset)
+    again.mkdir()
+    (again / "old.txt").write_text("replaced")
+    link = tmp_path / "linked"
+    link.symlink_to(again, target_is_directory=True)
+    make_demo_dataset.build(link, seed=0, counts=COUNTS, progress=False, workers=2)
+    assert link.is_symlink() and _digest_tree(again) == _digest_tree(tiny_dataset)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Dataset", "linked"]
+
+
+def test_a_zoo_that_cannot_load_ends_the_command_with_one_line(tmp_path):
+    """With several workers, a zoo the workers could not load made the pool start new workers
+    forever (the load was in its initializer): the command never ended."""
+    (tmp_path / "zoo").mkdir()
+    command = [sys.executable, str(ROOT / "scripts" / "make_demo_dataset.py"), "--out", str(tmp_path / "ds"),
+               "--train", "1", "--val", "1", "--test", "1", "--workers", "2", "--no-progress"]
+    done = subprocess.run(command + ["--zoo", str(tmp_path / "zoo")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "error: weight file not found" in done.stderr, done.stderr
+    assert not (tmp_path / "ds").exists()
+    done = subprocess.run(command + ["--zoo", str(tmp_path / "absent")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--zoo: " in done.stderr and "no such folder" in done.stderr, done.stderr
 
 
 def test_submission_end_to_end_and_warm_rerun(tiny_dataset, tmp_path, monkeypatch):
