@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["run_main", "run_module", "InputError", "warn", "readable_folder_images", "decodable_images", "folder_images", "at_least", "shard_spec",
            "missing_folder", "existing_folder", "output_file", "output_file_with", "output_folder", "positive_float",
-           "add_weights_arguments", "add_scored_split_arguments", "required_weight_files", "check_weight_files",
+           "add_weights_arguments", "add_scored_split_arguments", "scored_split", "required_weight_files", "check_weight_files",
            "check_device", "USER_ERROR_STATUS", "CACHE_DIR", "INV_DECODER_DIR", "VARIANT_NET_DIR"]
 
 USER_ERROR_STATUS = 2
@@ -200,6 +200,16 @@ def add_scored_split_arguments(parser: argparse.ArgumentParser, root: Path) -> N
     parser.add_argument("--split", default="test", choices=["val", "test"],
                         help="split scored; its labels are needed (test: Dataset/test_labels.csv) (default %(default)s)")
     add_weights_arguments(parser, root)
+
+
+def scored_split(dataset: Path, split: str) -> "pd.DataFrame":
+    """:func:`dataset.list_split` of ``dataset``'s ``split``, the images that cannot be decoded named
+    in a warning and left out (what the scripts of :func:`add_scored_split_arguments` score)."""
+    from dataset import list_split
+
+    meta = list_split(dataset, split)
+    readable = decodable_images(list(meta["path"]), f"under {dataset / split} ")
+    return meta[meta["path"].isin(readable.index)]
 
 
 def at_least(minimum: int) -> Callable[[str], int]:

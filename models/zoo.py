@@ -36,7 +36,8 @@ from .registry import (OFFICIAL_VARIANTS, build_maskgit_vqgan, build_rar_generat
 from .var_adapter import VARAdapter
 from .var_vqvae import VARVQVAE
 
-__all__ = ["DEMO_ZOO_DIR", "load_family", "read_zoo_manifest", "is_zoo_dir", "check_weights_dir", "family_files", "weights_digest"]
+__all__ = ["DEMO_ZOO_DIR", "load_family", "read_zoo_manifest", "is_zoo_dir", "check_weights_dir", "family_files", "family_image_size",
+           "weights_digest"]
 
 DEMO_ZOO_DIR = Path(__file__).resolve().parent.parent / "demo_zoo"
 _VAE_STATS_KEY = "quantize.ema_vocab_hit_SV"
@@ -120,6 +121,12 @@ def _family_sources(family: str, weights_dir: Optional[Path | str]) -> _FamilySo
     tok_cfg = first["tokenizer"]
     image_size = tok_cfg.get("image_size", tok_cfg.get("resolution", 256))
     return _FamilySources(family, tok_cfg, zoo_dir / first["files"]["tokenizer"], variants, image_size, 1000)
+
+
+def family_image_size(family: str, weights_dir: Optional[Path | str] = None) -> int:
+    """The side of the square images ``family``'s models from ``weights_dir`` (default: the demo zoo)
+    read and make, without loading them."""
+    return _family_sources(family, weights_dir).image_size
 
 
 def family_files(family: str, weights_dir: Optional[Path | str] = None) -> List[Path]:

@@ -28,8 +28,8 @@ import torch  # noqa: E402
 
 import family_eval  # noqa: E402
 import inv_decoder  # noqa: E402
-from cli import add_scored_split_arguments, at_least  # noqa: E402
-from dataset import list_split, load_images  # noqa: E402
+from cli import add_scored_split_arguments, at_least, scored_split  # noqa: E402
+from dataset import load_images  # noqa: E402
 from batch_features import SEARCH_ITERS  # noqa: E402
 from metrics import tpr_at_fpr  # noqa: E402
 from quantizer import greedy_tokens, search_tokens, search_tokens_reference  # noqa: E402
@@ -66,19 +66,19 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--per-group", type=at_least(1), default=50,
                         help="belonging images (and as many non-belonging) (default %(default)s)")
     parser.add_argument("--batch-size", type=at_least(1), default=25, help="feature maps per search call (default %(default)s)")
-    parser.add_argument("--threads", type=int, default=2,
+    parser.add_argument("--threads", type=at_least(1), default=2,
                         help="torch threads (torch.set_num_threads), --full-size included (default %(default)s)")
     parser.add_argument("--full-size", action="store_true", help="also time the full-size VAR VAE (random weights)")
-    parser.add_argument("--full-size-images", type=int, default=2,
+    parser.add_argument("--full-size-images", type=at_least(1), default=2,
                         help="random images greedy and our search are timed on with --full-size (default %(default)s)")
-    parser.add_argument("--full-size-reference-images", type=int, default=1,
+    parser.add_argument("--full-size-reference-images", type=at_least(0), default=1,
                         help="of those, images the reference search is timed on (default %(default)s; 0: skip it)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the random choice of images from each group (default %(default)s; "
                              "the --full-size images always use seed 0)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    meta = list_split(args.dataset, args.split)
+    meta = scored_split(args.dataset, args.split)
     groups = pd.Series([family_eval.source_group(s, l, "VAR") for s, l in zip(meta["source"], meta["label"])], index=meta.index)
     belonging = groups[groups == "belonging"].sample(frac=1, random_state=args.seed).index[: args.per_group]
     others = groups[groups != "belonging"]
@@ -88,7 +88,7 @@ def main(argv: list | None = None) -> int:
     is_belonging = torch.tensor([i in set(belonging) for i in chosen])
     adapter = inv_decoder.inverse_adapter("VAR", args.weights_dir, args.inv_root, False, "cpu")
     with torch.no_grad():
-        f = adapter.encode(load_images(meta.loc[chosen, "path"]))
+        f = adapter.encode(load_images(meta.loc[chosen, "path"], size=adapter.image_size))
     chunks = list(torch.split(f, args.batch_size))
     quant = adapter.tokenizer.quantize
     results = {}

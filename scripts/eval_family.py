@@ -31,8 +31,8 @@ import torch  # noqa: E402
 
 import family_eval  # noqa: E402
 import inv_decoder  # noqa: E402
-from cli import add_scored_split_arguments  # noqa: E402
-from dataset import list_split, load_images  # noqa: E402
+from cli import add_scored_split_arguments, at_least, check_device, output_folder, scored_split  # noqa: E402
+from dataset import load_images  # noqa: E402
 from feature_extractor import weight_files  # noqa: E402
 from feature_store import file_sha256  # noqa: E402
 from models.zoo import load_family  # noqa: E402
@@ -55,10 +55,10 @@ def signals_key(meta: pd.DataFrame, weights_dir, inv_root: Path, device: str, la
 
 def compute_signals(meta: pd.DataFrame, weights_dir, inv_root: Path, device: str, batch_size: int,
                     latent_tracer_limit: int, seed: int) -> pd.DataFrame:
-    images = load_images(meta["path"])
     frames = []
     for family in ("VAR", "RAR"):
         original = load_family(family, weights_dir, device=device)
+        images = load_images(meta["path"], size=original.image_size)
         inverse = inv_decoder.inverse_adapter(family, weights_dir, inv_root, False, device)
         search = search_tokens if family == "VAR" else None
         frames.append(signal_frame(original, images, list(meta.index), batch_size=batch_size, token_search=search, prefix=f"{family}_orig_"))
@@ -75,6 +75,8 @@ def latent_tracer_frame(adapter, images: torch.Tensor, meta: pd.DataFrame, batch
     from tqdm.auto import tqdm
 
     subset = family_eval.per_source_subset(meta, limit, seed)
+    if not len(subset):  # --latent-tracer-limit 0
+        return pd.DataFrame({f"{prefix}latent_tracer": pd.Series(dtype=float)}, index=subset)
     positions = [meta.index.get_loc(i) for i in subset]
     starts = tqdm(range(0, len(positions), batch_size), desc=f"{prefix}latent_tracer", leave=False)
     traced = torch.cat([latent_tracer(adapter, images[positions[s:s + batch_size]]) for s in starts])
@@ -84,10 +86,10 @@ def latent_tracer_frame(adapter, images: torch.Tensor, meta: pd.DataFrame, batch
 def compute_inverse_latent_tracer(meta: pd.DataFrame, weights_dir, inv_root: Path, device: str, batch_size: int,
                                   latent_tracer_limit: int, seed: int) -> pd.DataFrame:
     """LatentTracer started from the inverse decoder's ``f̂`` instead of the original encoder's."""
-    images = load_images(meta["path"])
     frames = []
     for family in ("VAR", "RAR"):
         inverse = inv_decoder.inverse_adapter(family, weights_dir, inv_root, False, device)
+        images = load_images(meta["path"], size=inverse.image_size)
         frames.append(latent_tracer_frame(inverse, images, meta, batch_size, latent_tracer_limit, seed, f"{family}_inv_"))
     return pd.concat(frames, axis=1).reindex(meta.index)
 
@@ -108,20 +110,21 @@ def cached_block(out: Path, name: str, key: str, compute) -> pd.DataFrame:
 def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_scored_split_arguments(parser, ROOT)
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "eval_family",
+    parser.add_argument("--out", type=output_folder, default=ROOT / "runs" / "eval_family",
                         help="folder for the signals, tables and plot (default: the repository's runs/eval_family)")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per batch (default %(default)s)")
-    parser.add_argument("--latent-tracer-limit", type=int, default=60, help="images per source group for LatentTracer")
+    parser.add_argument("--batch-size", type=at_least(1), default=32, help="images per batch (default %(default)s)")
+    parser.add_argument("--latent-tracer-limit", type=at_least(0), default=60,
+                        help="images per source group for LatentTracer (default %(default)s; 0: none)")
     parser.add_argument("--seed", type=int, default=0,
                         help="torch's global seed and the seed of the LatentTracer subset (default %(default)s)")
     parser.add_argument("--device", default="auto",
                         help="torch device: cpu, cuda or auto (default: cuda if available, else cpu)")
     args = parser.parse_args(argv)
     keep_freed_memory()
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = check_device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     torch.manual_seed(args.seed)
+    meta = scored_split(args.dataset, args.split)
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = list_split(args.dataset, args.split)
     if meta["label"].isna().any():
         raise SystemExit(f"{args.dataset}/{args.split} has unlabeled images; the test labels file is needed for evaluation")
     key = signals_key(meta, args.weights_dir, args.inv_root, device, args.latent_tracer_limit, args.seed)

@@ -33,9 +33,10 @@ import torch  # noqa: E402
 import family_eval  # noqa: E402
 import inv_decoder  # noqa: E402
 from augmentation import ATTACK_DEFAULTS, apply_attack  # noqa: E402
-from cli import add_scored_split_arguments  # noqa: E402
-from dataset import list_split, load_images  # noqa: E402
+from cli import add_scored_split_arguments, at_least, check_device, output_folder, scored_split  # noqa: E402
+from dataset import load_images  # noqa: E402
 from metrics import tpr_at_fpr  # noqa: E402
+from models.zoo import family_image_size  # noqa: E402
 from quantizer import search_tokens  # noqa: E402
 from runtime import keep_freed_memory  # noqa: E402
 from signals import SIGNALS, SLOW_SIGNALS, signal_frame  # noqa: E402
@@ -44,7 +45,7 @@ from signals import SIGNALS, SLOW_SIGNALS, signal_frame  # noqa: E402
 def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_scored_split_arguments(parser, ROOT)
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "eval_robustness",
+    parser.add_argument("--out", type=output_folder, default=ROOT / "runs" / "eval_robustness",
                         help="folder for robustness.csv (default: the repository's runs/eval_robustness)")
     default_signals = ["quant_loss", "quant_loss_searched", "combined"]
     parser.add_argument("--signals", nargs="+", default=default_signals, choices=[*SIGNALS, *SLOW_SIGNALS], metavar="SIGNAL",
@@ -52,12 +53,12 @@ def main(argv: list | None = None) -> int:
                              f"slow: {', '.join(SLOW_SIGNALS)} (default: {' '.join(default_signals)})")
     parser.add_argument("--inverse-decoders", nargs="+", choices=inv_decoder.KINDS, default=list(inv_decoder.KINDS),
                         help="which inverse decoders to score with (default: both)")
-    parser.add_argument("--per-source", type=int, default=0, help="score N images per source (default 0: all)")
+    parser.add_argument("--per-source", type=at_least(0), default=0, help="score N images per source (default 0: all)")
     parser.add_argument("--attacks", nargs="+", default=["none"] + list(ATTACK_DEFAULTS), choices=["none", *ATTACK_DEFAULTS],
                         metavar="ATTACK",
                         help="post-processings applied, each at its augmentation.ATTACK_DEFAULTS strength "
                              f"(default: none {' '.join(ATTACK_DEFAULTS)})")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
+    parser.add_argument("--batch-size", type=at_least(1), default=32, help="images per batch (default 32)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the attacks' randomness (reset before each attack) and of the --per-source subset "
                              "(default 0)")
@@ -65,14 +66,14 @@ def main(argv: list | None = None) -> int:
                         help="torch device: cpu, cuda or auto (default: cuda if available, else cpu)")
     args = parser.parse_args(argv)
     keep_freed_memory()
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = check_device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    meta = scored_split(args.dataset, args.split)
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = list_split(args.dataset, args.split)
     if args.per_source > 0:
         meta = meta.loc[family_eval.per_source_subset(meta, args.per_source, args.seed)]
-    clean = load_images(meta["path"])
     rows = []
     for family in ("VAR", "RAR"):
+        clean = load_images(meta["path"], size=family_image_size(family, args.weights_dir))
         groups = pd.Series([family_eval.source_group(s, l, family) for s, l in zip(meta["source"], meta["label"])], index=meta.index)
         for augmented in inv_decoder.augment_flags(args.inverse_decoders):
             adapter = inv_decoder.inverse_adapter(family, args.weights_dir, args.inv_root, augmented, device)

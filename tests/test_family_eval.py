@@ -20,3 +20,31 @@ def test_per_source_subset_is_fixed_and_capped():
     assert counts["a"] == 4 and counts["b"] == 3  # capped at what a source has
     assert list(subset) == list(family_eval.per_source_subset(meta, 4, seed=0))
     assert set(subset) != set(family_eval.per_source_subset(meta, 4, seed=1))
+
+
+def test_the_evaluation_scripts_score_the_decodable_images_of_a_split(tmp_path, capsys):
+    """``scripts/eval_family.py`` and ``eval_robustness.py`` loaded every listed image as it was: a
+    truncated PNG ended them with a traceback (and an image of another size, in the stacking);
+    ``--latent-tracer-limit 0`` did too (``torch.cat`` of nothing)."""
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from cli import scored_split
+
+    root = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(root / "scripts"))
+    import eval_family
+
+    for name in ("a.png", "b.png"):
+        (tmp_path / "val" / "var16").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "val" / "var16" / name)
+    whole = (tmp_path / "val" / "var16" / "b.png").read_bytes()
+    (tmp_path / "val" / "var16" / "b.png").write_bytes(whole[: len(whole) // 2])
+    meta = scored_split(tmp_path, "val")
+    assert list(meta.index) == ["val/var16/a.png"]
+    assert "1 image(s) under" in capsys.readouterr().err
+    traced = eval_family.latent_tracer_frame(None, None, meta.assign(source="var16"), 8, 0, 0, "VAR_orig_")
+    assert traced.empty and list(traced.columns) == ["VAR_orig_latent_tracer"]
