@@ -235,13 +235,14 @@ def _worker_batch(job: tuple) -> pd.DataFrame:
 
 
 def main(argv: Optional[list] = None) -> int:
-    from cli import add_weights_arguments, at_least, check_device, check_weight_files, output_file_with, readable_folder_images
+    from cli import (add_weights_arguments, at_least, check_device, check_weight_files, output_file_with, output_folder,
+                     readable_folder_images)
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, help="a folder of images (searched recursively)")
     parser.add_argument("--out", type=output_file_with(".parquet", ".csv"), required=True, help="output .parquet or .csv")
     add_weights_arguments(parser, nets=True)
-    parser.add_argument("--cache-dir", type=Path, default=Path("cache/features"), help="the feature store (default cache/features)")
+    parser.add_argument("--cache-dir", type=output_folder, default=Path("cache/features"), help="the feature store (default cache/features)")
     store = parser.add_mutually_exclusive_group()  # --rebuild writes the store that --no-cache leaves alone
     store.add_argument("--no-cache", action="store_true", help="do not read or write the feature store")
     store.add_argument("--rebuild", action="store_true", help="discard this extractor's cached rows first")

@@ -34,7 +34,7 @@ import pandas as pd
 
 from cli import InputError, missing_folder, warn
 
-__all__ = ["Inputs", "NO_TEST_NOR_DEMO", "check_before_work", "converted_images", "gather_inputs", "read_test_labels",
+__all__ = ["Inputs", "NO_TEST_NOR_DEMO", "check_before_work", "check_outputs", "input_folders", "converted_images", "gather_inputs", "read_test_labels",
            "resized_images", "test_folder_images"]
 
 
@@ -53,6 +53,27 @@ def check_before_work(test_dir: Optional[Path], demo: bool, device: str, weights
         raise InputError(NO_TEST_NOR_DEMO)
     check_device(device)
     check_weight_files(weights_dir)
+
+
+def input_folders(test: Optional[Path], train: Optional[Path], val: Optional[Path], dataset: Path) -> Tuple[Path, Path, Path]:
+    """The test, train and validation folders of a run: ``--test`` (by default the ``test/`` of
+    ``--dataset``, the demo's), and ``--train`` / ``--val``, by default beside the test folder."""
+    test = test or dataset / "test"
+    return test, train or test.parent / "train", val or test.parent / "val"
+
+
+def check_outputs(out: Path, report_dir: Path, labels: Optional[Path], input_folders: Sequence[Path]) -> None:
+    """A :class:`cli.InputError` for outputs that would overwrite or join the inputs: the
+    submission written over the labels it is scored against, or the report (its PNG images) written
+    into a test, train or validation folder, where the next run would read them as images."""
+    if labels is not None and out.resolve() == labels.resolve():
+        raise InputError(f"--out {out} is the --labels file: the submission would replace the answers it is scored "
+                         "against; give another --out")
+    report = report_dir.resolve()
+    for folder in input_folders:
+        if report == folder.resolve() or folder.resolve() in report.parents:
+            raise InputError(f"the report folder {report_dir} is in the input folder {folder}: its images would be "
+                             "read as input images by the next run; give another --report-dir (default: <out>_report)")
 
 
 def test_folder_images(folder: Path) -> Tuple[List[Path], List[Path]]:

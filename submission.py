@@ -190,12 +190,13 @@ def run(args: argparse.Namespace) -> int:
     from feature_extractor import FeatureExtractor
     from models.registry import CLASS_NAMES
     from provenance import ScoringGate
-    from run_inputs import converted_images, gather_inputs, read_test_labels, resized_images
+    from run_inputs import converted_images, gather_inputs, input_folders, read_test_labels, resized_images
     from scoring import (CONFIDENCE_FILE, CONFIDENCE_PNG, PROBABILITIES_FILE, interval_text, report_files,
                          summary as score_summary, write_probabilities, write_report)
 
     started = time.perf_counter()
     dataset_root = args.dataset
+    test_dir, train_dir, val_dir = input_folders(args.test, args.train, args.val, args.dataset)
     if args.demo:
         sys.path.insert(0, str(ROOT / "scripts"))
         from make_demo_dataset import demo_dataset_outdated
@@ -208,11 +209,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"building the demo Dataset in {dataset_root} ({why}) …", file=sys.stderr)
             subprocess.run([sys.executable, str(ROOT / "scripts" / "make_demo_dataset.py"), "--out", str(dataset_root), "--force"],
                            check=True)
-        args.test = args.test or dataset_root / "test"
-        args.labels = args.labels or dataset_root / "test_labels.csv"
-    test_dir = args.test
-    train_dir = args.train or test_dir.parent / "train"
-    val_dir = args.val or test_dir.parent / "val"
     inputs = gather_inputs(test_dir, train_dir, val_dir)
     train_meta, val_meta, good, bad = inputs.train, inputs.val, inputs.test_readable, inputs.test_unreadable
     truth = read_test_labels(args.labels, inputs.test_paths) if args.labels else None
@@ -274,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
     labels = pd.concat([labels, pd.Series("outlier", index=[p.name for p in bad], name="label")])
     write_submission(labels, args.out, [p.name for p in inputs.test_paths])
 
-    report_dir = args.report_dir or args.out.with_name(args.out.stem + "_report")
+    report_dir = args.report_dir
     report_dir.mkdir(parents=True, exist_ok=True)
     # summary.json goes first and comes back last: a folder without it is a killed run's, half rewritten
     for stale in ["summary.json", *report_files("test"), PROBABILITIES_FILE, CONFIDENCE_FILE, CONFIDENCE_PNG,
@@ -324,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--report-dir", type=output_folder, help="default: <out>_report/")
     parser.add_argument("--labels", type=Path, help="CSV image_name,label of the test images, to score the submission")
     parser.add_argument("--weights-dir", type=Path, help="official checkpoints or a zoo folder (default: the demo zoo)")
-    parser.add_argument("--cache-dir", type=Path, default=CACHE_DIR,
+    parser.add_argument("--cache-dir", type=output_folder, default=CACHE_DIR,
                         help=f"features, inverse decoders ({INV_DECODER_DIR}/), variant nets ({VARIANT_NET_DIR}/), models "
                              f"(default {CACHE_DIR})")
     parser.add_argument("--method", choices=list(METHOD_CHOICES), default="auto",
@@ -382,10 +378,20 @@ def main(argv: Optional[list] = None) -> int:
     if args.stage == "features" and (args.no_cache or args.rebuild):
         parser.error("--stage features fills the feature cache: --no-cache would throw its work away and --rebuild "
                      "would delete what the other shards wrote (rebuild once, with --stage prepare)")
-    from run_inputs import check_before_work
+    from cli import output_folder
+    from run_inputs import check_before_work, check_outputs, input_folders
     from runtime import keep_freed_memory, use_usable_cores
 
+    if args.report_dir is None:  # the default, <out>_report, is checked as a given --report-dir is, before the work
+        args.report_dir = args.out.with_name(args.out.stem + "_report")
+        try:
+            output_folder(str(args.report_dir))
+        except argparse.ArgumentTypeError as err:
+            parser.error(f"the report folder (default <out>_report; --report-dir to choose another): {err}")
     check_before_work(args.test, args.demo, args.device, args.weights_dir)
+    if args.demo:
+        args.labels = args.labels or args.dataset / "test_labels.csv"
+    check_outputs(args.out, args.report_dir, args.labels, input_folders(args.test, args.train, args.val, args.dataset))
     keep_freed_memory()  # allocator tuning for this process; worker processes apply it themselves
     use_usable_cores()  # inside a Slurm job: its allocation, not the whole node
     return run(args)

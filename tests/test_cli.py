@@ -455,6 +455,36 @@ def test_bad_outputs_and_options_are_refused_by_the_parser(tmp_path, capsys, com
     assert not (tmp_path / "a.png").exists()
 
 
+def test_submission_outputs_that_would_fail_or_overwrite_inputs_are_refused_before_work(tmp_path, capsys):
+    """The default report folder (``<out>_report``) was only made after the work, and a file there
+    ended the run with a traceback; ``--cache-dir`` was not checked at all; ``--out`` could replace
+    the ``--labels`` it is scored against, and a report folder in the test folder put its PNG images
+    among the next run's test images."""
+    import submission
+
+    (tmp_path / "s_report").write_text("")
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "labels.csv").write_text("image_name,label\n")
+    test = tmp_path / "Dataset" / "test"
+    for argv, message in [
+        (["--test", str(test), "--out", str(tmp_path / "s.csv")], "the report folder (default <out>_report"),
+        (["--test", str(test), "--cache-dir", str(tmp_path / "afile")], "argument --cache-dir: "),
+        (["--test", str(test), "--labels", str(tmp_path / "labels.csv"), "--out", str(tmp_path / "labels.csv"),
+          "--report-dir", str(tmp_path / "r")], "is the --labels file"),
+        (["--test", str(test), "--out", str(tmp_path / "x.csv"), "--report-dir", str(test / "report")], "is in the input folder"),
+        (["--demo", "--dataset", str(tmp_path / "Dataset"), "--out", str(tmp_path / "x.csv"),
+          "--report-dir", str(tmp_path / "Dataset" / "train" / "var16")], "is in the input folder"),
+    ]:
+        try:
+            status = run_main(submission.main, argv)
+        except SystemExit as stopped:  # the parser's refusals
+            status = stopped.code
+        assert status == USER_ERROR_STATUS, argv
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and message in err, err
+    assert (tmp_path / "labels.csv").read_text() == "image_name,label\n" and not (tmp_path / "Dataset").exists()
+
+
 def test_output_paths_are_made_when_missing_and_refused_when_unwritable(tmp_path):
     import argparse
     import os
