@@ -241,8 +241,11 @@ def main(argv: Optional[list] = None) -> int:
             parser.error(f"--strength {strength:g} for {args.attack}: {err}")
     from PIL import Image
 
+    from dataset import rgb_image
+
     try:
-        img = np.asarray(Image.open(args.image).convert("RGB"))
+        with Image.open(args.image) as opened:
+            img = np.asarray(rgb_image(opened))
     except OSError as err:
         parser.error(f"cannot read {args.image}: {err}")
     x = torch.from_numpy(img.copy()).permute(2, 0, 1)[None].float() / 255

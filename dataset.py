@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -32,7 +32,10 @@ import torch
 from cli import InputError, warn
 from models.registry import CLASS_NAMES
 
-__all__ = ["IMAGE_SUFFIXES", "REPORT_DIR", "csv_quoting", "list_split", "read_split", "load_images", "inspect_images", "read_label_csv",
+if TYPE_CHECKING:
+    from PIL import Image
+
+__all__ = ["IMAGE_SUFFIXES", "REPORT_DIR", "csv_quoting", "list_split", "read_split", "load_images", "inspect_images", "rgb_image", "read_label_csv",
            "read_feature_frame", "read_labelled_features", "add_labelled_split_arguments", "images_under", "is_image_file",
            "shown_path", "image_id_of", "check_unique"]
 
@@ -82,6 +85,19 @@ def _image_files(paths: Iterable[Path], where: str) -> Tuple[List[Path], List[st
         warn(f"{len(shown)} image file(s) {where} have a path that is not valid UTF-8 text and are left out; rename them",
              shown)
     return images, shown
+
+
+def _not_images(folder: Path, images: List[Path], misnamed: List[str]) -> List[str]:
+    """The visible entries of ``folder`` that are neither among its ``images`` nor ``misnamed``
+    (subfolders, which are not searched, and files of other types), shown by :func:`shown_path`
+    and named in a warning: a labelled split leaves nothing out unsaid."""
+    listed = set(images) | set(misnamed)
+    others = [shown_path(p) for p in sorted(folder.iterdir())
+              if not p.name.startswith(".") and p not in listed and shown_path(p) not in listed]
+    if others:
+        warn(f"{len(others)} entr{'y' if len(others) == 1 else 'ies'} in {shown_path(folder)} are not image files "
+             "(subfolders are not searched) and are left out", others)
+    return others
 
 
 def image_id_of(name: str, split: str, label: Optional[str] = None) -> str:
@@ -214,11 +230,11 @@ def read_split(root: Path | str, split: str, labels_csv: Optional[Path | str] = 
                 raise InputError(f"{shown_path(d)}: unknown class folder; expected one of {', '.join(CLASS_NAMES)}")
             images, misnamed = _image_files(d.iterdir(), f"in {shown_path(d)}")
             rows += [(f"{split}/{d.name}/{p.name}", str(p), d.name) for p in images]
-            left_out += misnamed
+            left_out += misnamed + _not_images(d, images, misnamed)
     else:
         images, misnamed = _image_files(entries, f"in {shown_path(folder)}")
         rows += [(f"{split}/{p.name}", str(p), None) for p in images]
-        left_out += misnamed
+        left_out += misnamed + _not_images(folder, images, misnamed)
     frame = pd.DataFrame(rows, columns=["image_id", "path", "label"]).set_index("image_id")
     frame["source"] = frame["label"]
     meta_path = Path(labels_csv) if labels_csv else root / (f"{split}_labels.csv" if not class_dirs else f"{split}_meta.csv")
@@ -236,6 +252,20 @@ def read_split(root: Path | str, split: str, labels_csv: Optional[Path | str] = 
     return frame, left_out
 
 
+def rgb_image(img: "Image.Image") -> "Image.Image":
+    """``img`` as 8-bit RGB: PIL's own conversion, except for 16- and 32-bit integer grayscale
+    (PNG's 16-bit grayscale opens as ``I;16`` or ``I``), which PIL clips at 255 instead of scaling:
+    those are scaled to 8 bits first (``I`` by its range: 16-bit when any value is above 255)."""
+    from PIL import Image
+
+    if img.mode.startswith("I;16") or img.mode == "I":
+        values = np.asarray(img).astype(np.int64)
+        if img.mode.startswith("I;16") or values.max(initial=0) > 255:
+            values = (values.clip(0, 65535) * 255 + 32767) // 65535
+        img = Image.fromarray(values.clip(0, 255).astype(np.uint8))  # 2-D uint8: mode L
+    return img.convert("RGB")
+
+
 def inspect_images(paths: Iterable[str | Path]) -> pd.DataFrame:
     """Read and decode every image once: a frame indexed by path (as given) with ``sha256`` of the
     file's bytes (the feature store's key), ``readable``, the image's ``width`` and ``height`` and its
@@ -250,7 +280,7 @@ def inspect_images(paths: Iterable[str | Path]) -> pd.DataFrame:
         try:
             data = Path(path).read_bytes()
             with Image.open(io.BytesIO(data)) as img:
-                img.convert("RGB").load()
+                rgb_image(img).load()
                 rows.append((str(path), hashlib.sha256(data).hexdigest(), True, *img.size, img.mode))
         except Exception:  # noqa: BLE001 - any reading or decoding failure makes the file unusable
             rows.append((str(path), None, False, 0, 0, None))
@@ -265,7 +295,7 @@ def load_images(paths: Iterable[str | Path], size: Optional[int] = None) -> torc
     for path in paths:
         try:
             with Image.open(path) as img:
-                img = img.convert("RGB")
+                img = rgb_image(img)
                 if size is not None and img.size != (size, size):
                     img = img.resize((size, size), Image.BICUBIC)
                 arrays.append(np.asarray(img, dtype=np.uint8))

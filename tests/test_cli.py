@@ -376,6 +376,45 @@ def test_test_labels_may_name_images_bare_or_by_their_path_in_the_dataset(tmp_pa
             read()
 
 
+def test_a_class_folders_subfolders_and_other_files_are_named_not_dropped_silently(tmp_path, capsys):
+    """Images in a subfolder of ``train/var16/`` were left out without a word (a loose file beside
+    the class folders was named); the listing does not search subfolders, and now says so."""
+    import numpy as np
+    from PIL import Image
+
+    from dataset import read_split
+
+    (tmp_path / "train" / "var16" / "batch2").mkdir(parents=True)
+    for path in (tmp_path / "train" / "var16" / "a.png", tmp_path / "train" / "var16" / "batch2" / "b.png"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(path)
+    (tmp_path / "train" / "var16" / "notes.txt").write_text("")
+    (tmp_path / "train" / "var16" / ".DS_Store").write_text("")
+    frame, left_out = read_split(tmp_path, "train")
+    assert list(frame.index) == ["train/var16/a.png"]
+    assert sorted(Path(p).name for p in left_out) == ["batch2", "notes.txt"]
+    err = capsys.readouterr().err
+    assert "2 entries in " in err and "are not image files (subfolders are not searched) and are left out" in err, err
+
+
+def test_16_bit_grayscale_is_scaled_to_8_bits_not_clipped(tmp_path):
+    """PIL's ``convert("RGB")`` clips a 16-bit grayscale PNG (mode ``I;16``) at 255: a gradient
+    became nearly all white, though the run says such an image is converted."""
+    import numpy as np
+    from PIL import Image
+
+    import torch
+
+    from dataset import inspect_images, load_images
+
+    levels = np.arange(256, dtype=np.uint16).repeat(16).reshape(64, 64)
+    Image.fromarray(levels * 257).save(tmp_path / "g16.png")  # 8-bit levels written as 16-bit
+    Image.fromarray(levels.astype(np.uint8)).save(tmp_path / "g8.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")
+    sixteen, eight = load_images([tmp_path / "g16.png", tmp_path / "g8.png"])
+    assert torch.equal(sixteen, eight)
+    assert inspect_images([tmp_path / "g16.png"])["readable"].all()
+
+
 # --- the scripts' count and name options ------------------------------------------------------
 
 def _script(name: str):
