@@ -35,7 +35,7 @@ from models.registry import CLASS_NAMES
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["IMAGE_SUFFIXES", "REPORT_DIR", "csv_quoting", "list_split", "read_split", "load_images", "inspect_images", "rgb_image", "read_label_csv",
+__all__ = ["IMAGE_SUFFIXES", "REPORT_DIR", "csv_quoting", "list_split", "read_split", "load_images", "inspect_images", "rgb_image", "pixel_hashes_under", "read_label_csv",
            "read_feature_frame", "read_labelled_features", "add_labelled_split_arguments", "images_under", "is_image_file",
            "shown_path", "image_id_of", "check_unique"]
 
@@ -264,6 +264,24 @@ def rgb_image(img: "Image.Image") -> "Image.Image":
             values = (values.clip(0, 65535) * 255 + 32767) // 65535
         img = Image.fromarray(values.clip(0, 255).astype(np.uint8))  # 2-D uint8: mode L
     return img.convert("RGB")
+
+
+def pixel_hashes_under(folders: Iterable[Path | str]) -> set:
+    """sha256 of the 8-bit RGB pixels (:func:`rgb_image`) of every image under ``folders``
+    (:func:`images_under`); one that cannot be decoded is named in a warning (it cannot be scored
+    either)."""
+    import hashlib
+
+    from PIL import Image
+
+    hashes = set()
+    for path in [p for folder in folders for p in images_under(folder)]:
+        try:
+            with Image.open(path) as img:
+                hashes.add(hashlib.sha256(np.asarray(rgb_image(img)).tobytes()).hexdigest())
+        except (OSError, ValueError):
+            warn("an image cannot be decoded, so its pixels are not compared", [path])
+    return hashes
 
 
 def inspect_images(paths: Iterable[str | Path]) -> pd.DataFrame:

@@ -61,6 +61,7 @@ DEFAULT_CONFIG: Dict[str, object] = dict(
 # one, to continue its curriculum with augmentation); the run's JSON records its name and sha256.
 SEED_OFFSET = 7_000_000  # generation seeds of fine-tuning data; make_demo_dataset uses small seeds
 SEEDS = range(10)  # fine-tuning seeds: seed s generates with SEED_OFFSET + 100 000·s + batch, below 8e6
+MAX_IMAGES = 100_000  # generations of one seed: its generation seeds stay below the next seed's
 SHIPPED_SUBDIR = "inv_decoders"  # inverse decoders shipped beside a zoo's weights
 WEIGHTS_FILE = "inv_decoder.safetensors"
 RECORD_FILE = "inv_decoder.json"  # beside WEIGHTS_FILE: config, losses, weights_digest
@@ -123,8 +124,8 @@ def generate_training_tokens(adapter: FamilyAdapter, n_images: int, seed: int, b
     """Tokens of ``n_images`` fresh generations, split evenly over the family's variants."""
     from tqdm.auto import tqdm
 
-    if seed not in SEEDS or n_images > 100_000:  # seeds from 8e6 on are diagnose_zoo's and the variant nets'
-        raise ValueError(f"fine-tuning seed must be in {SEEDS.start} … {SEEDS.stop - 1} and images ≤ 100 000 "
+    if seed not in SEEDS or n_images > MAX_IMAGES:  # seeds from 8e6 on are diagnose_zoo's and the variant nets'
+        raise ValueError(f"fine-tuning seed must be in {SEEDS.start} … {SEEDS.stop - 1} and images ≤ {MAX_IMAGES:,} "
                          f"(got seed {seed}, {n_images} images): "
                          f"its generation seeds stay in [{SEED_OFFSET}, {SEED_OFFSET + 1_000_000})")
     variants = adapter.variant_names
@@ -148,21 +149,6 @@ def to_png_levels(img01: torch.Tensor) -> torch.Tensor:
 def _pixel_hashes(img01_B3HW: torch.Tensor) -> set:
     arr = to_uint8_arrays(img01_B3HW)
     return {hashlib.sha256(a.tobytes()).hexdigest() for a in arr}
-
-
-def _folder_hashes(folders: Sequence[Path]) -> set:
-    from PIL import Image
-
-    hashes = set()
-    for folder in folders:
-        for path in sorted(Path(folder).rglob("*.png")):
-            try:
-                hashes.add(hashlib.sha256(np.asarray(Image.open(path).convert("RGB")).tobytes()).hexdigest())
-            except OSError:  # undecodable: it cannot be scored either, so it cannot leak
-                from cli import warn
-
-                warn("an image under --exclude cannot be decoded and is not checked", [path])
-    return hashes
 
 
 def _save_loss_curve(losses: List[float], path: Path, title: str) -> None:
@@ -235,7 +221,9 @@ def finetune(adapter: FamilyAdapter, out_dir: Path | str, config: Optional[dict]
         with torch.no_grad():
             train_hashes = set().union(*(_pixel_hashes(to_png_levels(adapter.decode(adapter.tokens_to_fhat(tokens[i:i + 64]))))
                                          for i in range(0, len(tokens), 64)))
-        overlap = train_hashes & _folder_hashes(exclude_folders)
+        from dataset import pixel_hashes_under
+
+        overlap = train_hashes & pixel_hashes_under(exclude_folders)
         if overlap:
             from cli import InputError
 
@@ -356,18 +344,20 @@ def inverse_adapter(family: str, weights_dir: Optional[Path], inv_root: Path | s
 
 
 def main(argv: Optional[list] = None) -> int:
-    from cli import CACHE_DIR, INV_DECODER_DIR, InputError, at_least, check_weight_files, existing_folder, output_folder, positive_float
+    from cli import CACHE_DIR, INV_DECODER_DIR, InputError, at_least, check_device, check_weight_files, existing_folder, output_folder
+    from cli import positive_float
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", required=True, choices=["VAR", "RAR", "var", "rar"], help="whose tokenizer's encoder to fine-tune")
     parser.add_argument("--weights-dir", type=Path, help="official checkpoints or a zoo folder (default: demo zoo)")
     parser.add_argument("--out", type=output_folder, default=CACHE_DIR / INV_DECODER_DIR,
                         help=f"output root (default {CACHE_DIR / INV_DECODER_DIR}, where submission.py looks)")
-    parser.add_argument("--images", type=at_least(1), default=DEFAULT_CONFIG["images"], help="fresh generations to fine-tune on")
+    parser.add_argument("--images", type=at_least(1), default=DEFAULT_CONFIG["images"],
+                        help=f"fresh generations to fine-tune on, at most {MAX_IMAGES:,} (default %(default)s)")
     parser.add_argument("--epochs", type=at_least(1), default=DEFAULT_CONFIG["epochs"], help="(default %(default)s)")
     parser.add_argument("--batch-size", type=at_least(1), default=DEFAULT_CONFIG["batch_size"], help="(default %(default)s)")
     parser.add_argument("--lr", type=positive_float, default=DEFAULT_CONFIG["lr"], help="Adam learning rate (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=DEFAULT_CONFIG["seed"],
+    parser.add_argument("--seed", type=int, choices=SEEDS, metavar=f"{{{SEEDS.start}…{SEEDS.stop - 1}}}", default=DEFAULT_CONFIG["seed"],
                         help="picks the generations' seed range (inv_decoder.SEED_OFFSET + 100 000·seed) and the training order (default %(default)s)")
     parser.add_argument("--augment", action="store_true", help="use the augmentation curriculum")
     parser.add_argument("--init", type=Path, help="start from this inverse decoder (.safetensors) instead of the encoder")
@@ -376,6 +366,9 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     args = parser.parse_args(argv)
     args.family = args.family.upper()
+    if args.images > MAX_IMAGES:
+        parser.error(f"--images {args.images}: at most {MAX_IMAGES:,} (the generation seeds of one --seed)")
+    device = check_device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     if args.init is not None and not args.init.is_file():
         raise InputError(f"--init {args.init}: no such file; give an inverse decoder (.safetensors) this command wrote")
     check_weight_files(args.weights_dir, [args.family])  # before hours of generating
@@ -384,7 +377,6 @@ def main(argv: Optional[list] = None) -> int:
     keep_freed_memory()  # same numbers, far less system time on reused buffers
     from models.zoo import load_family
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     adapter = load_family(args.family, args.weights_dir, device=device)
     out = default_output_dir(args.out, args.family, args.augment)
     summary = finetune(adapter, out, dict(images=args.images, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,

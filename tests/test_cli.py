@@ -467,6 +467,8 @@ def test_zoo_gallery_names_a_folder_that_is_no_zoo_in_one_line(tmp_path):
     ("augmentation", ["IMAGE", "--attack", "resize", "--strength", "5", "--out", "{d}/a.png"]),  # an up-scale, not a resize
     ("augmentation", ["IMAGE", "--attack", "none", "--strength", "1", "--out", "{d}/a.png"]),
     ("inv_decoder", ["--family", "VAR", "--lr", "0", "--out", "{d}/inv"]),  # with --out: a regression must not fine-tune into cache/
+    ("inv_decoder", ["--family", "VAR", "--seed", "11", "--out", "{d}/inv"]),  # was a ValueError after the models loaded
+    ("inv_decoder", ["--family", "VAR", "--images", "200000", "--out", "{d}/inv"]),
     ("flat_prada", ["--epochs", "0"]),
     ("flat_prada", ["--var-patch-nums", "1,x"]),
     ("variant_net", ["--family", "VAR", "--existing", "--eval", "{d}/typo", "--out", "{d}/nets"]),  # a missing input folder
@@ -561,6 +563,27 @@ def test_an_exclude_folder_or_init_file_that_is_not_there_is_an_error_not_a_skip
     assert run_main(inv_decoder.main, ["--family", "VAR", "--init", str(tmp_path / "none.safetensors"),
                                        "--out", str(tmp_path / "out")]) == USER_ERROR_STATUS
     assert "--init" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_inv_decoder_checks_its_device_and_compares_every_kind_of_image_file(tmp_path, capsys):
+    """``--device gpu`` ended in a traceback; ``--exclude`` hashed only lower-case ``.png`` files,
+    so a fine-tuning image saved as ``.PNG`` or ``.bmp`` in a folder to be scored passed the check."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    import inv_decoder
+    from dataset import pixel_hashes_under
+
+    assert run_main(inv_decoder.main, ["--family", "VAR", "--device", "gpu", "--out", str(tmp_path / "out")]) == USER_ERROR_STATUS
+    assert "error: " in capsys.readouterr().err and not (tmp_path / "out").exists()
+    pixels = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    for name in ("upper/x.PNG", "bmp/deeper/y.bmp"):
+        (tmp_path / name).parent.mkdir(parents=True)
+        Image.fromarray(pixels).save(tmp_path / name)
+    expected = inv_decoder._pixel_hashes(torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255)
+    assert len(expected) == 1
+    assert pixel_hashes_under([tmp_path / "upper"]) == expected and pixel_hashes_under([tmp_path / "bmp"]) == expected
 
 
 def test_features_without_the_models_columns_name_what_is_missing(tmp_path):
