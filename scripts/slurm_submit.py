@@ -73,7 +73,7 @@ def _missing_inputs(parsed: argparse.Namespace) -> List[str]:
     folder or file they name that does not exist, a weight file missing from ``--weights-dir``.
     Those :func:`run_inputs.check_before_work` refuses are refused in its words; its ``--device``
     check is left to the jobs, whose nodes may have what this one has not."""
-    from cli import check_weight_files
+    from cli import InputError, check_weight_files
     from models.checkpoints import CheckpointError
     from run_inputs import NO_TEST_NOR_DEMO
 
@@ -90,6 +90,13 @@ def _missing_inputs(parsed: argparse.Namespace) -> List[str]:
             problems.append(f"{option} {folder}{'' if given else ' (beside --test)'}: no such folder")
     if parsed.labels is not None and not parsed.labels.is_file():
         problems.append(f"--labels {parsed.labels}: no such file")
+    if parsed.demo:  # a folder that is not a demo Dataset is never replaced: the prepare job would stop on it
+        from make_demo_dataset import demo_dataset_outdated
+
+        try:
+            demo_dataset_outdated(parsed.dataset)
+        except InputError as err:
+            problems.append(str(err))
     try:
         check_weight_files(parsed.weights_dir)
     except CheckpointError as err:
@@ -154,15 +161,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     split = argv.index("--") if "--" in argv else len(argv)
     own, submission_args = argv[:split], argv[split + 1:]
+    from cli import at_least
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shards", type=int, default=4, help="feature jobs in the array (default 4)")
-    parser.add_argument("--cpus-per-task", type=int, default=2,
+    parser.add_argument("--shards", type=at_least(1), default=4, help="feature jobs in the array (default 4)")
+    parser.add_argument("--cpus-per-task", type=at_least(1), default=2,
                         help="CPUs of each job (default 2); a demo-zoo job runs one feature process per CPU")
     parser.add_argument("--mem", help="memory per job, e.g. 16G")
     parser.add_argument("--time", help="time limit per job, e.g. 4:00:00")
     parser.add_argument("--partition", help="partition every job runs in (default: the cluster's default partition)")
     parser.add_argument("--account", help="account every job is charged to (default: your Slurm default account)")
-    parser.add_argument("--gpus-per-task", type=int, help="GPUs per job (pass --device cuda in SUBMISSION_ARGS)")
+    parser.add_argument("--gpus-per-task", type=at_least(1), help="GPUs per job (pass --device cuda in SUBMISSION_ARGS)")
     parser.add_argument("--sbatch-option", action="append", default=[], metavar="KEY=VALUE",
                         help="any other #SBATCH option for every job, e.g. --sbatch-option qos=long (repeatable)")
     parser.add_argument("--logs", type=Path, default=Path("runs/slurm"), help="batch scripts and job logs (default runs/slurm)")

@@ -100,7 +100,9 @@ def test_what_the_jobs_would_stop_on_is_refused_before_submitting(tmp_path, caps
                f"--val {tmp_path / 'data' / 'val2'}: no such folder": ["--test", str(test_dir), "--val", str(tmp_path / "data" / "val2")],
                f"--train {tmp_path / 'lone' / 'train'} (beside --test): no such folder": ["--test", str(tmp_path / "lone" / "test")],
                "--labels": ["--test", str(test_dir), "--labels", str(tmp_path / "labels.csv")],
-               "weight file not found: ": ["--test", str(test_dir), "--weights-dir", str(weights)]}
+               "weight file not found: ": ["--test", str(test_dir), "--weights-dir", str(weights)],
+               # the prepare job would refuse to replace a folder that is not a demo Dataset
+               "is not a demo Dataset": ["--demo", "--dataset", str(tmp_path / "data")]}
     for message, args in refused.items():
         with pytest.raises(SystemExit) as stop:
             slurm_submit.job_plan(args, shards=2)
