@@ -43,7 +43,7 @@ from models.adapter import FamilyAdapter
 from models.files import file_digest
 from models.zoo import check_weights_dir, is_zoo_dir, load_family
 from provenance import ScoringGate, leave_out_unneeded
-from runtime import keep_freed_memory, use_usable_cores
+from runtime import exit_with_parent, keep_freed_memory, use_usable_cores
 
 __all__ = ["EXTRACTOR_NAME", "EXTRACTOR_VERSION", "TOKEN_LL_SUFFIX", "FeatureExtractor", "store_name", "weight_files"]
 
@@ -225,6 +225,7 @@ _WORKER: Optional[FeatureExtractor] = None
 def _worker_init(kwargs: dict) -> None:
     """A worker process: one thread, its own models; writes its own shards to the shared store."""
     global _WORKER
+    exit_with_parent()
     torch.set_num_threads(1)
     keep_freed_memory()
     _WORKER = FeatureExtractor(**kwargs)

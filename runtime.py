@@ -11,6 +11,10 @@ each new tensor starts on fresh pages. Faulting those pages in took about 15 % o
 run's CPU time: 248 s of system time and 1e8 minor page faults. :func:`keep_freed_memory` makes
 the heap keep and reuse freed memory instead. Peak memory stays the same; it is simply not
 handed back between batches.
+
+A pool's worker ends with the process that started it (:func:`exit_with_parent`): killed with
+``kill -9``, a run would otherwise leave its workers to finish their batch and then wait for work
+forever.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import ctypes
 import ctypes.util
 import os
 
-__all__ = ["usable_cores", "use_usable_cores", "keep_freed_memory"]
+__all__ = ["usable_cores", "use_usable_cores", "keep_freed_memory", "exit_with_parent"]
 
 _M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
 _M_MMAP_MAX = -4
@@ -61,3 +65,21 @@ def keep_freed_memory() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     _applied = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
     return _applied
+
+
+def exit_with_parent() -> None:
+    """In a worker process of a pool (its initializer): end this process as soon as the process that
+    started it is gone. A daemon thread waits on the parent's sentinel; what the worker was writing
+    is left as a ``*.tmp`` file at most (:mod:`atomic`), which the feature store clears."""
+    import multiprocessing
+    import threading
+
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def wait_for_parent() -> None:
+        parent.join()
+        os._exit(1)
+
+    threading.Thread(target=wait_for_parent, name="exit-with-parent", daemon=True).start()

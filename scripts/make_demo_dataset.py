@@ -54,7 +54,7 @@ from inv_decoder import SEED_OFFSET, SHIPPED_SUBDIR  # noqa: E402
 from variant_net import SHIPPED_SUBDIR as NET_SUBDIR  # noqa: E402
 from models.registry import CLASS_NAMES, FAMILY_OF, VARIANT_NAMES  # noqa: E402
 from models.zoo import DEMO_ZOO_DIR, load_family  # noqa: E402
-from runtime import keep_freed_memory, usable_cores  # noqa: E402
+from runtime import exit_with_parent, keep_freed_memory, usable_cores  # noqa: E402
 
 SPLITS = ("train", "val", "test")
 FULL_COUNTS = {"train": 300, "val": 100, "test": 100}
@@ -124,6 +124,7 @@ def _init_worker(zoo: str) -> None:
     """One generation thread per process: the bytes are the same whatever the number of processes.
     The zoo is loaded by the first job (:func:`_adapter`), not here: an error in a pool's initializer
     makes the pool start new workers forever, an error in a job reaches the parent as itself."""
+    exit_with_parent()
     torch.set_num_threads(1)
     keep_freed_memory()
     _ADAPTERS.clear()

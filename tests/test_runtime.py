@@ -73,3 +73,43 @@ def test_torch_threads_follow_the_usable_cores(monkeypatch):
         assert runtime.use_usable_cores() == 1 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def _ended(pid: int) -> bool:
+    """No such process, or a zombie (ended, not yet reaped by whoever adopted it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc")
+def test_a_pool_worker_ends_when_its_parent_is_killed(tmp_path):
+    """After ``kill -9`` of a run, its feature workers finished their batch and then waited for work
+    forever; with :func:`runtime.exit_with_parent` in the pool's initializer they end with it."""
+    import signal
+    import time
+
+    script = tmp_path / "pool.py"
+    script.write_text(
+        "import multiprocessing, os, sys, time\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "import runtime\n"
+        "if __name__ == '__main__':\n"
+        "    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context('spawn'), initializer=runtime.exit_with_parent) as pool:\n"
+        "        print(pool.submit(os.getpid).result(), flush=True)\n"
+        "        time.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    worker = int(parent.stdout.readline())
+    assert not _ended(worker)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while not _ended(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    ended = _ended(worker)
+    if not ended:
+        os.kill(worker, signal.SIGKILL)
+    assert ended, "the worker outlived its parent"
