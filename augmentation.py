@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
@@ -85,6 +86,9 @@ def gaussian_blur(img_B3HW: torch.Tensor, kernel_size: int, generator: Optional[
     kernel_size = int(kernel_size)
     if kernel_size == 1:
         return img_B3HW.clone()
+    if kernel_size // 2 >= min(img_B3HW.shape[-2:]):  # the reflection padding needs less than the image's side
+        raise ValueError(f"blur kernel size {kernel_size} is too large for a {img_B3HW.shape[-2]}×{img_B3HW.shape[-1]} "
+                         f"image: at most {2 * min(img_B3HW.shape[-2:]) - 1}")
     lo, hi = sigma_range
     sigmas = lo + (hi - lo) * torch.rand(len(img_B3HW), generator=generator)
     return torch.cat([_blur_one(img_B3HW[i:i + 1], kernel_size, float(s)) for i, s in enumerate(sigmas)]).clamp(0, 1)
@@ -164,6 +168,8 @@ STRENGTH_RANGES: Dict[str, tuple] = {
 def check_strength(name: str, strength: float) -> None:
     """A ``ValueError`` saying why, unless attack ``name`` can take ``strength`` (:data:`STRENGTH_RANGES`)."""
     lowest, highest, whole = STRENGTH_RANGES[name]
+    if not math.isfinite(strength):
+        raise ValueError(f"{name} takes a finite strength, got {strength:g}")
     if whole and float(strength) != int(strength):
         raise ValueError(f"{name} takes a whole number, got {strength:g}")
     if name == "resize" and not 0 < strength <= 1:
@@ -249,7 +255,10 @@ def main(argv: Optional[list] = None) -> int:
     except OSError as err:
         parser.error(f"cannot read {args.image}: {err}")
     x = torch.from_numpy(img.copy()).permute(2, 0, 1)[None].float() / 255
-    y = apply_attack(x, args.attack, strength, torch.Generator().manual_seed(args.seed))
+    try:
+        y = apply_attack(x, args.attack, strength, torch.Generator().manual_seed(args.seed))
+    except ValueError as err:  # a strength this image cannot take (a blur kernel wider than it)
+        parser.error(f"--strength {strength:g} for {args.attack}: {err}")
     with atomic_path(args.out) as tmp:
         Image.fromarray(to_uint8_arrays(y)[0]).save(tmp, format=Image.registered_extensions()[args.out.suffix.lower()])
     print(f"{args.out}: {args.attack} at {strength}")

@@ -157,6 +157,12 @@ class PradaClassifier:
 
 def stage_sizes_of(tokens: pd.DataFrame, var_patch_nums: Sequence[int]) -> Dict[str, List[int]]:
     """Scales per variant: VAR's ``pn²`` per scale, one stage of every token for RAR."""
+    absent = [f"{variant}_cond" for variant in VARIANT_NAMES if f"{variant}_cond" not in tokens.columns]
+    if absent:
+        from cli import InputError
+
+        raise InputError(f"no per-token column of {len(absent)} variant(s) ({', '.join(absent)}); PRADA scores all "
+                         f"{len(VARIANT_NAMES)} variants: give a frame of every variant (--method prada scores all)")
     sizes = {}
     for variant in VARIANT_NAMES:
         length = len(tokens[f"{variant}_cond"].iloc[0])
@@ -195,10 +201,15 @@ def main(argv: Optional[list] = None) -> int:
     if not any(column.endswith("_cond") for column in train.columns):
         raise InputError(f"{args.train_tokens} holds no per-token columns (e.g. var16_cond): give a per-token frame "
                          "(tokens_<split>.parquet of `python submission.py --demo --method prada`), not a feature frame")
-    try:
-        sizes = stage_sizes_of(train, args.var_patch_nums)
-    except ValueError as err:
-        raise InputError(f"{args.train_tokens}: {err}; check --var-patch-nums") from None
+    sizes_of = {}
+    for split, path, frame in (("train", args.train_tokens, train), ("val", args.val_tokens, val)):
+        try:
+            sizes_of[split] = stage_sizes_of(frame, args.var_patch_nums)
+        except InputError as err:
+            raise InputError(f"{path}: {err}") from None
+        except ValueError as err:
+            raise InputError(f"{path}: {err}; check --var-patch-nums") from None
+    sizes = sizes_of["train"]
     model = PradaClassifier(sizes, args.seed, args.epochs).fit(train, train_labels)
     predicted = model.predict(val).to_numpy()
     print(f"PRADA: {len(model.scores)} score functions, {len(train)} training images; "

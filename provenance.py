@@ -167,7 +167,9 @@ def family_signal_frame(features: pd.DataFrame) -> pd.DataFrame:
 
     columns = [f"{family}_{name}" for family in FAMILIES for name in SIGNALS if f"{family}_{name}" in features.columns]
     if not columns:
-        raise ValueError("no family signal columns (VAR_quant_loss, RAR_enc_loss, …) in the features")
+        from cli import InputError  # a ValueError: a frame of other columns is a bad input, said in one line by the commands
+
+        raise InputError("no family signal columns (VAR_quant_loss, RAR_enc_loss, …) in the features")
     return pd.DataFrame(_log(features[columns]), index=features.index, columns=columns)
 
 

@@ -286,7 +286,8 @@ def heldout_maps(inverse: FamilyAdapter, net_path: Path | str, per_variant: int,
 
 
 def main(argv: Optional[list] = None) -> int:
-    from cli import CACHE_DIR, VARIANT_NET_DIR, add_weights_arguments, at_least, existing_folder, output_folder
+    from cli import (CACHE_DIR, VARIANT_NET_DIR, add_weights_arguments, at_least, check_weight_files, existing_folder,
+                     output_folder)
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", required=True, choices=[f for f in NET_FAMILIES] + [f.lower() for f in NET_FAMILIES],
@@ -324,12 +325,18 @@ def main(argv: Optional[list] = None) -> int:
                         help="train nothing: score the net the pipeline would use (shipped with the weights, else under --out) "
                              "on --eval and --eval-generations")
     args = parser.parse_args(argv)
+    training = [f"--{name.replace('_', '-')}" for name in ("images_per_variant", "epochs", "seed", "members", "width", "hidden",
+                                                         "input_map") if getattr(args, name) is not None]
+    if args.existing and (training or args.variant_only):
+        parser.error(f"{' '.join(training + ['--variant-only'] * args.variant_only)}: how to train a net, but --existing "
+                     "trains none; leave them out")
+    family = args.family.upper()
+    check_weight_files(args.weights_dir, [family])  # before an inverse decoder under --inv-root is looked for
     from runtime import keep_freed_memory
 
     keep_freed_memory()  # same numbers, far less system time on reused buffers
     import inv_decoder
 
-    family = args.family.upper()
     # --existing trains nothing, an inverse decoder included
     inverse = inv_decoder.inverse_adapter(family, args.weights_dir, args.inv_root, fine_tune_missing=not args.existing)
     cache = None if args.no_map_cache else (args.map_cache or default_map_cache(args.out, family))

@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from cli import at_least  # noqa: E402
 from feature_store import FeatureStore  # noqa: E402
 
 
@@ -36,11 +37,11 @@ def best_read_seconds(store: FeatureStore, repeats: int) -> tuple:
 
 def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shards", type=int, default=142,
+    parser.add_argument("--shards", type=at_least(1), default=142,
                         help="shards written before compaction (default %(default)s, as a cold demo run leaves)")
-    parser.add_argument("--rows", type=int, default=4504, help="rows (images) in the store (default %(default)s)")
-    parser.add_argument("--columns", type=int, default=157, help="random float features per row (default %(default)s)")
-    parser.add_argument("--repeats", type=int, default=3,
+    parser.add_argument("--rows", type=at_least(1), default=4504, help="rows (images) in the store (default %(default)s)")
+    parser.add_argument("--columns", type=at_least(1), default=157, help="random float features per row (default %(default)s)")
+    parser.add_argument("--repeats", type=at_least(1), default=3,
                         help="reads timed before and after compaction; the fastest counts (default %(default)s)")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)

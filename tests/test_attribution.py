@@ -291,6 +291,20 @@ def test_stage_command_lines_fit_save_and_predict(data, tmp_path, capsys):
     assert (tmp_path / "models" / "RAR.joblib").is_file() and (tmp_path / "models" / "RAR.json").is_file()
 
 
+def test_a_frame_to_gate_without_family_signals_is_one_error_line(data, tmp_path, capsys):
+    """``provenance.py --predict`` of a frame without the signal columns: a ValueError traceback after
+    the learned gate's fit (the threshold gates said it in one line)."""
+    import provenance
+    from cli import USER_ERROR_STATUS, run_main
+
+    (train, ytr), (val, yva), (test, _) = data
+    splits = _write_split(tmp_path, "train", train, ytr) + _write_split(tmp_path, "val", val, yva)
+    test[[c for c in test.columns if not c.startswith(("VAR_", "RAR_"))]].to_parquet(tmp_path / "variants.parquet")
+    assert run_main(provenance.main, splits + ["--predict", str(tmp_path / "variants.parquet"),
+                                               "--predictions", str(tmp_path / "f.csv")]) == USER_ERROR_STATUS
+    assert "error: no family signal columns" in capsys.readouterr().err and not (tmp_path / "f.csv").exists()
+
+
 def test_a_frame_without_variant_features_is_refused_not_fitted_on_the_signals(data, tmp_path, capsys):
     """A family-signal frame (``provenance.py``'s input) given to ``variant_classifier.py`` used to
     be fitted on as it was, with nothing to tell the variants apart."""

@@ -469,6 +469,9 @@ def test_zoo_gallery_names_a_folder_that_is_no_zoo_in_one_line(tmp_path):
     ("inv_decoder", ["--family", "VAR", "--lr", "0", "--out", "{d}/inv"]),  # with --out: a regression must not fine-tune into cache/
     ("inv_decoder", ["--family", "VAR", "--seed", "11", "--out", "{d}/inv"]),  # was a ValueError after the models loaded
     ("inv_decoder", ["--family", "VAR", "--images", "200000", "--out", "{d}/inv"]),
+    ("variant_net", ["--family", "VAR", "--existing", "--epochs", "3", "--out", "{d}/nets"]),  # was ignored: --existing trains nothing
+    ("augmentation", ["IMAGE", "--attack", "blur", "--strength", "inf", "--out", "{d}/a.png"]),  # was an OverflowError
+    ("augmentation", ["IMAGE", "--attack", "blur", "--strength", "17", "--out", "{d}/a.png"]),  # wider than the 8×8 image
     ("flat_prada", ["--epochs", "0"]),
     ("flat_prada", ["--var-patch-nums", "1,x"]),
     ("variant_net", ["--family", "VAR", "--existing", "--eval", "{d}/typo", "--out", "{d}/nets"]),  # a missing input folder

@@ -100,6 +100,11 @@ def test_needs_outlier_images_and_consistent_scales():
         stage_sizes_of(frame, [1, 2, 4])  # 21 tokens, not 14
     sizes = stage_sizes_of(frame, [1, 2, 3])
     assert sizes["var16"] == STAGES and sizes["rarb"] == [L]
+    # a frame without some variants' columns was a KeyError traceback in flat_prada.py
+    from cli import InputError
+
+    with pytest.raises(InputError, match="no per-token column of 2 variant\\(s\\) \\(var24_cond, rarl_cond\\)"):
+        stage_sizes_of(frame.drop(columns=[c for c in frame.columns if c.startswith(("var24_", "rarl_"))]), [1, 2, 3])
 
 
 def test_prada_bundle_through_attribution(tmp_path):
