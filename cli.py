@@ -156,9 +156,14 @@ def required_weight_files(weights_dir: Optional[Path | str], families: Optional[
 
 def check_weight_files(weights_dir: Optional[Path | str], families: Optional[Sequence[str]] = None) -> None:
     """A :class:`CheckpointError` naming every file of :func:`required_weight_files` (of
-    ``families``, default both) that is missing — checked up front, so a folder missing one
-    family's file does not first fine-tune the other family's inverse decoder for hours."""
+    ``families``, default both) that is missing, else the first that cannot be read or does not fit
+    its model (:func:`models.zoo.check_family_weights`: keys and shapes, no tensor read) — checked
+    up front, so a folder missing one family's file, or holding a damaged or wrong one, does not
+    first fine-tune the other family's inverse decoder for hours."""
     from models.checkpoints import CheckpointError
+
+    from models.registry import FAMILIES
+    from models.zoo import check_family_weights
 
     needed = required_weight_files(weights_dir, families)
     missing = [path for path in needed if not path.is_file()]
@@ -167,6 +172,8 @@ def check_weight_files(weights_dir: Optional[Path | str], families: Optional[Seq
         raise CheckpointError(f"weight file not found: {missing[0]}{more}; a run needs all {len(needed)} files of "
                               + ("both families" if not families else " and ".join(families))
                               + " (check --weights-dir and the file names)")
+    for family in families or FAMILIES:  # each file read as far as its keys and shapes, against its model
+        check_family_weights(family, weights_dir)
 
 
 def check_device(name: str) -> str:

@@ -81,11 +81,14 @@ def _scored(rows: pd.DataFrame, families: Sequence[str]) -> pd.DataFrame:
 
 
 def weight_files(weights_dir: Optional[Path]) -> List[Path]:
-    """The weight files a run with ``weights_dir`` (default: the demo zoo) depends on."""
+    """The weight files a run with ``weights_dir`` (default: the demo zoo) depends on: every file the
+    two families' adapters load (:func:`cli.required_weight_files`, whatever their names and folders),
+    and a zoo's ``zoo.json`` (their configurations and sampling settings). Not the folder's other
+    files: a stray checkpoint beside them does not rename the feature store."""
+    from cli import required_weight_files
+
     folder = check_weights_dir(weights_dir)
-    if is_zoo_dir(folder):
-        return sorted(folder.glob("*.safetensors")) + [folder / "zoo.json"]
-    return sorted(p for p in folder.iterdir() if p.suffix in (".pth", ".bin", ".safetensors"))
+    return required_weight_files(weights_dir) + ([folder / "zoo.json"] if is_zoo_dir(folder) else [])
 
 
 def store_name(refine_steps: int, device_type: str) -> str:

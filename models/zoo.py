@@ -25,18 +25,19 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
+import torch
 import torch.nn as nn
 
 from .adapter import FamilyAdapter
 from .files import file_digest
-from .checkpoints import CheckpointError, load_strict, read_state_dict
+from .checkpoints import CheckpointError, load_strict, misfit, read_state_dict, state_dict_shapes
 from .rar_adapter import RARAdapter
 from .registry import (OFFICIAL_VARIANTS, build_maskgit_vqgan, build_rar_generator, build_var_transformer,
                        build_var_vae)
 from .var_adapter import VARAdapter
 from .var_vqvae import VARVQVAE
 
-__all__ = ["DEMO_ZOO_DIR", "load_family", "read_zoo_manifest", "is_zoo_dir", "check_weights_dir", "family_files", "family_image_size",
+__all__ = ["DEMO_ZOO_DIR", "load_family", "read_zoo_manifest", "is_zoo_dir", "check_weights_dir", "check_family_weights", "family_files", "family_image_size",
            "weights_digest"]
 
 DEMO_ZOO_DIR = Path(__file__).resolve().parent.parent / "demo_zoo"
@@ -107,12 +108,19 @@ def _family_sources(family: str, weights_dir: Optional[Path | str]) -> _FamilySo
     zoo_dir = check_weights_dir(weights_dir)
     if weights_dir is None or is_zoo_dir(zoo_dir):
         manifest = read_zoo_manifest(zoo_dir)
-        if family not in manifest["families"]:
-            raise KeyError(f"{zoo_dir}/zoo.json has no family {family!r}; it has {', '.join(manifest['families'])}")
-        fam = manifest["families"][family]
-        variants = {name: (v["config"], zoo_dir / v["file"], v.get("sampling", {})) for name, v in fam["variants"].items()}
-        return _FamilySources("VAR" if family == "VAR" else "RAR", fam["tokenizer"]["config"], zoo_dir / fam["tokenizer"]["file"],
-                              variants, manifest["image_size"], manifest["num_classes"])
+        families = manifest.get("families") if isinstance(manifest, dict) else None
+        if not isinstance(families, dict):
+            raise CheckpointError(f"{zoo_dir / 'zoo.json'} names no families; restore it from the zoo it came with")
+        if family not in families:  # a KeyError: callers ask for a family a zoo may lack
+            raise KeyError(f"{zoo_dir}/zoo.json has no family {family!r}; it has {', '.join(families)}")
+        try:
+            fam = families[family]
+            variants = {name: (v["config"], zoo_dir / v["file"], v.get("sampling", {})) for name, v in fam["variants"].items()}
+            return _FamilySources("VAR" if family == "VAR" else "RAR", fam["tokenizer"]["config"], zoo_dir / fam["tokenizer"]["file"],
+                                  variants, manifest["image_size"], manifest["num_classes"])
+        except (KeyError, TypeError, AttributeError) as err:  # a field missing, or of the wrong kind
+            raise CheckpointError(f"{zoo_dir / 'zoo.json'} lacks a field of family {family} ({type(err).__name__}: {err}); "
+                                  "restore it from the zoo it came with") from None
     if family not in ("VAR", "RAR"):
         raise KeyError(f"official weights exist only for VAR and RAR, not {family!r}")
     official = {name: cfg for name, cfg in OFFICIAL_VARIANTS.items() if cfg["family"] == family}
@@ -127,6 +135,24 @@ def family_image_size(family: str, weights_dir: Optional[Path | str] = None) -> 
     """The side of the square images ``family``'s models from ``weights_dir`` (default: the demo zoo)
     read and make, without loading them."""
     return _family_sources(family, weights_dir).image_size
+
+
+def check_family_weights(family: str, weights_dir: Optional[Path | str] = None) -> None:
+    """A :class:`CheckpointError` for the first weight file of ``family`` (its tokenizer's, then each
+    variant's generator's) that cannot be read or does not fit its model. Keys and shapes are compared
+    with the model built on torch's ``meta`` device: no memory, and no tensor of the file is read, so
+    a wrong file is named before any work, not when its generator is first used hours later."""
+    sources = _family_sources(family, weights_dir)
+    _, build_tok, build_gen = _builders(sources.family)
+    with torch.device("meta"):
+        modules = [(build_tok(sources.tok_cfg), sources.tok_path)]
+        modules += [(build_gen(cfg, sources.tok_cfg), path) for cfg, path, _ in sources.variants.values()]
+    for module, path in modules:
+        ignore = {_VAE_STATS_KEY} if isinstance(module, VARVQVAE) else None
+        expected = {key: tuple(value.shape) for key, value in module.state_dict().items()}
+        problem = misfit(expected, state_dict_shapes(path), str(path), type(module).__name__, ignore)
+        if problem:
+            raise CheckpointError(problem)
 
 
 def family_files(family: str, weights_dir: Optional[Path | str] = None) -> List[Path]:

@@ -158,12 +158,15 @@ def zoo_digest(zoo_dir: Path) -> str:
 
 
 def demo_dataset_outdated(root: Path) -> Optional[str]:
-    """Why the demo Dataset at ``root`` must be (re)built — missing, or made by other zoo weights
-    than the shipped demo zoo's — or ``None`` when it is current. Refuses to replace a folder that
-    is not a demo Dataset (no ``dataset.json`` naming a zoo): :class:`cli.InputError`."""
+    """Why the demo Dataset at ``root`` must be (re)built — missing, or made by other weights of the
+    shipped demo zoo (an earlier build of it) — or ``None`` when it is current. Refuses to replace a
+    folder that is not a demo Dataset (no ``dataset.json`` naming a zoo), a Dataset made from
+    another zoo (``make_demo_dataset.py --zoo``), and a file: :class:`cli.InputError`."""
     info_path = root / "dataset.json"
     if not root.exists():
         return "missing"
+    if not root.is_dir():
+        raise InputError(f"{root} is a file, not a Dataset folder; pass --dataset FOLDER for the demo")
     if not info_path.is_file():
         if any(root.iterdir()):
             raise InputError(f"{root} exists but is not a demo Dataset (no dataset.json); pass --dataset NEW_FOLDER for the demo")
@@ -175,6 +178,9 @@ def demo_dataset_outdated(root: Path) -> Optional[str]:
                          "Pass --dataset NEW_FOLDER for the demo") from None
     if not isinstance(info, dict) or "zoo_sha256sums_digest" not in info:
         raise InputError(f"{root} is not a demo Dataset ({info_path} names no demo zoo) and is not replaced; "
+                         "pass --dataset NEW_FOLDER for the demo")
+    if info.get("made_from_demo_zoo") is False:  # a user's Dataset of another zoo is never replaced
+        raise InputError(f"{root} is a Dataset of another zoo ({info.get('zoo')}), not the demo's, and is not replaced; "
                          "pass --dataset NEW_FOLDER for the demo")
     if info["zoo_sha256sums_digest"] != zoo_digest(DEMO_ZOO_DIR):
         return f"{info_path} names other zoo weights than {DEMO_ZOO_DIR}/SHA256SUMS"
@@ -246,6 +252,7 @@ def build(out: Path, seed: int, counts: Dict[str, int], zoo_dir: Path | None = N
         else:
             frame.to_csv(tmp / f"{split}_meta.csv", index=False)
     info = {"recipe": DATASET_RECIPE, "seed": seed, "counts_per_class": counts, "classes": list(CLASS_NAMES), "zoo": str(zoo),
+            "made_from_demo_zoo": Path(zoo).resolve() == DEMO_ZOO_DIR.resolve(),
             "zoo_sha256sums_digest": zoo_digest(Path(zoo)), "images": {s: len(rows[s]) for s in SPLITS}}
     (tmp / "dataset.json").write_text(json.dumps(info, indent=2))
     shutil.rmtree(out, ignore_errors=True)

@@ -217,6 +217,52 @@ def test_every_weight_file_of_both_families_is_checked_up_front(tmp_path, capsys
     check_weight_files(None)  # the demo zoo is complete
 
 
+def test_the_feature_store_is_named_by_the_files_the_models_load(tmp_path, small_zoo_dir):
+    """``weight_files`` (whose digest names the feature store) globbed a zoo's top-level
+    ``*.safetensors``: a generator named in ``zoo.json`` as a ``.pth`` or in a subfolder was left out
+    (a changed file reused stale features), and a stray file beside them was hashed."""
+    import json
+    import shutil
+
+    from feature_extractor import weight_files
+
+    zoo = Path(shutil.copytree(small_zoo_dir, tmp_path / "zoo"))
+    (zoo / "gens").mkdir()
+    shutil.move(zoo / "rar_gen.safetensors", zoo / "gens" / "rar_gen.safetensors")
+    manifest = json.loads((zoo / "zoo.json").read_text())
+    manifest["families"]["RAR"]["variants"]["rarb"]["file"] = "gens/rar_gen.safetensors"
+    (zoo / "zoo.json").write_text(json.dumps(manifest))
+    shutil.copy(zoo / "var_gen.safetensors", zoo / "stray.safetensors")
+    assert sorted(str(p.relative_to(zoo)) for p in weight_files(zoo)) == [
+        "gens/rar_gen.safetensors", "rar_tok.safetensors", "var_gen.safetensors", "var_tok.safetensors", "zoo.json"]
+
+
+def test_a_damaged_or_wrong_weight_file_is_named_before_any_work(tmp_path, small_zoo_dir):
+    """The up-front check only asked whether each file exists: a file of another model (var_d20.pth
+    holding d16's weights) failed when its generator was first used, hours into a run, and an empty
+    file gave ``cannot read …: `` with no reason."""
+    import json
+    import shutil
+
+    from cli import check_weight_files
+
+    zoo = Path(shutil.copytree(small_zoo_dir, tmp_path / "zoo"))
+    shutil.copy(zoo / "var_gen.safetensors", zoo / "rar_gen.safetensors")
+    with pytest.raises(CheckpointError, match="rar_gen.safetensors does not fit RARGenerator"):
+        check_weight_files(zoo)
+    shutil.copy(small_zoo_dir / "rar_gen.safetensors", zoo / "rar_gen.safetensors")
+    check_weight_files(zoo)
+    (zoo / "var_tok.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"cannot read .*var_tok.safetensors \(it is empty\)"):
+        check_weight_files(zoo)
+    (zoo / "var_tok.pth").write_bytes(b"not a checkpoint")
+    manifest = json.loads((zoo / "zoo.json").read_text())
+    manifest["families"]["VAR"]["tokenizer"]["file"] = "var_tok.pth"
+    (zoo / "zoo.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match=r"cannot read .*var_tok.pth \(UnpicklingError: .*download it again$"):
+        check_weight_files(zoo)
+
+
 def test_every_command_defaults_to_submissions_cache_layout(tmp_path, monkeypatch):
     """``feature_extractor.py`` and ``quantizer.py`` read the inverse decoders and variant nets
     where ``submission.py`` fine-tunes them: ``<--cache-dir cache>/inv_decoder`` and ``/variant_net``."""

@@ -183,7 +183,14 @@ def test_demo_dataset_is_rebuilt_when_the_zoo_changes(tiny_dataset, tmp_path):
     (stale / "dataset.json").write_text('{"zoo_sha256sums_digest": "0000"}')
     assert "other zoo weights" in make_demo_dataset.demo_dataset_outdated(stale)
     current = json.loads((tiny_dataset / "dataset.json").read_text())
-    assert current["recipe"] == make_demo_dataset.DATASET_RECIPE
+    assert current["recipe"] == make_demo_dataset.DATASET_RECIPE and current["made_from_demo_zoo"] is True
+    # a Dataset made from another zoo, and a file, are refused (a file was a NotADirectoryError traceback)
+    (stale / "dataset.json").write_text(json.dumps(dict(current, made_from_demo_zoo=False, zoo="/my/zoo")))
+    with pytest.raises(InputError, match="is a Dataset of another zoo \\(/my/zoo\\), not the demo's, and is not replaced"):
+        make_demo_dataset.demo_dataset_outdated(stale)
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(InputError, match="is a file, not a Dataset folder"):
+        make_demo_dataset.demo_dataset_outdated(tmp_path / "afile")
     (stale / "dataset.json").write_text(json.dumps({k: v for k, v in current.items() if k != "recipe"}))
     assert "earlier recipe (1, now" in make_demo_dataset.demo_dataset_outdated(stale)
     foreign = tmp_path / "foreign"
