@@ -3,8 +3,8 @@
 Every command that loads weights (``--weights-dir``) or reads feature files runs its ``main``
 through :func:`run_main`; a top-level module's command does so through :func:`run_module`, which
 runs the module as imported by its name, so what it saves (a gate, a classifier) is pickled under
-``provenance.LearnedGate`` and not ``__main__.LearnedGate``, which no other program could load. A :class:`models.checkpoints.CheckpointError` — a weight folder or file
-missing, unreadable, or not the architecture it should be —, an :class:`InputError` — an input
+``provenance.LearnedGate`` and not ``__main__.LearnedGate``, which no other program could load.
+A :class:`models.checkpoints.CheckpointError` — a weight folder or file missing, unreadable, or not the architecture it should be —, an :class:`InputError` — an input
 file or folder that cannot be used (a malformed labels CSV, features and labels that disagree, a
 missing split folder, a ``--device`` this machine has not) — and a ``FileNotFoundError`` — an
 input path that does not exist — are printed as ``error: …`` (the message names the file and
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["run_main", "run_module", "InputError", "warn", "readable_folder_images", "decodable_images", "folder_images", "at_least", "shard_spec",
            "missing_folder", "existing_folder", "output_file", "output_file_with", "output_folder", "positive_float",
            "add_weights_arguments", "add_scored_split_arguments", "scored_split", "required_weight_files", "check_weight_files",
-           "check_device", "USER_ERROR_STATUS", "CACHE_DIR", "INV_DECODER_DIR", "VARIANT_NET_DIR"]
+           "chosen_device", "check_device", "USER_ERROR_STATUS", "CACHE_DIR", "INV_DECODER_DIR", "VARIANT_NET_DIR"]
 
 USER_ERROR_STATUS = 2
 # submission.py's layout: <--cache-dir>/inv_decoder/<FAMILY>/ and <--cache-dir>/variant_net/<FAMILY>/;
@@ -161,7 +161,6 @@ def check_weight_files(weights_dir: Optional[Path | str], families: Optional[Seq
     up front, so a folder missing one family's file, or holding a damaged or wrong one, does not
     first fine-tune the other family's inverse decoder for hours."""
     from models.checkpoints import CheckpointError
-
     from models.registry import FAMILIES
     from models.zoo import check_family_weights
 
@@ -174,6 +173,16 @@ def check_weight_files(weights_dir: Optional[Path | str], families: Optional[Seq
                               + " (check --weights-dir and the file names)")
     for family in families or FAMILIES:  # each file read as far as its keys and shapes, against its model
         check_family_weights(family, weights_dir)
+
+
+def chosen_device(name: str) -> str:
+    """:func:`check_device` of ``name``, ``auto`` taken as ``cuda`` where torch sees a GPU, else ``cpu``
+    (the ``--device`` of the commands whose default is ``auto``)."""
+    if name == "auto":
+        import torch
+
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return check_device(name)
 
 
 def check_device(name: str) -> str:

@@ -87,12 +87,12 @@ def _image_files(paths: Iterable[Path], where: str) -> Tuple[List[Path], List[st
     return images, shown
 
 
-def _not_images(folder: Path, images: List[Path], misnamed: List[str]) -> List[str]:
-    """The visible entries of ``folder`` that are neither among its ``images`` nor ``misnamed``
+def _not_images(folder: Path, entries: List[Path], images: List[Path], misnamed: List[str]) -> List[str]:
+    """The visible ``entries`` of ``folder`` that are neither among its ``images`` nor ``misnamed``
     (subfolders, which are not searched, and files of other types), shown by :func:`shown_path`
     and named in a warning: a labelled split leaves nothing out unsaid."""
     listed = set(images) | set(misnamed)
-    others = [shown_path(p) for p in sorted(folder.iterdir())
+    others = [shown_path(p) for p in sorted(entries)
               if not p.name.startswith(".") and p not in listed and shown_path(p) not in listed]
     if others:
         warn(f"{len(others)} entr{'y' if len(others) == 1 else 'ies'} in {shown_path(folder)} are not image files "
@@ -228,13 +228,14 @@ def read_split(root: Path | str, split: str, labels_csv: Optional[Path | str] = 
         for d in class_dirs:
             if d.name not in CLASS_NAMES:
                 raise InputError(f"{shown_path(d)}: unknown class folder; expected one of {', '.join(CLASS_NAMES)}")
-            images, misnamed = _image_files(d.iterdir(), f"in {shown_path(d)}")
+            listed = list(d.iterdir())
+            images, misnamed = _image_files(listed, f"in {shown_path(d)}")
             rows += [(f"{split}/{d.name}/{p.name}", str(p), d.name) for p in images]
-            left_out += misnamed + _not_images(d, images, misnamed)
+            left_out += misnamed + _not_images(d, listed, images, misnamed)
     else:
         images, misnamed = _image_files(entries, f"in {shown_path(folder)}")
         rows += [(f"{split}/{p.name}", str(p), None) for p in images]
-        left_out += misnamed + _not_images(folder, images, misnamed)
+        left_out += misnamed + _not_images(folder, entries, images, misnamed)
     frame = pd.DataFrame(rows, columns=["image_id", "path", "label"]).set_index("image_id")
     frame["source"] = frame["label"]
     meta_path = Path(labels_csv) if labels_csv else root / (f"{split}_labels.csv" if not class_dirs else f"{split}_meta.csv")

@@ -344,8 +344,8 @@ def inverse_adapter(family: str, weights_dir: Optional[Path], inv_root: Path | s
 
 
 def main(argv: Optional[list] = None) -> int:
-    from cli import CACHE_DIR, INV_DECODER_DIR, InputError, at_least, check_device, check_weight_files, existing_folder, output_folder
-    from cli import positive_float
+    from cli import (CACHE_DIR, INV_DECODER_DIR, InputError, at_least, check_weight_files, chosen_device, existing_folder,
+                     output_folder, positive_float)
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", required=True, choices=["VAR", "RAR", "var", "rar"], help="whose tokenizer's encoder to fine-tune")
@@ -368,7 +368,7 @@ def main(argv: Optional[list] = None) -> int:
     args.family = args.family.upper()
     if args.images > MAX_IMAGES:
         parser.error(f"--images {args.images}: at most {MAX_IMAGES:,} (the generation seeds of one --seed)")
-    device = check_device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = chosen_device(args.device)
     if args.init is not None and not args.init.is_file():
         raise InputError(f"--init {args.init}: no such file; give an inverse decoder (.safetensors) this command wrote")
     check_weight_files(args.weights_dir, [args.family])  # before hours of generating

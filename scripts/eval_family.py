@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 import family_eval  # noqa: E402
 import inv_decoder  # noqa: E402
-from cli import add_scored_split_arguments, at_least, check_device, output_folder, scored_split  # noqa: E402
+from cli import add_scored_split_arguments, at_least, chosen_device, output_folder, scored_split  # noqa: E402
 from dataset import load_images  # noqa: E402
 from feature_extractor import weight_files  # noqa: E402
 from feature_store import file_sha256  # noqa: E402
@@ -121,7 +121,7 @@ def main(argv: list | None = None) -> int:
                         help="torch device: cpu, cuda or auto (default: cuda if available, else cpu)")
     args = parser.parse_args(argv)
     keep_freed_memory()
-    device = check_device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = chosen_device(args.device)
     torch.manual_seed(args.seed)
     meta = scored_split(args.dataset, args.split)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ import torch  # noqa: E402
 import family_eval  # noqa: E402
 import inv_decoder  # noqa: E402
 from augmentation import ATTACK_DEFAULTS, apply_attack  # noqa: E402
-from cli import add_scored_split_arguments, at_least, check_device, output_folder, scored_split  # noqa: E402
+from cli import add_scored_split_arguments, at_least, chosen_device, output_folder, scored_split  # noqa: E402
 from dataset import load_images  # noqa: E402
 from metrics import tpr_at_fpr  # noqa: E402
 from models.zoo import family_image_size  # noqa: E402
@@ -66,7 +66,7 @@ def main(argv: list | None = None) -> int:
                         help="torch device: cpu, cuda or auto (default: cuda if available, else cpu)")
     args = parser.parse_args(argv)
     keep_freed_memory()
-    device = check_device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = chosen_device(args.device)
     meta = scored_split(args.dataset, args.split)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.per_source > 0:

@@ -75,15 +75,14 @@ def _missing_inputs(parsed: argparse.Namespace) -> List[str]:
     check is left to the jobs, whose nodes may have what this one has not."""
     from cli import InputError, check_weight_files
     from models.checkpoints import CheckpointError
-    from run_inputs import NO_TEST_NOR_DEMO
+    from run_inputs import NO_TEST_NOR_DEMO, input_folders
 
     if parsed.test is None and not parsed.demo:
         return [NO_TEST_NOR_DEMO]
     problems = []
     folders = {"--train": parsed.train, "--val": parsed.val}
     if parsed.test is not None:  # without it, --demo's Dataset is built by the prepare job
-        folders = {"--test": parsed.test, "--train": parsed.train or parsed.test.parent / "train",
-                   "--val": parsed.val or parsed.test.parent / "val"}
+        folders = dict(zip(("--test", "--train", "--val"), input_folders(parsed.test, parsed.train, parsed.val, parsed.dataset)))
     for option, folder in folders.items():
         given = option == "--test" or getattr(parsed, option[2:]) is not None
         if folder is not None and not folder.is_dir() and (given or parsed.test.is_dir()):  # not thrice for one typo
