@@ -34,7 +34,7 @@ import pandas as pd
 
 from cli import InputError, missing_folder, warn
 
-__all__ = ["Inputs", "NO_TEST_NOR_DEMO", "check_before_work", "check_outputs", "input_folders", "converted_images", "gather_inputs", "read_test_labels",
+__all__ = ["Inputs", "NO_TEST_NOR_DEMO", "check_before_work", "check_outputs", "check_run_outputs", "input_folders", "converted_images", "gather_inputs", "read_test_labels",
            "resized_images", "test_folder_images"]
 
 
@@ -74,6 +74,30 @@ def check_outputs(out: Path, report_dir: Path, labels: Optional[Path], input_fol
         if report == folder.resolve() or folder.resolve() in report.parents:
             raise InputError(f"the report folder {report_dir} is in the input folder {folder}: its images would be "
                              "read as input images by the next run; give another --report-dir (default: <out>_report)")
+
+
+def check_run_outputs(out: Path, report_dir: Optional[Path], labels: Optional[Path], demo: bool,
+                      folders: Sequence[Path], dataset: Path) -> Tuple[Path, Optional[Path]]:
+    """``submission.py``'s report folder and scoring labels — ``--report-dir``, by default
+    ``<out>_report``; ``--labels``, with ``--demo`` by default the Dataset's hidden
+    ``test_labels.csv`` — after the checks the run makes of them before any work: the default
+    report folder as :func:`cli.output_folder` checks a given one, then :func:`check_outputs`
+    against the input ``folders``. A :class:`cli.InputError` names what is wrong. One home for what
+    ``submission.py`` and ``scripts/slurm_submit.py`` (before it submits anything) check."""
+    from argparse import ArgumentTypeError
+
+    from cli import output_folder
+
+    if report_dir is None:
+        report_dir = out.with_name(out.stem + "_report")
+        try:
+            output_folder(str(report_dir))
+        except ArgumentTypeError as err:
+            raise InputError(f"the report folder (default <out>_report; --report-dir to choose another): {err}") from None
+    if demo and labels is None:
+        labels = dataset / "test_labels.csv"
+    check_outputs(out, report_dir, labels, folders)
+    return report_dir, labels
 
 
 def test_folder_images(folder: Path) -> Tuple[List[Path], List[Path]]:

@@ -378,20 +378,12 @@ def main(argv: Optional[list] = None) -> int:
     if args.stage == "features" and (args.no_cache or args.rebuild):
         parser.error("--stage features fills the feature cache: --no-cache would throw its work away and --rebuild "
                      "would delete what the other shards wrote (rebuild once, with --stage prepare)")
-    from cli import output_folder
-    from run_inputs import check_before_work, check_outputs, input_folders
+    from run_inputs import check_before_work, check_run_outputs, input_folders
     from runtime import keep_freed_memory, use_usable_cores
 
-    if args.report_dir is None:  # the default, <out>_report, is checked as a given --report-dir is, before the work
-        args.report_dir = args.out.with_name(args.out.stem + "_report")
-        try:
-            output_folder(str(args.report_dir))
-        except argparse.ArgumentTypeError as err:
-            parser.error(f"the report folder (default <out>_report; --report-dir to choose another): {err}")
     check_before_work(args.test, args.demo, args.device, args.weights_dir)
-    if args.demo:
-        args.labels = args.labels or args.dataset / "test_labels.csv"
-    check_outputs(args.out, args.report_dir, args.labels, input_folders(args.test, args.train, args.val, args.dataset))
+    args.report_dir, args.labels = check_run_outputs(args.out, args.report_dir, args.labels, args.demo,
+                                                     input_folders(args.test, args.train, args.val, args.dataset), args.dataset)
     keep_freed_memory()  # allocator tuning for this process; worker processes apply it themselves
     use_usable_cores()  # inside a Slurm job: its allocation, not the whole node
     return run(args)

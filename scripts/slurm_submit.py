@@ -70,12 +70,13 @@ def batch_script(name: str, command: Sequence[str], *, workdir: Path, logs: Path
 
 def _missing_inputs(parsed: argparse.Namespace) -> List[str]:
     """What the jobs would stop on at once, said here instead: no ``--test`` nor ``--demo``, a
-    folder or file they name that does not exist, a weight file missing from ``--weights-dir``.
+    folder or file they name that does not exist, outputs the last job would refuse
+    (:func:`run_inputs.check_run_outputs`), a weight file missing from ``--weights-dir``.
     Those :func:`run_inputs.check_before_work` refuses are refused in its words; its ``--device``
     check is left to the jobs, whose nodes may have what this one has not."""
     from cli import InputError, check_weight_files
     from models.checkpoints import CheckpointError
-    from run_inputs import NO_TEST_NOR_DEMO, input_folders
+    from run_inputs import NO_TEST_NOR_DEMO, check_run_outputs, input_folders
 
     if parsed.test is None and not parsed.demo:
         return [NO_TEST_NOR_DEMO]
@@ -96,6 +97,11 @@ def _missing_inputs(parsed: argparse.Namespace) -> List[str]:
             demo_dataset_outdated(parsed.dataset)
         except InputError as err:
             problems.append(str(err))
+    try:  # the last job would stop on them, after the whole array
+        check_run_outputs(parsed.out, parsed.report_dir, parsed.labels, parsed.demo,
+                          input_folders(parsed.test, parsed.train, parsed.val, parsed.dataset), parsed.dataset)
+    except InputError as err:
+        problems.append(str(err))
     try:
         check_weight_files(parsed.weights_dir)
     except CheckpointError as err:

@@ -95,6 +95,8 @@ def test_what_the_jobs_would_stop_on_is_refused_before_submitting(tmp_path, caps
     weights = tmp_path / "weights"
     weights.mkdir()
     (weights / "vae_ch160v4096z32.pth").write_bytes(b"")
+    (tmp_path / "l.csv").write_text("image_name,label\n")
+    (tmp_path / "s_report").write_text("")  # a file where the default report folder would go
     refused = {"give --test FOLDER": ["--out", "x.csv"],
                f"--test {tmp_path / 'nope'}: no such folder": ["--test", str(tmp_path / "nope")],
                f"--val {tmp_path / 'data' / 'val2'}: no such folder": ["--test", str(test_dir), "--val", str(tmp_path / "data" / "val2")],
@@ -102,7 +104,12 @@ def test_what_the_jobs_would_stop_on_is_refused_before_submitting(tmp_path, caps
                "--labels": ["--test", str(test_dir), "--labels", str(tmp_path / "labels.csv")],
                "weight file not found: ": ["--test", str(test_dir), "--weights-dir", str(weights)],
                # the prepare job would refuse to replace a folder that is not a demo Dataset
-               "is not a demo Dataset": ["--demo", "--dataset", str(tmp_path / "data")]}
+               "is not a demo Dataset": ["--demo", "--dataset", str(tmp_path / "data")],
+               # the last job checks its outputs as submission.py does: said before the array runs
+               "is the --labels file": ["--test", str(test_dir), "--labels", str(tmp_path / "l.csv"), "--out", str(tmp_path / "l.csv")],
+               "is in the input folder": ["--test", str(test_dir), "--out", str(tmp_path / "x.csv"),
+                                          "--report-dir", str(test_dir / "report")],
+               "the report folder (default <out>_report": ["--test", str(test_dir), "--out", str(tmp_path / "s.csv")]}
     for message, args in refused.items():
         with pytest.raises(SystemExit) as stop:
             slurm_submit.job_plan(args, shards=2)
