@@ -53,12 +53,25 @@ def signals_key(meta: pd.DataFrame, weights_dir, inv_root: Path, device: str, la
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
+class ImagesAtSize:
+    """The split's images as ``B×3×H×W`` at a model's size, decoded once per size however many
+    blocks ask for them (both families share one size on the demo zoo and the official models)."""
+
+    def __init__(self, paths: pd.Series) -> None:
+        self.paths, self.loaded = list(paths), {}
+
+    def __call__(self, size: int) -> torch.Tensor:
+        if size not in self.loaded:
+            self.loaded[size] = load_images(self.paths, size=size)
+        return self.loaded[size]
+
+
 def compute_signals(meta: pd.DataFrame, weights_dir, inv_root: Path, device: str, batch_size: int,
-                    latent_tracer_limit: int, seed: int) -> pd.DataFrame:
+                    latent_tracer_limit: int, seed: int, images_at: ImagesAtSize) -> pd.DataFrame:
     frames = []
     for family in ("VAR", "RAR"):
         original = load_family(family, weights_dir, device=device)
-        images = load_images(meta["path"], size=original.image_size)
+        images = images_at(original.image_size)
         inverse = inv_decoder.inverse_adapter(family, weights_dir, inv_root, False, device)
         search = search_tokens if family == "VAR" else None
         frames.append(signal_frame(original, images, list(meta.index), batch_size=batch_size, token_search=search, prefix=f"{family}_orig_"))
@@ -84,12 +97,12 @@ def latent_tracer_frame(adapter, images: torch.Tensor, meta: pd.DataFrame, batch
 
 
 def compute_inverse_latent_tracer(meta: pd.DataFrame, weights_dir, inv_root: Path, device: str, batch_size: int,
-                                  latent_tracer_limit: int, seed: int) -> pd.DataFrame:
+                                  latent_tracer_limit: int, seed: int, images_at: ImagesAtSize) -> pd.DataFrame:
     """LatentTracer started from the inverse decoder's ``f̂`` instead of the original encoder's."""
     frames = []
     for family in ("VAR", "RAR"):
         inverse = inv_decoder.inverse_adapter(family, weights_dir, inv_root, False, device)
-        images = load_images(meta["path"], size=inverse.image_size)
+        images = images_at(inverse.image_size)
         frames.append(latent_tracer_frame(inverse, images, meta, batch_size, latent_tracer_limit, seed, f"{family}_inv_"))
     return pd.concat(frames, axis=1).reindex(meta.index)
 
@@ -128,7 +141,8 @@ def main(argv: list | None = None) -> int:
     if meta["label"].isna().any():
         raise SystemExit(f"{args.dataset}/{args.split} has unlabeled images; the test labels file is needed for evaluation")
     key = signals_key(meta, args.weights_dir, args.inv_root, device, args.latent_tracer_limit, args.seed)
-    settings = (meta, args.weights_dir, args.inv_root, device, args.batch_size, args.latent_tracer_limit, args.seed)
+    settings = (meta, args.weights_dir, args.inv_root, device, args.batch_size, args.latent_tracer_limit, args.seed,
+                ImagesAtSize(meta["path"]))
     signals = cached_block(args.out, "signals", key, lambda: compute_signals(*settings)).reindex(meta.index)
     # its own file, so that adding it did not recompute the signals above
     traced = cached_block(args.out, "latent_tracer_inv", hashlib.sha256(f"{key}:latent_tracer_inv".encode()).hexdigest(),

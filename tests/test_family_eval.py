@@ -48,3 +48,23 @@ def test_the_evaluation_scripts_score_the_decodable_images_of_a_split(tmp_path, 
     assert "1 image(s) under" in capsys.readouterr().err
     traced = eval_family.latent_tracer_frame(None, None, meta.assign(source="var16"), 8, 0, 0, "VAR_orig_")
     assert traced.empty and list(traced.columns) == ["VAR_orig_latent_tracer"]
+
+
+def test_eval_family_decodes_the_split_once_per_model_size(monkeypatch):
+    """Both families' signal blocks and LatentTracer blocks share one decode of the split per model
+    size (``eval_family.ImagesAtSize``); each block decoded every image again."""
+    import sys
+    from pathlib import Path
+
+    import pandas as pd
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import eval_family
+
+    decoded = []
+    monkeypatch.setattr(eval_family, "load_images", lambda paths, size: decoded.append(size) or torch.zeros(len(paths), 3, size, size))
+    images_at = eval_family.ImagesAtSize(pd.Series(["a.png", "b.png"]))
+    for size in (16, 16, 32, 16, 32):
+        assert images_at(size).shape == (2, 3, size, size)
+    assert decoded == [16, 32]
