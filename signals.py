@@ -28,6 +28,16 @@ With ``D⁻¹`` the (inverse) encoder, ``Q`` the family's quantizer and ``D`` th
   calibration is the same ratio without ``Q``), and **LatentTracer** (optimise the latent
   from ``f̂`` for 100 Adam steps, lr 0.01 halved at step 50, to reconstruct ``x``; the final error).
 
+Where these differ from the official research code (sprintml/DataProvenanceIAR, ``dataprov/signals.py``
+and ``dataprov/baselines.py``): its AEDR baseline is the calibrated EncLoss ratio with the original
+encoder, *without* ``Q`` (here that is ``enc_loss`` with the original encoder); ``aedr`` here goes
+through ``Q`` (chosen in extractor version 17, ``docs/attribution.md``), and neither applies the AEDR
+paper's image-homogeneity calibration. For VAR, its Reconstruction decodes, and its LatentTracer
+starts from, the Algorithm-3 ``f̂`` (``quantizer.search_tokens_reference``); here both use greedy
+``f̂`` (only ``quant_loss_searched`` and Combined use a search, ``quantizer.search_tokens``). It reads
+LatentTracer's error before the last Adam step, here after it. Errors here are in ``[0, 1]`` pixel
+units (there: the model's native range, 4× larger for VAR's ``[−1, 1]``; the ratios are the same).
+
 The token readers serve the variant features: :func:`reencode_tokens` cancels the inverse
 decoder's bias by re-encoding the decoded estimate (cheap; the pipeline's default for RAR) and
 :func:`refine_tokens` moves ``f`` by Adam on the image error through the frozen decoder (opt-in).

@@ -20,6 +20,14 @@ statistics at the best label: ``mink`` (mean of the lowest 20 % token log-likeli
 ``minkpp`` (Min-K%++: the same on log-likelihoods standardised by the model's own mean and
 spread over the vocabulary), ``hinge`` (true-token logit minus the best other logit, mean) and
 ``zlib`` (total NLL divided by the zlib-compressed size of the tokens, in bytes).
+Against the official code of "Privacy Attacks on Image AutoRegressive Models"
+(sprintml/privacy_attacks_against_iars, ``src/attacks/llm_mia.py``): Min-K%++ here divides by the standard
+deviation, as the Min-K%++ paper defines it (that code divides by the variance); ``zlib`` here divides the
+total NLL, not the mean per token (a constant factor per family, whose token count is fixed), and
+compresses the tokens as 16-bit integers, not as their text; ``hinge`` has the opposite sign (that code
+negates it); ``cfg_gap`` is a difference of NLLs, not that code's CFG attack (the same statistics taken
+on the logit difference, unconditional minus conditional); and every statistic is taken at the best
+label, not the true one, which is never known.
 
 The variant's *sampler* is a model of its own: each variant draws tokens from guided logits
 (its CFG schedule and temperature; VAR also filters by top-k/top-p), so the likelihood of a
