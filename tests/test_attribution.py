@@ -359,7 +359,7 @@ def test_a_fit_killed_while_saving_leaves_no_bundle_to_load(data, tmp_path, monk
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"], "staging folders were not cleaned up"
 
 
-def test_a_retrain_killed_while_replacing_a_bundle_leaves_none_half_deleted(data, tmp_path, monkeypatch):
+def test_a_retrain_killed_while_replacing_a_bundle_leaves_none_half_deleted(data, tmp_path, monkeypatch, one_small_lightgbm):
     """Replacing a bundle (``--retrain``) must not leave a folder whose manifest says finished while
     a model file is gone: a kill while the old folder is being deleted means the next run fits again."""
     import attribution
@@ -417,7 +417,7 @@ def test_lightgbm_uses_the_allotted_cores_and_fits_the_same_on_any_number(data, 
     np.testing.assert_array_equal(probabilities["1"], probabilities["2"])
 
 
-def test_every_feature_ablation_group_names_columns_the_extractor_writes(monkeypatch):
+def test_every_feature_ablation_group_names_columns_the_extractor_writes(monkeypatch, one_small_lightgbm):
     """``scripts/ablate_features.py``: a renamed feature must not leave a group silently empty, and
     a group's refit must lose exactly its columns."""
     import sys
@@ -452,7 +452,7 @@ def test_every_feature_ablation_group_names_columns_the_extractor_writes(monkeyp
     assert (table["train_cv_splits"].str.split().str.len() == 2).all()
 
 
-def test_scoring_gate_simulation_blanks_what_the_gate_skips_and_counts_the_work(data, monkeypatch):
+def test_scoring_gate_simulation_blanks_what_the_gate_skips_and_counts_the_work(data, monkeypatch, one_small_lightgbm):
     """``scripts/simulate_scoring_gate.py``: a threshold of 0 keeps all the work, a gate that finds
     the families (the synthetic signals separate them) saves some and loses no validation image's
     own family; frames that already miss variant features are refused."""
