@@ -18,7 +18,7 @@ from models.registry import CLASS_NAMES
 from provenance import family_of_labels
 
 __all__ = ["proportion_interval", "interval_text", "summary", "per_class_table", "confusion", "confidence_table", "report_files",
-           "write_report", "PROBABILITIES_FILE", "CONFIDENCE_FILE", "CONFIDENCE_PNG", "write_probabilities"]
+           "markdown_table", "write_report", "PROBABILITIES_FILE", "CONFIDENCE_FILE", "CONFIDENCE_PNG", "write_probabilities"]
 
 PROBABILITIES_FILE = "test_probabilities.csv"  # per test image: its label and the 9 probabilities it was read from
 CONFIDENCE_FILE = "test_confidence.csv"  # with test labels: accuracy per bin of the answer's probability
@@ -118,17 +118,20 @@ def write_probabilities(folder: Path | str, labels: pd.Series, probabilities: pd
     return {"log_loss": log_loss, "bins": calibration.reset_index().to_dict(orient="records")}
 
 
-def _confusion_png(matrix: pd.DataFrame, path: Path, title: str) -> None:
+def _confusion_png(matrix: pd.DataFrame, path: Path, title: str, stats: Dict[str, float]) -> None:
+    """The confusion matrix as image counts (not normalised: each row sums to its class's images;
+    a blank cell is 0), titled with ``title``, the image count and the accuracy of ``stats``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 5.5), dpi=110)
-    ax.imshow(matrix.to_numpy(), cmap="Blues")
+    fig, ax = plt.subplots(figsize=(7.2, 5.8), dpi=110)
+    shown = ax.imshow(matrix.to_numpy(), cmap="Blues")
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="images")
     ax.set_xticks(range(len(CLASS_NAMES)), CLASS_NAMES, rotation=45, ha="right")
     ax.set_yticks(range(len(CLASS_NAMES)), CLASS_NAMES)
-    ax.set_xlabel("predicted")
+    ax.set_xlabel("predicted (cells: image counts, blank = 0)")
     ax.set_ylabel("true")
     peak = matrix.to_numpy().max() or 1
     for i in range(len(CLASS_NAMES)):
@@ -136,7 +139,7 @@ def _confusion_png(matrix: pd.DataFrame, path: Path, title: str) -> None:
             v = matrix.iat[i, j]
             if v:
                 ax.text(j, i, str(v), ha="center", va="center", fontsize=8, color="white" if v > peak / 2 else "black")
-    ax.set_title(title)
+    ax.set_title(f"{title}: {stats['n']} images, accuracy {_percent_text(stats['accuracy'])}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -173,28 +176,46 @@ def report_files(name: str) -> Tuple[str, ...]:
     return (f"{name}_per_class.csv", f"{name}_confusion.csv", f"{name}_confusion.png", f"{name}.md")
 
 
+def _percent_text(rate: float) -> str:
+    """``'89.56 %'``; ``'n/a'`` where the rate is undefined (NaN)."""
+    return "n/a" if math.isnan(rate) else f"{100 * rate:.2f} %"
+
+
+def markdown_table(table: pd.DataFrame, digits: int = 3) -> str:
+    """``table`` as a Markdown pipe table, its index as the first column (named by the index's
+    name), floats to ``digits`` places, numbers right-aligned; the same text on every machine
+    (pandas' ``to_markdown`` needs the optional ``tabulate``, and ``to_string`` is no table)."""
+    def cell(value) -> str:
+        return f"{value:.{digits}f}" if isinstance(value, (float, np.floating)) else str(value)
+
+    numeric = [pd.api.types.is_numeric_dtype(dtype) for dtype in table.dtypes]
+    lines = ["| " + " | ".join([str(table.index.name or ""), *map(str, table.columns)]) + " |",
+             "| --- | " + " | ".join("---:" if is_number else "---" for is_number in numeric) + " |"]
+    lines += ["| " + " | ".join([str(name), *(cell(v) for v in row)]) + " |"
+              for name, row in zip(table.index, table.itertuples(index=False))]
+    return "\n".join(lines)
+
+
 def write_report(folder: Path | str, name: str, y_true: Sequence[str], y_pred: Sequence[str], title: str) -> Dict[str, float]:
-    """Save ``{name}_confusion.png``, ``{name}_per_class.csv``, ``{name}.md``; return the summary."""
+    """Save ``{name}_confusion.png``, ``{name}_per_class.csv`` (``class,precision,recall,f1,support``,
+    floats to 6 places), ``{name}_confusion.csv`` (counts, rows true, columns predicted) and
+    ``{name}.md``; return the summary."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     stats = summary(y_true, y_pred)
-    table = per_class_table(y_true, y_pred)
+    table = per_class_table(y_true, y_pred).rename_axis("class")
     matrix = confusion(y_true, y_pred)
     per_class_csv, confusion_csv, confusion_png, markdown = report_files(name)
-    table.to_csv(folder / per_class_csv)
-    matrix.to_csv(folder / confusion_csv)
-    _confusion_png(matrix, folder / confusion_png, title)
-    lines = [f"# {title}", "", f"- images: {stats['n']}", f"- 9-class accuracy: {100 * stats['accuracy']:.2f} % (95 % interval {interval_text(stats['accuracy_ci95'])} %)",
-             f"- family accuracy: {100 * stats['family_accuracy']:.2f} %", f"- outlier recall: {100 * stats['outlier_recall']:.2f} %",
-             "", table.round(3).to_markdown() if _has_tabulate() else table.round(3).to_string(), "",
+    table.to_csv(folder / per_class_csv, float_format="%.6f", lineterminator="\n")
+    matrix.to_csv(folder / confusion_csv, index_label="true \\ predicted", lineterminator="\n")
+    _confusion_png(matrix, folder / confusion_png, title, stats)
+    outlier_recall = (_percent_text(stats["outlier_recall"]) if not math.isnan(stats["outlier_recall"])
+                      else "n/a (no outlier image)")
+    lines = [f"# {title}", "", f"- images: {stats['n']}",
+             f"- 9-class accuracy: {_percent_text(stats['accuracy'])} (95 % interval {interval_text(stats['accuracy_ci95'])} %)",
+             f"- family accuracy: {_percent_text(stats['family_accuracy'])}", f"- outlier recall: {outlier_recall}",
+             "", markdown_table(table), "",
+             f"Confusion matrix (image counts; rows: true class, columns: predicted; `{confusion_csv}`):", "",
              f"![confusion matrix]({confusion_png})", ""]
     (folder / markdown).write_text("\n".join(lines))
     return stats
-
-
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-        return True
-    except ImportError:
-        return False
