@@ -191,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
     from models.registry import CLASS_NAMES
     from provenance import ScoringGate
     from run_inputs import converted_images, gather_inputs, input_folders, read_test_labels, resized_images
+    from run_record import SUMMARY_GUIDE, run_record
     from scoring import (CONFIDENCE_FILE, CONFIDENCE_PNG, PROBABILITIES_FILE, interval_text, report_files,
                          summary as score_summary, write_probabilities, write_report)
 
@@ -287,7 +288,9 @@ def run(args: argparse.Namespace) -> int:
             pd.DataFrame({"image_name": meta.index, "label": meta["label"].to_numpy()}).to_csv(tmp, index=False)
     val_stats = write_report(report_dir, "val", val_meta["label"], val_predictions[method], f"Validation ({method})")
     summary = {"method": method, "requested_method": args.method, "validation_accuracy_by_method": val_accuracy,
-               "models": str(model_dirs[method]), "net_blend_weights": net_blend_weights(bundle),
+               "produced_by": run_record(args.arguments, method, model_dirs[method], args.weights_dir, extractor.weights_digest,
+                                         args.labels if truth is not None else None, args.device),
+               "about": SUMMARY_GUIDE, "models": str(model_dirs[method]), "net_blend_weights": net_blend_weights(bundle),
                "probability_temperature": bundle.get("temperature"), "validation": val_stats, **notes}
     if truth is not None and len(truth):
         summary["test"] = write_report(report_dir, "test", truth, labels.reindex(truth.index), f"Test ({method})")
@@ -369,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.arguments = list(sys.argv[1:] if argv is None else argv)  # as given, for the report's produced_by
     if args.out.is_dir():
         parser.error(f"--out {args.out} is a folder; give a file name, e.g. {args.out / 'submission.csv'}")
     if args.shard is not None and args.stage != "features":
