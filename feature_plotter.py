@@ -14,7 +14,8 @@ variant features out of the images it finds unlikely to be of that family), ROC 
 family's signals (belonging vs everything else), the LightGBM gain importance of a fitted model
 bundle if ``--models`` is given (a folder that is missing or holds no ``*.joblib`` model is refused
 before anything is drawn; :func:`write_feature_report`, called from code, warns instead), and ``report.md``
-embedding them all.
+embedding them all, naming its inputs and saying what each kind of plot shows. An earlier report's
+files in ``--out`` are removed first, so none of them passes for this one's.
 """
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ import pandas as pd
 
 from models.registry import CLASS_NAMES, FAMILIES, FAMILY_OF, VARIANT_NAMES
 
-__all__ = ["feature_groups", "plot_distributions", "plot_family_rocs", "plot_importance", "write_feature_report"]
-
+__all__ = ["feature_groups", "plot_distributions", "plot_family_rocs", "plot_importance", "write_feature_report",
+           "REPORT_PATTERNS"]
 
 
 def _plt() -> ModuleType:
@@ -68,25 +69,32 @@ def plot_distributions(features: pd.DataFrame, labels: pd.Series, columns: Seque
 
 
 def plot_family_rocs(features: pd.DataFrame, labels: pd.Series, path: Path) -> None:
-    """ROC of every family signal (lower = belongs) against all other images."""
-    from metrics import roc_points
+    """ROC of every family signal (lower = belongs) against all other images, each curve's legend
+    entry with its AUC and its TPR at 1 % FPR (over the images with a finite value, named when
+    fewer than all)."""
+    from metrics import roc_auc, roc_points, tpr_at_fpr
 
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), dpi=90)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.6), dpi=90)
     for ax, family in zip(axes, FAMILIES):
         own = labels.map(lambda l: FAMILY_OF.get(l) == family).to_numpy()
         for column in [c for c in features.columns if c.startswith(f"{family}_")]:
-            v = features[column].to_numpy()
-            if np.isfinite(v).all() and own.any() and (~own).any():
-                fpr, tpr = roc_points(v[own], v[~own])
-                ax.plot(fpr, tpr, label=column.split("_", 1)[1])
+            v = features[column].to_numpy(dtype=float)
+            finite = np.isfinite(v)
+            if (own & finite).any() and (~own & finite).any():
+                pos, neg = v[own & finite], v[~own & finite]
+                fpr, tpr = roc_points(pos, neg)
+                counted = "" if finite.all() else f", n={int(finite.sum())}"
+                ax.plot(fpr, tpr, label=f"{column.split('_', 1)[1]} (AUC {roc_auc(pos, neg):.3f}, "
+                                        f"TPR@1% {tpr_at_fpr(pos, neg):.2f}{counted})")
         ax.set_xscale("log")
         ax.set_xlim(1e-3, 1)
-        ax.axvline(0.01, color="grey", lw=0.5)
-        ax.set_title(f"{family}: belonging vs rest")
-        ax.set_xlabel("FPR (log)")
-        ax.set_ylabel("TPR")
-        ax.legend(fontsize=7)
+        ax.set_ylim(0, 1.02)
+        ax.axvline(0.01, color="grey", lw=0.7, ls="--", label="1 % FPR")
+        ax.set_title(f"{family}: its {int(own.sum())} images vs the other {int((~own).sum())}", fontsize=10)
+        ax.set_xlabel("false-positive rate (log scale)")
+        ax.set_ylabel("true-positive rate")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)  # below: no curve hidden
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -107,6 +115,7 @@ def plot_importance(models_dir: Path, path: Path, top: int = 25) -> Optional[Pat
         order = np.argsort(gains)[::-1][:top][::-1]
         ax.barh([clf.columns[i] for i in order], gains[order])
         ax.set_title(model_path.stem, fontsize=9)
+        ax.set_xlabel("gain (summed over calibration folds)", fontsize=8)
         ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
     fig.savefig(path)
@@ -127,28 +136,51 @@ def feature_groups(columns: Sequence[str]) -> Dict[str, List[str]]:
     return {name: cols for name, cols in groups.items() if cols}
 
 
-def write_feature_report(features: pd.DataFrame, labels: pd.Series, out: Path, models_dir: Optional[Path] = None) -> Path:
-    """The PNGs and ``report.md`` in ``out``; a warning when ``models_dir`` holds no model to show."""
+# the files write_feature_report writes: an earlier report's that this one does not rewrite are removed
+REPORT_PATTERNS = ("dist_*.png", "family_rocs.png", "importance.png", "report.md")
+BOX_NOTE = ("Per class (x axis, in class order; `n=`: images with a value): the box spans the quartiles, the line is "
+            "the median, whiskers reach the furthest value within 1.5 box lengths, values beyond are not drawn. "
+            "A panel titled `log10` shows log10 of the feature (every value positive).")
+ROC_NOTE = ("Per family, its variants' images are the positives and all others (the other family and outliers) the "
+            "negatives; a lower score means belonging. False-positive rate on a log scale, the dashed line at 1 %; "
+            "the legend gives each signal's AUC and its TPR at 1 % FPR.")
+IMPORTANCE_NOTE = ("LightGBM's gain per feature, summed over the calibration folds, the top 25 per fitted model "
+                   "(`learned_gate`: the family gate; `VAR`, `RAR`: each family's variant classifier; `flat`: the "
+                   "9-class model).")
+
+
+def write_feature_report(features: pd.DataFrame, labels: pd.Series, out: Path, models_dir: Optional[Path] = None,
+                         sources: Optional[Dict[str, Path]] = None) -> Path:
+    """The PNGs and ``report.md`` in ``out`` (an earlier report's files there are removed first:
+    :data:`REPORT_PATTERNS`), naming ``sources`` (e.g. the features and labels files) and the
+    images per class; a warning when ``models_dir`` holds no model to show."""
     from cli import warn
 
     out.mkdir(parents=True, exist_ok=True)
+    for stale in sorted({p for pattern in REPORT_PATTERNS for p in out.glob(pattern)}):
+        stale.unlink()
     labels = labels.reindex(features.index)
     numeric = features.select_dtypes(include=[np.number, bool])
+    counts = labels.value_counts()
     sections: List[str] = ["# Feature report", "", f"{len(features)} images, {features.shape[1]} features.", ""]
+    sections += [f"- {what}: `{where}`" for what, where in {**(sources or {}), "models": models_dir}.items() if where]
+    sections += ["- images per class: " + ", ".join(f"{c} {int(counts.get(c, 0))}" for c in CLASS_NAMES), "",
+                 "## Feature distributions per class", "", BOX_NOTE, ""]
     for name, columns in feature_groups(list(numeric.columns)).items():
         plot_distributions(numeric, labels, columns, out / f"dist_{name}.png", name)
-        sections += [f"## {name}", f"![{name}](dist_{name}.png)", ""]
+        sections += [f"### {name}", ""]
         present = numeric[columns].notna().sum()
         if present.min() < len(features):  # the scoring gate's doing: say it beside the plot, too
-            sections[-1:] = [f"Values present in {present.min()}–{present.max()} of the {len(features)} images per column "
-                             "(n= under each box).", ""]
+            sections += [f"Values present in {present.min()}–{present.max()} of the {len(features)} images per column "
+                         "(n= under each box).", ""]
+        sections += [f"![{name}](dist_{name}.png)", ""]
     plot_family_rocs(features, labels, out / "family_rocs.png")
-    sections += ["## Family signals: ROC", "![roc](family_rocs.png)", ""]
+    sections += ["## Family signals: ROC", "", ROC_NOTE, "", "![roc](family_rocs.png)", ""]
     if models_dir is not None:
         if not models_dir.is_dir():
             warn("--models is not a folder; no feature importance", [models_dir])
         elif plot_importance(models_dir, out / "importance.png"):
-            sections += ["## Feature importance (LightGBM gain)", "![importance](importance.png)", ""]
+            sections += ["## Feature importance (LightGBM gain)", "", IMPORTANCE_NOTE, "", "![importance](importance.png)", ""]
         else:
             warn("--models holds no *.joblib model (give a bundle folder, e.g. cache/models/two-stage-…); no feature importance",
                  [models_dir])
@@ -175,13 +207,14 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--labels", type=Path, required=True, help="its labels, CSV image_name,label, e.g. submission_report/labels_val.csv")
     parser.add_argument("--models", type=model_bundle,
                         help="a model bundle folder, e.g. cache/models/two-stage-… (for feature importance)")
-    parser.add_argument("--out", type=output_folder, default=Path("feature_report"), help="folder for the PNGs and report.md (default feature_report)")
+    parser.add_argument("--out", type=output_folder, default=Path("feature_report"), help="folder for the PNGs and report.md (default feature_report); an earlier report's "
+                             "there (dist_*.png, family_rocs.png, importance.png, report.md) is removed first")
     args = parser.parse_args(argv)
     from dataset import read_labelled_features
 
     features, labels = read_labelled_features(args.features, args.labels)
     labels = pd.Series(labels, index=features.index, name="label")
-    print(write_feature_report(features, labels, args.out, args.models))
+    print(write_feature_report(features, labels, args.out, args.models, {"features": args.features, "labels": args.labels}))
     return 0
 
 

@@ -58,3 +58,38 @@ def test_the_docstring_example_names_files_submission_writes():
     doc = feature_plotter.__doc__
     assert f"{dataset.REPORT_DIR}/features_val.parquet" in doc and f"{dataset.REPORT_DIR}/labels_val.csv" in doc
     assert "cache/report_features.parquet" not in doc
+
+
+def test_a_rerun_leaves_no_earlier_plot_behind(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    for earlier in ("importance.png", "dist_nll_topk.png", "family_rocs.png"):  # e.g. a run with --models, other features
+        (out / earlier).write_bytes(b"an earlier run's")
+    (out / "notes.txt").write_text("not the report's")
+    frame, labels = _frame(2)
+    feature_plotter.write_feature_report(frame, labels, out)
+    assert not (out / "importance.png").exists() and not (out / "dist_nll_topk.png").exists()
+    assert (out / "family_rocs.png").read_bytes()[:4] == b"\x89PNG" and (out / "notes.txt").is_file()
+    embedded = {line.split("](")[1].rstrip(")") for line in (out / "report.md").read_text().splitlines() if line.startswith("![")}
+    assert embedded == {p.name for p in out.glob("*.png")}, "every PNG in the folder is this report's and embedded"
+
+
+def test_report_names_its_inputs_and_says_what_each_plot_shows(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    frame, labels = _frame(4)
+    sources = {"features": tmp_path / "features_val.parquet", "labels": tmp_path / "labels_val.csv"}
+    text = feature_plotter.write_feature_report(frame, labels, tmp_path / "out", sources=sources).read_text()
+    assert f"- features: `{sources['features']}`" in text and f"- labels: `{sources['labels']}`" in text
+    assert "images per class: var16 4," in text
+    assert feature_plotter.BOX_NOTE in text and feature_plotter.ROC_NOTE in text
+    # a note on missing values goes before its plot, in a paragraph of its own
+    lines = text.splitlines()
+    note = next(i for i, line in enumerate(lines) if line.startswith("Values present in"))
+    assert lines[note + 1] == "" and lines[note + 2].startswith("![")
+    roc = next(fig for fig in figures if fig.axes[0].get_title().startswith("VAR"))
+    legend = [t.get_text() for t in roc.axes[0].get_legend().get_texts()]
+    assert legend[-1] == "1 % FPR" and all("AUC" in e and "TPR@1%" in e for e in legend[:-1]), legend
+    assert roc.axes[0].get_title() == "VAR: its 16 images vs the other 20"
