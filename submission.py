@@ -320,7 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train", type=Path, help="labelled train folder (default: beside --test)")
     parser.add_argument("--val", type=Path, help="labelled validation folder (default: beside --test)")
     parser.add_argument("--out", type=output_file, default=Path("submission.csv"), help="the submission CSV (default submission.csv)")
-    parser.add_argument("--report-dir", type=output_folder, help="default: <out>_report/")
+    parser.add_argument("--report-dir", type=output_folder,
+                        help="default: <out>_report/. It gets summary.json (the figures, what produced them), val.md, "
+                             "val_per_class.csv, val_confusion.csv/.png, test_probabilities.csv, with test labels the same "
+                             "test_* files and test_confidence.csv/.png, and features_{train,val,test}.parquet with "
+                             "labels_{train,val}.csv (feature_plotter.py's inputs; prada adds tokens_*.parquet); a "
+                             "rerun removes an earlier run's test files it does not rewrite")
     parser.add_argument("--labels", type=Path, help="CSV image_name,label of the test images, to score the submission")
     parser.add_argument("--weights-dir", type=Path, help="official checkpoints or a zoo folder (default: the demo zoo)")
     parser.add_argument("--cache-dir", type=output_folder, default=CACHE_DIR,

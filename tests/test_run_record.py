@@ -50,3 +50,16 @@ def test_submission_records_its_arguments_as_given(monkeypatch, tmp_path):
 def test_summary_writes_the_record_and_the_guide():
     source = (ROOT / "submission.py").read_text()
     assert '"produced_by": run_record(' in source and '"about": SUMMARY_GUIDE' in source
+
+
+def test_help_names_every_file_the_report_folder_gets():
+    """``--help`` lists what a run writes into the report folder (it said only 'default: <out>_report/')."""
+    from scoring import CONFIDENCE_FILE, CONFIDENCE_PNG, PROBABILITIES_FILE, report_files
+
+    per_class, confusion_csv, confusion_png, markdown = report_files("val")
+    assert (confusion_png, CONFIDENCE_PNG) == (confusion_csv[:-4] + ".png", CONFIDENCE_FILE[:-4] + ".png")  # named as pairs below
+    text = " ".join(submission.build_parser().format_help().split())
+    for name in ("summary.json", markdown, per_class, confusion_csv[:-4] + ".csv/.png",
+                 PROBABILITIES_FILE, CONFIDENCE_FILE[:-4] + ".csv/.png", "features_{train,val,test}.parquet",
+                 "labels_{train,val}.csv"):
+        assert name in text, name
