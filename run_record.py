@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import datetime
 import importlib
+import json
+import math
 import platform
 import subprocess
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
-__all__ = ["LIBRARIES", "SUMMARY_GUIDE", "git_commit", "library_versions", "run_record"]
+__all__ = ["LIBRARIES", "SUMMARY_GUIDE", "git_commit", "library_versions", "run_record", "json_safe", "write_summary"]
 
 ROOT = Path(__file__).resolve().parent
 LIBRARIES = ("torch", "numpy", "pandas", "sklearn", "lightgbm", "pyarrow", "PIL", "matplotlib")
@@ -84,3 +86,23 @@ def run_record(arguments: Sequence[str], method: str, models: Path, weights_dir:
             "weights_digest": weights_digest, "extractor_version": EXTRACTOR_VERSION, "model_version": model_version(method),
             "models": str(Path(models).resolve()), "test_labels": str(Path(labels).resolve()) if labels is not None else None,
             "device": device, "versions": library_versions()}
+
+
+def json_safe(value):
+    """``value`` with every non-finite float as ``None`` (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_summary(path: Path, summary: dict) -> None:
+    """``summary`` as indented UTF-8 JSON (``0–0.5`` as written, not ``0\\u20130.5``; NaN as ``null``),
+    written atomically."""
+    from atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False, ensure_ascii=False) + "\n", encoding="utf-8")

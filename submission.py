@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import math
 import subprocess
 import sys
@@ -97,17 +96,6 @@ def _frame_digest(*parts) -> str:
         else:
             digest.update(repr(part).encode())
     return digest.hexdigest()
-
-
-def _json_safe(value):
-    """``value`` with every non-finite float as ``None`` (JSON has no NaN)."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def default_workers(weights_dir: Optional[Path], device: str) -> int:
@@ -191,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
     from models.registry import CLASS_NAMES
     from provenance import ScoringGate
     from run_inputs import converted_images, gather_inputs, input_folders, read_test_labels, resized_images
-    from run_record import SUMMARY_GUIDE, run_record
+    from run_record import SUMMARY_GUIDE, run_record, write_summary
     from scoring import (CONFIDENCE_FILE, CONFIDENCE_PNG, PROBABILITIES_FILE, interval_text, report_files,
                          summary as score_summary, write_probabilities, write_report)
 
@@ -298,8 +286,7 @@ def run(args: argparse.Namespace) -> int:
         probabilities = class_probabilities(bundle, test_inputs) if len(test_inputs) else pd.DataFrame(columns=list(CLASS_NAMES), dtype=float)
         summary["test_confidence"] = write_probabilities(report_dir, labels, probabilities, truth)
     summary["seconds"] = round(time.perf_counter() - started, 1)
-    with atomic_path(report_dir / "summary.json") as tmp:
-        tmp.write_text(json.dumps(_json_safe(summary), indent=2, allow_nan=False))
+    write_summary(report_dir / "summary.json", summary)
     print(f"wrote {args.out} ({len(labels)} rows); report in {report_dir}")
     for split in ("validation", "test"):
         if split in summary:

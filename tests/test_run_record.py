@@ -63,3 +63,11 @@ def test_help_names_every_file_the_report_folder_gets():
                  PROBABILITIES_FILE, CONFIDENCE_FILE[:-4] + ".csv/.png", "features_{train,val,test}.parquet",
                  "labels_{train,val}.csv"):
         assert name in text, name
+
+
+def test_summary_json_reads_as_written(tmp_path):
+    """The confidence bins' names are written as they read (``0–0.5``; they were ``0\\u20130.5``) and NaN as null."""
+    run_record.write_summary(tmp_path / "summary.json", {"bins": [{"confidence": "0–0.5", "accuracy": float("nan")}]})
+    text = (tmp_path / "summary.json").read_text(encoding="utf-8")
+    assert '"confidence": "0–0.5"' in text and '"accuracy": null' in text and text.endswith("}\n")
+    assert json.loads(text) == {"bins": [{"confidence": "0–0.5", "accuracy": None}]}
