@@ -154,18 +154,18 @@ def _confidence_png(table: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     shown = table[table["n"] > 0]
-    fig, ax = plt.subplots(figsize=(4.8, 4.6), dpi=110)
+    fig, ax = plt.subplots(figsize=(5.2, 5.0), dpi=110)
     ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="calibrated")
-    ax.scatter(shown["mean_confidence"], shown["accuracy"], s=20 + 280 * shown["n"] / max(shown["n"].max(), 1), zorder=3)
-    for k, (name, row) in enumerate(shown.iterrows()):  # left of the point, above and below by turns: no overlap at the top
-        ax.annotate(f"{name}: {int(row['n'])} images", (row["mean_confidence"], row["accuracy"]), textcoords="offset points",
-                    xytext=(-10, 8 if k % 2 else -14), ha="right", fontsize=7)
+    for name, row in shown.iterrows():  # one entry per bin in the legend: labels beside the points overlapped at the top
+        ax.scatter(row["mean_confidence"], row["accuracy"], s=20 + 280 * row["n"] / max(shown["n"].max(), 1), zorder=3,
+                   alpha=0.8, label=f"{name}: {int(row['n'])} images, mean {row['mean_confidence']:.3f}, "
+                                    f"{100 * row['accuracy']:.1f} % right")
     ax.set_xlim(0, 1.02)
     ax.set_ylim(0, 1.08)
     ax.set_xlabel("mean probability of the answer (per bin)")
     ax.set_ylabel("share of answers right")
     ax.set_title("Test: how far to trust one answer")
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="best", fontsize=7, markerscale=0.5, title="probability of the answer", title_fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -66,3 +66,20 @@ def test_confusion_png_says_it_shows_counts_of_how_many_images(tmp_path, monkeyp
     assert "image counts" in ax.get_xlabel() + ax.get_ylabel() + ax.get_title()
     assert len(figures[-1].axes) == 2, "a colorbar maps the shades to counts"
     assert np.asarray(figures[-1].axes[0].images[0].get_array()).sum() == len(truth)
+
+
+def test_reliability_diagram_names_each_bin_in_its_legend_not_over_the_points(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    table = pd.DataFrame({"n": [30, 105, 0, 410, 217], "mean_confidence": [0.449, 0.6, np.nan, 0.967, 0.994],
+                          "accuracy": [0.333, 0.6, np.nan, 0.980, 0.995]},
+                         index=pd.Index(["0–0.5", "0.5–0.7", "0.7–0.9", "0.9–0.99", "0.99–1"], name="confidence"))
+    scoring._confidence_png(table, tmp_path / "c.png")
+    ax = figures[-1].axes[0]
+    assert not ax.texts, "no label drawn beside the points (the two top ones overlapped)"
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["calibrated", "0–0.5: 30 images, mean 0.449, 33.3 % right", "0.5–0.7: 105 images, mean 0.600, 60.0 % right",
+                      "0.9–0.99: 410 images, mean 0.967, 98.0 % right", "0.99–1: 217 images, mean 0.994, 99.5 % right"]
