@@ -71,7 +71,7 @@ def run_record(arguments: Sequence[str], method: str, models: Path, weights_dir:
                labels: Optional[Path], device: str) -> dict:
     """The ``produced_by`` entry of a report's ``summary.json``: the command (``submission.py`` and
     its ``arguments`` as given) and where it ran, when (UTC), the code (:func:`git_commit`), the
-    weights (``weights_dir``, the demo zoo when ``None``; ``weights_digest``: sha256 of the files the
+    weights (``weights_dir``, absolute; ``demo_zoo``: it is the shipped zoo, as when ``None``; ``weights_digest``: sha256 of the files the
     models loaded), the feature extractor's version and that of the code that fitted ``method``'s
     models (:func:`attribution.model_version`), the ``models`` folder and the test ``labels`` scored
     against (absolute paths), the ``device`` and :func:`library_versions`."""
@@ -82,7 +82,8 @@ def run_record(arguments: Sequence[str], method: str, models: Path, weights_dir:
     return {"command": ["submission.py", *map(str, arguments)], "working_directory": str(Path.cwd()),
             "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             **git_commit(),
-            "weights_dir": str(Path(weights_dir).resolve()) if weights_dir is not None else f"{DEMO_ZOO_DIR} (the demo zoo)",
+            "weights_dir": str(Path(weights_dir if weights_dir is not None else DEMO_ZOO_DIR).resolve()),
+            "demo_zoo": weights_dir is None,
             "weights_digest": weights_digest, "extractor_version": EXTRACTOR_VERSION, "model_version": model_version(method),
             "models": str(Path(models).resolve()), "test_labels": str(Path(labels).resolve()) if labels is not None else None,
             "device": device, "versions": library_versions()}

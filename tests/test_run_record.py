@@ -22,7 +22,10 @@ def test_record_names_command_commit_weights_and_versions(tmp_path):
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
     if head.returncode == 0:  # a git checkout, as the tests run here and in CI
         assert record["commit"] == head.stdout.strip() and isinstance(record["uncommitted_changes"], bool)
-    assert record["weights_dir"].endswith("(the demo zoo)") and record["weights_digest"] == "ab" * 32
+    from models.zoo import DEMO_ZOO_DIR
+
+    assert record["weights_dir"] == str(DEMO_ZOO_DIR.resolve()) and record["demo_zoo"] is True
+    assert record["weights_digest"] == "ab" * 32
     from attribution import model_version
     from feature_extractor import EXTRACTOR_VERSION
 
