@@ -71,8 +71,8 @@ def run_record(arguments: Sequence[str], method: str, models: Path, weights_dir:
                labels: Optional[Path], device: str) -> dict:
     """The ``produced_by`` entry of a report's ``summary.json``: the command (``submission.py`` and
     its ``arguments`` as given) and where it ran, when (UTC), the code (:func:`git_commit`), the
-    weights (``weights_dir``, absolute; ``demo_zoo``: it is the shipped zoo, as when ``None``; ``weights_digest``: sha256 of the files the
-    models loaded), the feature extractor's version and that of the code that fitted ``method``'s
+    weights (``weights_dir``, absolute, the shipped zoo when ``None``, which ``demo_zoo`` says;
+    ``weights_digest``: sha256 of the files the models loaded), the feature extractor's version and that of the code that fitted ``method``'s
     models (:func:`attribution.model_version`), the ``models`` folder and the test ``labels`` scored
     against (absolute paths), the ``device`` and :func:`library_versions`."""
     from attribution import model_version
