@@ -25,6 +25,16 @@ def _same_threads_for_every_test():
     torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True)
+def _no_figure_left_open():
+    """Tests that read a plot keep its figure open (``plt.close`` patched to collect it); closed
+    after each test, so figures do not pile up across the suite (matplotlib warns past 20)."""
+    yield
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        pyplot.close("all")
+
+
 @pytest.fixture
 def one_small_lightgbm():
     """The classifiers' tuning grid cut to one small LightGBM (10 trees), for tests of what the
