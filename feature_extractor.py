@@ -123,7 +123,8 @@ class FeatureExtractor:
         for family in variant_net.NET_FAMILIES:
             path = variant_net.ensure_variant_net(family, weights_dir, net_root, self.adapters[family], train_missing=fine_tune_missing,
                                                   progress=progress)
-            self.nets[family] = variant_net.load_variant_net(path, self.adapters[family].variant_names)
+            net, names = variant_net.load_variant_net(path, self.adapters[family].variant_names)
+            self.nets[family] = (net.to(self.adapters[family].device), names)  # beside the maps it reads
             files.append(path)
         self.image_size = self.adapters["VAR"].image_size
         # file_digest: file_sha256, each file read once per process (ensure_* may have hashed the weights already)

@@ -252,12 +252,14 @@ def train_and_save(inverse: FamilyAdapter, path: Path, config: Optional[dict] = 
 def variant_log_probs(net: AnyVariantNet, x_BChw: torch.Tensor) -> torch.Tensor:
     """``log p(variant | x)`` (``B×V``; the class labels summed out) of the maps ``x`` the net reads
     (:func:`net_input`), :data:`chunks.CHUNK` images per pass (the last padded): an image's
-    output does not depend on its batch mates."""
+    output does not depend on its batch mates. The net runs where its weights are (the maps are
+    moved there: a GPU feature pass makes them on the GPU), and the answer is on the CPU."""
     out = []
     num_variants = net.shape["num_variants"]
+    device = next(net.parameters()).device
     for index, n in padded_chunks(len(x_BChw)):
-        joint = F.log_softmax(net(x_BChw[index].float().contiguous()), dim=1)[:n]
-        out.append(joint.view(n, num_variants, -1).logsumexp(-1))
+        joint = F.log_softmax(net(x_BChw[index].to(device).float().contiguous()), dim=1)[:n]
+        out.append(joint.view(n, num_variants, -1).logsumexp(-1).cpu())
     return torch.cat(out) if out else torch.zeros(0, net.shape["num_variants"])
 
 

@@ -128,6 +128,43 @@ def test_an_images_output_does_not_depend_on_its_batch_mates():
         torch.testing.assert_close(vn.variant_log_probs(net, f[i:i + 1])[0], together[i], rtol=0, atol=0)
 
 
+class _NetOnAnotherDevice(torch.nn.Module):
+    """A stand-in for a net whose weights are on a GPU (here torch's ``meta`` device): it refuses maps
+    on another device, as a CUDA convolution refuses CPU inputs, and answers on the CPU."""
+    shape = {"num_variants": 3}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1, device="meta"))
+
+    def forward(self, x_BChw: torch.Tensor) -> torch.Tensor:
+        assert x_BChw.device == self.weight.device, f"maps on {x_BChw.device}, weights on {self.weight.device}"
+        return torch.zeros(x_BChw.shape[0], 3)
+
+
+def test_the_net_reads_its_maps_where_its_weights_are():
+    """The feature pass on ``--device cuda`` makes the maps on the GPU, where the extractor puts the
+    nets too; the net is fed on its own device and its answer comes back to the CPU, where
+    :func:`variant_net.variant_nll` turns it into NumPy columns (``.numpy()`` of a CUDA tensor fails)."""
+    f, _ = _toy_maps(10, 4)
+    log_p = vn.variant_log_probs(_NetOnAnotherDevice(), f)
+    assert log_p.device.type == "cpu" and log_p.shape == (10, 3)
+    assert list(vn.variant_nll(_NetOnAnotherDevice(), ["a", "b", "c"], f)) == ["a_fnet_nll", "b_fnet_nll", "c_fnet_nll"]
+
+
+@pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter:UserWarning")
+def test_the_extractor_puts_the_nets_beside_the_models(tmp_path):
+    """``FeatureExtractor(device=...)`` put the families' models on the device but left the variant
+    nets on the CPU: on ``--device cuda`` the first batch stopped, a CUDA map fed to a CPU
+    convolution. torch's ``meta`` device stands in for the GPU (nothing is computed)."""
+    from feature_extractor import FeatureExtractor
+
+    extractor = FeatureExtractor(device="meta", cache_dir=tmp_path / "features", inv_root=tmp_path / "inv",
+                                 net_root=tmp_path / "nets", progress=False, fine_tune_missing=False)
+    for family, (net, _) in extractor.nets.items():
+        assert {t.device.type for t in net.state_dict().values()} == {"meta"}, family
+
+
 def test_training_seeds_are_used_by_nothing_else():
     import sys
     from pathlib import Path
