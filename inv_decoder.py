@@ -187,7 +187,7 @@ def _training_tokens(adapter: FamilyAdapter, path: Path, cfg: dict, weights: str
         with atomic_path(path) as tmp:
             torch.save(dict(made_for, tokens=tokens), tmp)
         return tokens
-    stored = torch.load(path, weights_only=True)
+    stored = torch.load(path, weights_only=True, map_location="cpu")
     if not isinstance(stored, dict):  # a bare tensor: written before the seed and weights were stored with it
         problems = [f"{len(stored)} fine-tuning images that record no seed and no weights (an older run's)"]
     else:
@@ -241,7 +241,9 @@ def finetune(adapter: FamilyAdapter, out_dir: Path | str, config: Optional[dict]
         if not ckpt_path.is_file():  # a resumed run takes its encoder from the checkpoint
             load_inverse_decoder(adapter, init)
     if ckpt_path.is_file():
-        state = torch.load(ckpt_path, weights_only=True)
+        # on the CPU: a run on a GPU saved Adam's moments there, and it may resume where there is none
+        # (opt.load_state_dict moves them to the encoder's device)
+        state = torch.load(ckpt_path, weights_only=True, map_location="cpu")
         if state.get("settings", settings) != settings:  # checkpoints before the settings were stored are taken as they are
             changed = sorted(k for k in set(settings) | set(state["settings"]) if settings.get(k) != state["settings"].get(k))
             raise CheckpointError(f"{ckpt_path} was trained with other settings ({', '.join(changed)}): remove {out} "

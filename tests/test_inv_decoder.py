@@ -73,3 +73,18 @@ def test_init_continues_from_an_inverse_decoder(small_zoo_dir, tmp_path):
     recorded = json.loads((tmp_path / "cont" / "inv_decoder.json").read_text())["config"]["init"]
     assert recorded == {"file": "first/inv_decoder.safetensors", "sha256": hashlib.sha256(init.read_bytes()).hexdigest()}
     assert "init" not in json.loads((tmp_path / "first" / "inv_decoder.json").read_text())["config"]
+
+
+def test_a_run_fine_tuned_on_a_gpu_resumes_where_there_is_none(small_zoo_dir, tmp_path):
+    """``checkpoint.pt`` of a run on ``--device cuda`` holds Adam's moments as CUDA tensors: read
+    back without ``map_location`` where torch sees no GPU (another node, a CPU-only torch), it
+    stopped the resumed run with torch's "Attempting to deserialize object on a CUDA device"."""
+    import torch.serialization
+
+    out = tmp_path / "run"
+    inv_decoder.finetune(load_family("RAR", small_zoo_dir), out, dict(CFG, epochs=1), progress=False)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")  # what a GPU's tensors are saved with
+        torch.save(state, out / "checkpoint.pt")
+    assert len(inv_decoder.finetune(load_family("RAR", small_zoo_dir), out, CFG, progress=False)["losses"]) == 2
