@@ -121,7 +121,9 @@ class PradaClassifier:
                 continue  # no training image: never predicted
             rows = own | negatives
             cond, uncond = token_arrays(tokens.loc[rows], variant)
-            with torch.random.fork_rng():  # seeds the initialisation and input noise, not the caller's generator
+            # seeds the initialisation and input noise, not the caller's generator; devices=[]: the CPU's
+            # alone (by default it would start CUDA on every GPU to save and restore its generator too)
+            with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed + VARIANT_NAMES.index(variant))
                 score = PradaScore(self.stage_sizes[variant])
                 losses = score.fit(cond, uncond, torch.from_numpy(own[rows]), self.epochs)

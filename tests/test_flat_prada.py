@@ -115,3 +115,16 @@ def test_prada_bundle_through_attribution(tmp_path):
     pd.testing.assert_series_equal(predict(load_bundle("prada", folder), val), predict(bundle, val))
     with pytest.raises(ValueError, match="stage_sizes"):
         fit_bundle("prada", train, LABELS, val, LABELS, tmp_path / "other")
+
+
+def test_fitting_touches_no_gpu(monkeypatch):
+    """The score functions train on the CPU. ``fork_rng()`` without ``devices`` saves and restores
+    the generator of every GPU torch sees, starting CUDA on each (with a warning where there are
+    several): in a ``--device cuda`` run, and in a ``--device cpu`` one on a GPU machine alike."""
+    def read_a_gpu(*args, **kwargs):
+        raise AssertionError("a GPU's random state was read")
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", read_a_gpu)
+    labels = ["var16", "outlier"] * 3
+    PradaClassifier({v: STAGES for v in VARIANT_NAMES}, epochs=2).fit(_frame(labels, 1), labels)
