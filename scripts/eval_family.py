@@ -46,10 +46,12 @@ SIGNALS_VERSION = 3  # 2: the inverse decoder's refined EncLoss (signals.refined
 
 
 def signals_key(meta: pd.DataFrame, weights_dir, inv_root: Path, device: str, latent_tracer_limit: int, seed: int) -> str:
-    """sha256 naming what ``signals.csv`` was computed from (images, weights, inverse decoders, settings)."""
+    """sha256 naming what ``signals.csv`` was computed from (images, weights, inverse decoders, settings,
+    and the device type when not the CPU: a GPU's convolutions round otherwise, as the feature store's name says)."""
     files = weight_files(weights_dir) + [inv_decoder.ensure_inverse_decoder(f, weights_dir, inv_root, False, device) for f in ("VAR", "RAR")]
     parts = [f"{i}:{file_sha256(p)}" for i, p in zip(meta.index, meta["path"])] + [file_sha256(p) for p in files]
     parts += [f"latent_tracer_limit={latent_tracer_limit}", f"seed={seed}", f"signals={SIGNALS_VERSION}"]
+    parts += [f"device={torch.device(device).type}"] if torch.device(device).type != "cpu" else []  # the CPU's keys as before
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 

@@ -68,3 +68,23 @@ def test_eval_family_decodes_the_split_once_per_model_size(monkeypatch):
     for size in (16, 16, 32, 16, 32):
         assert images_at(size).shape == (2, 3, size, size)
     assert decoded == [16, 32]
+
+
+def test_signals_computed_on_a_gpu_are_cached_apart_from_the_cpus(tmp_path, monkeypatch):
+    """``signals.csv`` is reused when its key matches; the key named the images, weights and
+    settings but not the device, so with ``--device auto`` a run on a GPU machine took the CPU's
+    signals (or the other way round), which its convolutions round otherwise."""
+    import sys
+    from pathlib import Path
+
+    import pandas as pd
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import eval_family
+
+    (tmp_path / "a.png").write_bytes(b"an image")
+    monkeypatch.setattr(eval_family, "weight_files", lambda weights_dir: [tmp_path / "a.png"])
+    monkeypatch.setattr(eval_family.inv_decoder, "ensure_inverse_decoder", lambda *args: tmp_path / "a.png")
+    meta = pd.DataFrame({"path": [str(tmp_path / "a.png")]}, index=["val/var16/a.png"])
+    key = {device: eval_family.signals_key(meta, None, tmp_path, device, 8, 0) for device in ("cpu", "cuda", "cuda:1")}
+    assert key["cpu"] != key["cuda"] == key["cuda:1"]
