@@ -123,8 +123,10 @@ def colour_fit(source_B3HW: torch.Tensor, target_B3HW: torch.Tensor) -> Tuple[to
     B = source_B3HW.shape[0]
     ones = torch.ones(B, 1, source_B3HW[0, 0].numel(), device=source_B3HW.device)
     design_BN4 = torch.cat([source_B3HW.reshape(B, 3, -1), ones], 1).transpose(1, 2)
-    solution_B43 = torch.linalg.lstsq(design_BN4, target_B3HW.reshape(B, 3, -1).transpose(1, 2)).solution
-    return solution_B43[:, :3].transpose(1, 2), solution_B43[:, 3]
+    # solved on the CPU whatever the images' device: torch's default driver there (gelsy, which drops
+    # directions below its rcond) is not CUDA's (gels, plain QR), and fits a near-grey image otherwise
+    solution_B43 = torch.linalg.lstsq(design_BN4.cpu(), target_B3HW.reshape(B, 3, -1).transpose(1, 2).cpu()).solution
+    return solution_B43[:, :3].transpose(1, 2).to(source_B3HW.device), solution_B43[:, 3].to(source_B3HW.device)
 
 
 def apply_colour(M_B33: torch.Tensor, b_B3: torch.Tensor, img_B3HW: torch.Tensor) -> torch.Tensor:
