@@ -174,7 +174,8 @@ def search_tokens(
     ``rel_tol`` (relative). Each image's losses and Adam's element-wise updates make its tokens
     independent of its batch mates, up to the rounding of batched kernels, which a long anneal (over
     ~100 iterations) can amplify into other tokens; ``batch_features`` pads every pass to fixed
-    chunks, so its rows are exact.
+    chunks, so its rows are exact on the CPU (on a GPU the gradient of the bicubic upsampling is
+    summed with atomic adds, in no fixed order).
     """
     f_BChw = f_BChw.detach()
     start = greedy_tokens(quant, f_BChw)

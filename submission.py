@@ -22,7 +22,9 @@ image is left out, an image of another size than the models' is resized (which w
 signals), one that is not RGB is converted, and entries of the test folder that are not visible image files directly in it
 (subfolders, other files, hidden entries such as ``._x.png``) get no row — each named in a
 warning and listed in the report's ``summary.json``. Same inputs → byte-identical
-``submission.csv``.
+``submission.csv`` on the CPU, and on a GPU from cached features; features computed again on a GPU
+may differ (VAR's token search backpropagates through bicubic upsampling, whose CUDA gradient is
+summed with atomic adds in no fixed order), and so, rarely, may a label.
 
 The feature pass can be spread over many jobs (``python scripts/slurm_submit.py`` does it on a
 Slurm cluster): ``--stage prepare`` checks the inputs, builds the demo Dataset and fine-tunes
