@@ -113,6 +113,9 @@ def plan_jobs(seed: int, counts: Dict[str, int]) -> List[Tuple[int, str, str, in
         for cls in CLASS_NAMES:
             jobs.append((split_i, split, cls, next_seed))
             next_seed += _batches(counts[split] if cls in VARIANT_NAMES else _thirds(counts[split])[2])
+    if next_seed - _first_seed(seed) > SEEDS_PER_RUN:  # past its range: the next --seed's images, or the fine-tuning data
+        raise InputError(f"{counts} images per class need {next_seed - _first_seed(seed):,} generation batches, more than "
+                         f"the {SEEDS_PER_RUN:,} seeds of one --seed (seed·{SEEDS_PER_RUN:,} + batch): ask for fewer images")
     return jobs
 
 
@@ -287,6 +290,7 @@ def main(argv: list | None = None) -> int:
     for split in SPLITS:
         if getattr(args, split) is not None:
             counts[split] = getattr(args, split)
+    plan_jobs(args.seed, counts)  # counts whose generation seeds would leave the seed's range are refused before any work
     start = time.perf_counter()
     info = build(args.out, args.seed, counts, args.zoo, progress=not args.no_progress, workers=args.workers or usable_cores())
     print(f"{args.out}: {info['images']} images in {time.perf_counter() - start:.0f}s")

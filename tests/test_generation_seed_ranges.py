@@ -1,0 +1,42 @@
+"""The generation seeds of the demo Dataset, the inverse decoders' fine-tuning data and the variant
+nets' maps stay in ranges of their own for any option values, and a plan that would leave its range
+is refused before anything is generated."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import inv_decoder  # noqa: E402
+import make_demo_dataset  # noqa: E402
+from cli import InputError  # noqa: E402
+
+
+def _last_seed(seed: int, counts: dict) -> int:
+    jobs = make_demo_dataset.plan_jobs(seed, counts)
+    split_i, split, cls, first = jobs[-1]
+    n = counts[split] if cls in make_demo_dataset.VARIANT_NAMES else make_demo_dataset._thirds(counts[split])[2]
+    return first + make_demo_dataset._batches(n) - 1
+
+
+def test_a_demo_dataset_too_large_for_its_seed_range_is_refused():
+    """Large --train/--val/--test would run the last --seed's generation seeds into the fine-tuning
+    data's (inv_decoder.SEED_OFFSET on), and any --seed's into the next one's."""
+    last = make_demo_dataset.SEEDS[-1]
+    fits = {"train": 300_000, "val": 150_000, "test": 150_000}  # exactly 100 000 batches
+    assert _last_seed(last, fits) < inv_decoder.SEED_OFFSET
+    too_many = dict(fits, test=150_050)
+    with pytest.raises(InputError, match="generation batches"):
+        make_demo_dataset.plan_jobs(last, too_many)
+    with pytest.raises(InputError, match="generation batches"):
+        make_demo_dataset.plan_jobs(0, too_many)
+
+
+def test_the_command_refuses_such_counts_before_any_work(tmp_path):
+    with pytest.raises(InputError, match="generation batches"):
+        make_demo_dataset.main(["--out", str(tmp_path / "ds"), "--train", "700000", "--no-progress", "--workers", "1"])
+    assert not (tmp_path / "ds").exists()
