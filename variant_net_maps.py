@@ -26,7 +26,7 @@ from typing import Callable, NamedTuple, Optional, Sequence
 import torch
 
 from atomic import atomic_path
-from cli import decodable_images
+from cli import InputError, decodable_images
 from dataset import images_under, load_images
 from models.adapter import FamilyAdapter
 from models.checkpoints import hash_tensors
@@ -119,6 +119,12 @@ def generate_training_maps(adapter: FamilyAdapter, per_variant: int, seed: int =
 
     from inv_decoder import to_png_levels
 
+    last_batch = first_batch + max(-(-per_variant // gen_batch), 1) - 1
+    try:  # before the first generation: a plan past the seed range would otherwise fail after hours of it
+        generation_seed(seed, len(adapter.variant_names) - 1, last_batch)
+    except ValueError as err:
+        raise InputError(f"{per_variant:,} generations per variant in batches of {gen_batch} from batch {first_batch} need "
+                         f"batches up to {last_batch:,}: {err}; ask for fewer") from None
     store = Path(cache_dir) / maps_folder_name(adapter) if cache_dir is not None else None
     jobs = [(vi, v, j, start) for vi, v in enumerate(adapter.variant_names) for j, start in enumerate(range(0, per_variant, gen_batch), first_batch)]
     maps, labels, classes = [], [], []

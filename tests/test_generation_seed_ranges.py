@@ -40,3 +40,28 @@ def test_the_command_refuses_such_counts_before_any_work(tmp_path):
     with pytest.raises(InputError, match="generation batches"):
         make_demo_dataset.main(["--out", str(tmp_path / "ds"), "--train", "700000", "--no-progress", "--workers", "1"])
     assert not (tmp_path / "ds").exists()
+
+
+class _Generated(Exception):
+    pass
+
+
+def test_variant_net_maps_past_their_seed_range_are_refused_before_generating(monkeypatch):
+    """More batches per variant than generation_seed has seeds for (10 000): refused up front, not
+    when the first variant's 10 001st batch is reached (hours of generation later); so are held-out
+    batches that would start past the range."""
+    import variant_net_maps
+    from models.zoo import load_family
+
+    adapter = load_family("VAR")
+
+    def generate(*args, **kwargs):
+        raise _Generated
+
+    monkeypatch.setattr(adapter, "generate", generate)
+    with pytest.raises(InputError, match="batches up to 10,000"):
+        variant_net_maps.generate_training_maps(adapter, 10_001 * 64, gen_batch=64, progress=False)
+    with pytest.raises(InputError, match="from batch 9,999|from batch 9999"):
+        variant_net_maps.generate_training_maps(adapter, 65, gen_batch=64, progress=False, first_batch=9_999)
+    with pytest.raises(_Generated):  # the last batch that fits is allowed
+        variant_net_maps.generate_training_maps(adapter, 10_000 * 64, gen_batch=64, progress=False)
