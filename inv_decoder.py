@@ -218,8 +218,9 @@ def finetune(adapter: FamilyAdapter, out_dir: Path | str, config: Optional[dict]
     settings = _resume_settings(cfg, weights)
     tokens = _training_tokens(adapter, tokens_path, cfg, weights, progress)
     if exclude_folders:
-        with torch.no_grad():
-            train_hashes = set().union(*(_pixel_hashes(to_png_levels(adapter.decode(adapter.tokens_to_fhat(tokens[i:i + 64]))))
+        with torch.no_grad():  # f̂ contiguous, as the samplers decode it: VAR's strided tokens_to_fhat decodes a few pixels
+            # a level apart, and their hashes missed most copies of its generations
+            train_hashes = set().union(*(_pixel_hashes(to_png_levels(adapter.decode(adapter.tokens_to_fhat(tokens[i:i + 64]).contiguous())))
                                          for i in range(0, len(tokens), 64)))
         from dataset import pixel_hashes_under
 

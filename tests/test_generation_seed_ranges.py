@@ -65,3 +65,27 @@ def test_variant_net_maps_past_their_seed_range_are_refused_before_generating(mo
         variant_net_maps.generate_training_maps(adapter, 65, gen_batch=64, progress=False, first_batch=9_999)
     with pytest.raises(_Generated):  # the last batch that fits is allowed
         variant_net_maps.generate_training_maps(adapter, 10_000 * 64, gen_batch=64, progress=False)
+
+
+@pytest.mark.parametrize("family", ["VAR", "RAR"])
+def test_exclude_finds_every_fine_tuning_image_among_the_images_to_score(family, tmp_path):
+    """``inv_decoder.py --exclude``: the fine-tuning generations written as PNG files the way the
+    demo Dataset writes its images (the sampler's own images, 8-bit) are all found."""
+    from PIL import Image
+
+    from augmentation import to_uint8_arrays
+    from models.zoo import load_family
+
+    adapter = load_family(family)
+    n = 8
+    per_variant = n // len(adapter.variant_names)
+    folder = tmp_path / "to_score"
+    folder.mkdir()
+    for job_i, variant in enumerate(adapter.variant_names):  # generate_training_tokens' jobs: one batch per variant here
+        seed = inv_decoder.SEED_OFFSET + job_i
+        images = adapter.generate(variant, adapter.random_labels(per_variant, seed), seed)[0]
+        for k, array in enumerate(to_uint8_arrays(images)):
+            Image.fromarray(array).save(folder / f"{variant}_{k}.png")
+    with pytest.raises(InputError, match=f"^{n} fine-tuning images also appear"):
+        inv_decoder.finetune(load_family(family), tmp_path / "inv", dict(images=n, epochs=1, batch_size=8, seed=0),
+                             exclude_folders=[folder], progress=False)
