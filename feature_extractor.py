@@ -116,16 +116,18 @@ class FeatureExtractor:
         files = weight_files(weights_dir)
         for family in ("VAR", "RAR"):
             path = inv_decoder.ensure_inverse_decoder(family, weights_dir, inv_root, False, device, inv_config, fine_tune_missing)
-            adapter = inv_decoder.load_inverse_decoder(load_family(family, weights_dir, device=device), path)
-            self.adapters[family] = adapter.use_channels_last()
+            self.adapters[family] = inv_decoder.load_inverse_decoder(load_family(family, weights_dir, device=device), path)
             files.append(path)
         self.nets: Dict[str, Tuple[variant_net.AnyVariantNet, List[str]]] = {}
-        for family in variant_net.NET_FAMILIES:
+        for family in variant_net.NET_FAMILIES:  # a missing net is trained on default-layout maps, as variant_net.py's are:
+            # one map cache (variant_net_maps.maps_folder_name), so either command resumes the other's generation
             path = variant_net.ensure_variant_net(family, weights_dir, net_root, self.adapters[family], train_missing=fine_tune_missing,
                                                   progress=progress)
             net, names = variant_net.load_variant_net(path, self.adapters[family].variant_names)
             self.nets[family] = (net.to(self.adapters[family].device), names)  # beside the maps it reads
             files.append(path)
+        for adapter in self.adapters.values():
+            adapter.use_channels_last()
         self.image_size = self.adapters["VAR"].image_size
         # file_digest: file_sha256, each file read once per process (ensure_* may have hashed the weights already)
         digest = hashlib.sha256("".join(file_digest(p) for p in files).encode()).hexdigest()

@@ -1,0 +1,38 @@
+"""What ``submission.py --weights-dir`` trains on first use: the variant nets are trained on maps
+made as ``variant_net.py`` makes them, so either command resumes the other's generation."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+import variant_net as vn
+from models.zoo import DEMO_ZOO_DIR
+
+
+class _Trained(Exception):
+    pass
+
+
+def test_first_use_nets_train_on_the_maps_variant_net_py_makes(tmp_path, monkeypatch):
+    """The feature extractor runs its adapters in channels-last layout, whose maps go to a cache
+    folder of their own (``variant_net_maps.maps_folder_name``); a net it trains on first use must
+    read them in the default layout, as ``python variant_net.py`` does, or the maps of an interrupted
+    ``variant_net.py`` run (the README's way to train ahead) are generated again from the start."""
+    import feature_extractor
+    import inv_decoder
+
+    zoo = tmp_path / "zoo"
+    shutil.copytree(DEMO_ZOO_DIR, zoo, ignore=shutil.ignore_patterns(vn.SHIPPED_SUBDIR))
+    layouts = {}
+
+    def train_and_save(inverse, path, config=None, progress=True, cache_dir=None):
+        layouts[inverse.family] = inverse.channels_last
+        raise _Trained
+
+    monkeypatch.setattr(vn, "train_and_save", train_and_save)
+    with pytest.raises(_Trained):
+        feature_extractor.FeatureExtractor(weights_dir=zoo, inv_root=tmp_path / "inv", cache_dir=tmp_path / "features",
+                                           net_root=tmp_path / "nets", progress=False)
+    standalone = inv_decoder.inverse_adapter("VAR", zoo, tmp_path / "inv")  # variant_net.py's adapter
+    assert layouts == {"VAR": standalone.channels_last}
