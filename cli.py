@@ -47,6 +47,7 @@ USER_ERROR_STATUS = 2
 # every command that fine-tunes or reads them defaults to the same folders
 CACHE_DIR = Path("cache")
 INV_DECODER_DIR = "inv_decoder"
+INV_DECODER_MAX_IMAGES = 100_000  # inv_decoder.MAX_IMAGES: here, so submission.py checks it before loading torch
 VARIANT_NET_DIR = "variant_net"
 
 

@@ -44,6 +44,7 @@ import torch
 
 from atomic import atomic_path
 from augmentation import DEFAULT_SCHEDULE, to_uint8, to_uint8_arrays
+from cli import INV_DECODER_MAX_IMAGES
 from models.adapter import FamilyAdapter
 from models.checkpoints import CheckpointError, hash_tensors, read_state_dict
 from models.files import file_sha256
@@ -61,7 +62,7 @@ DEFAULT_CONFIG: Dict[str, object] = dict(
 # one, to continue its curriculum with augmentation); the run's JSON records its name and sha256.
 SEED_OFFSET = 7_000_000  # generation seeds of fine-tuning data; make_demo_dataset uses small seeds
 SEEDS = range(10)  # fine-tuning seeds: seed s generates with SEED_OFFSET + 100 000·s + batch, below 8e6
-MAX_IMAGES = 100_000  # generations of one seed: its generation seeds stay below the next seed's
+MAX_IMAGES = INV_DECODER_MAX_IMAGES  # generations of one seed: its generation seeds stay below the next seed's
 SHIPPED_SUBDIR = "inv_decoders"  # inverse decoders shipped beside a zoo's weights
 WEIGHTS_FILE = "inv_decoder.safetensors"
 RECORD_FILE = "inv_decoder.json"  # beside WEIGHTS_FILE: config, losses, weights_digest

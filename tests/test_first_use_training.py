@@ -36,3 +36,15 @@ def test_first_use_nets_train_on_the_maps_variant_net_py_makes(tmp_path, monkeyp
                                            net_root=tmp_path / "nets", progress=False)
     standalone = inv_decoder.inverse_adapter("VAR", zoo, tmp_path / "inv")  # variant_net.py's adapter
     assert layouts == {"VAR": standalone.channels_last}
+
+
+def test_too_many_fine_tuning_images_are_refused_by_the_parser(tmp_path, capsys):
+    """``--inv-decoder-images`` above what one fine-tuning seed has generation seeds for: one error
+    line from the parser, not a ValueError traceback once the models are loaded."""
+    import submission
+
+    (tmp_path / "test").mkdir()
+    with pytest.raises(SystemExit) as stop:
+        submission.main(["--test", str(tmp_path / "test"), "--out", str(tmp_path / "s.csv"), "--inv-decoder-images", "100001"])
+    assert stop.value.code == 2
+    assert "--inv-decoder-images 100001: at most 100,000" in capsys.readouterr().err
