@@ -240,6 +240,7 @@ def finetune(adapter: FamilyAdapter, out_dir: Path | str, config: Optional[dict]
     if cfg.get("init"):
         init = Path(str(cfg["init"]))
         record["init"] = {"file": f"{init.parent.name}/{init.name}", "sha256": file_sha256(init)}
+        settings["init_sha256"] = record["init"]["sha256"]  # the file's bytes, not only its path: a resumed run started from it
         if not ckpt_path.is_file():  # a resumed run takes its encoder from the checkpoint
             load_inverse_decoder(adapter, init)
     if ckpt_path.is_file():

@@ -48,3 +48,20 @@ def test_too_many_fine_tuning_images_are_refused_by_the_parser(tmp_path, capsys)
         submission.main(["--test", str(tmp_path / "test"), "--out", str(tmp_path / "s.csv"), "--inv-decoder-images", "100001"])
     assert stop.value.code == 2
     assert "--inv-decoder-images 100001: at most 100,000" in capsys.readouterr().err
+
+
+def test_a_checkpoint_started_from_another_init_file_is_not_resumed(small_zoo_dir, tmp_path):
+    """``init`` names a file by its path; a checkpoint begun from that path's earlier contents (the
+    plain inverse decoder since retrained) is refused, not continued under a record that names the
+    new file's sha256."""
+    import inv_decoder
+    from models.checkpoints import CheckpointError
+    from models.zoo import load_family
+
+    cfg = dict(images=6, epochs=1, batch_size=6, lr=3e-3, seed=0)
+    inv_decoder.finetune(load_family("RAR", small_zoo_dir), tmp_path / "plain", cfg, progress=False)
+    init = tmp_path / "plain" / "inv_decoder.safetensors"
+    inv_decoder.finetune(load_family("RAR", small_zoo_dir), tmp_path / "aug", dict(cfg, init=init), progress=False)
+    inv_decoder.finetune(load_family("RAR", small_zoo_dir), tmp_path / "plain", dict(cfg, epochs=2), progress=False)  # init retrained
+    with pytest.raises(CheckpointError, match=r"other settings \(init_sha256\)"):
+        inv_decoder.finetune(load_family("RAR", small_zoo_dir), tmp_path / "aug", dict(cfg, epochs=2, init=init), progress=False)
