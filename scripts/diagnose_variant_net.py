@@ -318,6 +318,10 @@ def main(argv: Optional[list] = None) -> int:
     cache = Path(args.cache) / (variant_net_maps.maps_folder_name(adapter) + DIAGNOSIS_SUFFIX) if args.cache else None
     n_train = -(-args.train_per_variant // args.gen_batch)
     n_test = -(-args.heldout_per_variant // args.gen_batch)
+    try:  # the whole plan's seeds before any generation: the held-out batches come after the training ones
+        variant_net.generation_seed(args.seed, len(adapter.variant_names) - 1, n_train + n_test - 1)
+    except ValueError as err:
+        parser.error(f"--seed {args.seed} with {n_train + n_test:,} generation batches per variant: {err}")
     # refined images: whole batches, the first of each variant's held-out ones
     refine_per_variant = -(-args.refine_images // (len(adapter.variant_names) * args.gen_batch)) * args.gen_batch if args.refine_steps else 0
     refine_per_variant = min(refine_per_variant, n_test * args.gen_batch)

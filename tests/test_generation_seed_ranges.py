@@ -89,3 +89,22 @@ def test_exclude_finds_every_fine_tuning_image_among_the_images_to_score(family,
     with pytest.raises(InputError, match=f"^{n} fine-tuning images also appear"):
         inv_decoder.finetune(load_family(family), tmp_path / "inv", dict(images=n, epochs=1, batch_size=8, seed=0),
                              exclude_folders=[folder], progress=False)
+
+
+def test_diagnose_variant_net_checks_its_whole_plan_before_generating(tmp_path, monkeypatch, capsys):
+    """Its held-out batches follow its training ones; a plan whose last batch has no seed of its own
+    (or a --seed outside variant_net_maps.SEEDS) is a parser error before the first generation,
+    not a ValueError after every training batch was generated."""
+    import diagnose_variant_net
+    from models.rar_adapter import RARAdapter
+
+    def generate(*args, **kwargs):
+        raise _Generated
+
+    monkeypatch.setattr(RARAdapter, "generate", generate)
+    common = ["--family", "RAR", "--cache", "", "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as stop:
+        diagnose_variant_net.main(common + ["--train-per-variant", str(9_999 * 64), "--heldout-per-variant", "128"])
+    assert stop.value.code == 2 and "10,001 generation batches" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        diagnose_variant_net.main(common + ["--seed", "10"])
