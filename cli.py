@@ -40,14 +40,14 @@ if TYPE_CHECKING:
 __all__ = ["run_main", "run_module", "InputError", "warn", "readable_folder_images", "decodable_images", "folder_images", "at_least", "shard_spec",
            "missing_folder", "existing_folder", "output_file", "output_file_with", "output_folder", "positive_float",
            "add_weights_arguments", "add_scored_split_arguments", "scored_split", "required_weight_files", "check_weight_files",
-           "chosen_device", "check_device", "USER_ERROR_STATUS", "CACHE_DIR", "INV_DECODER_DIR", "VARIANT_NET_DIR"]
+           "chosen_device", "check_device", "USER_ERROR_STATUS", "CACHE_DIR", "INV_DECODER_DIR", "INV_DECODER_MAX_IMAGES", "VARIANT_NET_DIR"]
 
 USER_ERROR_STATUS = 2
 # submission.py's layout: <--cache-dir>/inv_decoder/<FAMILY>/ and <--cache-dir>/variant_net/<FAMILY>/;
 # every command that fine-tunes or reads them defaults to the same folders
 CACHE_DIR = Path("cache")
 INV_DECODER_DIR = "inv_decoder"
-INV_DECODER_MAX_IMAGES = 100_000  # inv_decoder.MAX_IMAGES: here, so submission.py checks it before loading torch
+INV_DECODER_MAX_IMAGES = 100_000  # inv_decoder.MAX_IMAGES: here, so submission.py's parser checks it before loading torch
 VARIANT_NET_DIR = "variant_net"
 
 
@@ -229,8 +229,10 @@ def scored_split(dataset: Path, split: str) -> "pd.DataFrame":
     return meta[meta["path"].isin(readable.index)]
 
 
-def at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse ``type``: an integer no smaller than ``minimum``."""
+def at_least(minimum: int, at_most: Optional[int] = None) -> Callable[[str], int]:
+    """An argparse ``type``: an integer no smaller than ``minimum`` (and, given ``at_most``, no larger):
+    refused by the parser itself, so every caller of a shared parser (``scripts/slurm_submit.py``
+    parses ``submission.py``'s) refuses it too."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -238,9 +240,11 @@ def at_least(minimum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        if at_most is not None and value > at_most:
+            raise argparse.ArgumentTypeError(f"at most {at_most:,}, got {value}")
         return value
 
-    parse.__name__ = f"integer ≥ {minimum}"
+    parse.__name__ = f"integer ≥ {minimum}" if at_most is None else f"integer in {minimum} … {at_most}"
     return parse
 
 

@@ -334,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--retrain", action="store_true", help="refit the models even if a matching bundle exists")
     parser.add_argument("--demo", action="store_true", help="run on the demo Dataset (built if missing) and score the test split")
     parser.add_argument("--dataset", type=Path, default=Path("Dataset"), help="Dataset root for --demo")
-    parser.add_argument("--inv-decoder-images", type=at_least(1), default=1536,
+    # at most: else a traceback once the models are loaded (the generation seeds of one fine-tuning seed)
+    parser.add_argument("--inv-decoder-images", type=at_least(1, at_most=INV_DECODER_MAX_IMAGES), default=1536,
                         help="fresh generations per family to fine-tune a missing inverse decoder on, at most "
                              f"{INV_DECODER_MAX_IMAGES:,} (default 1536; the demo zoo ships its own)")
     parser.add_argument("--inv-decoder-epochs", type=at_least(1), default=6, help="epochs of that fine-tuning (default 6)")
@@ -369,8 +370,6 @@ def main(argv: Optional[list] = None) -> int:
     args.arguments = list(sys.argv[1:] if argv is None else argv)  # as given, for the report's produced_by
     if args.out.is_dir():
         parser.error(f"--out {args.out} is a folder; give a file name, e.g. {args.out / 'submission.csv'}")
-    if args.inv_decoder_images > INV_DECODER_MAX_IMAGES:  # else a traceback once the models are loaded
-        parser.error(f"--inv-decoder-images {args.inv_decoder_images}: at most {INV_DECODER_MAX_IMAGES:,} (the generation seeds of one fine-tuning seed)")
     if args.shard is not None and args.stage != "features":
         parser.error("--shard goes with --stage features")
     if args.method == "prada" and args.no_cache:

@@ -47,7 +47,7 @@ def test_too_many_fine_tuning_images_are_refused_by_the_parser(tmp_path, capsys)
     with pytest.raises(SystemExit) as stop:
         submission.main(["--test", str(tmp_path / "test"), "--out", str(tmp_path / "s.csv"), "--inv-decoder-images", "100001"])
     assert stop.value.code == 2
-    assert "--inv-decoder-images 100001: at most 100,000" in capsys.readouterr().err
+    assert "--inv-decoder-images: at most 100,000, got 100001" in capsys.readouterr().err
 
 
 def test_a_checkpoint_started_from_another_init_file_is_not_resumed(small_zoo_dir, tmp_path):

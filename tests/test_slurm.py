@@ -291,3 +291,15 @@ def test_a_refused_job_leaves_nothing_queued(slurm_cluster, tmp_path, monkeypatc
     cancelled = re.search(r"cancelled the jobs already submitted \((\d+)\)", done.stderr)
     assert cancelled, done.stderr
     assert _job_states([cancelled[1]], slurm_cluster, timeout_s=60) == [["CANCELLED"]]
+
+
+def test_too_many_fine_tuning_images_are_refused_before_submitting(tmp_path, capsys):
+    """``--inv-decoder-images`` above ``cli.INV_DECODER_MAX_IMAGES`` stops ``submission.py`` at once;
+    through ``slurm_submit.py`` it must not queue three jobs whose prepare job then stops on it."""
+    from cli import INV_DECODER_MAX_IMAGES
+
+    test_dir = _layout(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        slurm_submit.job_plan(["--test", str(test_dir), "--inv-decoder-images", str(INV_DECODER_MAX_IMAGES + 1)], shards=2)
+    assert stop.value.code == 2
+    assert f"at most {INV_DECODER_MAX_IMAGES:,}" in capsys.readouterr().err
