@@ -113,6 +113,7 @@ import variant_net_maps  # noqa: E402
 from atomic import atomic_path  # noqa: E402
 from cli import CACHE_DIR, INV_DECODER_DIR  # noqa: E402
 from models.adapter import FamilyAdapter  # noqa: E402
+from models.registry import FAMILY_OF, VARIANT_NAMES  # noqa: E402
 from runtime import keep_freed_memory  # noqa: E402
 from map_corrector import Corrector, corrected, fit_corrector  # noqa: E402
 from image_readback import PNG_ROUNDING_VARIANCE, identifiability_row, refinement_row  # noqa: E402
@@ -312,16 +313,19 @@ def main(argv: Optional[list] = None) -> int:
         parser.error("the distilled recipes are taught by the exact_fhat net: keep 'exact_fhat' in --inputs")
     if args.end_to_end_epochs and ("inverse_f" not in args.inputs or args.members != 1):
         parser.error("--end-to-end-epochs trains on from the inverse_f net: keep 'inverse_f' in --inputs and one member")
+    n_train = -(-args.train_per_variant // args.gen_batch)
+    n_test = -(-args.heldout_per_variant // args.gen_batch)
+    # the whole plan's seeds before any work (inverse_adapter fine-tunes a missing inverse decoder first):
+    # the held-out batches come after the training ones; the family's variants as the registry names them
+    last_variant = sum(FAMILY_OF[name] == args.family for name in VARIANT_NAMES) - 1
+    try:
+        variant_net.generation_seed(args.seed, last_variant, n_train + n_test - 1)
+    except ValueError as err:
+        parser.error(f"--seed {args.seed} with {n_train + n_test:,} generation batches per variant: {err}")
     keep_freed_memory()
     torch.set_num_threads(2)
     adapter = inv_decoder.inverse_adapter(args.family, args.weights_dir, ROOT / CACHE_DIR / INV_DECODER_DIR)
     cache = Path(args.cache) / (variant_net_maps.maps_folder_name(adapter) + DIAGNOSIS_SUFFIX) if args.cache else None
-    n_train = -(-args.train_per_variant // args.gen_batch)
-    n_test = -(-args.heldout_per_variant // args.gen_batch)
-    try:  # the whole plan's seeds before any generation: the held-out batches come after the training ones
-        variant_net.generation_seed(args.seed, len(adapter.variant_names) - 1, n_train + n_test - 1)
-    except ValueError as err:
-        parser.error(f"--seed {args.seed} with {n_train + n_test:,} generation batches per variant: {err}")
     # refined images: whole batches, the first of each variant's held-out ones
     refine_per_variant = -(-args.refine_images // (len(adapter.variant_names) * args.gen_batch)) * args.gen_batch if args.refine_steps else 0
     refine_per_variant = min(refine_per_variant, n_test * args.gen_batch)

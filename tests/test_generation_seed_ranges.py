@@ -108,3 +108,19 @@ def test_diagnose_variant_net_checks_its_whole_plan_before_generating(tmp_path, 
     assert stop.value.code == 2 and "10,001 generation batches" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         diagnose_variant_net.main(common + ["--seed", "10"])
+
+
+def test_diagnose_variant_net_checks_its_plan_before_it_fine_tunes_an_inverse_decoder(tmp_path, monkeypatch, capsys):
+    """A plan past the seed range is refused before the inverse decoder is loaded: with weights that
+    ship none, ``inv_decoder.inverse_adapter`` fine-tunes one first (hours on the official models),
+    and the parser error came only after it."""
+    import diagnose_variant_net
+
+    def fine_tune(*args, **kwargs):
+        raise _Generated
+
+    monkeypatch.setattr(diagnose_variant_net.inv_decoder, "inverse_adapter", fine_tune)
+    common = ["--family", "RAR", "--cache", "", "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as stop:
+        diagnose_variant_net.main(common + ["--seed", "10"])
+    assert stop.value.code == 2 and "--seed 10" in capsys.readouterr().err
