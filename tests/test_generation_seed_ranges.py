@@ -124,3 +124,21 @@ def test_diagnose_variant_net_checks_its_plan_before_it_fine_tunes_an_inverse_de
     with pytest.raises(SystemExit) as stop:
         diagnose_variant_net.main(common + ["--seed", "10"])
     assert stop.value.code == 2 and "--seed 10" in capsys.readouterr().err
+
+
+def test_variant_net_py_checks_its_plan_before_fine_tuning_and_training(tmp_path, monkeypatch, capsys):
+    """``variant_net.py --eval-generations N`` generates its held-out maps after the training ones: a
+    plan whose last batch has no seed is refused before the inverse decoder is loaded (fine-tuned
+    first where the weights ship none) and before the net is trained, not after both."""
+    import variant_net
+
+    def fine_tune(*args, **kwargs):
+        raise _Generated
+
+    monkeypatch.setattr(inv_decoder, "inverse_adapter", fine_tune)
+    common = ["--family", "VAR", "--out", str(tmp_path / "nets"), "--images-per-variant", "64"]
+    with pytest.raises(SystemExit) as stop:
+        variant_net.main(common + ["--eval-generations", str(10_000 * variant_net.default_config("VAR")["gen_batch"])])
+    assert stop.value.code == 2 and "generation batches" in capsys.readouterr().err
+    with pytest.raises(_Generated):  # the last batch that fits is allowed
+        variant_net.main(common + ["--eval-generations", str(9_999 * variant_net.default_config("VAR")["gen_batch"])])
