@@ -89,7 +89,7 @@ def run_record(arguments: Sequence[str], method: str, models: Path, weights_dir:
             "device": device, "versions": library_versions()}
 
 
-def json_safe(value):
+def json_safe(value: object) -> object:
     """``value`` with every non-finite float as ``None`` (JSON has no NaN)."""
     if isinstance(value, dict):
         return {k: json_safe(v) for k, v in value.items()}

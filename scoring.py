@@ -185,7 +185,7 @@ def markdown_table(table: pd.DataFrame, digits: int = 3) -> str:
     """``table`` as a Markdown pipe table, its index as the first column (named by the index's
     name), floats to ``digits`` places, numbers right-aligned; the same text on every machine
     (pandas' ``to_markdown`` needs the optional ``tabulate``, and ``to_string`` is no table)."""
-    def cell(value) -> str:
+    def cell(value: object) -> str:
         return f"{value:.{digits}f}" if isinstance(value, (float, np.floating)) else str(value)
 
     numeric = [pd.api.types.is_numeric_dtype(dtype) for dtype in table.dtypes]
