@@ -184,7 +184,7 @@ def write_feature_report(features: pd.DataFrame, labels: pd.Series, out: Path, m
         else:
             warn("--models holds no *.joblib model (give a bundle folder, e.g. cache/models/two-stage-…); no feature importance",
                  [models_dir])
-    (out / "report.md").write_text("\n".join(sections))
+    (out / "report.md").write_text("\n".join(sections), encoding="utf-8")  # en dashes: not the locale's encoding
     return out / "report.md"
 
 

@@ -217,5 +217,5 @@ def write_report(folder: Path | str, name: str, y_true: Sequence[str], y_pred: S
              "", markdown_table(table), "",
              f"Confusion matrix (image counts; rows: true class, columns: predicted; `{confusion_csv}`):", "",
              f"![confusion matrix]({confusion_png})", ""]
-    (folder / markdown).write_text("\n".join(lines))
+    (folder / markdown).write_text("\n".join(lines), encoding="utf-8")  # en dashes: not the locale's encoding
     return stats
