@@ -357,8 +357,9 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--weights-dir", type=Path, help="official checkpoints or a zoo folder (default: demo zoo)")
     parser.add_argument("--out", type=output_folder, default=CACHE_DIR / INV_DECODER_DIR,
                         help=f"output root (default {CACHE_DIR / INV_DECODER_DIR}, where submission.py looks)")
-    parser.add_argument("--images", type=at_least(1), default=DEFAULT_CONFIG["images"],
-                        help=f"fresh generations to fine-tune on, at most {MAX_IMAGES:,} (default %(default)s)")
+    parser.add_argument("--images", type=at_least(1, at_most=MAX_IMAGES), default=DEFAULT_CONFIG["images"],
+                        help=f"fresh generations to fine-tune on, at most {MAX_IMAGES:,}: the generation seeds of one --seed "
+                             "(default %(default)s)")
     parser.add_argument("--epochs", type=at_least(1), default=DEFAULT_CONFIG["epochs"], help="(default %(default)s)")
     parser.add_argument("--batch-size", type=at_least(1), default=DEFAULT_CONFIG["batch_size"], help="(default %(default)s)")
     parser.add_argument("--lr", type=positive_float, default=DEFAULT_CONFIG["lr"], help="Adam learning rate (default %(default)s)")
@@ -371,8 +372,6 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     args = parser.parse_args(argv)
     args.family = args.family.upper()
-    if args.images > MAX_IMAGES:
-        parser.error(f"--images {args.images}: at most {MAX_IMAGES:,} (the generation seeds of one --seed)")
     device = chosen_device(args.device)
     if args.init is not None and not args.init.is_file():
         raise InputError(f"--init {args.init}: no such file; give an inverse decoder (.safetensors) this command wrote")

@@ -36,7 +36,7 @@ import joblib
 import numpy as np
 import pandas as pd
 
-from models.registry import CLASS_NAMES, FAMILY_OF, VARIANT_NAMES
+from models.registry import CLASS_NAMES, FAMILY_OF, family_variants
 from net_blend import blend_family, choose_weight, net_log_posterior
 from runtime import usable_cores
 
@@ -90,10 +90,6 @@ def require_variant_features(features: pd.DataFrame, families: Sequence[str], so
         raise InputError(f"{source} holds no variant features of {' or '.join(lacking)} ({features.shape[1]} columns, "
                          f"none named <variant>_…); give the feature frame submission.py leaves in its report folder "
                          f"or feature_extractor.py writes")
-
-
-def family_variants(family: str) -> List[str]:
-    return [v for v in VARIANT_NAMES if FAMILY_OF[v] == family]
 
 
 def family_feature_frame(features: pd.DataFrame, family: str) -> pd.DataFrame:

@@ -334,13 +334,13 @@ def main(argv: Optional[list] = None) -> int:
                      "trains none; leave them out")
     family = args.family.upper()
     if not args.existing:  # the whole plan's seeds before any work: the held-out batches follow the training ones
-        from models.registry import FAMILY_OF, VARIANT_NAMES
+        from models.registry import family_variants
 
         cfg = dict(default_config(family), **{k: v for k, v in (("images_per_variant", args.images_per_variant),
                                                                   ("seed", args.seed)) if v is not None})
         batches = sum(-(-int(n) // int(cfg["gen_batch"])) for n in (cfg["images_per_variant"], args.eval_generations or 0))
         try:
-            generation_seed(int(cfg["seed"]), sum(FAMILY_OF[v] == family for v in VARIANT_NAMES) - 1, batches - 1)
+            generation_seed(int(cfg["seed"]), len(family_variants(family)) - 1, batches - 1)
         except ValueError as err:
             parser.error(f"{batches:,} generation batches per variant (--images-per-variant, --eval-generations): {err}")
     check_weight_files(args.weights_dir, [family])  # before an inverse decoder under --inv-root is looked for

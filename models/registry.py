@@ -11,7 +11,7 @@ shared_aln`` and RAR ``tokenizer`` / ``generator`` sub-dicts as in the official 
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, List, Mapping
 
 from .maskgit_vqgan import MaskGITVQGAN
 from .rar_generator import RARGenerator
@@ -19,7 +19,7 @@ from .var_transformer import VARTransformer
 from .var_vqvae import OFFICIAL_VAR_CH_MULT, VARVQVAE
 
 __all__ = [
-    "CLASS_NAMES", "VARIANT_NAMES", "FAMILIES", "FAMILY_OF", "OFFICIAL_VARIANTS", "official_variant",
+    "CLASS_NAMES", "VARIANT_NAMES", "FAMILIES", "FAMILY_OF", "family_variants", "OFFICIAL_VARIANTS", "official_variant",
     "build_var_vae", "build_var_transformer", "build_maskgit_vqgan", "build_rar_generator",
 ]
 
@@ -36,6 +36,11 @@ OFFICIAL_RAR_TOKENIZER: Dict[str, Any] = dict(
     channel_mult=[1, 1, 2, 2, 4], num_resolutions=5, dropout=0.0, hidden_channels=128, num_channels=3,
     num_res_blocks=2, resolution=256, z_channels=256, codebook_size=1024,
 )
+
+
+def family_variants(family: str) -> List[str]:
+    """The variants of ``family`` (``VAR`` or ``RAR``), in :data:`VARIANT_NAMES` order."""
+    return [name for name in VARIANT_NAMES if FAMILY_OF[name] == family]
 
 
 def _var_variant(depth: int) -> Dict[str, Any]:

@@ -113,7 +113,7 @@ import variant_net_maps  # noqa: E402
 from atomic import atomic_path  # noqa: E402
 from cli import CACHE_DIR, INV_DECODER_DIR  # noqa: E402
 from models.adapter import FamilyAdapter  # noqa: E402
-from models.registry import FAMILY_OF, VARIANT_NAMES  # noqa: E402
+from models.registry import family_variants  # noqa: E402
 from runtime import keep_freed_memory  # noqa: E402
 from map_corrector import Corrector, corrected, fit_corrector  # noqa: E402
 from image_readback import PNG_ROUNDING_VARIANCE, identifiability_row, refinement_row  # noqa: E402
@@ -317,7 +317,7 @@ def main(argv: Optional[list] = None) -> int:
     n_test = -(-args.heldout_per_variant // args.gen_batch)
     # the whole plan's seeds before any work (inverse_adapter fine-tunes a missing inverse decoder first):
     # the held-out batches come after the training ones; the family's variants as the registry names them
-    last_variant = sum(FAMILY_OF[name] == args.family for name in VARIANT_NAMES) - 1
+    last_variant = len(family_variants(args.family)) - 1
     try:
         variant_net.generation_seed(args.seed, last_variant, n_train + n_test - 1)
     except ValueError as err:

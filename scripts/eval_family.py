@@ -51,7 +51,8 @@ def signals_key(meta: pd.DataFrame, weights_dir, inv_root: Path, device: str, la
     files = weight_files(weights_dir) + [inv_decoder.ensure_inverse_decoder(f, weights_dir, inv_root, False, device) for f in ("VAR", "RAR")]
     parts = [f"{i}:{file_sha256(p)}" for i, p in zip(meta.index, meta["path"])] + [file_sha256(p) for p in files]
     parts += [f"latent_tracer_limit={latent_tracer_limit}", f"seed={seed}", f"signals={SIGNALS_VERSION}"]
-    parts += [f"device={torch.device(device).type}"] if torch.device(device).type != "cpu" else []  # the CPU's keys as before
+    device_type = torch.device(device).type
+    parts += [f"device={device_type}"] if device_type != "cpu" else []  # the CPU's keys as before
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 

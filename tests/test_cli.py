@@ -612,6 +612,10 @@ def test_an_exclude_folder_or_init_file_that_is_not_there_is_an_error_not_a_skip
     assert run_main(inv_decoder.main, ["--family", "VAR", "--init", str(tmp_path / "none.safetensors"),
                                        "--out", str(tmp_path / "out")]) == USER_ERROR_STATUS
     assert "--init" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit) as stopped:  # past one --seed's generation seeds: refused by the parser
+        inv_decoder.main(["--family", "VAR", "--images", str(inv_decoder.MAX_IMAGES + 1), "--out", str(tmp_path / "out")])
+    assert stopped.value.code == USER_ERROR_STATUS
+    assert f"argument --images: at most {inv_decoder.MAX_IMAGES:,}, got" in capsys.readouterr().err
 
 
 def test_inv_decoder_checks_its_device_and_compares_every_kind_of_image_file(tmp_path, capsys):
