@@ -21,7 +21,9 @@ The demo zoo ships its inverse decoders (``demo_zoo/inv_decoders/<family>[_aug]/
 ``scripts/build_demo_zoo.py``); they are used whenever present.
 
 Outputs in ``--out/<family>[ _aug]/``: ``inv_decoder.safetensors`` (tokenizer-keyed encoder
-weights), ``inv_decoder.json`` (config, losses, the weights' digest), ``loss_curve.png``,
+weights), ``inv_decoder.json`` (config, losses, the digest of the weights it inverts and the sha256 of
+``inv_decoder.safetensors``' bytes; written first, so a kill between the two writes leaves a pair
+that is refused, never a record of another file), ``loss_curve.png``,
 ``checkpoint.pt`` and ``train_tokens.pt`` (the fine-tuning data, with the seed, image count and
 weights digest they were made for).
 
@@ -65,7 +67,7 @@ SEEDS = range(10)  # fine-tuning seeds: seed s generates with SEED_OFFSET + 100 
 MAX_IMAGES = INV_DECODER_MAX_IMAGES  # generations of one seed: its generation seeds stay below the next seed's
 SHIPPED_SUBDIR = "inv_decoders"  # inverse decoders shipped beside a zoo's weights
 WEIGHTS_FILE = "inv_decoder.safetensors"
-RECORD_FILE = "inv_decoder.json"  # beside WEIGHTS_FILE: config, losses, weights_digest
+RECORD_FILE = "inv_decoder.json"  # beside WEIGHTS_FILE: config, losses, weights_digest, inv_decoder_sha256
 KINDS = ("plain", "augmented")  # fine-tuned without / with the augmentation curriculum
 
 
@@ -292,13 +294,15 @@ def finetune(adapter: FamilyAdapter, out_dir: Path | str, config: Optional[dict]
     finally:
         for m in adapter.encoder_modules():
             m.eval().requires_grad_(False)
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    summary = {"family": adapter.family, "config": record, "losses": losses, "train_images": int(len(tokens)), "weights_digest": weights}
-    with atomic_path(out / RECORD_FILE) as tmp:
-        Path(tmp).write_text(json.dumps(summary, indent=2))
+    file_bytes = save(encoder_state(adapter))
+    summary = {"family": adapter.family, "config": record, "losses": losses, "train_images": int(len(tokens)), "weights_digest": weights,
+               "inv_decoder_sha256": hashlib.sha256(file_bytes).hexdigest()}
+    with atomic_path(out / RECORD_FILE) as tmp:  # first, naming the file's bytes: a kill between the two writes leaves
+        Path(tmp).write_text(json.dumps(summary, indent=2))  # a pair _check_made_from refuses, never a record of another file
     with atomic_path(out / WEIGHTS_FILE) as tmp:  # last: its presence means the fine-tuning finished
-        save_file(encoder_state(adapter), str(tmp))
+        Path(tmp).write_bytes(file_bytes)
     _save_loss_curve(losses, out / "loss_curve.png", f"{adapter.family} inverse decoder{' (augmented)' if cfg['augment'] else ''}")
     return summary
 
@@ -316,27 +320,29 @@ def ensure_inverse_decoder(family: str, weights_dir: Optional[Path], inv_root: P
         return shipped
     out = default_output_dir(Path(inv_root), family, augment)
     path = out / WEIGHTS_FILE
-    if path.is_file():
-        _check_made_from(path, weights_digest(family, weights_dir))
-    if not path.is_file() and not fine_tune_missing:
-        raise FileNotFoundError(f"no {family} inverse decoder at {path}: fine-tune it first (python submission.py "
+    finished = path.is_file() and _check_made_from(path, weights_digest(family, weights_dir))
+    if not finished and not fine_tune_missing:
+        raise FileNotFoundError(f"no finished {family} inverse decoder at {path}: fine-tune it first (python submission.py "
                                 f"--stage prepare with the same --cache-dir, or python inv_decoder.py --family {family} "
                                 f"--weights-dir DIR --out {inv_root})")
-    if not path.is_file():
-        print(f"[{family}] no inverse decoder at {path}: fine-tuning one now", file=sys.stderr)
+    if not finished:  # missing, or its save was cut short: a fine-tuning resumes from its checkpoint
+        print(f"[{family}] no finished inverse decoder at {path}: fine-tuning one now", file=sys.stderr)
         finetune(load_family(family, weights_dir, device=device), out, dict(config or {}, augment=augment))
     return path
 
 
-def _check_made_from(path: Path, weights: str) -> None:
-    """Refuse the inverse decoder at ``path`` (not a shipped one) unless its record names the weights of digest ``weights``."""
+def _check_made_from(path: Path, weights: str) -> bool:
+    """Refuse the inverse decoder at ``path`` (not a shipped one) unless its record names the weights of
+    digest ``weights``; False when the record names other bytes than the file's (a save cut short)."""
     record_path = path.parent / RECORD_FILE
-    recorded = json.loads(record_path.read_text()).get("weights_digest") if record_path.is_file() else None
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    recorded = record.get("weights_digest")
     if recorded != weights:
         why = (f"was fine-tuned on other weights (digest {recorded[:16]}…, these are {weights[:16]}…)" if recorded is not None
                else f"has no record of the weights it was fine-tuned on ({record_path.name} missing, or older than that record)")
         raise CheckpointError(f"{path} {why}: remove it (with its folder {path.parent}) or give another --cache-dir "
                               "(--inv-root for the commands that take one)")
+    return "inv_decoder_sha256" not in record or record["inv_decoder_sha256"] == file_sha256(path)  # older records lack it
 
 
 def inverse_adapter(family: str, weights_dir: Optional[Path], inv_root: Path | str, augment: bool = False,

@@ -139,6 +139,36 @@ def test_a_cached_inverse_decoder_of_other_weights_is_refused(small_zoo_dir, tmp
         inv_decoder.ensure_inverse_decoder("RAR", small_zoo_dir, tmp_path / "inv", config=CFG)
 
 
+def test_a_kill_between_the_record_and_the_weights_is_finished_not_taken(small_zoo_dir, tmp_path, monkeypatch, capsys):
+    """Resuming a finished fine-tuning with more epochs and stopping after its record: the older weights
+    left beside the newer record are not taken for them; ensure_inverse_decoder finishes the run
+    from its checkpoint, and a side-by-side job (fine_tune_missing=False) is told to."""
+    import atomic
+
+    path = inv_decoder.ensure_inverse_decoder("RAR", small_zoo_dir, tmp_path / "inv", config=CFG)
+    one_epoch = path.read_bytes()
+    original = atomic.atomic_path
+
+    def killed_at_the_weights(target, *args, **kwargs):
+        if str(target).endswith(inv_decoder.WEIGHTS_FILE):
+            raise KeyboardInterrupt
+        return original(target, *args, **kwargs)
+
+    monkeypatch.setattr(inv_decoder, "atomic_path", killed_at_the_weights)
+    with pytest.raises(KeyboardInterrupt):
+        inv_decoder.finetune(load_family("RAR", small_zoo_dir), path.parent, dict(CFG, epochs=2), progress=False)
+    monkeypatch.undo()
+    record = json.loads((path.parent / "inv_decoder.json").read_text())
+    assert len(record["losses"]) == 2 and path.read_bytes() == one_epoch
+    with pytest.raises(FileNotFoundError, match=r"no finished RAR inverse decoder at .*inv_decoder.safetensors: fine-tune it first"):
+        inv_decoder.ensure_inverse_decoder("RAR", small_zoo_dir, tmp_path / "inv", config=dict(CFG, epochs=2), fine_tune_missing=False)
+    capsys.readouterr()
+    assert inv_decoder.ensure_inverse_decoder("RAR", small_zoo_dir, tmp_path / "inv", config=dict(CFG, epochs=2)) == path
+    assert "no finished inverse decoder" in capsys.readouterr().err
+    assert path.read_bytes() != one_epoch
+    assert json.loads((path.parent / "inv_decoder.json").read_text()) == record, "the same run finished: the same record"
+
+
 # ---------------------------------------------------------------- variant nets: the cache, the names, the two files
 def test_a_cached_variant_net_serves_only_its_weights_and_inverse_decoder(small_zoo_dir, tmp_path):
     """A net trained under a cache folder is refused for other weights and for another inverse decoder

@@ -39,6 +39,15 @@ def test_sha256sums_name_every_weight_file_with_its_hash():
         assert hashlib.sha256((DEMO_ZOO_DIR / name).read_bytes()).hexdigest() == digest, name
 
 
+def test_each_shipped_inverse_decoder_record_names_its_files_bytes():
+    """``inv_decoder.json`` beside each shipped inverse decoder is that file's record, not another's."""
+    import json
+
+    for path in sorted((DEMO_ZOO_DIR / inv_decoder.SHIPPED_SUBDIR).glob(f"*/{inv_decoder.WEIGHTS_FILE}")):
+        record = json.loads((path.parent / inv_decoder.RECORD_FILE).read_text())
+        assert record["inv_decoder_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest(), path
+
+
 def test_zoo_fits_its_size_budget():
     total = sum(p.stat().st_size for p in DEMO_ZOO_DIR.rglob("*") if p.is_file())
     assert total <= ZOO_BUDGET_BYTES, f"demo_zoo/ holds {total / 2**20:.1f} MiB"
