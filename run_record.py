@@ -71,7 +71,7 @@ def run_record(arguments: Sequence[str], method: str, models: Path, weights_dir:
                labels: Optional[Path], device: str) -> dict:
     """The ``produced_by`` entry of a report's ``summary.json``: the command (``submission.py`` and
     its ``arguments`` as given) and where it ran, when (UTC), the code (:func:`git_commit`), the
-    weights (``weights_dir``, absolute, the shipped zoo when ``None``, which ``demo_zoo`` says;
+    weights (``weights_dir``, absolute, the shipped zoo when ``None``; ``demo_zoo``: that folder is the shipped zoo's;
     ``weights_digest``: sha256 of the files the models loaded), the feature extractor's version and that of the code that fitted ``method``'s
     models (:func:`attribution.model_version`), the ``models`` folder and the test ``labels`` scored
     against (absolute paths), the ``device`` and :func:`library_versions`."""
@@ -79,11 +79,11 @@ def run_record(arguments: Sequence[str], method: str, models: Path, weights_dir:
     from feature_extractor import EXTRACTOR_VERSION
     from models.zoo import DEMO_ZOO_DIR
 
+    weights = Path(weights_dir if weights_dir is not None else DEMO_ZOO_DIR).resolve()
     return {"command": ["submission.py", *map(str, arguments)], "working_directory": str(Path.cwd()),
             "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             **git_commit(),
-            "weights_dir": str(Path(weights_dir if weights_dir is not None else DEMO_ZOO_DIR).resolve()),
-            "demo_zoo": weights_dir is None,
+            "weights_dir": str(weights), "demo_zoo": weights == DEMO_ZOO_DIR.resolve(),
             "weights_digest": weights_digest, "extractor_version": EXTRACTOR_VERSION, "model_version": model_version(method),
             "models": str(Path(models).resolve()), "test_labels": str(Path(labels).resolve()) if labels is not None else None,
             "device": device, "versions": library_versions()}

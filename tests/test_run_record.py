@@ -26,6 +26,9 @@ def test_record_names_command_commit_weights_and_versions(tmp_path):
 
     assert record["weights_dir"] == str(DEMO_ZOO_DIR.resolve()) and record["demo_zoo"] is True
     assert record["weights_digest"] == "ab" * 32
+    named = run_record.run_record([], "flat", tmp_path, DEMO_ZOO_DIR.parent / "demo_zoo" / ".", "ab" * 32, None, "cpu")
+    assert named["demo_zoo"] is True, "--weights-dir naming the shipped zoo is the demo zoo too"
+    assert run_record.run_record([], "flat", tmp_path, tmp_path, "ab" * 32, None, "cpu")["demo_zoo"] is False
     from attribution import model_version
     from feature_extractor import EXTRACTOR_VERSION
 
