@@ -8,11 +8,12 @@ maps ``f_Z``; afterwards generated images invert onto the codebook and QuantLoss
 them only.
 
 Training data are fresh samples of every variant of the family (equal shares, random labels),
-drawn from a seed range used by nothing else and never written to ``Dataset/``, so no image the
+drawn from a seed range used by nothing else and never written to ``Dataset/`` (:mod:`inv_decoder_data`), so no image the
 toolkit later scores was seen in fine-tuning; ``--exclude`` additionally checks pixel hashes
 against folders of images to be scored. Images are rounded to 8 bits as PNG files are.
 Optional augmentation follows the none → weak → medium → strong curriculum of
-``augmentation.py``. Runs resume from ``checkpoint.pt`` in the output folder.
+``augmentation.py``. Runs resume from ``checkpoint.pt`` in the output folder, and a run stopped
+while generating its data resumes at the batch it stopped at (``train_tokens.parts/``).
 
     python inv_decoder.py --family VAR                      # demo zoo
     python inv_decoder.py --family RAR --augment --weights-dir /ckpt --images 20000
@@ -46,7 +47,7 @@ import torch
 
 from atomic import atomic_path
 from augmentation import DEFAULT_SCHEDULE, to_uint8, to_uint8_arrays
-from cli import INV_DECODER_MAX_IMAGES
+from inv_decoder_data import MAX_IMAGES, SEED_OFFSET, SEEDS, generate_training_tokens, training_tokens
 from models.adapter import FamilyAdapter
 from models.checkpoints import CheckpointError, hash_tensors, read_state_dict
 from models.files import file_sha256
@@ -54,7 +55,7 @@ from models.zoo import weights_digest
 
 __all__ = ["DEFAULT_CONFIG", "encoder_state_prefixes", "encoder_state", "put_encoder_state", "generate_training_tokens", "finetune", "load_inverse_decoder", "inverse_adapter",
            "default_output_dir", "shipped_file", "ensure_inverse_decoder", "augment_flags", "to_png_levels", "inverse_decoder_digest",
-           "SHIPPED_SUBDIR", "WEIGHTS_FILE", "RECORD_FILE", "KINDS", "SEEDS"]
+           "SHIPPED_SUBDIR", "WEIGHTS_FILE", "RECORD_FILE", "KINDS", "SEEDS", "SEED_OFFSET", "MAX_IMAGES"]
 
 DEFAULT_CONFIG: Dict[str, object] = dict(
     images=1536, epochs=6, batch_size=32, lr=1e-4, seed=0, augment=False, augment_p=0.5,
@@ -62,9 +63,6 @@ DEFAULT_CONFIG: Dict[str, object] = dict(
 )
 # ``init``: an inverse decoder file to start from instead of the tokenizer's encoder (e.g. the plain
 # one, to continue its curriculum with augmentation); the run's JSON records its name and sha256.
-SEED_OFFSET = 7_000_000  # generation seeds of fine-tuning data; make_demo_dataset uses small seeds
-SEEDS = range(10)  # fine-tuning seeds: seed s generates with SEED_OFFSET + 100 000·s + batch, below 8e6
-MAX_IMAGES = INV_DECODER_MAX_IMAGES  # generations of one seed: its generation seeds stay below the next seed's
 SHIPPED_SUBDIR = "inv_decoders"  # inverse decoders shipped beside a zoo's weights
 WEIGHTS_FILE = "inv_decoder.safetensors"
 RECORD_FILE = "inv_decoder.json"  # beside WEIGHTS_FILE: config, losses, weights_digest, inv_decoder_sha256
@@ -122,28 +120,6 @@ def load_inverse_decoder(adapter: FamilyAdapter, path: Path | str) -> FamilyAdap
     return put_encoder_state(adapter, read_state_dict(path), str(path))
 
 
-@torch.no_grad()
-def generate_training_tokens(adapter: FamilyAdapter, n_images: int, seed: int, batch_size: int = 64, progress: bool = True) -> torch.Tensor:
-    """Tokens of ``n_images`` fresh generations, split evenly over the family's variants."""
-    from tqdm.auto import tqdm
-
-    if seed not in SEEDS or n_images > MAX_IMAGES:  # seeds from 8e6 on are diagnose_zoo's and the variant nets'
-        raise ValueError(f"fine-tuning seed must be in {SEEDS.start} … {SEEDS.stop - 1} and images ≤ {MAX_IMAGES:,} "
-                         f"(got seed {seed}, {n_images} images): "
-                         f"its generation seeds stay in [{SEED_OFFSET}, {SEED_OFFSET + 1_000_000})")
-    variants = adapter.variant_names
-    chunks = []
-    jobs = []
-    for v_i, variant in enumerate(variants):
-        share = n_images // len(variants) + (1 if v_i < n_images % len(variants) else 0)
-        jobs += [(variant, start, min(batch_size, share - start)) for start in range(0, share, batch_size)]
-    for job_i, (variant, start, count) in enumerate(tqdm(jobs, desc=f"generating {adapter.family} fine-tuning data", disable=not progress)):
-        job_seed = SEED_OFFSET + seed * 100_000 + job_i
-        labels = adapter.random_labels(count, job_seed)
-        chunks.append(adapter.generate(variant, labels, job_seed)[1].cpu())
-    return torch.cat(chunks)
-
-
 def to_png_levels(img01: torch.Tensor) -> torch.Tensor:
     """Images in [0, 1] rounded to the 8-bit levels a PNG file stores."""
     return to_uint8(img01).to(img01.dtype) / 255
@@ -180,30 +156,6 @@ def _resume_settings(cfg: dict, weights: str) -> Dict[str, str]:
     return dict(settings, weights_digest=weights)
 
 
-def _training_tokens(adapter: FamilyAdapter, path: Path, cfg: dict, weights: str, progress: bool) -> torch.Tensor:
-    """The run's fine-tuning tokens: read from ``path`` if they were made for its seed, image count
-    and weights (all three stored with them), else generated and written there; tokens made for
-    another run are refused, naming the file."""
-    made_for = {"seed": int(cfg["seed"]), "images": int(cfg["images"]), "weights_digest": weights}
-    if not path.is_file():
-        tokens = generate_training_tokens(adapter, made_for["images"], made_for["seed"], progress=progress)
-        with atomic_path(path) as tmp:
-            torch.save(dict(made_for, tokens=tokens), tmp)
-        return tokens
-    stored = torch.load(path, weights_only=True, map_location="cpu")
-    if not isinstance(stored, dict):  # a bare tensor: written before the seed and weights were stored with it
-        problems = [f"{len(stored)} fine-tuning images that record no seed and no weights (an older run's)"]
-    else:
-        count, seed, made_by = len(stored["tokens"]), stored.get("seed"), stored.get("weights_digest")
-        problems = ([f"{count} fine-tuning images, not the {made_for['images']} asked for"] if count != made_for["images"] else []) \
-            + ([f"generations of seed {seed}, not {made_for['seed']}"] if seed != made_for["seed"] else []) \
-            + ([f"generations of other weights (digest {str(made_by)[:16]}…, these are {weights[:16]}…)"] if made_by != weights else [])
-    if problems:
-        raise CheckpointError(f"{path} holds {'; '.join(problems)}: it belongs to another run; remove it "
-                              f"(and {path.parent / 'checkpoint.pt'}) or choose another --out")
-    return stored["tokens"]
-
-
 def finetune(adapter: FamilyAdapter, out_dir: Path | str, config: Optional[dict] = None, *,
              exclude_folders: Sequence[Path] = (), progress: bool = True) -> Dict[str, object]:
     """Fine-tune ``adapter``'s encoder in place; resumable; returns the run summary."""
@@ -219,7 +171,7 @@ def finetune(adapter: FamilyAdapter, out_dir: Path | str, config: Optional[dict]
     tokens_path = out / "train_tokens.pt"
     torch.manual_seed(int(cfg["seed"]))
     settings = _resume_settings(cfg, weights)
-    tokens = _training_tokens(adapter, tokens_path, cfg, weights, progress)
+    tokens = training_tokens(adapter, tokens_path, int(cfg["seed"]), int(cfg["images"]), weights, progress)
     if exclude_folders:
         with torch.no_grad():  # f̂ contiguous, as the samplers decode it: VAR's strided tokens_to_fhat decodes a few pixels
             # a level apart, and their hashes missed most copies of its generations

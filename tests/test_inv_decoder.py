@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import inv_decoder
+import inv_decoder_data
 from models.checkpoints import CheckpointError
 from models.zoo import load_family
 
@@ -88,3 +89,35 @@ def test_a_run_fine_tuned_on_a_gpu_resumes_where_there_is_none(small_zoo_dir, tm
         patch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")  # what a GPU's tensors are saved with
         torch.save(state, out / "checkpoint.pt")
     assert len(inv_decoder.finetune(load_family("RAR", small_zoo_dir), out, CFG, progress=False)["losses"]) == 2
+
+
+def test_generation_stopped_part_way_resumes_at_its_batch(small_zoo_dir, tmp_path, monkeypatch):
+    """Fine-tuning data are kept batch by batch while they are made: a run stopped after two of its
+    three batches generates only the third, and gets the tokens of a run never stopped; batches
+    kept for another run (here another seed) are refused."""
+    monkeypatch.setattr(inv_decoder_data, "GENERATION_BATCH", 2)
+    adapter = load_family("RAR", small_zoo_dir)
+    digest = adapter.weights_digest
+    straight = inv_decoder_data.training_tokens(adapter, tmp_path / "a" / "train_tokens.pt", 0, 6, digest, progress=False)
+    real, seeds = adapter.generate, []
+
+    def generate(variant, labels, seed, stop_after=None):
+        if len(seeds) == stop_after:
+            raise KeyboardInterrupt
+        seeds.append(seed)
+        return real(variant, labels, seed)
+
+    path = tmp_path / "b" / "train_tokens.pt"
+    parts = inv_decoder_data.parts_folder(path)
+    monkeypatch.setattr(adapter, "generate", lambda *a: generate(*a, stop_after=2))
+    with pytest.raises(KeyboardInterrupt):
+        inv_decoder_data.training_tokens(adapter, path, 0, 6, digest, progress=False)
+    assert not path.exists() and len(list(parts.glob("*.pt"))) == 2
+    with pytest.raises(CheckpointError, match=r"train_tokens.parts holds fine-tuning batches made for another run \(seed differ\).*remove it"):
+        inv_decoder_data.training_tokens(adapter, path, 1, 6, digest, progress=False)
+    seeds.clear()
+    monkeypatch.setattr(adapter, "generate", generate)
+    resumed = inv_decoder_data.training_tokens(adapter, path, 0, 6, digest, progress=False)
+    assert seeds == [inv_decoder_data.SEED_OFFSET + 2], "only the third batch generated"
+    assert torch.equal(resumed, straight) and len(resumed) == 6
+    assert not parts.exists() and torch.equal(torch.load(path, weights_only=True)["tokens"], straight)
