@@ -342,7 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=at_least(1), default=32, help="images per feature batch (default 32)")
     parser.add_argument("--workers", type=at_least(0), default=0,
                         help="feature processes, one thread each; 0 (default): one per CPU core for a zoo on the CPU "
-                             "(faster than one process with that many threads), 1 for official weights or a GPU")
+                             "(faster than one process with that many threads), 1 for official weights or a GPU "
+                             "(every process loads its own models onto --device; to use several GPUs, run shards, one "
+                             "GPU each: scripts/slurm_submit.py)")
     parser.add_argument("--score-all-variants", action="store_true",
                         help="compute every variant's likelihood features for every image; by default a scoring gate, "
                              "fitted on the full features of 40 training images per class, leaves out a family's "
