@@ -114,10 +114,12 @@ def joint_targets(y_N: torch.Tensor, class_N: Optional[torch.Tensor], num_classe
 
 def train_variant_net(x_NChw: torch.Tensor, y_N: torch.Tensor, num_variants: int, config: Optional[dict] = None,
                       progress: bool = True, class_N: Optional[torch.Tensor] = None, num_classes: int = 1,
-                      teacher: Optional[Tuple[AnyVariantNet, torch.Tensor]] = None) -> Tuple[VariantNet, List[float]]:
+                      teacher: Optional[Tuple[AnyVariantNet, torch.Tensor]] = None,
+                      device: str | torch.device = "cpu") -> Tuple[VariantNet, List[float]]:
     """Fit a :class:`VariantNet` by AdamW with a one-cycle schedule (cross-entropy) on the maps ``x_NChw``
     (made by :func:`net_input` for ``config["input_map"]``, which the net records); returns it in eval
-    mode and the mean loss of each epoch.
+    mode, on the CPU, and the mean loss of each epoch. It trains on ``device`` (the maps stay where
+    they are and go there a batch at a time; the batch order is drawn on the CPU, so it is the same).
 
     With ``class_N`` (each image's class label, ``< num_classes``) and ``config["class_targets"]`` the
     net learns the (variant, class) pair, a finer target than the variant alone that the generations
@@ -139,6 +141,7 @@ def train_variant_net(x_NChw: torch.Tensor, y_N: torch.Tensor, num_variants: int
                      num_classes if joint else 1, str(cfg["input_map"]))
     net.mean_C.copy_(x_NChw.mean((0, 2, 3)))
     net.std_C.copy_(x_NChw.std((0, 2, 3)).clamp_min(1e-6))
+    net.to(device)
     batch = min(int(cfg["batch_size"]), len(x_NChw))
     per_epoch = len(x_NChw) // batch
     opt = torch.optim.AdamW(net.parameters(), lr=float(cfg["lr"]) / 2, weight_decay=float(cfg["weight_decay"]))
@@ -152,7 +155,7 @@ def train_variant_net(x_NChw: torch.Tensor, y_N: torch.Tensor, num_variants: int
         raise ValueError("distill_weight > 0 needs a teacher (a net and the maps it reads)")
     teacher_net, teacher_x = teacher if distill > 0 else (None, None)
     if teacher_net is not None:
-        teacher_net.eval()
+        teacher_net.to(device).eval()
         if len(teacher_x) != len(x_NChw):
             raise ValueError(f"the teacher reads {len(teacher_x)} maps, the net {len(x_NChw)}: one per image each")
     epoch_losses: List[float] = []
@@ -161,11 +164,11 @@ def train_variant_net(x_NChw: torch.Tensor, y_N: torch.Tensor, num_variants: int
         order, losses = torch.randperm(len(x_NChw), generator=gen), []
         for s in range(per_epoch):
             pick = order[s * batch:(s + 1) * batch]
-            logits_BK = net(x_NChw[pick])
-            loss = F.cross_entropy(logits_BK, y_N[pick])
+            logits_BK = net(x_NChw[pick].to(device))
+            loss = F.cross_entropy(logits_BK, y_N[pick].to(device))
             if distill > 0:
                 with torch.no_grad():
-                    soft_BK = F.log_softmax(teacher_net(teacher_x[pick]) / temperature, dim=1)
+                    soft_BK = F.log_softmax(teacher_net(teacher_x[pick].to(device)) / temperature, dim=1)
                 kl = F.kl_div(F.log_softmax(logits_BK / temperature, dim=1), soft_BK, reduction="batchmean", log_target=True)
                 loss = (1 - distill) * loss + distill * temperature ** 2 * kl
             opt.zero_grad(set_to_none=True)
@@ -174,20 +177,21 @@ def train_variant_net(x_NChw: torch.Tensor, y_N: torch.Tensor, num_variants: int
             sched.step()
             losses.append(loss.item())
         epoch_losses.append(float(np.mean(losses)))
-    return net.eval(), epoch_losses
+    return net.cpu().eval(), epoch_losses
 
 
 def train_variant_nets(x_NChw: torch.Tensor, y_N: torch.Tensor, num_variants: int, config: Optional[dict] = None,
                        progress: bool = True, class_N: Optional[torch.Tensor] = None, num_classes: int = 1,
-                       teacher: Optional[Tuple[AnyVariantNet, torch.Tensor]] = None) -> Tuple[AnyVariantNet, List[List[float]]]:
-    """``config["members"]`` nets trained by :func:`train_variant_net` on the same maps from the seeds
-    ``seed``, ``seed + 1``, …: the one net, or their :class:`VariantNetEnsemble`; and each member's
-    epoch losses."""
+                       teacher: Optional[Tuple[AnyVariantNet, torch.Tensor]] = None,
+                       device: str | torch.device = "cpu") -> Tuple[AnyVariantNet, List[List[float]]]:
+    """``config["members"]`` nets trained by :func:`train_variant_net` (on ``device``) on the same maps
+    from the seeds ``seed``, ``seed + 1``, …: the one net, or their :class:`VariantNetEnsemble`; and
+    each member's epoch losses."""
     cfg = dict(DEFAULT_CONFIG, **(config or {}))
     if int(cfg["members"]) < 1:
         raise ValueError("members must be at least 1")
-    trained = [train_variant_net(x_NChw, y_N, num_variants, dict(cfg, seed=int(cfg["seed"]) + i), progress, class_N, num_classes, teacher)
-               for i in range(int(cfg["members"]))]
+    trained = [train_variant_net(x_NChw, y_N, num_variants, dict(cfg, seed=int(cfg["seed"]) + i), progress, class_N, num_classes, teacher,
+                                 device) for i in range(int(cfg["members"]))]
     nets = [net for net, _ in trained]
     return (nets[0] if len(nets) == 1 else VariantNetEnsemble(nets).eval()), [losses for _, losses in trained]
 
@@ -240,11 +244,12 @@ def train_and_save(inverse: FamilyAdapter, path: Path, config: Optional[dict] = 
     clock = time.perf_counter()
     x, y, classes = generate_training_maps(inverse, int(cfg["images_per_variant"]), int(cfg["seed"]), int(cfg["gen_batch"]), progress,
                                            cache_dir, str(cfg["input_map"]))
-    net, member_losses = train_variant_nets(x, y, len(inverse.variant_names), cfg, progress, classes, inverse.num_classes)
+    net, member_losses = train_variant_nets(x, y, len(inverse.variant_names), cfg, progress, classes, inverse.num_classes,
+                                            device=inverse.device)  # where the maps were made: a GPU run trains there too
     record = {**provenance_record(inverse), "config": cfg, "epoch_losses": [float(np.mean(epoch)) for epoch in zip(*member_losses)],
               "member_epoch_losses": member_losses,
               "train_accuracy": variant_accuracy(net, x, y), "seconds": round(time.perf_counter() - clock, 1),
-              "torch": torch.__version__, "threads": torch.get_num_threads()}
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(inverse.device)}
     return save_variant_net(net, inverse.variant_names, path, record)
 
 
