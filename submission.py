@@ -27,8 +27,8 @@ may differ (VAR's token search backpropagates through bicubic upsampling, whose 
 summed with atomic adds in no fixed order), and so, rarely, may a label.
 
 The feature pass can be spread over many jobs (``python scripts/slurm_submit.py`` does it on a
-Slurm cluster): ``--stage prepare`` checks the inputs, builds the demo Dataset and fine-tunes
-missing inverse decoders once; ``--stage features --shard K/N`` caches the features of part K of
+Slurm cluster): ``--stage prepare`` checks the inputs, builds the demo Dataset, fine-tunes
+missing inverse decoders and trains missing variant nets once; ``--stage features --shard K/N`` caches the features of part K of
 N of the images (jobs side by side, one shared ``--cache-dir``); the plain run afterwards finds
 them all cached.
 """
@@ -359,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "variant nets): cpu (default), cuda or cuda:N (checked at start: cuda needs a CUDA build of torch)")
     parser.add_argument("--stage", choices=STAGES, default="all",
                         help="all (default): the whole job; prepare: check the inputs, build the demo Dataset if needed, "
-                             "fine-tune missing inverse decoders and compute the scoring gate's sample, then stop; features: compute and cache the "
+                             "fine-tune missing inverse decoders, train missing variant nets and compute the scoring gate's sample, then stop; features: compute and cache the "
                              "features of one --shard, then stop (jobs of an array, see scripts/slurm_submit.py)")
     parser.add_argument("--shard", type=shard_spec, metavar="K/N",
                         help="with --stage features: part K (from 0) of N of the images, split by content hash")

@@ -13,7 +13,7 @@ submitted: their syntax, ``--test`` or ``--demo`` given, the folders they name (
 file of both families, ``--labels``) present — seen from here, so give paths the nodes see the same:
 
 1. **prepare** (``--stage prepare``): checks the inputs, builds the demo Dataset if ``--demo``
-   needs it, fine-tunes missing inverse decoders and computes the full features of the scoring
+   needs it, fine-tunes missing inverse decoders, trains missing variant nets and computes the full features of the scoring
    gate's sample of training images (``provenance.ScoringGate``) — once, not in every job of the array;
 2. **features** (``--stage features --shard K/N``), an array of ``--shards`` tasks: task K
    computes the features of part K of the images, split by content hash
