@@ -1,6 +1,7 @@
 """Gate, variant classifiers and scoring on synthetic feature frames with a known answer."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,10 @@ def test_class_probabilities_are_what_the_answer_is_read_from(data, tmp_path, me
         rejected = stated.max(axis=1) < bundle["flat"].reject_below  # rejection reads the probabilities as stated
         assert (labels == proba.idxmax(axis=1).where(~rejected, "outlier")).all()
         return
+    for family, clf in bundle["classifiers"].items():  # each threshold tuned on the validation images the gate sends there
+        routed = (bundle["gate"].predict(val) == family).to_numpy()
+        assert clf.reject_below == copy.deepcopy(clf).tune_rejection(clf.predict_proba(val.loc[routed]), yva[routed])
+        assert clf.config["val_routed"] == routed.sum()
     families = pd.DataFrame({f: proba[[c for c in CLASS_NAMES if FAMILY_OF.get(c, "outlier") == f]].sum(axis=1)
                              for f in GATE_ANSWERS})  # each factor tempered: the families' order is the gate's
     named = labels != "outlier"

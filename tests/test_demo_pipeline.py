@@ -495,6 +495,15 @@ def test_a_submission_failing_its_check_leaves_the_previous_file(tmp_path):
     assert sorted(pd.read_csv(out)["image_name"]) == sorted(names)
 
 
+def test_a_submission_with_a_row_for_an_unknown_image_is_refused(tmp_path):
+    """One row per test image and no other: a row for an image that is not a test image fails the check."""
+    out = tmp_path / "submission.csv"
+    out.write_text("image_name,label\na.png,var16\nz.png,rarb\n")
+    with pytest.raises(RuntimeError, match=r"submission.csv: 0 test images without a row, 1 rows for unknown images"):
+        submission.validate_submission(out, ["a.png"])
+    submission.validate_submission(out, ["a.png", "z.png"])
+
+
 def test_bad_inputs_are_named_and_no_test_image_loses_its_row(tiny_dataset, tmp_path, capsys):
     """An undecodable training image is left out, an undecodable test image becomes ``outlier``,
     an image of another size is resized, entries that are not test images get no row, a test image

@@ -58,6 +58,17 @@ def test_of_equal_rows_the_one_written_first_wins_whatever_the_process_ids(tmp_p
     assert store.read().loc["k", "a"] == 1.0 and len(store.shards()) == 1
 
 
+def test_of_equally_complete_rows_the_oldest_wins(tmp_path):
+    """With completeness markers, rows of a key that are equally complete keep the oldest shard's,
+    for every key, among keys of mixed completeness."""
+    store = FeatureStore(tmp_path, "x", "1", "d" * 64)
+    keys = pd.Index([f"k{i}" for i in range(20)], name="key")
+    marks = [float(i % 2) for i in range(20)]
+    store.write(pd.DataFrame({"a": 1.0, "scored_A": marks}, index=keys))
+    store.write(pd.DataFrame({"a": 2.0, "scored_A": marks}, index=keys))
+    assert (store.read()["a"] == 1.0).all()
+
+
 def test_a_compaction_keeps_the_merged_rows_older_than_a_shard_written_meanwhile(tmp_path):
     """Another process's shard written while a compaction merges (not among the shards it read)
     stays later than every merged row: the merged shard takes the newest time it merged."""
@@ -187,6 +198,11 @@ def test_file_sha256(tmp_path):
     path = tmp_path / "f.bin"
     path.write_bytes(b"abc")
     assert file_sha256(path) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    import hashlib
+
+    data = bytes(range(256)) * 41  # 10 496 bytes: read in blocks of 1 000, the last one short
+    path.write_bytes(data)
+    assert file_sha256(path, chunk=1000) == hashlib.sha256(data).hexdigest() == file_sha256(path)
 
 
 def test_inspected_images_carry_the_store_key(tmp_path):

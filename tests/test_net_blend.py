@@ -87,6 +87,17 @@ def test_choose_weight_follows_whichever_knows_the_variant():
     assert net_log_posterior(pd.DataFrame(index=index), VAR) is None
 
 
+def test_choose_weight_tie_goes_to_the_smallest_weight():
+    """Where every weight gives the same log-loss (a classifier and a net that know nothing), the
+    classifier alone: weight 0."""
+    index = [f"i{k}" for k in range(20)]
+    labels = np.resize(np.array(VAR), 20)
+    proba = pd.DataFrame(1 / len(VAR), index=index, columns=VAR)
+    net = pd.DataFrame(np.log(len(VAR)), index=index, columns=[f"{v}_{NET_STEM}" for v in VAR])
+    weight, losses = choose_weight(proba, labels, net, VAR)
+    assert len({round(loss, 12) for loss in losses.values()}) == 1 and weight == 0.0
+
+
 def test_classifiers_choose_the_weight_on_train_and_use_it(tmp_path):
     """A variant net whose posterior knows the VAR variants better than a classifier can learn from a
     few noisy training images, and a RAR net that is noise: both classifiers lean on the net for VAR

@@ -41,6 +41,19 @@ def test_search_never_worse_than_greedy_even_when_it_cannot_help(quant):
     assert torch.all(found.mse <= greedy.mse + 1e-12)
 
 
+def test_search_returns_each_images_best_check_not_its_last(quant, generated_f, monkeypatch):
+    """Every check's hard tokens are a candidate; each image keeps the best of them (and greedy's),
+    up to the search's relative tolerance, not the last one that beat greedy."""
+    import quantizer
+
+    checked, hard_fhat = [], quantizer._hard_fhat
+    monkeypatch.setattr(quantizer, "_hard_fhat", lambda q, idx: checked.append(per_image_mse(hard_fhat(q, idx), generated_f)) or hard_fhat(q, idx))
+    found = search_tokens(quant, generated_f, max_iters=40)
+    best = torch.stack([greedy_tokens(quant, generated_f).mse, *checked]).min(0).values
+    assert len(checked) == 40 // 5 + 1  # the checks and the final f̂
+    assert torch.all(found.mse <= best * (1 + 2e-4) + 1e-12)
+
+
 def test_restricted_candidates_run_the_whole_anneal(quant, generated_f):
     found = search_tokens(quant, generated_f, candidates=8, max_iters=40)
     assert torch.all(found.mse <= greedy_tokens(quant, generated_f).mse + 1e-12)
