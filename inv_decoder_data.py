@@ -94,7 +94,9 @@ def training_tokens(adapter: FamilyAdapter, path: Path, seed: int, n_images: int
     naming the file."""
     made_for: Dict[str, object] = {"seed": int(seed), "images": int(n_images), "weights_digest": weights}
     if path.is_file():
-        return _stored_tokens(path, made_for)
+        tokens = _stored_tokens(path, made_for)
+        shutil.rmtree(parts_folder(path), ignore_errors=True)  # left by a run stopped right after writing ``path``
+        return tokens
     _check_plan(int(seed), int(n_images))  # before a parts folder is made for a run that cannot be
     parts = parts_folder(path)
     wanted = dict(made_for, batch_size=GENERATION_BATCH)

@@ -121,3 +121,5 @@ def test_generation_stopped_part_way_resumes_at_its_batch(small_zoo_dir, tmp_pat
     assert seeds == [inv_decoder_data.SEED_OFFSET + 2], "only the third batch generated"
     assert torch.equal(resumed, straight) and len(resumed) == 6
     assert not parts.exists() and torch.equal(torch.load(path, weights_only=True)["tokens"], straight)
+    parts.mkdir()  # a run stopped after writing the tokens, before removing its batches: they go on the next read
+    assert torch.equal(inv_decoder_data.training_tokens(adapter, path, 0, 6, digest, progress=False), straight) and not parts.exists()
