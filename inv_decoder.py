@@ -23,8 +23,9 @@ The demo zoo ships its inverse decoders (``demo_zoo/inv_decoders/<family>[_aug]/
 
 Outputs in ``--out/<family>[ _aug]/``: ``inv_decoder.safetensors`` (tokenizer-keyed encoder
 weights), ``inv_decoder.json`` (config, losses, the digest of the weights it inverts and the sha256 of
-``inv_decoder.safetensors``' bytes; written first, so a kill between the two writes leaves a pair
-that is refused, never a record of another file), ``loss_curve.png``,
+``inv_decoder.safetensors``' bytes; written first, so a kill between the two writes leaves a
+record that no older file passes for: the next use writes the file it names from the checkpoint, or
+refuses the pair), ``loss_curve.png``,
 ``checkpoint.pt`` and ``train_tokens.pt`` (the fine-tuning data, with the seed, image count and
 weights digest they were made for).
 
@@ -252,8 +253,8 @@ def finetune(adapter: FamilyAdapter, out_dir: Path | str, config: Optional[dict]
     summary = {"family": adapter.family, "config": record, "losses": losses, "train_images": int(len(tokens)), "weights_digest": weights,
                "inv_decoder_sha256": hashlib.sha256(file_bytes).hexdigest()}
     with atomic_path(out / RECORD_FILE) as tmp:  # first, naming the file's bytes: a kill between the two writes leaves
-        Path(tmp).write_text(json.dumps(summary, indent=2))  # a pair _check_made_from refuses, never a record of another file
-    with atomic_path(out / WEIGHTS_FILE) as tmp:  # last: its presence means the fine-tuning finished
+        Path(tmp).write_text(json.dumps(summary, indent=2))  # a pair _check_made_from never takes for one (it finishes the save)
+    with atomic_path(out / WEIGHTS_FILE) as tmp:  # last: its bytes are the ones the record names
         Path(tmp).write_bytes(file_bytes)
     _save_loss_curve(losses, out / "loss_curve.png", f"{adapter.family} inverse decoder{' (augmented)' if cfg['augment'] else ''}")
     return summary
@@ -272,20 +273,23 @@ def ensure_inverse_decoder(family: str, weights_dir: Optional[Path], inv_root: P
         return shipped
     out = default_output_dir(Path(inv_root), family, augment)
     path = out / WEIGHTS_FILE
-    finished = path.is_file() and _check_made_from(path, weights_digest(family, weights_dir))
-    if not finished and not fine_tune_missing:
-        raise FileNotFoundError(f"no finished {family} inverse decoder at {path}: fine-tune it first (python submission.py "
+    if not path.is_file() and (out / RECORD_FILE).is_file():  # a first fine-tuning stopped while saving
+        _finish_cut_short_save(path, json.loads((out / RECORD_FILE).read_text()))
+    if path.is_file():
+        _check_made_from(path, weights_digest(family, weights_dir))
+    if not path.is_file() and not fine_tune_missing:
+        raise FileNotFoundError(f"no {family} inverse decoder at {path}: fine-tune it first (python submission.py "
                                 f"--stage prepare with the same --cache-dir, or python inv_decoder.py --family {family} "
-                                f"--weights-dir DIR --out {inv_root})")
-    if not finished:  # missing, or its save was cut short: a fine-tuning resumes from its checkpoint
-        print(f"[{family}] no finished inverse decoder at {path}: fine-tuning one now", file=sys.stderr)
+                                f"--weights-dir DIR --out {inv_root}{' --augment' if augment else ''})")
+    if not path.is_file():
+        print(f"[{family}] no inverse decoder at {path}: fine-tuning one now", file=sys.stderr)
         finetune(load_family(family, weights_dir, device=device), out, dict(config or {}, augment=augment))
     return path
 
 
-def _check_made_from(path: Path, weights: str) -> bool:
+def _check_made_from(path: Path, weights: str) -> None:
     """Refuse the inverse decoder at ``path`` (not a shipped one) unless its record names the weights of
-    digest ``weights``; False when the record names other bytes than the file's (a save cut short)."""
+    digest ``weights`` and the file's bytes (:func:`_finish_cut_short_save` first, where it can)."""
     record_path = path.parent / RECORD_FILE
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
     recorded = record.get("weights_digest")
@@ -294,7 +298,32 @@ def _check_made_from(path: Path, weights: str) -> bool:
                else f"has no record of the weights it was fine-tuned on ({record_path.name} missing, or older than that record)")
         raise CheckpointError(f"{path} {why}: remove it (with its folder {path.parent}) or give another --cache-dir "
                               "(--inv-root for the commands that take one)")
-    return "inv_decoder_sha256" not in record or record["inv_decoder_sha256"] == file_sha256(path)  # older records lack it
+    recorded_file = record.get("inv_decoder_sha256")  # older records lack it
+    if recorded_file is not None and recorded_file != file_sha256(path) and not _finish_cut_short_save(path, record):
+        raise CheckpointError(f"{record_path} describes another inverse decoder (sha256 {recorded_file[:16]}…) than {path} "
+                              f"(sha256 {file_sha256(path)[:16]}…), and {path.parent / 'checkpoint.pt'} cannot rebuild it: "
+                              f"remove {path.parent} to fine-tune it again, or put back the file the record names")
+
+
+def _finish_cut_short_save(path: Path, record: dict) -> bool:
+    """Write the inverse decoder a fine-tuning stopped between its record and its weights left unwritten
+    (the record names its bytes; an older file, or none, lies at ``path``): from the encoder in the
+    checkpoint of the record's last epoch, if its bytes are the ones named. True when done."""
+    from safetensors.torch import save
+
+    checkpoint = path.parent / "checkpoint.pt"
+    if not checkpoint.is_file() or "inv_decoder_sha256" not in record:
+        return False
+    state = torch.load(checkpoint, weights_only=True, map_location="cpu")
+    file_bytes = save(state["encoder"])
+    if int(state["epoch"]) != len(record.get("losses", [])) or hashlib.sha256(file_bytes).hexdigest() != record["inv_decoder_sha256"]:
+        return False
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(file_bytes)
+    print(f"{path}: its fine-tuning stopped while saving it; written from {checkpoint}", file=sys.stderr)
+    _save_loss_curve(list(record["losses"]), path.parent / "loss_curve.png",
+                     f"{record['family']} inverse decoder{' (augmented)' if record['config'].get('augment') else ''}")
+    return True
 
 
 def inverse_adapter(family: str, weights_dir: Optional[Path], inv_root: Path | str, augment: bool = False,

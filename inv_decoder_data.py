@@ -74,8 +74,11 @@ def generate_training_tokens(adapter: FamilyAdapter, n_images: int, seed: int, b
     bar = tqdm(total=len(jobs), initial=len(kept), desc=f"generating {adapter.family} fine-tuning data", disable=not progress)
     for job_i, (variant, count) in enumerate(jobs):
         if job_i in kept:
-            chunks.append(torch.load(parts / f"{job_i:05d}.pt", weights_only=True))
-            continue
+            try:
+                chunks.append(torch.load(parts / f"{job_i:05d}.pt", weights_only=True))
+                continue
+            except FileNotFoundError:  # removed meanwhile by a run of the same data that finished: made again, alike
+                pass
         job_seed = SEED_OFFSET + seed * 100_000 + job_i
         tokens = adapter.generate(variant, adapter.random_labels(count, job_seed), job_seed)[1].cpu()
         if parts is not None:
@@ -112,7 +115,7 @@ def training_tokens(adapter: FamilyAdapter, path: Path, seed: int, n_images: int
     tokens = generate_training_tokens(adapter, int(n_images), int(seed), GENERATION_BATCH, progress, parts)
     with atomic_path(path) as tmp:
         torch.save(dict(made_for, tokens=tokens), tmp)
-    shutil.rmtree(parts)
+    shutil.rmtree(parts, ignore_errors=True)  # (another run of the same data may have removed it first)
     return tokens
 
 

@@ -154,7 +154,8 @@ def train_variant_net(x_NChw: torch.Tensor, y_N: torch.Tensor, num_variants: int
     if distill > 0 and teacher is None:
         raise ValueError("distill_weight > 0 needs a teacher (a net and the maps it reads)")
     teacher_net, teacher_x = teacher if distill > 0 else (None, None)
-    if teacher_net is not None:
+    if teacher_net is not None:  # moved to the device for the training, and back after it
+        teacher_device = next(teacher_net.parameters()).device
         teacher_net.to(device).eval()
         if len(teacher_x) != len(x_NChw):
             raise ValueError(f"the teacher reads {len(teacher_x)} maps, the net {len(x_NChw)}: one per image each")
@@ -177,6 +178,8 @@ def train_variant_net(x_NChw: torch.Tensor, y_N: torch.Tensor, num_variants: int
             sched.step()
             losses.append(loss.item())
         epoch_losses.append(float(np.mean(losses)))
+    if teacher_net is not None:
+        teacher_net.to(teacher_device)
     return net.cpu().eval(), epoch_losses
 
 

@@ -139,10 +139,11 @@ def test_a_cached_inverse_decoder_of_other_weights_is_refused(small_zoo_dir, tmp
         inv_decoder.ensure_inverse_decoder("RAR", small_zoo_dir, tmp_path / "inv", config=CFG)
 
 
-def test_a_kill_between_the_record_and_the_weights_is_finished_not_taken(small_zoo_dir, tmp_path, monkeypatch, capsys):
-    """Resuming a finished fine-tuning with more epochs and stopping after its record: the older weights
-    left beside the newer record are not taken for them; ensure_inverse_decoder finishes the run
-    from its checkpoint, and a side-by-side job (fine_tune_missing=False) is told to."""
+def test_a_kill_between_the_record_and_the_weights_is_finished_not_taken(small_zoo_dir, tmp_path, monkeypatch):
+    """A fine-tuning stopped after its record, before its weights: the older weights left beside the
+    newer record (or none) never pass for the file it names. The next use writes that file from the
+    checkpoint, whatever its own fine-tuning settings and without fine-tuning; with no checkpoint to
+    write it from, the pair is refused, naming both files."""
     import atomic
 
     path = inv_decoder.ensure_inverse_decoder("RAR", small_zoo_dir, tmp_path / "inv", config=CFG)
@@ -154,19 +155,47 @@ def test_a_kill_between_the_record_and_the_weights_is_finished_not_taken(small_z
             raise KeyboardInterrupt
         return original(target, *args, **kwargs)
 
-    monkeypatch.setattr(inv_decoder, "atomic_path", killed_at_the_weights)
-    with pytest.raises(KeyboardInterrupt):
-        inv_decoder.finetune(load_family("RAR", small_zoo_dir), path.parent, dict(CFG, epochs=2), progress=False)
-    monkeypatch.undo()
+    def stop_twice():  # continued for a second epoch (as `inv_decoder.py --epochs 2` would), stopped while saving
+        monkeypatch.setattr(inv_decoder, "atomic_path", killed_at_the_weights)
+        with pytest.raises(KeyboardInterrupt):
+            inv_decoder.finetune(load_family("RAR", small_zoo_dir), path.parent, dict(CFG, epochs=2), progress=False)
+        monkeypatch.setattr(inv_decoder, "atomic_path", original)
+
+    stop_twice()
     record = json.loads((path.parent / "inv_decoder.json").read_text())
     assert len(record["losses"]) == 2 and path.read_bytes() == one_epoch
-    with pytest.raises(FileNotFoundError, match=r"no finished RAR inverse decoder at .*inv_decoder.safetensors: fine-tune it first"):
-        inv_decoder.ensure_inverse_decoder("RAR", small_zoo_dir, tmp_path / "inv", config=dict(CFG, epochs=2), fine_tune_missing=False)
-    capsys.readouterr()
-    assert inv_decoder.ensure_inverse_decoder("RAR", small_zoo_dir, tmp_path / "inv", config=dict(CFG, epochs=2)) == path
-    assert "no finished inverse decoder" in capsys.readouterr().err
-    assert path.read_bytes() != one_epoch
-    assert json.loads((path.parent / "inv_decoder.json").read_text()) == record, "the same run finished: the same record"
+    monkeypatch.setattr(inv_decoder, "finetune", lambda *a, **k: pytest.fail("fine-tuned again"))
+    for fine_tune_missing in (False, True):  # a side-by-side job finishes it too: no fine-tuning needed
+        assert inv_decoder.ensure_inverse_decoder("RAR", small_zoo_dir, tmp_path / "inv", config=CFG,
+                                                  fine_tune_missing=fine_tune_missing) == path
+        assert inv_decoder.file_sha256(path) == record["inv_decoder_sha256"] and path.read_bytes() != one_epoch
+    two_epochs = path.read_bytes()
+    monkeypatch.undo()
+
+    path.write_bytes(one_epoch)  # the older file again, and no checkpoint to write the named one from
+    (path.parent / "checkpoint.pt").unlink()
+    with pytest.raises(CheckpointError, match=r"inv_decoder.json describes another inverse decoder .* than .*inv_decoder.safetensors"
+                                              r".*checkpoint.pt cannot rebuild it: remove .* or put back the file the record names"):
+        inv_decoder.ensure_inverse_decoder("RAR", small_zoo_dir, tmp_path / "inv", config=CFG)
+    path.write_bytes(two_epochs)
+    assert inv_decoder.ensure_inverse_decoder("RAR", small_zoo_dir, tmp_path / "inv", config=CFG) == path
+
+
+def test_a_first_fine_tuning_stopped_while_saving_is_finished_from_its_checkpoint(small_zoo_dir, tmp_path, monkeypatch):
+    """No weights at all beside the record: written from the checkpoint, not fine-tuned again."""
+    import atomic
+
+    out = tmp_path / "inv" / "RAR"
+    original = atomic.atomic_path
+    monkeypatch.setattr(inv_decoder, "atomic_path", lambda target, *a, **k: (_ for _ in ()).throw(KeyboardInterrupt)
+                        if str(target).endswith(inv_decoder.WEIGHTS_FILE) else original(target, *a, **k))
+    with pytest.raises(KeyboardInterrupt):
+        inv_decoder.finetune(load_family("RAR", small_zoo_dir), out, dict(CFG, epochs=2), progress=False)
+    monkeypatch.undo()
+    assert not (out / inv_decoder.WEIGHTS_FILE).exists()
+    monkeypatch.setattr(inv_decoder, "finetune", lambda *a, **k: pytest.fail("fine-tuned again"))
+    path = inv_decoder.ensure_inverse_decoder("RAR", small_zoo_dir, tmp_path / "inv", config=CFG, fine_tune_missing=False)
+    assert inv_decoder.file_sha256(path) == json.loads((out / "inv_decoder.json").read_text())["inv_decoder_sha256"]
 
 
 # ---------------------------------------------------------------- variant nets: the cache, the names, the two files
