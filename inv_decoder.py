@@ -51,7 +51,7 @@ from augmentation import DEFAULT_SCHEDULE, to_uint8, to_uint8_arrays
 from inv_decoder_data import MAX_IMAGES, SEED_OFFSET, SEEDS, generate_training_tokens, training_tokens
 from models.adapter import FamilyAdapter
 from models.checkpoints import CheckpointError, hash_tensors, read_state_dict
-from models.files import file_sha256
+from models.files import file_digest, file_sha256
 from models.zoo import weights_digest
 
 __all__ = ["DEFAULT_CONFIG", "encoder_state_prefixes", "encoder_state", "put_encoder_state", "generate_training_tokens", "finetune", "load_inverse_decoder", "inverse_adapter",
@@ -131,7 +131,8 @@ def _pixel_hashes(img01_B3HW: torch.Tensor) -> set:
     return {hashlib.sha256(a.tobytes()).hexdigest() for a in arr}
 
 
-def _save_loss_curve(losses: List[float], path: Path, title: str) -> None:
+def _save_loss_curve(losses: List[float], folder: Path, family: str, augment: bool) -> None:
+    """``loss_curve.png`` in ``folder``: the mean loss of each epoch of a fine-tuning."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -142,9 +143,9 @@ def _save_loss_curve(losses: List[float], path: Path, title: str) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel("mean ‖f_Z − D⁻¹(D(f_Z))‖²")
-    ax.set_title(title)
+    ax.set_title(f"{family} inverse decoder{' (augmented)' if augment else ''}")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
+    with atomic_path(folder / "loss_curve.png") as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
 
@@ -256,7 +257,7 @@ def finetune(adapter: FamilyAdapter, out_dir: Path | str, config: Optional[dict]
         Path(tmp).write_text(json.dumps(summary, indent=2))  # a pair _check_made_from never takes for one (it finishes the save)
     with atomic_path(out / WEIGHTS_FILE) as tmp:  # last: its bytes are the ones the record names
         Path(tmp).write_bytes(file_bytes)
-    _save_loss_curve(losses, out / "loss_curve.png", f"{adapter.family} inverse decoder{' (augmented)' if cfg['augment'] else ''}")
+    _save_loss_curve(losses, out, adapter.family, bool(cfg["augment"]))
     return summary
 
 
@@ -299,9 +300,10 @@ def _check_made_from(path: Path, weights: str) -> None:
         raise CheckpointError(f"{path} {why}: remove it (with its folder {path.parent}) or give another --cache-dir "
                               "(--inv-root for the commands that take one)")
     recorded_file = record.get("inv_decoder_sha256")  # older records lack it
-    if recorded_file is not None and recorded_file != file_sha256(path) and not _finish_cut_short_save(path, record):
+    # file_digest: read once per process (the feature extractor names its store by the same file's digest)
+    if recorded_file is not None and recorded_file != file_digest(path) and not _finish_cut_short_save(path, record):
         raise CheckpointError(f"{record_path} describes another inverse decoder (sha256 {recorded_file[:16]}…) than {path} "
-                              f"(sha256 {file_sha256(path)[:16]}…), and {path.parent / 'checkpoint.pt'} cannot rebuild it: "
+                              f"(sha256 {file_digest(path)[:16]}…), and {path.parent / 'checkpoint.pt'} cannot rebuild it: "
                               f"remove {path.parent} to fine-tune it again, or put back the file the record names")
 
 
@@ -321,8 +323,7 @@ def _finish_cut_short_save(path: Path, record: dict) -> bool:
     with atomic_path(path) as tmp:
         Path(tmp).write_bytes(file_bytes)
     print(f"{path}: its fine-tuning stopped while saving it; written from {checkpoint}", file=sys.stderr)
-    _save_loss_curve(list(record["losses"]), path.parent / "loss_curve.png",
-                     f"{record['family']} inverse decoder{' (augmented)' if record['config'].get('augment') else ''}")
+    _save_loss_curve(list(record["losses"]), path.parent, record["family"], bool(record["config"].get("augment")))
     return True
 
 
